@@ -1,0 +1,3 @@
+"""relaykit: let models of different sizes share one generation."""
+
+__version__ = "0.1.0"

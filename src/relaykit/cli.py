@@ -1,0 +1,162 @@
+"""The relaykit command line: generate (and, as they land, eval, demo, calibrate, train, serve)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from .errors import RelaykitError
+
+CHECKPOINTS = Path(__file__).parent / "toyworld" / "checkpoints"
+COLOURS = {"large": "bold magenta", "small": "cyan", "prompt": "dim"}
+
+
+def default_model(role: str) -> str | None:
+    """The shipped toy checkpoint for a role, when present."""
+    folder = CHECKPOINTS / f"toy-{role}"
+    return str(folder) if (folder / "config.json").is_file() else None
+
+
+def add_model_options(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("models")
+    group.add_argument("--large", help="large model: checkpoint folder, .gguf file or hub id (default: the shipped toy-large)")
+    group.add_argument("--small", help="small model, same forms (default: the shipped toy-small)")
+    group.add_argument("--dtype", default="auto", help="auto (float32 on CPU, bfloat16 on GPU), float32, bfloat16, float16")
+    group.add_argument("--device", default="cpu", help="cpu (default), cuda, cuda:N or auto")
+    group.add_argument("--trust-remote-code", action="store_true", help="allow a checkpoint's own Python code to run")
+    group.add_argument("--allow-pickle", action="store_true", help="allow pickle (.bin) weights; safetensors only by default")
+
+
+def add_sampling_options(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("sampling and stopping")
+    group.add_argument("--temperature", type=float, default=0.0, help="0 = greedy (default)")
+    group.add_argument("--top-k", type=int, default=0, help="keep the k most likely tokens (0 = off)")
+    group.add_argument("--top-p", type=float, default=1.0, help="nucleus sampling mass (1 = off)")
+    group.add_argument("--seed", type=int, default=None, help="random seed for sampling")
+    group.add_argument("--max-new-tokens", type=int, default=256)
+    group.add_argument("--stop", action="append", default=[], metavar="TEXT", help="stop string (repeatable)")
+    group.add_argument("--stop-token-id", action="append", type=int, default=[], metavar="ID", help="stop token id (repeatable; eos always stops)")
+    group.add_argument("--raw", action="store_true", help="do not apply the tokenizer's chat template")
+    group.add_argument("--system", help="system message for the chat template")
+
+
+def load_models(args: argparse.Namespace, roles: tuple[str, ...]) -> dict:
+    from .models.loading import load_model
+
+    models = {}
+    for role in roles:
+        spec = getattr(args, role, None) or default_model(role)
+        if spec is None:
+            raise RelaykitError(f"no {role} model given (--{role} PATH) and no shipped toy-{role} checkpoint found")
+        models[role] = load_model(
+            spec,
+            name=role,
+            dtype=args.dtype,
+            device=args.device,
+            trust_remote_code=args.trust_remote_code,
+            allow_pickle=args.allow_pickle,
+        )
+    return models
+
+
+def sampling_from_args(args):
+    from .decoding.sampler import SamplingConfig
+    from .decoding.stopping import StopConfig
+
+    if args.max_new_tokens < 1:
+        raise RelaykitError(f"--max-new-tokens must be >= 1, got {args.max_new_tokens}")
+    sampling = SamplingConfig(temperature=args.temperature, top_k=args.top_k, top_p=args.top_p, seed=args.seed)
+    stop = StopConfig(max_new_tokens=args.max_new_tokens, stop_strings=args.stop, stop_token_ids=args.stop_token_id)
+    return sampling, stop
+
+
+def cmd_generate(args: argparse.Namespace) -> int:
+    from rich.console import Console
+    from rich.table import Table
+    from rich.text import Text
+
+    from .decoding.prompt import encode_prompt
+    from .options import config_from_args
+    from .strategies.base import get_strategy
+
+    cls = get_strategy(args.strategy)
+    config = config_from_args(cls, args)
+    sampling, stop = sampling_from_args(args)
+    models = load_models(args, cls.roles)
+    strategy = cls(models, config, sampling, stop)
+    tokenizer = strategy.tokenizer
+    prompts = [encode_prompt(tokenizer, p, raw=args.raw, system=args.system) for p in args.prompt]
+    results = strategy.generate(prompts) if cls.batched else [r for p in prompts for r in strategy.generate([p])]
+    if args.json:
+        for result in results:
+            print(json.dumps(result.to_dict()))
+        return 0
+    console = Console()
+    for prompt, result in zip(args.prompt, results):
+        text = Text()
+        for segment, writer in result.segments(tokenizer):
+            text.append(segment, style=COLOURS.get(writer, "green"))
+        console.rule(prompt[:60])
+        console.print(text)
+        legend = "  ".join(f"[{COLOURS.get(r, 'green')}]{r}[/]" for r in cls.roles)
+        console.print(f"[dim]written by:[/] {legend}   [dim]finish: {result.finish_reason}, {result.seconds:.2f} s[/]")
+        table = Table("model", "prefill tokens", "decode tokens", "tokens written", "forward calls", "seconds", "FLOPs")
+        for role, usage in result.usage.items():
+            table.add_row(
+                role,
+                str(usage["prefill_tokens"]),
+                str(usage["decode_tokens"]),
+                str(result.tokens_by(role)),
+                str(usage["forward_calls"]),
+                f"{usage['seconds']:.3f}",
+                f"{usage['flops']:.3g}",
+            )
+        console.print(table)
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from .options import add_strategy_options
+    from .strategies.base import STRATEGIES, get_strategy
+
+    get_strategy("single")  # registers the built-in strategies
+    parser = argparse.ArgumentParser(
+        prog="relaykit",
+        description="Let LLMs of different sizes share one generation. Models are Hugging Face "
+        "checkpoint folders, .gguf files or hub ids; with none named, the shipped toy pair is used.",
+    )
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    generate = commands.add_parser(
+        "generate",
+        help="generate text for one or more prompts",
+        description="Generate with a strategy; prints the text coloured by the model that wrote each "
+        "token and a usage table (or JSON with --json). Several prompts run as one batch.",
+    )
+    generate.add_argument("prompt", nargs="+", help="prompt text (several prompts run batched)")
+    generate.add_argument("--strategy", default="single", help=f"one of: {', '.join(sorted(STRATEGIES))} (default single)")
+    generate.add_argument("--json", action="store_true", help="print one JSON object per prompt")
+    add_model_options(generate)
+    add_sampling_options(generate)
+    add_strategy_options(generate, STRATEGIES)
+    generate.set_defaults(run=cmd_generate)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return args.run(args)
+    except RelaykitError as error:
+        print(f"relaykit: error: {error}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("relaykit: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

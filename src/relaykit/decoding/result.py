@@ -1,0 +1,49 @@
+"""What a generation returns: text, tokens, who wrote them, and what each model spent."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from .sequence import Sequence
+
+
+@dataclass
+class GenerationResult:
+    text: str
+    token_ids: list[int]
+    provenance: list[str]  # per generated token, the role of the model that wrote it
+    usage: dict[str, dict]  # per role: prefill_tokens, decode_tokens, forward_calls, seconds, flops
+    seconds: float
+    finish_reason: str | None = None
+    events: list[dict] = field(default_factory=list)  # strategy-specific: switches, calls, ...
+
+    def segments(self, tokenizer) -> list[tuple[str, str]]:
+        """The text split into runs written by one model: [(text, writer), ...]."""
+        runs: list[tuple[list[int], str]] = []
+        for token, writer in zip(self.token_ids, self.provenance):
+            if runs and runs[-1][1] == writer:
+                runs[-1][0].append(token)
+            else:
+                runs.append(([token], writer))
+        return [(tokenizer.decode(tokens, skip_special_tokens=False), writer) for tokens, writer in runs]
+
+    def tokens_by(self, writer: str) -> int:
+        return sum(1 for w in self.provenance if w == writer)
+
+    def to_dict(self) -> dict:
+        return {
+            "text": self.text,
+            "token_ids": self.token_ids,
+            "provenance": self.provenance,
+            "usage": self.usage,
+            "seconds": self.seconds,
+            "finish_reason": self.finish_reason,
+            "events": self.events,
+        }
+
+
+def make_result(sequence: Sequence, tokenizer, usage: dict[str, dict], seconds: float, events=None) -> GenerationResult:
+    """Build the result of a finished sequence; the stop token itself is not part of the text."""
+    tokens, writers = sequence.generated, sequence.generated_writers
+    text = tokenizer.decode(tokens, skip_special_tokens=True)
+    return GenerationResult(text, tokens, writers, usage, seconds, sequence.finish_reason, list(events or []))

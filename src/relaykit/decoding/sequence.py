@@ -1,0 +1,67 @@
+"""A token sequence shared by several models, with per-token provenance and visibility."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+PROMPT = "prompt"
+
+
+class Sequence:
+    """Token ids, which model wrote each one (provenance), and tokens hidden from some models.
+
+    A sequence only grows at the end or is truncated; runners rely on this to catch up
+    incrementally and to roll back their KV cache automatically after a truncation.
+    """
+
+    def __init__(self, prompt_ids: Iterable[int], hidden_from: Iterable[str] = ()):
+        self.tokens: list[int] = [int(t) for t in prompt_ids]
+        if not self.tokens:
+            raise ValueError("a sequence needs at least one prompt token")
+        self.writers: list[str] = [PROMPT] * len(self.tokens)
+        hidden = frozenset(hidden_from)
+        self.hidden: list[frozenset[str]] = [hidden] * len(self.tokens)
+        self.prompt_length = len(self.tokens)
+        self.truncations: list[int] = []  # lengths cut back to, in order; runners replay these
+        self.finished = False
+        self.finish_reason: str | None = None
+
+    def __len__(self) -> int:
+        return len(self.tokens)
+
+    def append(self, token: int, writer: str, hidden_from: Iterable[str] = ()) -> None:
+        self.tokens.append(int(token))
+        self.writers.append(writer)
+        self.hidden.append(frozenset(hidden_from))
+
+    def extend(self, tokens: Iterable[int], writer: str, hidden_from: Iterable[str] = ()) -> None:
+        for token in tokens:
+            self.append(token, writer, hidden_from)
+
+    def truncate(self, length: int) -> None:
+        """Keep the first `length` tokens (never fewer than the prompt)."""
+        if length < self.prompt_length:
+            raise ValueError("cannot truncate into the prompt")
+        if length >= len(self.tokens):
+            return
+        self.truncations.append(length)
+        del self.tokens[length:], self.writers[length:], self.hidden[length:]
+
+    def visible_to(self, model: str, start: int = 0) -> list[int]:
+        """Tokens from index `start` on that `model` may read."""
+        return [t for t, h in zip(self.tokens[start:], self.hidden[start:]) if model not in h]
+
+    def is_visible(self, index: int, model: str) -> bool:
+        return model not in self.hidden[index]
+
+    @property
+    def generated(self) -> list[int]:
+        return self.tokens[self.prompt_length :]
+
+    @property
+    def generated_writers(self) -> list[str]:
+        return self.writers[self.prompt_length :]
+
+    def finish(self, reason: str) -> None:
+        self.finished = True
+        self.finish_reason = reason

@@ -1,0 +1,36 @@
+"""Per-model accounting of forward work.
+
+FLOPs per forward (a standard estimate, Kaplan et al. 2020 / Chinchilla appendix):
+    2 x non-embedding parameters x tokens fed
+  + 4 x layers x (heads x head_dim) x (keys attended) summed over the fed tokens   (QK^T and AV)
+  + 2 x hidden x vocabulary x positions whose logits are computed                   (the LM head)
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+
+@dataclass
+class Usage:
+    """What one model did. `prefill_tokens`: tokens it read that it did not write (prompt,
+    other models' tokens); `decode_tokens`: tokens it read back after writing them itself."""
+
+    prefill_tokens: int = 0
+    decode_tokens: int = 0
+    forward_calls: int = 0
+    seconds: float = 0.0
+    flops: float = 0.0
+
+    def add(self, other: "Usage") -> None:
+        for name, value in asdict(other).items():
+            setattr(self, name, getattr(self, name) + value)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    def copy(self) -> "Usage":
+        return Usage(**asdict(self))
+
+    def minus(self, before: "Usage") -> "Usage":
+        return Usage(**{k: v - getattr(before, k) for k, v in asdict(self).items()})

@@ -1,0 +1,201 @@
+"""Reports of an evaluation run: a table, an accuracy-versus-cost plot and coloured trajectories.
+
+The input is the harness's results dict::
+
+    {"dataset": str, "n_problems": int,
+     "strategies": {NAME: {"accuracy", "large_token_share", "flops", "wall_seconds",
+                           "tokens_per_second", "speedup_vs_large", "problems": [...]}}}
+
+where each problem has id, prediction, reference, correct, text, segments ([text, writer]
+runs) and usage.
+"""
+
+from __future__ import annotations
+
+import html
+import json
+import re
+from pathlib import Path
+
+from rich.table import Table
+from rich.text import Text
+
+_HTML_COLOURS = {"small": "#cfe3ff", "large": "#ffd6a5", "prompt": "#e9e9e9"}
+_HTML_PALETTE = ("#caffbf", "#ffc6ff", "#fdffb6", "#9bf6ff", "#ffadad", "#bdb2ff")
+_RICH_STYLES = {"small": "cyan", "large": "bold magenta", "prompt": "dim"}
+_RICH_PALETTE = ("green", "yellow", "blue", "red", "bright_cyan", "bright_magenta")
+_COLUMNS = ("strategy", "accuracy", "large-token share", "FLOPs", "wall s", "tokens/s", "speed-up vs large")
+
+
+def markdown_table(results: dict) -> str:
+    """A Markdown table with one row per strategy."""
+    rows = [_COLUMNS, *(_row(results, name) for name in results["strategies"])]
+    lines = ["| " + " | ".join(row) + " |" for row in rows]
+    lines.insert(1, "|" + "|".join(["---"] + ["---:"] * (len(_COLUMNS) - 1)) + "|")
+    return "\n".join(lines) + "\n"
+
+
+def rich_table(results: dict) -> Table:
+    """The same table as `markdown_table`, for a terminal."""
+    title = f"{results.get('dataset', '')} ({results.get('n_problems', '?')} problems)"
+    table = Table(title=title)
+    for i, column in enumerate(_COLUMNS):
+        table.add_column(column, justify="left" if i == 0 else "right")
+    for name in results["strategies"]:
+        table.add_row(*_row(results, name))
+    return table
+
+
+def _row(results: dict, name: str) -> tuple[str, ...]:
+    s = results["strategies"][name]
+    flops = f"{s['flops']:.2e}".replace("e+0", "e").replace("e+", "e")
+    relative = _relative(results, name, "flops")
+    if relative is not None:
+        flops += f" ({relative:.2f}x)"
+    speedup = s.get("speedup_vs_large")
+    return (
+        name,
+        f"{100 * s['accuracy']:.1f}%",
+        f"{100 * s['large_token_share']:.1f}%",
+        flops,
+        f"{s['wall_seconds']:.1f}",
+        f"{s['tokens_per_second']:.1f}",
+        "-" if speedup is None else f"{speedup:.2f}x",
+    )
+
+
+def _large_baseline(results: dict) -> str | None:
+    """The strategy that runs the large model alone: the one named "large", else "large-..."."""
+    names = list(results["strategies"])
+    exact = [n for n in names if n.lower() == "large"]
+    prefixed = [n for n in names if re.match(r"large\b", n.lower())]
+    return (exact or prefixed or [None])[0]
+
+
+def _relative(results: dict, name: str, key: str) -> float | None:
+    """`key` of strategy `name` divided by the large baseline's, when there is one."""
+    baseline = _large_baseline(results)
+    if baseline is None or not results["strategies"][baseline][key]:
+        return None
+    return results["strategies"][name][key] / results["strategies"][baseline][key]
+
+
+def write_report(results: dict, out_dir: str | Path, max_problems: int = 5) -> dict[str, Path]:
+    """Write results.json, results.md, plot.png and trajectories.html into `out_dir`."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    paths = {
+        "json": out / "results.json",
+        "markdown": out / "results.md",
+        "plot": out / "plot.png",
+        "html": out / "trajectories.html",
+    }
+    paths["json"].write_text(json.dumps(results, indent=2), encoding="utf-8")
+    heading = f"# {results.get('dataset', 'results')} ({results.get('n_problems', '?')} problems)\n\n"
+    paths["markdown"].write_text(heading + markdown_table(results), encoding="utf-8")
+    _plot(results, paths["plot"])
+    paths["html"].write_text(trajectories_html(results, max_problems), encoding="utf-8")
+    return paths
+
+
+def _plot(results: dict, path: Path) -> None:
+    """Accuracy against FLOPs (left) and wall time (right), relative to the large model when the
+    results include it; one labelled point per strategy."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    figure = Figure(figsize=(10, 4.2), dpi=120)
+    FigureCanvasAgg(figure)
+    axes = figure.subplots(1, 2, sharey=True)
+    baseline = _large_baseline(results)
+    for ax, key, label in ((axes[0], "flops", "FLOPs"), (axes[1], "wall_seconds", "wall time")):
+        relative = all(_relative(results, name, key) is not None for name in results["strategies"])
+        for i, (name, s) in enumerate(results["strategies"].items()):
+            x = _relative(results, name, key) if relative else s[key]
+            y = 100 * s["accuracy"]
+            ax.scatter([x], [y], s=60, color=f"C{i % 10}", zorder=3)
+            ax.annotate(name, (x, y), textcoords="offset points", xytext=(6, 5), fontsize=9)
+        ax.set_xlabel(f"{label} relative to {baseline}" if relative else label)
+        ax.margins(x=0.15, y=0.1)
+        if relative:
+            ax.set_xlim(left=0)
+        ax.grid(alpha=0.3)
+    axes[0].set_ylabel("accuracy (%)")
+    axes[0].set_ylim(-5, 105)
+    figure.suptitle(f"Accuracy vs cost: {results.get('dataset', '')}")
+    figure.tight_layout()
+    figure.savefig(path)
+
+
+def trajectories_html(results: dict, max_problems: int = 5) -> str:
+    """A self-contained HTML page showing, per strategy, the first `max_problems` outputs with
+    each segment in a `<span class="writer-NAME" data-model="NAME">` coloured by its writer."""
+    writers = _writers(results)
+    colours = _assign(writers, _HTML_COLOURS, _HTML_PALETTE)
+    css = "\n".join(f".{_css_class(w)} {{ background: {colours[w]}; }}" for w in writers)
+    legend = " ".join(_span(w, w) for w in writers)
+    body = []
+    for name, s in results["strategies"].items():
+        body.append(f"<h2>{html.escape(name)}</h2>")
+        for problem in s["problems"][:max_problems]:
+            verdict = "correct" if problem.get("correct") else "wrong"
+            body.append(
+                f'<div class="problem {verdict}"><h3>{html.escape(str(problem["id"]))}: '
+                f"{verdict}, predicted {html.escape(str(problem.get('prediction')))}, "
+                f"reference {html.escape(str(problem.get('reference')))}</h3>"
+            )
+            segments = problem.get("segments") or [[problem.get("text", ""), "unknown"]]
+            body.append("<pre>" + "".join(_span(text, writer) for text, writer in segments) + "</pre></div>")
+    title = html.escape(f"relaykit trajectories: {results.get('dataset', '')}")
+    return f"""<!DOCTYPE html>
+<html lang="en"><head><meta charset="utf-8"><title>{title}</title>
+<style>
+body {{ font-family: sans-serif; margin: 2em; }}
+pre {{ white-space: pre-wrap; font-family: monospace; line-height: 1.5; }}
+.problem {{ border-left: 4px solid #bbb; padding-left: 1em; margin-bottom: 1.5em; }}
+.problem.correct {{ border-color: #3a3; }} .problem.wrong {{ border-color: #c33; }}
+h3 {{ font-size: 1em; font-weight: normal; }}
+.legend span {{ padding: 0.2em 0.6em; margin-right: 0.5em; }}
+{css}
+</style></head>
+<body><h1>{title}</h1>
+<p class="legend">Written by: {legend}</p>
+{chr(10).join(body)}
+</body></html>
+"""
+
+
+def _writers(results: dict) -> list[str]:
+    """Every writer in the segments, in order of first appearance."""
+    seen: dict[str, None] = {}
+    for s in results["strategies"].values():
+        for problem in s["problems"]:
+            for _, writer in problem.get("segments") or [["", "unknown"]]:
+                seen.setdefault(writer, None)
+    return list(seen)
+
+
+def _assign(writers: list[str], fixed: dict[str, str], palette: tuple[str, ...]) -> dict[str, str]:
+    others = [w for w in writers if w not in fixed]
+    return {w: fixed.get(w) or palette[others.index(w) % len(palette)] for w in writers}
+
+
+def _css_class(writer: str) -> str:
+    return "writer-" + re.sub(r"[^A-Za-z0-9_-]", "-", writer)
+
+
+def _span(text: str, writer: str) -> str:
+    return (
+        f'<span class="{_css_class(writer)}" data-model="{html.escape(writer, quote=True)}">'
+        f"{html.escape(text)}</span>"
+    )
+
+
+def rich_trajectory(segments) -> Text:
+    """`segments` ([text, writer] runs) as rich Text coloured by writer."""
+    writers = list(dict.fromkeys(writer for _, writer in segments))
+    styles = _assign(writers, _RICH_STYLES, _RICH_PALETTE)
+    text = Text()
+    for chunk, writer in segments:
+        text.append(chunk, style=styles[writer])
+    return text

@@ -1,0 +1,189 @@
+"""Loading causal LMs: local checkpoint folders, GGUF files, hub ids; tokenizer agreement."""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from ..errors import RelaykitError
+from .engines import supports_native
+
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+@dataclass
+class Model:
+    """A loaded causal LM with its tokenizer and the sizes used for FLOP accounting."""
+
+    name: str
+    source: str
+    hf: torch.nn.Module
+    tokenizer: object
+    parameters: int
+    non_embedding_parameters: int
+
+    @property
+    def config(self):
+        return self.hf.config
+
+    @property
+    def native(self) -> bool:
+        return supports_native(self.hf)
+
+    @property
+    def layers(self) -> int:
+        return self.config.num_hidden_layers
+
+    @property
+    def attention_width(self) -> int:
+        """heads x head_dim (the width of QK^T and AV)."""
+        head_dim = getattr(self.config, "head_dim", None) or self.config.hidden_size // self.config.num_attention_heads
+        return self.config.num_attention_heads * head_dim
+
+    @property
+    def eos_token_ids(self) -> list[int]:
+        ids = getattr(self.hf.generation_config, "eos_token_id", None) or self.tokenizer.eos_token_id
+        ids = ids if isinstance(ids, list) else [ids]
+        return [i for i in ids if i is not None]
+
+    def forward_flops(self, tokens: int, attended: int, logit_positions: int) -> float:
+        """FLOPs of one forward (formula in relaykit.decoding.usage)."""
+        return (
+            2.0 * self.non_embedding_parameters * tokens
+            + 4.0 * self.layers * self.attention_width * attended
+            + 2.0 * self.config.hidden_size * self.config.vocab_size * logit_positions
+        )
+
+
+def _count_parameters(hf_model) -> tuple[int, int]:
+    total = sum(p.numel() for p in hf_model.parameters())
+    embedding = hf_model.get_input_embeddings().weight.numel()
+    head = hf_model.get_output_embeddings()
+    tied = head is None or head.weight is hf_model.get_input_embeddings().weight
+    return total, total - embedding - (0 if tied else head.weight.numel())
+
+
+def resolve_dtype(dtype: str, device: str) -> torch.dtype:
+    if dtype == "auto":
+        return torch.float32 if device == "cpu" else torch.bfloat16
+    if dtype not in DTYPES:
+        raise RelaykitError(f"unknown dtype {dtype!r}; choose from auto, {', '.join(DTYPES)}")
+    return DTYPES[dtype]
+
+
+def resolve_device(device: str) -> str:
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise RelaykitError(f"device {device!r} asked for, but no CUDA device is available")
+    return device
+
+
+def load_model(
+    spec: str,
+    *,
+    name: str | None = None,
+    dtype: str = "auto",
+    device: str = "cpu",
+    trust_remote_code: bool = False,
+    allow_pickle: bool = False,
+) -> Model:
+    """Load a causal LM from a checkpoint folder, a `.gguf` file, or a hub id (network needed).
+
+    Only safetensors weights are read unless `allow_pickle`; remote code runs only with
+    `trust_remote_code`. Every failure becomes one `RelaykitError` naming the source.
+    """
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers.utils import logging as hf_logging
+
+    device = resolve_device(device)
+    torch_dtype = resolve_dtype(dtype, device)
+    path = Path(spec).expanduser()
+    kwargs: dict = {"trust_remote_code": trust_remote_code}
+    if spec.endswith(".gguf"):
+        if not path.is_file():
+            raise RelaykitError(f"no such GGUF file: {spec}")
+        folder, kwargs["gguf_file"] = str(path.parent), path.name
+    elif path.is_dir():
+        folder = str(path)
+        if not (path / "config.json").is_file():
+            raise RelaykitError(f"{spec} is not a model checkpoint folder (no config.json)")
+        has_safetensors = any(path.glob("*.safetensors"))
+        if not has_safetensors and not allow_pickle:
+            raise RelaykitError(
+                f"{spec} has no .safetensors weights; pickle checkpoints (.bin) are refused by default "
+                "because loading them can run arbitrary code (allow_pickle=True / --allow-pickle to override)"
+            )
+        kwargs["use_safetensors"] = has_safetensors
+    elif path.exists() or spec.startswith((".", "/", "~")) or spec.count("/") != 1:
+        raise RelaykitError(f"no such model: {spec} (expected a checkpoint folder, a .gguf file or a hub id)")
+    else:
+        folder = spec  # a hub id: only works with network access or a local hub cache
+        kwargs["use_safetensors"] = not allow_pickle or None
+
+    verbosity = hf_logging.get_verbosity()
+    hf_logging.set_verbosity_error()
+    hf_logging.disable_progress_bar()
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(folder, **kwargs)
+        model_kwargs = {k: v for k, v in kwargs.items() if k != "use_safetensors" or v is not None}
+        hf_model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch_dtype, **model_kwargs)
+    except RelaykitError:
+        raise
+    except Exception as error:  # transformers raises many types; the user needs the reason, not the stack
+        reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        raise RelaykitError(f"could not load model {spec}: {reason}") from error
+    finally:
+        hf_logging.set_verbosity(verbosity)
+        hf_logging.enable_progress_bar()
+    hf_model.to(device).eval()
+    total, non_embedding = _count_parameters(hf_model)
+    display = name or (path.stem if spec.endswith(".gguf") else path.name or spec)
+    return Model(display, spec, hf_model, tokenizer, total, non_embedding)
+
+
+def first_layers(model: Model, layers: int, name: str | None = None) -> Model:
+    """A draft made of the model's first `layers` decoder layers, its final norm and its head.
+
+    Shares the tokenizer by construction (self-speculative decoding, as in LayerSkip).
+    """
+    total = model.config.num_hidden_layers
+    if not 0 < layers < total:
+        raise RelaykitError(f"a first-layers draft needs 0 < layers < {total}, got {layers}")
+    hf = copy.deepcopy(model.hf)
+    hf.model.layers = hf.model.layers[:layers]
+    hf.config.num_hidden_layers = layers
+    if getattr(hf.config, "layer_types", None):
+        hf.config.layer_types = hf.config.layer_types[:layers]
+    all_params, non_embedding = _count_parameters(hf)
+    return Model(name or f"{model.name}[:{layers}]", model.source, hf, model.tokenizer, all_params, non_embedding)
+
+
+def tokenizer_mismatch(a: Model, b: Model) -> str | None:
+    """Why two models cannot share token ids, or None when their tokenizers agree."""
+    vocab_a, vocab_b = a.tokenizer.get_vocab(), b.tokenizer.get_vocab()
+    if vocab_a != vocab_b:
+        only_a = sorted(set(vocab_a) - set(vocab_b))[:3]
+        moved = [t for t in vocab_a if t in vocab_b and vocab_a[t] != vocab_b[t]][:3]
+        detail = f"{len(vocab_a)} vs {len(vocab_b)} tokens"
+        if only_a:
+            detail += f"; only in {a.name}: {only_a}"
+        if moved:
+            detail += f"; different ids for {moved}"
+        return f"vocabularies differ ({detail})"
+    special = lambda m: {k: str(v) for k, v in m.tokenizer.special_tokens_map.items()}  # noqa: E731
+    if special(a) != special(b):
+        return f"special tokens differ: {special(a)} vs {special(b)}"
+    return None
+
+
+def check_same_tokenizer(a: Model, b: Model) -> None:
+    reason = tokenizer_mismatch(a, b)
+    if reason:
+        raise RelaykitError(
+            f"{a.name} and {b.name} do not share a tokenizer ({reason}); "
+            "token-level strategies need models with one tokenizer"
+        )

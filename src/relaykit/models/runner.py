@@ -1,0 +1,180 @@
+"""A runner: one model, its KV cache over a batch of sequences, and incremental catch-up."""
+
+from __future__ import annotations
+
+import time
+
+import torch
+
+from ..decoding.sequence import Sequence
+from ..decoding.usage import Usage
+from .engines import HFEngine, NativeEngine
+from .kv import KVPolicy
+from .loading import Model
+
+
+class _Row:
+    """What a runner has read of one sequence."""
+
+    __slots__ = ("sequence", "seen", "visible_before", "truncations_seen")
+
+    def __init__(self, sequence: Sequence):
+        self.sequence = sequence
+        self.truncations_seen = len(sequence.truncations)
+        self.seen = 0  # sequence tokens consumed (visible or not)
+        self.visible_before = [0]  # visible_before[j]: visible tokens among the first j consumed
+
+    @property
+    def position(self) -> int:
+        return self.visible_before[-1]
+
+
+class Runner:
+    """Keeps a KV cache over each sequence's prefix and catches up only on unseen tokens.
+
+    `name` is the role the model plays ("large", "small", ...): it is the provenance tag of the
+    tokens this model writes and the key of its usage. A sequence may be truncated at any time;
+    the runner notices and rolls its cache back on the next call.
+    """
+
+    def __init__(self, model: Model, name: str | None = None, policy: KVPolicy | None = None):
+        self.model = model
+        self.name = name or model.name
+        self.policy = policy or KVPolicy()
+        self.usage = Usage()
+        self.usage_by_sequence: dict[int, Usage] = {}
+        self._new_engine()
+
+    def _new_engine(self) -> None:
+        self.engine = NativeEngine(self.model.hf, self.policy) if self.model.native else HFEngine(self.model.hf)
+        self.rows: list[_Row] = []
+        self.index: dict[int, int] = {}
+        self.released: set[int] = set()
+
+    def reset(self) -> None:
+        """Forget every sequence (the total usage is kept)."""
+        self._new_engine()
+        self.usage_by_sequence = {}
+
+    def usage_of(self, sequence: Sequence) -> Usage:
+        """This model's work for one sequence; a batched forward is split by tokens fed."""
+        return self.usage_by_sequence.get(id(sequence), Usage())
+
+    def release(self, sequence: Sequence) -> None:
+        """Drop a finished sequence's row; its cache is freed at the next forward (one copy for
+        all rows released meanwhile)."""
+        if id(sequence) in self.index:
+            self.released.add(id(sequence))
+
+    def _compact(self) -> None:
+        keep = [i for i, row in enumerate(self.rows) if id(row.sequence) not in self.released]
+        self.engine.keep_rows(keep)
+        self.rows = [self.rows[i] for i in keep]
+        self.index = {id(r.sequence): i for i, r in enumerate(self.rows)}
+        self.released = set()
+
+    def next_logits(self, sequences: list[Sequence]) -> torch.Tensor:
+        """Next-token logits [B, V] for each sequence, after catching up on its new tokens."""
+        return self.score(sequences, 1)[:, -1]
+
+    def score(self, sequences: list[Sequence], k: int) -> torch.Tensor:
+        """Logits [B, k, V] predicting the token after each of the last k visible positions."""
+        if self.released:
+            self._compact()
+        rows = [self._row(s) for s in sequences]
+        for row in rows:
+            self._sync(row)
+            self._ensure_unseen(row, k)
+        feed: list[list[int]] = [[] for _ in self.rows]
+        for row_index, row in zip(map(self.index.__getitem__, map(id, sequences)), rows):
+            feed[row_index] = self._consume(row)
+        logits = self._forward(feed, k)
+        picked = torch.tensor([self.index[id(s)] for s in sequences], dtype=torch.long)
+        return logits.index_select(0, picked.to(logits.device))
+
+    def rollback(self, sequences: list[Sequence], n: int) -> None:
+        """Drop the last n consumed tokens of each sequence from the cache (they are re-read later)."""
+        for sequence in sequences:
+            row = self._row(sequence)
+            self._rewind(row, max(row.seen - n, 0))
+
+    def cached_tokens(self, sequence: Sequence) -> int:
+        """How many of the sequence's tokens this runner has consumed."""
+        return self._row(sequence).seen
+
+    # internals
+
+    def _row(self, sequence: Sequence) -> _Row:
+        index = self.index.get(id(sequence))
+        if index is None:
+            index = len(self.rows)
+            self.rows.append(_Row(sequence))
+            self.index[id(sequence)] = index
+            self.usage_by_sequence.setdefault(id(sequence), Usage())
+            self.engine.add_rows(1)
+        return self.rows[index]
+
+    def _sync(self, row: _Row) -> None:
+        """Roll back past any truncation made since the last call (even if re-extended since)."""
+        truncations = row.sequence.truncations[row.truncations_seen :]
+        row.truncations_seen += len(truncations)
+        if truncations and min(truncations) < row.seen:
+            self._rewind(row, min(truncations))
+
+    def _ensure_unseen(self, row: _Row, k: int) -> None:
+        """Rewind so that at least k visible tokens are still to be read."""
+        sequence, unseen, start = row.sequence, 0, len(row.sequence)
+        while start > 0 and unseen < k:
+            start -= 1
+            unseen += sequence.is_visible(start, self.name)
+        if unseen < k:
+            raise ValueError(f"{self.name} cannot score {k} positions of a {unseen}-token sequence")
+        if start < row.seen:
+            self._rewind(row, start)
+
+    def _rewind(self, row: _Row, seen: int) -> None:
+        dropped = row.visible_before[row.seen] - row.visible_before[seen]
+        row_index = self.index[id(row.sequence)]
+        self.engine.truncate(row_index, self.engine.lengths[row_index] - dropped)
+        del row.visible_before[seen + 1 :]
+        row.seen = seen
+
+    def _consume(self, row: _Row) -> list[int]:
+        sequence = row.sequence
+        usage = self.usage_by_sequence[id(sequence)]
+        tokens = []
+        visible = row.visible_before[-1]
+        for index in range(row.seen, len(sequence)):
+            if sequence.is_visible(index, self.name):
+                tokens.append(sequence.tokens[index])
+                visible += 1
+                own = sequence.writers[index] == self.name
+                for u in (usage, self.usage):
+                    if own:
+                        u.decode_tokens += 1
+                    else:
+                        u.prefill_tokens += 1
+            row.visible_before.append(visible)
+        row.seen = len(sequence)
+        return tokens
+
+    def _forward(self, feed: list[list[int]], k: int) -> torch.Tensor:
+        positions = [row.position - len(tokens) for row, tokens in zip(self.rows, feed)]
+        starts = self.engine.lengths
+        started = time.perf_counter()
+        logits = self.engine.forward(feed, positions, k)
+        seconds = time.perf_counter() - started
+        total_tokens = sum(len(t) for t in feed)
+        step = Usage(forward_calls=1, seconds=seconds)
+        for row, tokens, start in zip(self.rows, feed, starts):
+            if not tokens:
+                continue
+            n = len(tokens)
+            usage = self.usage_by_sequence[id(row.sequence)]
+            flops = self.model.forward_flops(n, n * start + n * (n + 1) // 2, k)
+            usage.forward_calls += 1
+            usage.seconds += seconds * n / total_tokens
+            usage.flops += flops
+            step.flops += flops
+        self.usage.add(step)
+        return logits

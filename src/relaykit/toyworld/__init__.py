@@ -1,0 +1,11 @@
+"""The embedded toy world: task generator, tokenizer and the shipped toy-small / toy-large pair."""
+
+from pathlib import Path
+
+from relaykit.toyworld.tasks import DOMAINS, Problem, fresh, load_split, make_problem, split_of
+
+CHECKPOINTS = Path(__file__).parent / "checkpoints"
+TOY_SMALL = CHECKPOINTS / "toy-small"
+TOY_LARGE = CHECKPOINTS / "toy-large"
+
+__all__ = ["DOMAINS", "Problem", "fresh", "load_split", "make_problem", "split_of", "TOY_SMALL", "TOY_LARGE"]

@@ -1,0 +1,303 @@
+"""Train the toy pair (toy-small, toy-large) on the toy world and measure it.
+
+Loss is on solution tokens only (the question is masked), examples are packed into
+rows, the learning rate warms up then follows a cosine, and a share of the steps
+uses 2,048-token rows holding one long-variant problem so positions past 1,500 are
+trained. Everything is drawn from the seed, so a run is reproducible.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import random
+import re
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Iterator
+
+import torch
+from tqdm import tqdm
+from transformers import AutoModelForCausalLM, AutoTokenizer, GenerationConfig, LlamaConfig, LlamaForCausalLM
+
+from relaykit.toyworld.tasks import Problem, load_split, stream
+from relaykit.toyworld.tokenizer import save_tokenizer
+
+log = logging.getLogger(__name__)
+ANSWER = re.compile(r"</think>\s*The answer is (-?\d+)\.")
+
+
+@dataclass(frozen=True)
+class ToyModelConfig:
+    """Shape of one Llama model of the pair."""
+
+    layers: int
+    hidden: int
+    heads: int
+    intermediate: int
+
+
+@dataclass(frozen=True)
+class ToyTrainConfig:
+    """Optimisation of one model; ``steps`` x ``rows`` x ``row_tokens`` is its token budget."""
+
+    steps: int
+    rows: int = 8
+    row_tokens: int = 512
+    long_row_tokens: int = 2048
+    long_every: int = 8  # every n-th step packs 2,048-token rows led by a long-variant problem
+    short_share: float = 0.25  # share of short drills (no check round) in the training stream
+    lr: float = 2e-3
+    min_lr_ratio: float = 0.05
+    warmup: int = 100
+    weight_decay: float = 0.1
+    bf16: bool = True  # bfloat16 autocast (AMX on recent Xeons); weights stay float32
+
+
+@dataclass(frozen=True)
+class ToyPairConfig:
+    """The two models and their training budgets."""
+
+    small: ToyModelConfig = ToyModelConfig(layers=2, hidden=64, heads=4, intermediate=256)
+    large: ToyModelConfig = ToyModelConfig(layers=8, hidden=192, heads=6, intermediate=768)
+    small_train: ToyTrainConfig = field(default_factory=lambda: ToyTrainConfig(steps=1500))
+    large_train: ToyTrainConfig = field(default_factory=lambda: ToyTrainConfig(steps=2400))
+
+
+def build_model(shape: ToyModelConfig, tokenizer) -> LlamaForCausalLM:
+    """A fresh Llama model of ``shape`` for the toy tokenizer."""
+    config = LlamaConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=shape.hidden,
+        intermediate_size=shape.intermediate,
+        num_hidden_layers=shape.layers,
+        num_attention_heads=shape.heads,
+        num_key_value_heads=shape.heads,
+        max_position_embeddings=4096,
+        rope_theta=10000.0,
+        tie_word_embeddings=True,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+    )
+    return LlamaForCausalLM(config)
+
+
+def encode(tokenizer, problem: Problem) -> tuple[list[int], list[int]]:
+    """Token ids of prompt + solution + eos, and labels with the prompt masked (-100)."""
+    prompt = tokenizer.apply_chat_template(
+        [{"role": "user", "content": problem.question}], add_generation_prompt=True, tokenize=False
+    )
+    prompt_ids = tokenizer(prompt, add_special_tokens=False)["input_ids"]
+    target = tokenizer(problem.solution, add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
+    return prompt_ids + target, [-100] * len(prompt_ids) + target
+
+
+class Packer:
+    """Packs encoded problems into fixed-length rows (padding at the end of a row)."""
+
+    def __init__(self, tokenizer, seed: int, short_share: float):
+        self.tokenizer = tokenizer
+        self.short = stream("train", seed, short_share=short_share)
+        self.long = stream("train", seed, long=True)
+        self.pending: tuple[list[int], list[int]] | None = None
+
+    def _next_short(self) -> tuple[list[int], list[int]]:
+        item, self.pending = self.pending or encode(self.tokenizer, next(self.short)), None
+        return item
+
+    def row(self, length: int, lead_long: bool) -> tuple[list[int], list[int]]:
+        ids, labels = encode(self.tokenizer, next(self.long)) if lead_long else ([], [])
+        while True:
+            item = self._next_short()
+            if len(ids) + len(item[0]) > length:
+                self.pending = item
+                break
+            ids, labels = ids + item[0], labels + item[1]
+        pad = length - len(ids)
+        return ids[:length] + [self.tokenizer.pad_token_id] * pad, labels[:length] + [-100] * pad
+
+    def batch(self, rows: int, length: int, lead_long: bool) -> tuple[torch.Tensor, torch.Tensor]:
+        pairs = [self.row(length, lead_long) for _ in range(rows)]
+        return torch.tensor([p[0] for p in pairs]), torch.tensor([p[1] for p in pairs])
+
+
+def lr_at(step: int, cfg: ToyTrainConfig) -> float:
+    """Linear warmup, then cosine decay to ``min_lr_ratio`` of the peak."""
+    if step < cfg.warmup:
+        return cfg.lr * (step + 1) / cfg.warmup
+    progress = (step - cfg.warmup) / max(1, cfg.steps - cfg.warmup)
+    return cfg.lr * (cfg.min_lr_ratio + (1 - cfg.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress)))
+
+
+def train_model(model: LlamaForCausalLM, tokenizer, cfg: ToyTrainConfig, seed: int, name: str) -> float:
+    """Train ``model`` in place; returns the mean loss of the last 50 steps."""
+    torch.manual_seed(seed)
+    packer = Packer(tokenizer, seed, cfg.short_share)
+    decay = [p for p in model.parameters() if p.dim() >= 2]
+    no_decay = [p for p in model.parameters() if p.dim() < 2]
+    optimizer = torch.optim.AdamW(
+        [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
+        lr=cfg.lr,
+        betas=(0.9, 0.95),
+    )
+    long_rows = max(1, cfg.rows * cfg.row_tokens // cfg.long_row_tokens)
+    model.train()
+    losses: list[float] = []
+    bar = tqdm(range(cfg.steps), desc=f"train {name}", mininterval=10)
+    for step in bar:
+        lead_long = cfg.long_every > 0 and step % cfg.long_every == cfg.long_every - 1
+        if lead_long:
+            ids, labels = packer.batch(long_rows, cfg.long_row_tokens, lead_long=True)
+        else:
+            ids, labels = packer.batch(cfg.rows, cfg.row_tokens, lead_long=False)
+        for group in optimizer.param_groups:
+            group["lr"] = lr_at(step, cfg)
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=cfg.bf16):
+            loss = model(input_ids=ids, labels=labels).loss
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        losses.append(loss.item())
+        if step % 50 == 49:
+            bar.set_postfix(loss=f"{sum(losses[-50:]) / 50:.4f}")
+    model.eval()
+    return sum(losses[-50:]) / len(losses[-50:])
+
+
+def save_checkpoint(model: LlamaForCausalLM, tokenizer, folder: Path) -> None:
+    """Write an ordinary HF checkpoint folder (safetensors, tokenizer, generation config)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    model.generation_config = GenerationConfig(
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+        do_sample=False,
+        max_new_tokens=256,
+    )
+    model.save_pretrained(str(folder), safe_serialization=True)
+    tokenizer.save_pretrained(str(folder))
+
+
+def _load(model_dir: str | Path):
+    tokenizer = AutoTokenizer.from_pretrained(str(model_dir))
+    model = AutoModelForCausalLM.from_pretrained(str(model_dir), dtype=torch.float32).eval()
+    return model, tokenizer
+
+
+@torch.no_grad()
+def teacher_forced(model, tokenizer, problems: list[Problem], batch: int = 32) -> tuple[float, float]:
+    """(share of problems whose whole solution is top-1 under teacher forcing, share of
+    solution tokens whose top-1 prediction differs from the reference)."""
+    exact, wrong, total = 0, 0, 0
+    for start in range(0, len(problems), batch):
+        encoded = [encode(tokenizer, p) for p in problems[start : start + batch]]
+        width = max(len(ids) for ids, _ in encoded)
+        ids = torch.tensor([i + [tokenizer.pad_token_id] * (width - len(i)) for i, _ in encoded])
+        labels = torch.tensor([lab + [-100] * (width - len(lab)) for _, lab in encoded])
+        predicted = model(input_ids=ids).logits[:, :-1].argmax(-1)
+        target = labels[:, 1:].clone()
+        target[target == tokenizer.eos_token_id] = -100  # solution tokens only
+        mask = target != -100
+        miss = (predicted != target) & mask
+        exact += int((miss.sum(1) == 0).sum())
+        wrong += int(miss.sum())
+        total += int(mask.sum())
+    return exact / len(problems), wrong / total
+
+
+@torch.no_grad()
+def generate_answers(model, tokenizer, problems: list[Problem], max_new_tokens: int, batch: int = 16) -> list[str]:
+    """Greedy completions (HF generate, left padding) of the problems' prompts."""
+    tokenizer.padding_side = "left"
+    texts = []
+    for start in range(0, len(problems), batch):
+        prompts = [
+            tokenizer.apply_chat_template([{"role": "user", "content": p.question}], add_generation_prompt=True, tokenize=False)
+            for p in problems[start : start + batch]
+        ]
+        inputs = tokenizer(prompts, return_tensors="pt", padding=True, add_special_tokens=False)
+        out = model.generate(**inputs, do_sample=False, max_new_tokens=max_new_tokens)
+        texts += tokenizer.batch_decode(out[:, inputs["input_ids"].shape[1] :], skip_special_tokens=False)
+    return texts
+
+
+def extract_answer(completion: str) -> str | None:
+    """The number in ``</think>The answer is N.``, or None."""
+    match = ANSWER.search(completion)
+    return match.group(1) if match else None
+
+
+def evaluate(model_dir: str | Path, n: int = 200, long: bool = False) -> float:
+    """Greedy accuracy of a checkpoint on the first ``n`` test problems (or their long variant)."""
+    torch.set_num_threads(1)
+    model, tokenizer = _load(model_dir)
+    problems = load_split("test", n, long=long)
+    completions = generate_answers(model, tokenizer, problems, max_new_tokens=2400 if long else 320)
+    return sum(extract_answer(c) == p.answer for c, p in zip(completions, problems)) / len(problems)
+
+
+@torch.no_grad()
+def decode_speed(model_dir: str | Path, new_tokens: int = 200) -> float:
+    """Tokens per second of greedy HF generate at batch 1 (forced to ``new_tokens``)."""
+    model, tokenizer = _load(model_dir)
+    problem = load_split("test", 1)[0]
+    ids = tokenizer.apply_chat_template([{"role": "user", "content": problem.question}], add_generation_prompt=True, return_tensors="pt")
+    ids = ids["input_ids"] if hasattr(ids, "keys") else ids
+    kwargs = dict(do_sample=False, max_new_tokens=new_tokens, min_new_tokens=new_tokens)
+    model.generate(ids, max_new_tokens=8, do_sample=False)  # warm-up
+    start = time.perf_counter()
+    model.generate(ids, **kwargs)
+    return new_tokens / (time.perf_counter() - start)
+
+
+def measure(small_dir: str | Path, large_dir: str | Path, n: int = 200, n_long: int = 30) -> dict:
+    """The pair's properties: accuracies, parameter ratio, decode-speed ratio, hard-token share."""
+    torch.set_num_threads(1)
+    small, tokenizer = _load(small_dir)
+    large, _ = _load(large_dir)
+    test = load_split("test", n)
+    small_params, large_params = (sum(p.numel() for p in m.parameters()) for m in (small, large))
+    exact_small, hard_share = teacher_forced(small, tokenizer, test)
+    exact_large, large_miss = teacher_forced(large, tokenizer, test)
+    return {
+        "accuracy_large": evaluate(large_dir, n),
+        "accuracy_small": evaluate(small_dir, n),
+        "accuracy_large_long": evaluate(large_dir, n_long, long=True),
+        "teacher_forced_exact_large": exact_large,
+        "teacher_forced_exact_small": exact_small,
+        "params_small": small_params,
+        "params_large": large_params,
+        "param_ratio": large_params / small_params,
+        "decode_speed_ratio": decode_speed(small_dir) / decode_speed(large_dir),
+        "hard_token_share": hard_share,
+        "large_token_miss_share": large_miss,
+    }
+
+
+def train_toy(out_dir: str, seed: int = 0, pair: ToyPairConfig | None = None, measure_n: int = 200) -> dict:
+    """Train toy-small and toy-large from ``seed`` into ``out_dir``/toy-small and toy-large.
+
+    Returns the training minutes of each model and the pair's measured properties.
+    """
+    torch.set_num_threads(1)
+    pair = pair or ToyPairConfig()
+    out = Path(out_dir)
+    tokenizer = save_tokenizer(out / "tokenizer")
+    report: dict = {"seed": seed, "config": asdict(pair)}
+    for name, shape, cfg in (("toy-small", pair.small, pair.small_train), ("toy-large", pair.large, pair.large_train)):
+        random.seed(seed)
+        torch.manual_seed(seed)
+        model = build_model(shape, tokenizer)
+        start = time.perf_counter()
+        report[f"{name}_final_loss"] = train_model(model, tokenizer, cfg, seed, name)
+        report[f"{name}_train_minutes"] = (time.perf_counter() - start) / 60
+        save_checkpoint(model, tokenizer, out / name)
+        log.info("%s: %.1f min, loss %.4f", name, report[f"{name}_train_minutes"], report[f"{name}_final_loss"])
+    if measure_n:
+        report.update(measure(out / "toy-small", out / "toy-large", n=measure_n))
+    (out / "report.json").write_text(json.dumps(report, indent=2))
+    return report

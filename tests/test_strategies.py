@@ -1,0 +1,129 @@
+"""Strategy properties: single == HF generate, speculative greedy == large greedy, sampling law."""
+
+import math
+
+import pytest
+import torch
+
+from conftest import prompts
+from relaykit.decoding.sampler import SamplingConfig
+from relaykit.decoding.stopping import StopConfig
+from relaykit.strategies.base import get_strategy
+from relaykit.strategies.speculative import SpeculativeConfig
+
+
+def hf_greedy(model, prompt: list[int], max_new_tokens: int) -> list[int]:
+    ids = torch.tensor([prompt])
+    out = model.hf.generate(
+        ids, attention_mask=torch.ones_like(ids), do_sample=False, max_new_tokens=max_new_tokens,
+        pad_token_id=model.tokenizer.pad_token_id,
+    )
+    generated = out[0, len(prompt) :].tolist()
+    eos = model.tokenizer.eos_token_id
+    return generated[: generated.index(eos) + 1] if eos in generated else generated
+
+
+def pair(models, arch):
+    return {"large": models[(arch, "large")], "small": models[(arch, "small")]}
+
+
+@pytest.mark.parametrize("arch", ["llama", "qwen2"])
+def test_single_greedy_equals_hf_generate(models, arch):
+    model = models[(arch, "large")]
+    batch = prompts(model.tokenizer, 6, seed=7)
+    strategy = get_strategy("single")({"large": model}, stop=StopConfig(max_new_tokens=24))
+    batched = strategy.generate(batch)
+    for prompt, result in zip(batch, batched):
+        expected = hf_greedy(model, prompt, 24)
+        assert result.token_ids == expected
+        assert strategy.generate([prompt])[0].token_ids == expected
+
+
+@pytest.mark.parametrize("arch", ["llama", "qwen2"])
+@pytest.mark.parametrize("k", [1, 4, 8])
+def test_speculative_greedy_equals_large_greedy(models, arch, k):
+    batch = prompts(models[(arch, "large")].tokenizer, 20, seed=k)
+    stop = StopConfig(max_new_tokens=30)
+    single = get_strategy("single")(pair(models, arch), stop=stop)
+    speculative = get_strategy("speculative")(pair(models, arch), SpeculativeConfig(k=k), stop=stop)
+    expected = [r.token_ids for r in single.generate(batch)]
+    assert [r.token_ids for r in speculative.generate(batch)] == expected  # batched
+    for prompt, tokens in list(zip(batch, expected))[:5]:
+        result = speculative.generate([prompt])[0]
+        assert result.token_ids == tokens
+        assert set(result.provenance) <= {"small", "large"}
+
+
+def test_speculative_with_itself_as_draft_accepts_everything(models):
+    model = models[("llama", "large")]
+    speculative = get_strategy("speculative")(
+        {"large": model, "small": model}, SpeculativeConfig(k=4), stop=StopConfig(max_new_tokens=21)
+    )
+    result = speculative.generate(prompts(model.tokenizer, 1, seed=9))[0]
+    if len(result.token_ids) == 21:  # no early eos: 4 rounds of 4 drafts + 1 bonus, one last step
+        assert result.usage["large"]["forward_calls"] == 5
+        assert result.provenance.count("large") == 5
+
+
+def test_adaptive_k_stays_greedy_exact(models):
+    batch = prompts(models[("llama", "large")].tokenizer, 8, seed=11)
+    stop = StopConfig(max_new_tokens=30)
+    expected = [r.token_ids for r in get_strategy("single")(pair(models, "llama"), stop=stop).generate(batch)]
+    adaptive = get_strategy("speculative")(pair(models, "llama"), SpeculativeConfig(k=2, adaptive=True), stop=stop)
+    assert [r.token_ids for r in adaptive.generate(batch)] == expected
+
+
+def chi_square_quantile(df: int, z: float = 3.09) -> float:
+    """Wilson-Hilferty approximation of the chi-square quantile (z = 3.09: p = 0.001)."""
+    return df * (1 - 2 / (9 * df) + z * math.sqrt(2 / (9 * df))) ** 3
+
+
+def chi_square(counts: torch.Tensor, probs: torch.Tensor) -> tuple[float, int]:
+    n = counts.sum()
+    expected = probs * n
+    big = expected >= 5
+    observed = torch.cat([counts[big], counts[~big].sum()[None]])
+    expect = torch.cat([expected[big], expected[~big].sum()[None]])
+    keep = expect > 0
+    statistic = ((observed[keep] - expect[keep]) ** 2 / expect[keep]).sum()
+    return float(statistic), int(keep.sum()) - 1
+
+
+@pytest.mark.parametrize(
+    "sampling", [SamplingConfig(temperature=2.0, seed=0), SamplingConfig(temperature=1.5, top_k=20, top_p=0.9, seed=1)]
+)
+def test_speculative_sampling_follows_the_large_distribution(models, sampling):
+    large, small = models[("llama", "large")], models[("llama", "small")]
+    prompt = prompts(large.tokenizer, 1, seed=12)[0]
+    draws = 3000
+    speculative = get_strategy("speculative")(
+        {"large": large, "small": small}, SpeculativeConfig(k=3), sampling, StopConfig(max_new_tokens=4)
+    )
+    results = speculative.generate([prompt] * draws)
+    first = torch.tensor([r.token_ids[0] for r in results])
+    counts = torch.bincount(first, minlength=len(large.tokenizer)).float()
+    from relaykit.decoding.sampler import Sampler
+
+    with torch.no_grad():
+        warp = Sampler(sampling).probs
+        p_large = warp(large.hf(torch.tensor([prompt])).logits[0, -1].float())
+        p_small = warp(small.hf(torch.tensor([prompt])).logits[0, -1].float())
+    statistic, df = chi_square(counts, p_large)
+    assert statistic < chi_square_quantile(df), (statistic, df)
+    # the test has power: the draft model's own distribution is rejected
+    statistic, df = chi_square(counts, p_small)
+    assert statistic > chi_square_quantile(df)
+
+
+def test_stop_strings_and_budget(models):
+    model = models[("llama", "large")]
+    prompt = prompts(model.tokenizer, 1, seed=13)[0]
+    free = get_strategy("single")({"large": model}, stop=StopConfig(max_new_tokens=20)).generate([prompt])[0]
+    assert free.finish_reason in {"length", "stop"} and len(free.token_ids) <= 20
+    if len(free.text) >= 6:
+        needle = free.text[3:5]
+        stopped = get_strategy("single")(
+            {"large": model}, stop=StopConfig(max_new_tokens=20, stop_strings=[needle])
+        ).generate([prompt])[0]
+        assert stopped.finish_reason == "stop" and stopped.text.endswith(needle)
+        assert free.text.startswith(stopped.text)
