@@ -18,9 +18,13 @@ class GenerationResult:
     events: list[dict] = field(default_factory=list)  # strategy-specific: switches, calls, ...
 
     def segments(self, tokenizer) -> list[tuple[str, str]]:
-        """The text split into runs written by one model: [(text, writer), ...]."""
+        """The text split into runs written by one model: [(text, writer), ...]. Special tokens
+        such as <think> are shown; end-of-sequence and padding are not."""
+        hidden = {tokenizer.eos_token_id, tokenizer.pad_token_id, tokenizer.bos_token_id}
         runs: list[tuple[list[int], str]] = []
         for token, writer in zip(self.token_ids, self.provenance):
+            if token in hidden:
+                continue
             if runs and runs[-1][1] == writer:
                 runs[-1][0].append(token)
             else:

