@@ -11,7 +11,8 @@ from .sequence import Sequence
 class StopConfig:
     max_new_tokens: int = 256
     stop_strings: list[str] = field(default_factory=list)
-    stop_token_ids: list[int] = field(default_factory=list)  # the tokenizer's eos is always added
+    stop_token_ids: list[int] = field(default_factory=list)  # the tokenizer's eos is added
+    ignore_eos: bool = False  # run to max_new_tokens (benchmarks)
 
 
 class StopChecker:
@@ -20,7 +21,7 @@ class StopChecker:
     def __init__(self, config: StopConfig, tokenizer, eos_token_ids: list[int]):
         self.config = config
         self.tokenizer = tokenizer
-        self.stop_ids = set(config.stop_token_ids) | set(eos_token_ids)
+        self.stop_ids = set(config.stop_token_ids) | (set() if config.ignore_eos else set(eos_token_ids))
         self.stop_strings = [s for s in config.stop_strings if s]
         # enough tokens to contain the longest stop string, whatever the tokenization
         self.tail_tokens = 2 * max((len(s) for s in self.stop_strings), default=0) + 4

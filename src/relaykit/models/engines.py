@@ -14,6 +14,7 @@ import torch.nn.functional as F
 from .kv import KVCache, KVPolicy
 
 NATIVE_MODEL_TYPES = {"llama", "qwen2", "qwen3", "mistral"}
+STATIC_ROPE_TYPES = {"default", "linear", "llama3", "yarn"}  # rotary tables that do not depend on length
 
 
 def supports_native(hf_model) -> bool:
@@ -25,13 +26,53 @@ def supports_native(hf_model) -> bool:
     uses_window = window is not None and getattr(config, "use_sliding_window", True)
     if uses_window and window < config.max_position_embeddings:
         return False
+    rope = getattr(config, "rope_parameters", None) or getattr(config, "rope_scaling", None) or {}
+    rope_type = rope.get("rope_type", rope.get("type", "default"))
     layer_types = getattr(config, "layer_types", None) or []
-    return all(t == "full_attention" for t in layer_types)
+    return (
+        rope_type in STATIC_ROPE_TYPES
+        and not getattr(config, "mlp_bias", False)
+        and all(t == "full_attention" for t in layer_types)
+    )
 
 
 def _rotate_half(x: torch.Tensor) -> torch.Tensor:
     half = x.shape[-1] // 2
     return torch.cat((-x[..., half:], x[..., :half]), dim=-1)
+
+
+def _fuse(linears: list[torch.nn.Linear]) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """One weight (and bias) for several projections of the same input; the modules' own
+    parameters become views into it, so memory is not duplicated and the modules still work."""
+    weight = torch.cat([m.weight.data for m in linears])
+    bias = torch.cat([m.bias.data for m in linears]) if linears[0].bias is not None else None
+    start = 0
+    for m in linears:
+        rows = m.weight.shape[0]
+        m.weight.data = weight[start : start + rows]
+        if bias is not None:
+            m.bias.data = bias[start : start + rows]
+        start += rows
+    return weight, bias
+
+
+def fused_projections(hf_model) -> list[tuple]:
+    """Per layer: (q/k/v weight, q/k/v bias, gate/up weight), fused once per model."""
+    if not hasattr(hf_model, "_relaykit_fused"):
+        fused = []
+        for layer in hf_model.model.layers:
+            attention, mlp = layer.self_attn, layer.mlp
+            qkv_weight, qkv_bias = _fuse([attention.q_proj, attention.k_proj, attention.v_proj])
+            gate_up, _ = _fuse([mlp.gate_proj, mlp.up_proj])
+            fused.append((qkv_weight, qkv_bias, gate_up))
+        hf_model._relaykit_fused = fused
+    return hf_model._relaykit_fused
+
+
+def _rms_norm(module, x: torch.Tensor) -> torch.Tensor:
+    if x.dtype == torch.float32:  # the fused kernel computes exactly the module's float32 math
+        return F.rms_norm(x, module.weight.shape, module.weight, module.variance_epsilon)
+    return module(x)
 
 
 class NativeEngine:
@@ -49,6 +90,20 @@ class NativeEngine:
         param = next(hf_model.parameters())
         self.cache = KVCache(len(self.body.layers), self.kv_heads, self.head_dim, param.dtype, param.device)
         self.device = param.device
+        self.fused = fused_projections(hf_model)
+        self.qk_norm = hasattr(attention, "q_norm")
+        self.activation = F.silu if config.hidden_act == "silu" else self.body.layers[0].mlp.act_fn
+        self.rope_cos = self.rope_sin = None
+
+    def _rope(self, hidden: torch.Tensor, position_ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """cos/sin [B, 1, n, head_dim] from a table grown on demand (the model's own rotary module)."""
+        needed = int(position_ids.max()) + 1
+        if self.rope_cos is None or self.rope_cos.shape[0] < needed:
+            size = max(needed, 2 * (0 if self.rope_cos is None else self.rope_cos.shape[0]), 256)
+            table = torch.arange(size, device=self.device)[None]
+            cos, sin = self.body.rotary_emb(hidden, table)
+            self.rope_cos, self.rope_sin = cos[0], sin[0]
+        return self.rope_cos[position_ids][:, None], self.rope_sin[position_ids][:, None]
 
     @property
     def lengths(self) -> list[int]:
@@ -87,19 +142,22 @@ class NativeEngine:
             write_index = write_index[:, None, :, None].expand(batch, self.kv_heads, width, self.head_dim)
 
         hidden = self.body.embed_tokens(ids)
-        cos, sin = self.body.rotary_emb(hidden, position_ids)
-        cos, sin = cos[:, None], sin[:, None]
+        cos, sin = self._rope(hidden, position_ids)
+        q_width, kv_width = self.heads, self.kv_heads
         for index, layer in enumerate(self.body.layers):
-            attention = layer.self_attn
-            x = layer.input_layernorm(hidden)
-            q = attention.q_proj(x).view(batch, width, self.heads, self.head_dim)
-            k = attention.k_proj(x).view(batch, width, self.kv_heads, self.head_dim)
-            v = attention.v_proj(x).view(batch, width, self.kv_heads, self.head_dim).transpose(1, 2)
-            if hasattr(attention, "q_norm"):
-                q, k = attention.q_norm(q), attention.k_norm(k)
-            q, k = q.transpose(1, 2), k.transpose(1, 2)
-            q = q * cos + _rotate_half(q) * sin
-            k = k * cos + _rotate_half(k) * sin
+            attention, mlp = layer.self_attn, layer.mlp
+            qkv_weight, qkv_bias, gate_up = self.fused[index]
+            x = _rms_norm(layer.input_layernorm, hidden)
+            qkv = F.linear(x, qkv_weight, qkv_bias).view(batch, width, q_width + 2 * kv_width, self.head_dim)
+            if self.qk_norm:  # Qwen3 normalises q and k per head before rotation
+                q = attention.q_norm(qkv[:, :, :q_width]).transpose(1, 2)
+                k = attention.k_norm(qkv[:, :, q_width : q_width + kv_width]).transpose(1, 2)
+                q, k = q * cos + _rotate_half(q) * sin, k * cos + _rotate_half(k) * sin
+            else:  # rotate q and k in one go
+                qk = qkv[:, :, : q_width + kv_width].transpose(1, 2)
+                qk = qk * cos + _rotate_half(qk) * sin
+                q, k = qk[:, :q_width], qk[:, q_width:]
+            v = qkv[:, :, q_width + kv_width :].transpose(1, 2)
             keys, values = cache.keys[index], cache.values[index]
             if same_start:
                 keys[:, :, starts[0] : starts[0] + width] = k
@@ -115,8 +173,10 @@ class NativeEngine:
                 scale=attention.scaling,
                 enable_gqa=self.heads != self.kv_heads,
             )
-            hidden = hidden + attention.o_proj(out.transpose(1, 2).reshape(batch, width, -1))
-            hidden = hidden + layer.mlp(layer.post_attention_layernorm(hidden))
+            out = out.transpose(1, 2).reshape(batch, width, -1)
+            hidden = hidden + F.linear(out, attention.o_proj.weight, attention.o_proj.bias)
+            gate, up = F.linear(_rms_norm(layer.post_attention_layernorm, hidden), gate_up).chunk(2, dim=-1)
+            hidden = hidden + F.linear(self.activation(gate) * up, mlp.down_proj.weight, mlp.down_proj.bias)
 
         fed = torch.tensor([len(t) for t in tokens], dtype=torch.long, device=self.device)
         cache.lengths += fed.cpu()
