@@ -13,20 +13,21 @@ from relaykit.models.loading import Model, load_model
 
 
 def build_pair(folder: Path, seed: int = 0) -> tuple[Path, Path]:
-    """A small Llama (2 layers) and a large one: the small one's layers plus 10 layers whose
+    """A small Llama (2 layers) and a large one: the small one's layers plus 14 layers whose
     residual contributions are damped, so that the pair agrees often (like a distilled draft)
-    while the large one costs about 6x more per token."""
+    while the large one costs about 6x more per token. Narrow (128 wide), so that decoding is
+    bound by per-layer latency as it is for real models on accelerators, not by CPU FLOPs."""
     from transformers import LlamaConfig, LlamaForCausalLM
 
     from relaykit.toyworld.tokenizer import build_tokenizer
 
     tokenizer = build_tokenizer()
-    common = dict(vocab_size=len(tokenizer), hidden_size=256, intermediate_size=768, num_attention_heads=8,
-                  num_key_value_heads=4, max_position_embeddings=4096, bos_token_id=tokenizer.bos_token_id,
+    common = dict(vocab_size=len(tokenizer), hidden_size=128, intermediate_size=384, num_attention_heads=4,
+                  num_key_value_heads=2, max_position_embeddings=4096, bos_token_id=tokenizer.bos_token_id,
                   eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id)
     torch.manual_seed(seed)
     small = LlamaForCausalLM(LlamaConfig(num_hidden_layers=2, **common))
-    large = LlamaForCausalLM(LlamaConfig(num_hidden_layers=12, **common))
+    large = LlamaForCausalLM(LlamaConfig(num_hidden_layers=16, **common))
     with torch.no_grad():
         small.lm_head.weight.mul_(20.0)
         large.load_state_dict(small.state_dict(), strict=False)
@@ -56,7 +57,7 @@ def load_pair(args: argparse.Namespace) -> tuple[Model, Model, str]:
         what = "toy pair" if not (args.large or args.small) else f"{large_spec} / {small_spec}"
     else:
         small_spec, large_spec = map(str, build_pair(Path(tempfile.mkdtemp(prefix="relaykit-bench-"))))
-        what = "pair built from configs (2-layer small; 12-layer large with 10 damped layers)"
+        what = "pair built from configs (2-layer small; 16-layer large with 14 damped layers)"
     return load_model(large_spec, name="large"), load_model(small_spec, name="small"), what
 
 

@@ -117,6 +117,74 @@ def cmd_generate(args: argparse.Namespace) -> int:
     return 0
 
 
+def build_strategies(names: list[str], args: argparse.Namespace) -> dict:
+    """Strategy objects for `names` (the large-only baseline added when missing), sharing models."""
+    from .options import config_from_args
+    from .strategies.base import STRATEGIES, get_strategy
+
+    classes = {name: get_strategy(name) for name in names}
+    if "large" not in classes:
+        classes = {"large": get_strategy("large"), **classes}
+    given = {k[4:] for k, v in vars(args).items() if k.startswith("opt_") and v is not None}
+    owners = {f for cls in classes.values() for f in cls.Config.__dataclass_fields__}
+    if given - owners:
+        flags = ", ".join("--" + f.replace("_", "-") for f in sorted(given - owners))
+        raise RelaykitError(f"no chosen strategy has the option(s) {flags}")
+    roles = tuple(dict.fromkeys(role for cls in classes.values() for role in cls.roles))
+    models = load_models(args, roles)
+    sampling, stop = sampling_from_args(args)
+    return {
+        name: cls(models, config_from_args(cls, args, strict=False), sampling, stop) for name, cls in classes.items()
+    }
+
+
+def run_evaluation(args: argparse.Namespace, dataset: str, limit: int | None, out: str):
+    from rich.console import Console
+
+    from .evals.datasets import load_dataset
+    from .evals.harness import EvalSettings, evaluate
+    from .evals.report import rich_table, write_report
+
+    names = [n.strip() for n in args.strategy.split(",") if n.strip()]
+    problems = load_dataset(dataset, limit)
+    if args.batch_size < 1:
+        raise RelaykitError(f"--batch-size must be >= 1, got {args.batch_size}")
+    strategies = build_strategies(names, args)
+    settings = EvalSettings(batch_size=args.batch_size, raw=args.raw)
+    results = evaluate(strategies, problems, dataset, settings)
+    paths = write_report(results, out)
+    console = Console()
+    console.print(rich_table(results))
+    console.print(f"[dim]wrote {', '.join(str(p) for p in paths.values())}[/]")
+    return results, paths, console
+
+
+def cmd_eval(args: argparse.Namespace) -> int:
+    run_evaluation(args, args.dataset, args.limit, args.out)
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from .evals.report import rich_trajectory
+    from .strategies.base import STRATEGIES
+
+    args.strategy = ",".join(name for name in STRATEGIES if name != "single")
+    for role in ("large", "small"):
+        if getattr(args, role) is None and default_model(role) is None:
+            raise RelaykitError(f"the shipped toy-{role} checkpoint is missing; reinstall relaykit or pass --{role}")
+    results, paths, console = run_evaluation(args, args.dataset, args.limit, args.out)
+    shown = next(
+        (name for name, entry in results["strategies"].items() if name not in ("small", "large")), "large"
+    )
+    problem = results["strategies"][shown]["problems"][0]
+    console.rule(f"{shown} on problem {problem['id']} (cyan: small model, magenta: large model)")
+    console.print(rich_trajectory(problem["segments"]))
+    verdict = "correct" if problem["correct"] else f"wrong (reference {problem['reference']})"
+    console.print(f"[dim]answer: {problem['prediction']} - {verdict}[/]")
+    console.print(f"\nplot: {paths['plot']}\ncoloured trajectories: {paths['html']}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     from .options import add_strategy_options
     from .strategies.base import STRATEGIES, get_strategy
@@ -142,6 +210,41 @@ def build_parser() -> argparse.ArgumentParser:
     add_sampling_options(generate)
     add_strategy_options(generate, STRATEGIES)
     generate.set_defaults(run=cmd_generate)
+
+    evaluate = commands.add_parser(
+        "eval",
+        help="measure strategies on a dataset (accuracy, large-token share, FLOPs, time, speed-up)",
+        description="Run several strategies on the same problems in one process. Writes "
+        "DIR/results.json, DIR/results.md, DIR/plot.png and DIR/trajectories.html. The large-only "
+        "baseline is always included, since speed-ups are measured against it.",
+    )
+    evaluate.add_argument("--strategy", default="small,large,speculative", help="comma-separated strategy names")
+    evaluate.add_argument("--dataset", default="toy:test", help="toy:SPLIT, toy:long:SPLIT, toy:fresh:SEED or a JSONL path (GSM8K, MATH-500, AIME formats)")
+    evaluate.add_argument("--limit", type=int, default=None, help="first N problems")
+    evaluate.add_argument("--out", default="relaykit-eval", help="output folder (default ./relaykit-eval)")
+    evaluate.add_argument("--batch-size", type=int, default=8, help="problems per batch for batched strategies")
+    add_model_options(evaluate)
+    add_sampling_options(evaluate)
+    evaluate.set_defaults(max_new_tokens=512)
+    add_strategy_options(evaluate, STRATEGIES)
+    evaluate.set_defaults(run=cmd_eval)
+
+    demo = commands.add_parser(
+        "demo",
+        help="run every strategy on the shipped toy pair and show the comparison",
+        description="Runs every registered strategy on a slice of the toy test split with the shipped "
+        "toy-small / toy-large pair; prints the comparison table and one trajectory coloured by "
+        "writing model; writes the plot and an HTML view of the trajectories.",
+    )
+    demo.add_argument("--limit", type=int, default=32, help="toy test problems (default 32)")
+    demo.add_argument("--out", default="relaykit-demo", help="output folder (default ./relaykit-demo)")
+    demo.add_argument("--batch-size", type=int, default=8, help="problems per batch for batched strategies")
+    demo.add_argument("--dataset", default="toy:test", help=argparse.SUPPRESS)
+    add_model_options(demo)
+    add_sampling_options(demo)
+    demo.set_defaults(max_new_tokens=512)
+    add_strategy_options(demo, STRATEGIES)
+    demo.set_defaults(run=cmd_demo)
     return parser
 
 

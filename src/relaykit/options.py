@@ -34,7 +34,7 @@ def add_strategy_options(parser: argparse.ArgumentParser, strategies: dict[str, 
             group.add_argument(_flag(key), dest=f"opt_{key}", action=argparse.BooleanOptionalAction, default=None, help=help_text)
         else:
             base = next((t for t in typing.get_args(kind) if t is not type(None)), kind)
-            group.add_argument(_flag(key), dest=f"opt_{key}", type=base if base in (int, float) else str, default=None, help=help_text)
+            group.add_argument(_flag(key), dest=f"opt_{key}", type=base if base in (int, float) else str, default=None, metavar=key.upper(), help=help_text)
 
 
 def config_from_args(cls: type, args: argparse.Namespace, strict: bool = True):

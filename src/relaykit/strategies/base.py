@@ -70,10 +70,11 @@ class Strategy:
     def _policy(self) -> KVPolicy | None:
         return dataclasses.replace(self.kv_policy) if dataclasses.is_dataclass(self.kv_policy) else self.kv_policy
 
-    def generate(self, prompts: list[list[int]]) -> list[GenerationResult]:
-        """Generate for a batch of tokenized prompts; usage is attributed per prompt."""
+    def generate(self, prompts: list[list[int]], stop: StopConfig | None = None) -> list[GenerationResult]:
+        """Generate for a batch of tokenized prompts (`stop` overrides the strategy's own)."""
         self.sampler = Sampler(self.sampling)
-        self.stop = StopChecker(self.stop_config, self.tokenizer, self.models[self.roles[0]].eos_token_ids)
+        eos = self.models[self.roles[0]].eos_token_ids
+        self.stop = StopChecker(stop or self.stop_config, self.tokenizer, eos)
         for runner in self.runners.values():
             runner.reset()
         sequences = [Sequence(p) for p in prompts]

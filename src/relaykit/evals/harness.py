@@ -1,0 +1,92 @@
+"""Run several strategies on the same problems in one process and measure them the same way."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+from tqdm import tqdm
+
+from ..decoding.prompt import encode_prompt
+from ..decoding.sampler import SamplingConfig
+from ..decoding.stopping import StopConfig
+from ..strategies.base import Strategy
+from .answers import answers_match, extract_answer
+from .datasets import EvalProblem
+
+# appended to benchmark prompts that do not already ask for a boxed answer (Qwen/DeepSeek style)
+BOXED_INSTRUCTION = "\nPlease reason step by step, and put your final answer within \\boxed{}."
+
+
+@dataclass
+class EvalSettings:
+    batch_size: int = 8
+    sampling: SamplingConfig | None = None
+    stop: StopConfig | None = None
+    raw: bool = False
+    progress: bool = True
+
+
+def prompt_text(problem: EvalProblem) -> str:
+    if problem.source.startswith("toy") or "boxed" in problem.prompt:
+        return problem.prompt
+    return problem.prompt + BOXED_INSTRUCTION
+
+
+def run_strategy(strategy: Strategy, problems: list[EvalProblem], settings: EvalSettings) -> dict:
+    """Accuracy, cost and per-problem records of one strategy on the problems."""
+    tokenizer = strategy.tokenizer
+    prompts = [encode_prompt(tokenizer, prompt_text(p), raw=settings.raw) for p in problems]
+    batch = settings.batch_size if strategy.batched else 1
+    strategy.generate(prompts[:1], StopConfig(max_new_tokens=2))  # warm-up: first calls are not the method's cost
+    results = []
+    bar = tqdm(total=len(prompts), desc=f"{strategy.name:>14}", unit="problem", disable=not settings.progress, leave=False)
+    started = time.perf_counter()
+    for start in range(0, len(prompts), batch):
+        results += strategy.generate(prompts[start : start + batch])
+        bar.update(min(batch, len(prompts) - start))
+    wall = time.perf_counter() - started
+    bar.close()
+    records = []
+    for problem, result in zip(problems, results):
+        prediction = extract_answer(result.text)
+        records.append(
+            {
+                "id": problem.id,
+                "prediction": prediction,
+                "reference": problem.reference,
+                "correct": answers_match(prediction, problem.reference),
+                "text": result.text,
+                "segments": [list(s) for s in result.segments(tokenizer)],
+                "tokens": len(result.token_ids),
+                "tokens_by": {w: result.tokens_by(w) for w in set(result.provenance)},
+                "usage": result.usage,
+                "events": result.events,
+                "finish_reason": result.finish_reason,
+            }
+        )
+    tokens = sum(r["tokens"] for r in records)
+    large_tokens = sum(r["tokens_by"].get("large", 0) for r in records)
+    return {
+        "accuracy": sum(r["correct"] for r in records) / max(len(records), 1),
+        "large_token_share": large_tokens / max(tokens, 1),
+        "flops": sum(u["flops"] for r in records for u in r["usage"].values()),
+        "wall_seconds": wall,
+        "tokens": tokens,
+        "tokens_per_second": tokens / wall if wall else 0.0,
+        "speedup_vs_large": None,
+        "problems": records,
+    }
+
+
+def evaluate(strategies: dict[str, Strategy], problems: list[EvalProblem], dataset: str, settings: EvalSettings) -> dict:
+    """Every strategy on the same problems, one after the other in this process; speed-ups are
+    against the `large` strategy (the large model alone) of the same run."""
+    results = {"dataset": dataset, "n_problems": len(problems), "strategies": {}}
+    for name, strategy in strategies.items():
+        results["strategies"][name] = run_strategy(strategy, problems, settings)
+    baseline = results["strategies"].get("large")
+    if baseline:
+        for entry in results["strategies"].values():
+            entry["speedup_vs_large"] = baseline["wall_seconds"] / entry["wall_seconds"] if entry["wall_seconds"] else None
+    return results
