@@ -187,9 +187,9 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     from .options import add_strategy_options
-    from .strategies.base import STRATEGIES, get_strategy
+    from .strategies.base import STRATEGIES, load_all
 
-    get_strategy("single")  # registers the built-in strategies
+    load_all()
     parser = argparse.ArgumentParser(
         prog="relaykit",
         description="Let LLMs of different sizes share one generation. Models are Hugging Face "

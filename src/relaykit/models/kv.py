@@ -74,6 +74,10 @@ class KVPolicy:
 
     name = "full"
 
+    def fresh(self) -> "KVPolicy":
+        """A new policy with the same settings and no state (one per runner)."""
+        return type(self)()
+
     def after_forward(self, cache: KVCache) -> None:
         """Called after each forward; a compressing policy drops slots here."""
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import time
 from dataclasses import dataclass
 
@@ -68,7 +67,7 @@ class Strategy:
         self.runners = {role: Runner(model, role, self._policy()) for role, model in self.models.items()}
 
     def _policy(self) -> KVPolicy | None:
-        return dataclasses.replace(self.kv_policy) if dataclasses.is_dataclass(self.kv_policy) else self.kv_policy
+        return self.kv_policy.fresh() if self.kv_policy is not None else None
 
     def generate(self, prompts: list[list[int]], stop: StopConfig | None = None) -> list[GenerationResult]:
         """Generate for a batch of tokenized prompts (`stop` overrides the strategy's own)."""
@@ -99,8 +98,20 @@ class Strategy:
         return done
 
 
+def load_all() -> dict[str, type[Strategy]]:
+    """Import every module of this package, so that each strategy registers itself."""
+    import importlib
+    import pkgutil
+
+    from .. import strategies
+
+    for module in pkgutil.iter_modules(strategies.__path__):
+        importlib.import_module(f"{strategies.__name__}.{module.name}")
+    return STRATEGIES
+
+
 def get_strategy(name: str) -> type[Strategy]:
-    from . import single, speculative  # noqa: F401  (registration)
+    load_all()
 
     if name not in STRATEGIES:
         raise RelaykitError(f"unknown strategy {name!r}; available: {', '.join(sorted(STRATEGIES))}")

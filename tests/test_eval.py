@@ -1,0 +1,41 @@
+"""`relaykit eval`: several strategies in one run, results.json fields, report files."""
+
+import json
+
+from test_loading import run_cli
+
+
+def test_eval_writes_results_for_every_strategy(tmp_path, checkpoints):
+    data = tmp_path / "mini.jsonl"
+    rows = [{"question": f"What is {i} + {i}?", "answer": f"{i} + {i} = {2 * i}\n#### {2 * i}"} for i in range(5)]
+    data.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    out = tmp_path / "out"
+    done = run_cli(
+        "eval", "--strategy", "small,speculative", "--dataset", str(data), "--limit", "4", "--out", str(out),
+        "--max-new-tokens", "10", "--batch-size", "3", "--k", "2",
+        "--large", str(checkpoints[("llama", "large")]), "--small", str(checkpoints[("llama", "small")]),
+    )
+    assert done.returncode == 0, done.stderr
+    results = json.loads((out / "results.json").read_text())
+    assert results["n_problems"] == 4
+    assert list(results["strategies"]) == ["large", "small", "speculative"]  # the baseline is added
+    for name, entry in results["strategies"].items():
+        for key in ("accuracy", "large_token_share", "flops", "wall_seconds", "tokens_per_second", "speedup_vs_large"):
+            assert entry[key] is not None, (name, key)
+        assert len(entry["problems"]) == 4
+        for problem in entry["problems"]:
+            assert {"prediction", "reference", "correct", "usage", "segments"} <= set(problem)
+    assert results["strategies"]["large"]["speedup_vs_large"] == 1.0
+    assert results["strategies"]["large"]["large_token_share"] == 1.0
+    assert results["strategies"]["small"]["large_token_share"] == 0.0
+    assert [p["reference"] for p in results["strategies"]["small"]["problems"]] == ["0", "2", "4", "6"]
+    for name in ("results.md", "plot.png", "trajectories.html"):
+        assert (out / name).stat().st_size > 0
+
+
+def test_eval_rejects_options_no_strategy_has(tmp_path, checkpoints):
+    done = run_cli("eval", "--strategy", "large", "--k", "3", "--large", str(checkpoints[("llama", "large")]),
+                   "--dataset", "toy:test", "--limit", "1", "--out", str(tmp_path))
+    assert done.returncode == 2 and "--k" in done.stderr and "Traceback" not in done.stderr
+    done = run_cli("eval", "--strategy", "nonsense", "--dataset", "toy:test", "--out", str(tmp_path))
+    assert done.returncode == 2 and "unknown strategy" in done.stderr
