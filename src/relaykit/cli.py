@@ -185,6 +185,18 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_train(args: argparse.Namespace) -> int:
+    import logging
+
+    from .toyworld.train import train_toy
+
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    report = train_toy(args.out, seed=args.seed, measure_n=args.measure)
+    print(json.dumps({k: v for k, v in report.items() if k != "config"}, indent=2))
+    print(f"checkpoints written to {args.out}/toy-small and {args.out}/toy-large")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     from .options import add_strategy_options
     from .strategies.base import STRATEGIES, load_all
@@ -245,6 +257,19 @@ def build_parser() -> argparse.ArgumentParser:
     demo.set_defaults(max_new_tokens=512)
     add_strategy_options(demo, STRATEGIES)
     demo.set_defaults(run=cmd_demo)
+
+    train = commands.add_parser("train", help="train models (the toy pair)", description="Train models.")
+    what = train.add_subparsers(dest="what", required=True, metavar="WHAT")
+    toy = what.add_parser(
+        "toy",
+        help="train toy-small and toy-large from scratch (single-threaded, about an hour on a CPU core)",
+        description="Train the toy pair reproducibly from a seed and measure it (accuracies, parameter "
+        "and speed ratios, hard-token share). The shipped checkpoints were made by this command.",
+    )
+    toy.add_argument("--out", default="relaykit-toy", help="output folder (default ./relaykit-toy)")
+    toy.add_argument("--seed", type=int, default=0)
+    toy.add_argument("--measure", type=int, default=200, help="test problems to measure on (0 = skip)")
+    toy.set_defaults(run=cmd_train)
     return parser
 
 
