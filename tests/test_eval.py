@@ -39,3 +39,50 @@ def test_eval_rejects_options_no_strategy_has(tmp_path, checkpoints):
     assert done.returncode == 2 and "--k" in done.stderr and "Traceback" not in done.stderr
     done = run_cli("eval", "--strategy", "nonsense", "--dataset", "toy:test", "--out", str(tmp_path))
     assert done.returncode == 2 and "unknown strategy" in done.stderr
+
+
+def test_demo_html_colours_each_span_by_its_model(tmp_path, checkpoints):
+    from html.parser import HTMLParser
+
+    out = tmp_path / "demo"
+    done = run_cli(
+        "demo", "--limit", "2", "--max-new-tokens", "12", "--out", str(out),
+        "--large", str(checkpoints[("llama", "large")]), "--small", str(checkpoints[("llama", "small")]),
+    )
+    assert done.returncode == 0, done.stderr
+    assert "speculative" in done.stdout and str(out / "trajectories.html") in done.stdout.replace("\n", "")
+
+    class Spans(HTMLParser):
+        def __init__(self):
+            super().__init__()
+            self.spans, self.model, self.in_pre = [], None, False
+
+        def handle_starttag(self, tag, attrs):
+            attrs = dict(attrs)
+            self.in_pre |= tag == "pre"
+            if tag == "span" and "data-model" in attrs and self.in_pre:  # trajectories, not the legend
+                assert attrs["class"] == f"writer-{attrs['data-model']}"
+                self.model = attrs["data-model"]
+                self.spans.append([self.model, ""])
+
+        def handle_endtag(self, tag):
+            if tag == "span":
+                self.model = None
+            if tag == "pre":
+                self.in_pre = False
+
+        def handle_data(self, data):
+            if self.model:
+                self.spans[-1][1] += data
+
+    parser = Spans()
+    parser.feed((out / "trajectories.html").read_text())
+    results = json.loads((out / "results.json").read_text())
+    expected = [
+        [writer, text]
+        for entry in results["strategies"].values()
+        for problem in entry["problems"]
+        for text, writer in problem["segments"]
+    ]
+    assert parser.spans == expected
+    assert {"small", "large"} <= {model for model, _ in parser.spans}

@@ -27,6 +27,7 @@ def add_model_options(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--device", default="cpu", help="cpu (default), cuda, cuda:N or auto")
     group.add_argument("--trust-remote-code", action="store_true", help="allow a checkpoint's own Python code to run")
     group.add_argument("--allow-pickle", action="store_true", help="allow pickle (.bin) weights; safetensors only by default")
+    group.add_argument("--threads", type=int, default=0, help="CPU threads for torch (default: torch's choice)")
 
 
 def add_sampling_options(parser: argparse.ArgumentParser) -> None:
@@ -43,8 +44,14 @@ def add_sampling_options(parser: argparse.ArgumentParser) -> None:
 
 
 def load_models(args: argparse.Namespace, roles: tuple[str, ...]) -> dict:
+    import torch
+
     from .models.loading import load_model
 
+    if args.threads < 0:
+        raise RelaykitError(f"--threads must be >= 0, got {args.threads}")
+    if args.threads:
+        torch.set_num_threads(args.threads)
     models = {}
     for role in roles:
         spec = getattr(args, role, None) or default_model(role)
