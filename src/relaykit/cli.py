@@ -192,6 +192,28 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_calibrate(args: argparse.Namespace) -> int:
+    from .calibrate import run_calibrate_command, summary
+    from .evals.datasets import load_dataset
+    from .text import load_cues
+
+    problems = load_dataset(args.dataset, args.limit)
+    models = load_models(args, ("large", "small"))
+    result, paths = run_calibrate_command(
+        models,
+        problems,
+        args.out,
+        cues=load_cues(args.candidates) if args.candidates else None,
+        threshold=args.threshold,
+        min_occurrences=args.min_occurrences,
+        max_new_tokens=args.max_new_tokens,
+        batch_size=args.batch_size,
+    )
+    print(summary(result))
+    print(f"wrote {paths['json']} and {paths['plot']}")
+    return 0
+
+
 def cmd_train(args: argparse.Namespace) -> int:
     import logging
 
@@ -264,6 +286,24 @@ def build_parser() -> argparse.ArgumentParser:
     demo.set_defaults(max_new_tokens=512)
     add_strategy_options(demo, STRATEGIES)
     demo.set_defaults(run=cmd_demo)
+
+    calibrate = commands.add_parser(
+        "calibrate",
+        help="select RelayGen switch cues for a large/small pair",
+        description="The large model writes traces on the dataset; the small model reads them and its "
+        "top-1 minus top-2 probability margin is compared after each candidate cue and elsewhere. "
+        "Cues whose margin delta is above the threshold (with enough occurrences) are selected.",
+    )
+    calibrate.add_argument("--dataset", default="toy:calibration", help="dataset spec (default toy:calibration)")
+    calibrate.add_argument("--limit", type=int, default=100, help="problems to trace (default 100)")
+    calibrate.add_argument("--out", default="cues.json", help="output JSON (a PNG plot is written beside it)")
+    calibrate.add_argument("--candidates", help="'|'-separated cues or a file of cues (default: the built-in list)")
+    calibrate.add_argument("--threshold", type=float, default=0.0, help="minimum margin delta (default 0)")
+    calibrate.add_argument("--min-occurrences", type=int, default=5)
+    calibrate.add_argument("--batch-size", type=int, default=8)
+    calibrate.add_argument("--max-new-tokens", type=int, default=512)
+    add_model_options(calibrate)
+    calibrate.set_defaults(run=cmd_calibrate)
 
     train = commands.add_parser("train", help="train models (the toy pair)", description="Train models.")
     what = train.add_subparsers(dest="what", required=True, metavar="WHAT")

@@ -8,7 +8,6 @@ from dataclasses import dataclass
 from tqdm import tqdm
 
 from ..decoding.prompt import encode_prompt
-from ..decoding.sampler import SamplingConfig
 from ..decoding.stopping import StopConfig
 from ..strategies.base import Strategy
 from .answers import answers_match, extract_answer
@@ -21,9 +20,7 @@ BOXED_INSTRUCTION = "\nPlease reason step by step, and put your final answer wit
 @dataclass
 class EvalSettings:
     batch_size: int = 8
-    sampling: SamplingConfig | None = None
-    stop: StopConfig | None = None
-    raw: bool = False
+    raw: bool = False  # skip the chat template
     progress: bool = True
 
 

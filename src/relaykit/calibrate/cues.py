@@ -1,0 +1,203 @@
+"""RelayGen cue calibration (Song, Kim and Kim 2026).
+
+The large model writes reasoning traces (the `single` strategy, batched); the small model reads
+each whole trace in one forward (`Runner.score`) and gives, per token, its margin
+p(top1) - p(top2). For every candidate cue, the region after each occurrence (to the first
+sentence end) is what the small model would write at run time. A cue's score is the mean margin
+inside its regions minus the mean margin elsewhere; cues scoring above `threshold` with at least
+`min_occurrences` regions are selected. Only the thinking part (before `</think>`) is used.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+
+from ..decoding.prompt import encode_prompt
+from ..decoding.sequence import Sequence
+from ..decoding.stopping import StopConfig
+from ..errors import RelaykitError
+from ..models.loading import Model, check_same_tokenizer
+from ..models.runner import Runner
+from ..text import CANDIDATE_CUES, THINK_END, cue_pattern, cue_regions
+
+
+def calibrate(
+    large: Model,
+    small: Model,
+    problems: list,
+    cues: list[str] | None = None,
+    threshold: float = 0.0,
+    min_occurrences: int = 5,
+    max_new_tokens: int = 512,
+    batch_size: int = 8,
+) -> dict:
+    """Cue statistics for `large`'s traces on `problems` as read by `small` (see `cue_statistics`).
+
+    `problems`: prompt strings, token-id lists, evaluation problems (`.prompt`) or toy problems
+    (`.question`). `cues`: the candidates (default: `relaykit.text.CANDIDATE_CUES`).
+    """
+    from ..strategies.single import LargeOnly
+
+    check_same_tokenizer(large, small)
+    if not problems:
+        raise RelaykitError("calibration needs at least one problem")
+    prompts = [_prompt_ids(large.tokenizer, p) for p in problems]
+    writer = LargeOnly({"large": large}, stop=StopConfig(max_new_tokens=max_new_tokens))
+    traces = []
+    for start in range(0, len(prompts), batch_size):
+        traces += [r.token_ids for r in writer.generate(prompts[start : start + batch_size])]
+    reader = Runner(small, "small")
+    scored = []
+    for prompt, trace in zip(prompts, traces):
+        if trace:
+            scored.append((token_pieces(small.tokenizer, prompt, trace), small_margins(reader, prompt, trace)))
+            reader.reset()
+    result = cue_statistics(scored, cues if cues is not None else CANDIDATE_CUES, threshold, min_occurrences)
+    result.update(large=large.source, small=small.source, problems=len(prompts), max_new_tokens=max_new_tokens)
+    return result
+
+
+def _prompt_ids(tokenizer, problem) -> list[int]:
+    if isinstance(problem, list):
+        return problem
+    if isinstance(problem, str):
+        return encode_prompt(tokenizer, problem)
+    if hasattr(problem, "reference"):  # an evaluation problem: the prompt text the harness would use
+        from ..evals.harness import prompt_text
+
+        return encode_prompt(tokenizer, prompt_text(problem))
+    return encode_prompt(tokenizer, problem.question)
+
+
+def small_margins(runner: Runner, prompt: list[int], trace: list[int]) -> list[float]:
+    """Teacher forcing: the small model's p(top1) - p(top2) before each trace token, one forward."""
+    logits = runner.score([Sequence(prompt + trace)], len(trace) + 1)[0, :-1]
+    top = logits.float().softmax(-1).topk(2, dim=-1).values
+    return (top[:, 0] - top[:, 1]).tolist()
+
+
+def token_pieces(tokenizer, prompt: list[int], trace: list[int], context: int = 4) -> list[str]:
+    """Each trace token's text, decoded after a few tokens of context (so that spaces and
+    multi-token characters come out as in the whole text)."""
+    tokens = prompt[-context:] + trace
+    pieces = []
+    for i in range(len(trace)):
+        window = tokens[i : i + context + 1]
+        before = tokenizer.decode(window[:-1], skip_special_tokens=False)
+        text = tokenizer.decode(window, skip_special_tokens=False)
+        pieces.append(text[len(before) :] if text.startswith(before) else tokenizer.decode(window[-1:], skip_special_tokens=False))
+    return pieces
+
+
+def cue_statistics(traces: list[tuple[list[str], list[float]]], cues: list[str], threshold: float = 0.0, min_occurrences: int = 5) -> dict:
+    """Per cue: regions (occurrences), their tokens, mean margin inside them, mean margin on every
+    other thinking token, delta = inside - elsewhere and its standard error (regions as clusters
+    inside, tokens outside). `traces`: (token texts, margins) pairs. Selected: delta > threshold
+    and occurrences >= min_occurrences, best first."""
+    thinking = [_thinking_part(pieces, margins) for pieces, margins in traces]
+    all_margins = [m for _, _, margins in thinking for m in margins]
+    stats = {}
+    for cue in dict.fromkeys(cues):
+        pattern = cue_pattern([cue])
+        regions: list[list[float]] = []
+        outside: list[float] = []
+        for text, starts, margins in thinking:
+            inside = [False] * len(margins)
+            for _, begin, end in cue_regions(text, pattern):
+                tokens = [i for i, s in enumerate(starts) if begin <= s < end]
+                if tokens:
+                    regions.append([margins[i] for i in tokens])
+                    for i in tokens:
+                        inside[i] = True
+            outside += [m for m, flag in zip(margins, inside) if not flag]
+        stats[cue] = _cue_entry(regions, outside)
+    selected = [c for c, s in stats.items() if s["occurrences"] >= min_occurrences and s["delta"] is not None and s["delta"] > threshold]
+    selected.sort(key=lambda c: -stats[c]["delta"])
+    return {
+        "selected": selected,
+        "threshold": threshold,
+        "min_occurrences": min_occurrences,
+        "traces": len(traces),
+        "thinking_tokens": len(all_margins),
+        "mean_margin": sum(all_margins) / len(all_margins) if all_margins else None,
+        "cues": stats,
+    }
+
+
+def _thinking_part(pieces: list[str], margins: list[float]) -> tuple[str, list[int], list[float]]:
+    """The text before `</think>`, each kept token's start offset, and the kept margins."""
+    starts, offset = [], 0
+    for piece in pieces:
+        starts.append(offset)
+        offset += len(piece)
+    text = "".join(pieces)
+    end = text.find(THINK_END)
+    keep = len(pieces) if end < 0 else sum(1 for s in starts if s < end)
+    return (text if end < 0 else text[:end]), starts[:keep], margins[:keep]
+
+
+def _cue_entry(regions: list[list[float]], outside: list[float]) -> dict:
+    tokens = sum(len(r) for r in regions)
+    if not tokens or not outside:
+        return {"occurrences": len(regions), "tokens": tokens, "mean_margin": None, "mean_margin_elsewhere": None, "delta": None, "stderr": None}
+    inside_mean = sum(sum(r) for r in regions) / tokens
+    outside_mean = sum(outside) / len(outside)
+    # cluster-robust variance of a ratio mean (tokens of one region are not independent)
+    inside_var = sum((sum(r) - len(r) * inside_mean) ** 2 for r in regions) / tokens**2
+    outside_var = sum((m - outside_mean) ** 2 for m in outside) / max(len(outside) - 1, 1) / len(outside)
+    return {
+        "occurrences": len(regions),
+        "tokens": tokens,
+        "mean_margin": inside_mean,
+        "mean_margin_elsewhere": outside_mean,
+        "delta": inside_mean - outside_mean,
+        "stderr": math.sqrt(inside_var + outside_var),
+    }
+
+
+def write_calibration(result: dict, out_path: str | Path) -> dict[str, Path]:
+    """Write the result as JSON (`out_path`, e.g. cues.json; RelayGen's `cues` option reads its
+    "selected" list) and a plot of delta per cue with +-1 standard error next to it (.png)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    json_path = Path(out_path)
+    json_path.parent.mkdir(parents=True, exist_ok=True)
+    json_path.write_text(json.dumps(result, indent=2) + "\n")
+    plot_path = json_path.with_suffix(".png")
+    seen = sorted(((c, s) for c, s in result["cues"].items() if s["delta"] is not None), key=lambda item: item[1]["delta"])
+    figure, axes = plt.subplots(figsize=(7, 1.5 + 0.25 * max(len(seen), 1)))
+    if seen:
+        names = [f"{c!r} (n={s['occurrences']})" for c, s in seen]
+        colours = ["tab:green" if c in result["selected"] else "tab:gray" for c, _ in seen]
+        axes.barh(names, [s["delta"] for _, s in seen], xerr=[s["stderr"] for _, s in seen], color=colours, capsize=2)
+    axes.axvline(result["threshold"], color="black", linewidth=0.8, linestyle="--")
+    axes.set_xlabel("small-model margin after the cue minus elsewhere (+-1 s.e.; green: selected)")
+    axes.set_title("RelayGen cue calibration")
+    figure.tight_layout()
+    figure.savefig(plot_path, dpi=120)
+    plt.close(figure)
+    return {"json": json_path, "plot": plot_path}
+
+
+def summary(result: dict) -> str:
+    """A short text table of the cues that occurred, best first, and the selection."""
+    rows = sorted(((c, s) for c, s in result["cues"].items() if s["occurrences"]), key=lambda item: -(item[1]["delta"] or -9))
+    lines = [f"{'cue':<16}{'n':>6}{'margin':>9}{'delta':>9}{'s.e.':>8}"]
+    for cue, s in rows:
+        if s["delta"] is not None:
+            lines.append(f"{cue!r:<16}{s['occurrences']:>6}{s['mean_margin']:>9.3f}{s['delta']:>9.3f}{s['stderr']:>8.3f}")
+    lines.append(f"selected ({len(result['selected'])}): {', '.join(map(repr, result['selected'])) or 'none'}")
+    return "\n".join(lines)
+
+
+def run_calibrate_command(models: dict[str, Model], problems: list, out: str | Path, **options) -> tuple[dict, dict[str, Path]]:
+    """What `relaykit calibrate` does: `calibrate(models["large"], models["small"], problems, **options)`,
+    then `write_calibration` to `out`. Returns the result and the written paths."""
+    result = calibrate(models["large"], models["small"], problems, **options)
+    return result, write_calibration(result, out)

@@ -1,0 +1,116 @@
+"""Text matching for segment hand-offs: cues at word boundaries, sentence ends that are not
+decimal points, the end of thinking, and the decoded tail of a token sequence.
+
+A match "completes" at the character that decides it; a hand-off fires when that character
+arrives, so "now" never fires inside "know" and "3." is no sentence end until a space follows.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+from typing import NamedTuple
+
+from .errors import RelaykitError
+
+THINK_END = "</think>"
+# A sentence ends at . ! or ? (closing quotes/brackets allowed) followed by white space, or at a
+# blank line. Requiring the white space keeps "3.5" in one sentence.
+SENTENCE_END = re.compile(r"[.!?][\"')\]]*\s|\n[ \t]*\n")
+# RelayGen's candidate switch cues (discourse markers), each also with a comma and in lower case.
+CUE_WORDS = (
+    "Wait", "So", "Therefore", "Thus", "Now", "Alternatively", "Similarly", "Also", "Hence", "Again",
+    "Specifically", "Oh", "Ah",
+)
+CANDIDATE_CUES = [variant for word in CUE_WORDS for variant in (word, word + ",", word.lower(), word.lower() + ",")]
+
+
+def cue_pattern(cues: list[str]) -> re.Pattern | None:
+    """One regex for `cues`, longest first, each bounded by non-word characters on both sides;
+    a cue ending in a word character needs the next character to be seen (so "Now" is not "Nowhere")."""
+    if not cues:
+        return None
+    parts = []
+    for cue in sorted(set(cues), key=len, reverse=True):
+        left = r"(?<!\w)" if re.match(r"\w", cue) else ""
+        right = r"(?=\W)" if re.search(r"\w$", cue) else ""
+        parts.append(left + re.escape(cue) + right)
+    return re.compile("|".join(parts))
+
+
+def _completion(match: re.Match) -> int:
+    """Index just after the character that decides a cue match."""
+    return match.end() + (1 if re.search(r"\w$", match.group()) else 0)
+
+
+def find_cue(text: str, pattern: re.Pattern | None, since: int, start: int = 0) -> str | None:
+    """The cue occurring in text[start:] whose match completes after index `since`, if any."""
+    if pattern is None:
+        return None
+    found = None
+    for match in pattern.finditer(text, start):
+        if _completion(match) > since:
+            found = match.group()
+    return found
+
+
+def cue_regions(text: str, pattern: re.Pattern) -> list[tuple[str, int, int]]:
+    """(cue, start, end) for every cue occurrence: the region a small model would write, from the
+    match's completion to the end of the first sentence end after it (or the end of the text)."""
+    regions = []
+    for match in pattern.finditer(text):
+        start = _completion(match)
+        end = SENTENCE_END.search(text, start)
+        regions.append((match.group(), start, end.end() if end else len(text)))
+    return regions
+
+
+def ends_sentence(text: str, since: int, start: int = 0) -> bool:
+    """Whether a sentence end in text[start:] completes after index `since`."""
+    return any(m.end() > since for m in SENTENCE_END.finditer(text, start))
+
+
+def ends_thinking(text: str, since: int) -> bool:
+    """Whether `</think>` completes after index `since`."""
+    return text.find(THINK_END, max(0, since - len(THINK_END) + 1)) >= 0
+
+
+class Tail(NamedTuple):
+    """The decoded end of a sequence: `text`, where the newest token's text begins (`new_from`) and
+    where the current turn's text begins (`turn_from`, 0 when the turn began before the window)."""
+
+    text: str
+    new_from: int
+    turn_from: int
+
+
+def decode_tail(tokenizer, tokens: list[int], end: int, turn_start: int, floor: int, window: int) -> Tail:
+    """Decode tokens[start:end] for a window of about `window` tokens, with one token of context
+    before the turn so that a word boundary at its start is visible. `floor`: the first index allowed."""
+    start = max(floor, min(end - window, turn_start - 1))
+
+    def decode(stop: int) -> str:
+        return tokenizer.decode(tokens[start:stop], skip_special_tokens=False) if stop > start else ""
+
+    return Tail(decode(end), len(decode(end - 1)), len(decode(turn_start)) if turn_start > start else 0)
+
+
+def load_cues(spec: str | list[str] | None) -> list[str]:
+    """Cues from a list, a `cues.json` written by calibration (its "selected" list), a text file
+    of one cue per line, or a "|"-separated string ("Wait|So|Therefore,"); None: every candidate."""
+    if spec is None:
+        return list(CANDIDATE_CUES)
+    if isinstance(spec, list):
+        return [c for c in spec if c]
+    path = Path(spec).expanduser()
+    if spec.endswith(".json") or path.is_file():
+        if not path.is_file():
+            raise RelaykitError(f"no such cues file: {spec}")
+        if path.suffix == ".json":
+            try:
+                return [c for c in json.loads(path.read_text())["selected"] if c]
+            except (json.JSONDecodeError, KeyError, TypeError) as error:
+                raise RelaykitError(f"{spec} is not a calibration file with a 'selected' list ({error})") from None
+        return [line.rstrip("\n") for line in path.read_text().splitlines() if line.strip()]
+    return [c for c in spec.split("|") if c]

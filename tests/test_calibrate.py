@@ -1,0 +1,79 @@
+"""RelayGen cue calibration: statistics on hand-made margins, teacher-forced margins, files."""
+
+import json
+import math
+
+import pytest
+import torch
+
+from relaykit.calibrate import calibrate, cue_statistics, run_calibrate_command, write_calibration
+from relaykit.calibrate.cues import small_margins, token_pieces
+from relaykit.decoding.prompt import encode_prompt
+from relaykit.models.runner import Runner
+from relaykit.strategies.relaygen import RelayGenConfig
+from relaykit.text import load_cues
+from test_relaygen import QUESTIONS, run, toy_pair, words_of  # noqa: F401 (toy_pair is a fixture)
+
+PIECES = ["<think>", "First", ",", " x", " =", " 3", ".", "5", ".", "\n", "So", ",", " y", ".", "\n",
+          "So", ",", " z", " is", " 2", ".", "\n", "</think>", "So", ",", " w", "."]  # fmt: skip
+MARGINS = [i / 100 for i in range(len(PIECES))]
+
+
+def expected(regions: list[list[int]], thinking: int = 22) -> tuple[float, float, float]:
+    inside = [i for r in regions for i in r]
+    outside = [i for i in range(thinking) if i not in inside]
+    m = lambda indices: sum(MARGINS[i] for i in indices) / len(indices)  # noqa: E731
+    mean_in, mean_out = m(inside), m(outside)
+    var_in = sum((sum(MARGINS[i] for i in r) - len(r) * mean_in) ** 2 for r in regions) / len(inside) ** 2
+    var_out = sum((MARGINS[i] - mean_out) ** 2 for i in outside) / (len(outside) - 1) / len(outside)
+    return mean_in, mean_in - mean_out, math.sqrt(var_in + var_out)
+
+
+def test_statistics_on_a_hand_made_margin_sequence():
+    result = cue_statistics([(PIECES, MARGINS)], ["So,", "First", "so", "Then"], threshold=0.0, min_occurrences=2)
+    assert result["thinking_tokens"] == 22  # nothing after </think>
+    so, first = result["cues"]["So,"], result["cues"]["First"]
+    # regions: after "So," to ".\n" (twice; the one after </think> does not count)
+    assert so["occurrences"] == 2 and so["tokens"] == 8
+    for key, value in zip(("mean_margin", "delta", "stderr"), expected([[12, 13, 14], [17, 18, 19, 20, 21]])):
+        assert so[key] == pytest.approx(value)
+    # "First" completes at its comma; "3.5" does not end the region, ".\n" does
+    assert first["occurrences"] == 1 and first["tokens"] == 7
+    for key, value in zip(("mean_margin", "delta", "stderr"), expected([[3, 4, 5, 6, 7, 8, 9]])):
+        assert first[key] == pytest.approx(value)
+    assert result["cues"]["so"]["occurrences"] == 0 and result["cues"]["so"]["delta"] is None  # case-sensitive
+    assert result["selected"] == ["So,"]  # First: negative delta
+    assert cue_statistics([(PIECES, MARGINS)], ["So,"], min_occurrences=3)["selected"] == []
+    assert cue_statistics([(PIECES, MARGINS)], ["So,"], threshold=0.5, min_occurrences=1)["selected"] == []
+
+
+def test_margins_are_the_small_models_teacher_forced_top2_gap(toy_pair):
+    small = toy_pair["small"]
+    prompt = encode_prompt(small.tokenizer, QUESTIONS[0])
+    trace = run(toy_pair, "single", max_new_tokens=20)[0].token_ids
+    margins = small_margins(Runner(small, "small"), prompt, trace)
+    with torch.no_grad():
+        probs = small.hf(torch.tensor([prompt + trace])).logits[0, len(prompt) - 1 : -1].float().softmax(-1)
+    top = probs.topk(2, dim=-1).values
+    assert margins == pytest.approx((top[:, 0] - top[:, 1]).tolist(), abs=1e-5)
+    pieces = token_pieces(small.tokenizer, prompt, trace)
+    assert "".join(pieces) == small.tokenizer.decode(trace, skip_special_tokens=False)
+
+
+def test_calibrate_writes_files_relaygen_reads(toy_pair, tmp_path):
+    _, words = words_of(toy_pair, max_new_tokens=30)
+    result, paths = run_calibrate_command(
+        toy_pair, QUESTIONS, tmp_path / "cues.json", cues=words, min_occurrences=1, max_new_tokens=30, batch_size=4
+    )
+    assert result["problems"] == len(QUESTIONS) and result["traces"] == len(QUESTIONS)
+    assert any(s["occurrences"] for s in result["cues"].values())
+    for cue in result["selected"]:
+        assert result["cues"][cue]["delta"] > 0 and result["cues"][cue]["occurrences"] >= 1
+    assert json.loads(paths["json"].read_text())["selected"] == result["selected"]
+    assert paths["plot"].suffix == ".png" and paths["plot"].stat().st_size > 0
+    assert load_cues(str(paths["json"])) == result["selected"]
+    run(toy_pair, "relaygen", RelayGenConfig(cues=str(paths["json"])))
+    again = calibrate(toy_pair["large"], toy_pair["small"], QUESTIONS, cues=words, min_occurrences=1, max_new_tokens=30)
+    assert again["cues"] == result["cues"]  # batching does not change the traces
+    empty = dict(result, selected=[], cues={})
+    write_calibration(empty, tmp_path / "empty.json")

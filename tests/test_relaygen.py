@@ -1,0 +1,210 @@
+"""RelayGen and the segment baselines: cue and sentence matching, exact equalities with one
+model alone, hand-off cost, the budget answer, provenance of every strategy."""
+
+import re
+
+import pytest
+import torch
+
+from relaykit.decoding.prompt import encode_prompt
+from relaykit.decoding.sampler import SamplingConfig
+from relaykit.decoding.sequence import PROMPT
+from relaykit.decoding.stopping import StopConfig
+from relaykit.models.loading import load_model
+from relaykit.strategies.base import get_strategy
+from relaykit.strategies.random_switch import RandomSwitchConfig
+from relaykit.strategies.relaygen import RelayGenConfig
+from relaykit.strategies.speculative_thinking import SpeculativeThinkingConfig
+from relaykit.strategies.uncertainty import UncertaintyConfig
+from relaykit.text import THINK_END, cue_pattern, ends_sentence, ends_thinking, find_cue, load_cues
+
+QUESTIONS = ["What is 347 * 6 + 58?", "Take the largest of 1, 2", "Check it 2 times.", "x", "So what is 12 * 7?", "Now"]
+
+
+def build_toy_checkpoint(folder, layers: int, seed: int):
+    """A random Llama with the toy tokenizer (it has <think>, </think> and a chat template)."""
+    from transformers import AutoModelForCausalLM, LlamaConfig
+
+    from relaykit.toyworld.tokenizer import build_tokenizer
+
+    tokenizer = build_tokenizer()
+    config = LlamaConfig(
+        vocab_size=len(tokenizer), hidden_size=64, intermediate_size=128, num_hidden_layers=layers,
+        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512, tie_word_embeddings=False,
+        bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id,
+    )
+    torch.manual_seed(seed)
+    model = AutoModelForCausalLM.from_config(config)
+    with torch.no_grad():
+        model.lm_head.weight.mul_(4.0)
+    model.save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return str(folder)
+
+
+@pytest.fixture(scope="session")
+def toy_pair(tmp_path_factory):
+    root = tmp_path_factory.mktemp("toy-random")
+    return {
+        "large": load_model(build_toy_checkpoint(root / "large", 2, seed=1), name="large"),
+        "small": load_model(build_toy_checkpoint(root / "small", 1, seed=2), name="small"),
+    }
+
+
+def toy_prompts(pair):
+    return [encode_prompt(pair["large"].tokenizer, q) for q in QUESTIONS]
+
+
+def run(pair, name, config=None, max_new_tokens=40, sampling=None, batch=None):
+    strategy = get_strategy(name)(pair, config, sampling, StopConfig(max_new_tokens=max_new_tokens))
+    return strategy.generate(batch or toy_prompts(pair))
+
+
+def words_of(pair, max_new_tokens=40):
+    """Standalone words of the large model's greedy outputs (they make cues that fire)."""
+    texts = [r.text for r in run(pair, "single", max_new_tokens=max_new_tokens)]
+    return texts, sorted({w for t in texts for w in re.findall(r"(?<!\w)[A-Za-z]{2,}(?=\W)", t)})
+
+
+# matching
+
+
+def test_cues_match_at_word_boundaries_only():
+    pattern = cue_pattern(["now", "Now", "Wait,", "Any"])
+    assert find_cue("I know", pattern, 0) is None and find_cue("I know it", pattern, 0) is None
+    assert find_cue("Anyway,", pattern, 0) is None
+    assert find_cue("Nowhere", pattern, 0) is None and find_cue("Now", pattern, 0) is None  # undecided yet
+    assert find_cue("x.\nNow ", pattern, 5) == "Now"
+    assert find_cue("ok. Wait,", pattern, 8) == "Wait,"
+    assert find_cue("ok. Wait, so", pattern, 10) is None  # completed earlier: fires once
+    assert find_cue("and now,", pattern, 7, start=4) == "now" and find_cue("and now,", pattern, 7, start=5) is None
+
+
+def test_sentence_ends_are_not_decimal_points():
+    assert not ends_sentence("x = 3.", 0)  # undecided until the next character
+    assert not ends_sentence("x = 3.5", 6)
+    assert not ends_sentence("x = 3.5 and", 8)
+    assert ends_sentence("x = 3.5.\n", 8) and ends_sentence("Done! ", 5) and ends_sentence("a\n\n", 2)
+    assert ends_thinking("so 4\n</think>", 12) and not ends_thinking("</think> more", 9)
+    assert load_cues("Wait,|So") == ["Wait,", "So"] and load_cues("") == [] and "now," in load_cues(None)
+
+
+def test_a_cue_inside_a_word_never_fires(toy_pair):
+    texts, _ = words_of(toy_pair)
+    inner = {w[1:] for t in texts for w in re.findall(r"[A-Za-z]{4,}", t)}
+    standalone = lambda cue: any(cue_pattern([cue]).search(t + " ") for t in texts)  # noqa: E731
+    cues = sorted(c for c in inner if not standalone(c))
+    assert cues, texts
+    config = RelayGenConfig(cues=cues, min_large_tokens=0, answer_handoff=False)
+    for result, expected in zip(run(toy_pair, "relaygen", config), run(toy_pair, "single")):
+        assert result.events == [] and result.token_ids == expected.token_ids
+
+
+# exact properties
+
+
+@pytest.mark.parametrize("speculative", [0, 3])
+def test_no_cues_no_answer_handoff_equals_large_greedy(toy_pair, models, speculative):
+    config = RelayGenConfig(cues="", answer_handoff=False, speculative=speculative)
+    for pair in (toy_pair, {"large": models[("qwen2", "large")], "small": models[("qwen2", "small")]}):
+        batch = toy_prompts(toy_pair) if pair is toy_pair else [[5, 9, 14, 20], [30, 7], [11] * 6]
+        expected = [r.token_ids for r in run(pair, "single", batch=batch)]
+        assert [r.token_ids for r in run(pair, "relaygen", config, batch=batch)] == expected
+
+
+def test_speculative_large_turns_keep_the_relay_output(toy_pair):
+    _, words = words_of(toy_pair)
+    config = RelayGenConfig(cues=words, min_large_tokens=2)
+    plain = run(toy_pair, "relaygen", config)
+    assert any(e["direction"] == "large->small" and e["reason"] == "cue" for r in plain for e in r.events)
+    config.speculative = 3
+    fast = run(toy_pair, "relaygen", config)
+    assert [r.token_ids for r in fast] == [r.token_ids for r in plain]
+    assert [[(e["position"], e["cue"]) for e in r.events] for r in fast] == [[(e["position"], e["cue"]) for e in r.events] for r in plain]
+    alone = [run(toy_pair, "relaygen", config, batch=[p])[0].token_ids for p in toy_prompts(toy_pair)[:3]]
+    assert alone == [r.token_ids for r in plain[:3]]  # batched rows in different turns == one row
+
+
+def test_a_handoff_costs_only_the_other_models_new_tokens(toy_pair):
+    _, words = words_of(toy_pair)
+    strategy = get_strategy("relaygen")(toy_pair, RelayGenConfig(cues=words, min_large_tokens=2), stop=StopConfig(max_new_tokens=40))
+    prompts = toy_prompts(toy_pair)
+    results = strategy.generate(prompts)
+    switches = 0
+    for prompt, result in zip(prompts, results):
+        writers = ["prompt"] * len(prompt) + result.provenance
+        switches += sum(e["direction"] is not None for e in result.events)
+        for role in ("large", "small"):
+            usage = result.usage[role]
+            written = [i for i, w in enumerate(writers) if w == role]
+            read = writers[: written[-1]] if written else []  # a model has read everything before its last token
+            assert usage["prefill_tokens"] == sum(w != role for w in read)  # each hand-off: only the new tokens
+            assert usage["decode_tokens"] == sum(w == role for w in read)
+            assert usage["forward_calls"] == len(written)  # one forward per token, catch-up included
+    assert switches >= 4
+
+
+def test_a_budget_ending_inside_think_still_gets_the_small_models_answer(toy_pair):
+    close = toy_pair["large"].tokenizer.convert_tokens_to_ids(THINK_END)
+    results = run(toy_pair, "relaygen", RelayGenConfig(cues="", answer_reserve=8), max_new_tokens=30)
+    free = run(toy_pair, "single", max_new_tokens=30)
+    checked = 0
+    for result, alone in zip(results, free):
+        if close in alone.token_ids[:21] or alone.finish_reason == "stop":
+            continue  # this row's thinking ends by itself
+        checked += 1
+        at = result.token_ids.index(close)
+        assert result.provenance[at] == PROMPT and set(result.provenance[:at]) <= {"large", PROMPT}
+        assert result.provenance[at + 1 :] and set(result.provenance[at + 1 :]) == {"small"}
+        assert len(result.token_ids) <= 30 and at + 1 + 8 <= 30
+        assert [e["reason"] for e in result.events][-2:] == ["budget", "answer"]
+        inserted = result.provenance.index(PROMPT)  # "\n" may come before </think>
+        assert result.token_ids[:inserted] == alone.token_ids[:inserted]
+    assert checked
+
+
+# baselines
+
+
+def valid(results, roles=("large", "small")):
+    for result in results:
+        assert len(result.provenance) == len(result.token_ids) > 0
+        assert set(result.provenance) <= {*roles, PROMPT}
+        assert set(result.usage) == set(roles)
+        for event in result.events:
+            assert {"position", "direction", "reason", "cue"} <= set(event)
+            assert 0 <= event["position"] <= len(result.token_ids)
+    return results
+
+
+def test_random_switch_runs_and_its_extremes_are_exact(toy_pair):
+    single = [r.token_ids for r in run(toy_pair, "single")]
+    off = valid(run(toy_pair, "random-switch", RandomSwitchConfig(small_share=0.0, answer_handoff=False)))
+    assert [r.token_ids for r in off] == single
+    on = valid(run(toy_pair, "random-switch", RandomSwitchConfig(small_share=1.0), max_new_tokens=60))
+    again = run(toy_pair, "random-switch", RandomSwitchConfig(small_share=1.0), max_new_tokens=60)
+    assert [r.token_ids for r in on] == [r.token_ids for r in again]  # seeded
+    valid(run(toy_pair, "random-switch", RandomSwitchConfig(small_share=0.5, speculative=2), sampling=SamplingConfig(temperature=1.0, seed=3)))
+
+
+def test_uncertainty_routing_runs_and_its_extremes_are_exact(toy_pair):
+    small = [r.token_ids for r in run(toy_pair, "small")]
+    large = [r.token_ids for r in run(toy_pair, "single")]
+    assert [r.token_ids for r in valid(run(toy_pair, "uncertainty", UncertaintyConfig(margin_threshold=0.0)))] == small
+    assert [r.token_ids for r in valid(run(toy_pair, "uncertainty", UncertaintyConfig(margin_threshold=1.0)))] == large
+    mixed = valid(run(toy_pair, "uncertainty", UncertaintyConfig(margin_threshold=0.5)))
+    for result in mixed:
+        changes = sum(a != b for a, b in zip(["small"] + result.provenance, result.provenance))
+        assert len(result.events) == changes
+
+
+def test_speculative_thinking_runs_and_hands_reflections_to_the_large_model(toy_pair):
+    small = [r.token_ids for r in run(toy_pair, "small")]
+    quiet = SpeculativeThinkingConfig(reflection_words="", answer_handoff=False)
+    assert [r.token_ids for r in valid(run(toy_pair, "speculative-thinking", quiet))] == small
+    texts = [r.text for r in run(toy_pair, "small", max_new_tokens=60)]
+    words = sorted({w for t in texts for w in re.findall(r"[A-Za-z]{2,}", t)})
+    results = valid(run(toy_pair, "speculative-thinking", SpeculativeThinkingConfig(reflection_words="|".join(words)), max_new_tokens=60))
+    events = [e for r in results for e in r.events if e["reason"] == "reflection"]
+    assert events and all(e["direction"] == "small->large" for e in events)
+    assert any("large" in r.provenance for r in results)
