@@ -30,6 +30,27 @@ def add_model_options(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--threads", type=int, default=0, help="CPU threads for torch (default: torch's choice)")
 
 
+def add_kv_options(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("KV cache (every model's runner; Llama-family models)")
+    group.add_argument("--kv", default="full", choices=["full", "rpc", "h2o", "streaming"],
+                       help="full (default); rpc: Reasoning Path Compression; h2o: heavy hitters + recent; "
+                       "streaming: attention sinks + recent")
+    group.add_argument("--kv-interval", type=int, help="rpc: compress every P generated tokens (default 4096); "
+                       "h2o/streaming: evict once this far over budget (default 32)")
+    group.add_argument("--kv-window", type=int, help="rpc: selector window R (default 32); h2o: recent tokens kept (default 512)")
+    group.add_argument("--kv-ratio", type=float, help="rpc: compression ratio c (default 4)")
+    group.add_argument("--kv-budget", type=int, help="h2o/streaming: slots kept per row (default 1024)")
+    group.add_argument("--kv-sinks", type=int, help="streaming: attention-sink tokens (default 4)")
+
+
+def kv_policy_from_args(args: argparse.Namespace):
+    from .models.kv import make_policy
+
+    names = {"kv_interval": "interval", "kv_window": "window", "kv_ratio": "ratio", "kv_budget": "budget", "kv_sinks": "sinks"}
+    options = {option: getattr(args, flag) for flag, option in names.items() if getattr(args, flag) is not None}
+    return make_policy(args.kv, **options)
+
+
 def add_sampling_options(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("sampling and stopping")
     group.add_argument("--temperature", type=float, default=0.0, help="0 = greedy (default)")
@@ -92,7 +113,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
     config = config_from_args(cls, args)
     sampling, stop = sampling_from_args(args)
     models = load_models(args, cls.roles)
-    strategy = cls(models, config, sampling, stop)
+    strategy = cls(models, config, sampling, stop, kv_policy_from_args(args))
     tokenizer = strategy.tokenizer
     prompts = [encode_prompt(tokenizer, p, raw=args.raw, system=args.system) for p in args.prompt]
     results = strategy.generate(prompts) if cls.batched else [r for p in prompts for r in strategy.generate([p])]
@@ -127,7 +148,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
 def build_strategies(names: list[str], args: argparse.Namespace) -> dict:
     """Strategy objects for `names` (the large-only baseline added when missing), sharing models."""
     from .options import config_from_args
-    from .strategies.base import STRATEGIES, get_strategy
+    from .strategies.base import get_strategy
 
     classes = {name: get_strategy(name) for name in names}
     if "large" not in classes:
@@ -140,8 +161,10 @@ def build_strategies(names: list[str], args: argparse.Namespace) -> dict:
     roles = tuple(dict.fromkeys(role for cls in classes.values() for role in cls.roles))
     models = load_models(args, roles)
     sampling, stop = sampling_from_args(args)
+    policy = kv_policy_from_args(args)
     return {
-        name: cls(models, config_from_args(cls, args, strict=False), sampling, stop) for name, cls in classes.items()
+        name: cls(models, config_from_args(cls, args, strict=False), sampling, stop, policy)
+        for name, cls in classes.items()
     }
 
 
@@ -249,6 +272,7 @@ def build_parser() -> argparse.ArgumentParser:
     generate.add_argument("--json", action="store_true", help="print one JSON object per prompt")
     add_model_options(generate)
     add_sampling_options(generate)
+    add_kv_options(generate)
     add_strategy_options(generate, STRATEGIES)
     generate.set_defaults(run=cmd_generate)
 
@@ -266,6 +290,7 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--batch-size", type=int, default=8, help="problems per batch for batched strategies")
     add_model_options(evaluate)
     add_sampling_options(evaluate)
+    add_kv_options(evaluate)
     evaluate.set_defaults(max_new_tokens=512)
     add_strategy_options(evaluate, STRATEGIES)
     evaluate.set_defaults(run=cmd_eval)
@@ -283,6 +308,7 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--dataset", default="toy:test", help=argparse.SUPPRESS)
     add_model_options(demo)
     add_sampling_options(demo)
+    add_kv_options(demo)
     demo.set_defaults(max_new_tokens=512)
     add_strategy_options(demo, STRATEGIES)
     demo.set_defaults(run=cmd_demo)

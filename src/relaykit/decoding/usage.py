@@ -21,16 +21,12 @@ class Usage:
     forward_calls: int = 0
     seconds: float = 0.0
     flops: float = 0.0
+    kv_peak_bytes: int = 0  # most KV-cache bytes held at once (a maximum, not a sum)
 
     def add(self, other: "Usage") -> None:
         for name, value in asdict(other).items():
-            setattr(self, name, getattr(self, name) + value)
+            combine = max if name == "kv_peak_bytes" else (lambda a, b: a + b)
+            setattr(self, name, combine(getattr(self, name), value))
 
     def to_dict(self) -> dict:
         return asdict(self)
-
-    def copy(self) -> "Usage":
-        return Usage(**asdict(self))
-
-    def minus(self, before: "Usage") -> "Usage":
-        return Usage(**{k: v - getattr(before, k) for k, v in asdict(self).items()})

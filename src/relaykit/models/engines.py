@@ -76,7 +76,11 @@ def _rms_norm(module, x: torch.Tensor) -> torch.Tensor:
 
 
 class NativeEngine:
-    """Llama-family forward over a `KVCache` whose rows may hold different lengths."""
+    """Llama-family forward over a `KVCache` whose rows may hold different lengths.
+
+    The KV policy's `begin` runs before every forward (it may drop slots) and returns None, for
+    plain SDPA, or an `Attention` that computes this forward's attention (RPC on the forwards
+    that feed selector tokens, H2O on every forward)."""
 
     def __init__(self, hf_model, policy: KVPolicy | None = None):
         self.model = hf_model
@@ -88,7 +92,8 @@ class NativeEngine:
         self.heads = config.num_attention_heads
         self.policy = policy or KVPolicy()
         param = next(hf_model.parameters())
-        self.cache = KVCache(len(self.body.layers), self.kv_heads, self.head_dim, param.dtype, param.device)
+        self.cache = KVCache(len(self.body.layers), self.kv_heads, self.head_dim, param.dtype, param.device, self.heads)
+        self.policy.attach(self.cache)
         self.device = param.device
         self.fused = fused_projections(hf_model)
         self.qk_norm = hasattr(attention, "q_norm")
@@ -109,12 +114,15 @@ class NativeEngine:
     def lengths(self) -> list[int]:
         return self.cache.lengths.tolist()
 
+    @torch.inference_mode()
     def add_rows(self, count: int) -> None:
         self.cache.add_rows(count)
 
+    @torch.inference_mode()
     def keep_rows(self, rows: list[int]) -> None:
         self.cache.keep_rows(rows)
 
+    @torch.inference_mode()
     def truncate(self, row: int, length: int) -> None:
         self.cache.truncate(row, length)
 
@@ -124,6 +132,11 @@ class NativeEngine:
         each row's last `last_k` fed tokens (rows fed fewer tokens get garbage there)."""
         cache = self.cache
         batch, width = len(tokens), max(len(t) for t in tokens)
+        fed_counts = [len(t) for t in tokens]
+        for row, (start, count) in enumerate(zip(cache.lengths.tolist(), fed_counts)):
+            if start == 0 and count:  # a row's prompt: what it read before its first prediction
+                cache.prompt_lengths[row] = max(count - last_k + 1, 1)
+        policy_attention = self.policy.begin(cache, fed_counts, positions)  # None: plain attention
         starts = cache.lengths.tolist()
         cache.reserve(max(starts) + width)
         same_start = min(starts) == max(starts)
@@ -137,7 +150,10 @@ class NativeEngine:
             slot = torch.arange(span, device=self.device)
             limit = cache.lengths.to(self.device)[:, None] + torch.arange(width, device=self.device) + 1
             mask = (slot[None, None, :] < limit[:, :, None])[:, None]  # [B, 1, width, span]
-        if not same_start:
+        if same_start:
+            cache.write_positions(starts[0], position_ids)
+        else:
+            cache.write_positions(cache.lengths.to(self.device), position_ids)
             write_index = (cache.lengths.to(self.device)[:, None] + torch.arange(width, device=self.device))
             write_index = write_index[:, None, :, None].expand(batch, self.kv_heads, width, self.head_dim)
 
@@ -158,29 +174,32 @@ class NativeEngine:
                 qk = qk * cos + _rotate_half(qk) * sin
                 q, k = qk[:, :q_width], qk[:, q_width:]
             v = qkv[:, :, q_width + kv_width :].transpose(1, 2)
-            keys, values = cache.keys[index], cache.values[index]
+            keys, values = cache.layer_keys[index], cache.layer_values[index]
             if same_start:
                 keys[:, :, starts[0] : starts[0] + width] = k
                 values[:, :, starts[0] : starts[0] + width] = v
             else:
                 keys.scatter_(2, write_index, k)
                 values.scatter_(2, write_index, v)
-            out = F.scaled_dot_product_attention(
-                q,
-                keys[:, :, :span],
-                values[:, :, :span],
-                attn_mask=mask,
-                scale=attention.scaling,
-                enable_gqa=self.heads != self.kv_heads,
-            )
+            if policy_attention is None:
+                out = F.scaled_dot_product_attention(
+                    q,
+                    keys[:, :, :span],
+                    values[:, :, :span],
+                    attn_mask=mask,
+                    scale=attention.scaling,
+                    enable_gqa=self.heads != self.kv_heads,
+                )
+            else:
+                out = policy_attention.attend(index, q, mask, span, attention.scaling)
             out = out.transpose(1, 2).reshape(batch, width, -1)
             hidden = hidden + F.linear(out, attention.o_proj.weight, attention.o_proj.bias)
             gate, up = F.linear(_rms_norm(layer.post_attention_layernorm, hidden), gate_up).chunk(2, dim=-1)
             hidden = hidden + F.linear(self.activation(gate) * up, mlp.down_proj.weight, mlp.down_proj.bias)
 
-        fed = torch.tensor([len(t) for t in tokens], dtype=torch.long, device=self.device)
+        fed = torch.tensor(fed_counts, dtype=torch.long, device=self.device)
         cache.lengths += fed.cpu()
-        self.policy.after_forward(cache)
+        cache.note_usage()
         pick = (fed[:, None] - last_k + torch.arange(last_k, device=self.device)).clamp(min=0)
         chosen = hidden.gather(1, pick[:, :, None].expand(batch, last_k, hidden.shape[-1]))
         return self.model.lm_head(self.body.norm(chosen)).float()

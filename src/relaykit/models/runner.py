@@ -8,6 +8,7 @@ import torch
 
 from ..decoding.sequence import Sequence
 from ..decoding.usage import Usage
+from ..errors import RelaykitError
 from .engines import HFEngine, NativeEngine
 from .kv import KVPolicy
 from .loading import Model
@@ -46,6 +47,11 @@ class Runner:
         self._new_engine()
 
     def _new_engine(self) -> None:
+        if not self.model.native and self.policy.name != "full":
+            raise RelaykitError(
+                f"KV policy {self.policy.name!r} needs a Llama-family model (Llama, Qwen2/3, Mistral, SmolLM); "
+                f"{self.model.name} is a {self.model.config.model_type!r} model"
+            )
         self.engine = NativeEngine(self.model.hf, self.policy) if self.model.native else HFEngine(self.model.hf)
         self.rows: list[_Row] = []
         self.index: dict[int, int] = {}
@@ -165,8 +171,9 @@ class Runner:
         logits = self.engine.forward(feed, positions, k)
         seconds = time.perf_counter() - started
         total_tokens = sum(len(t) for t in feed)
-        step = Usage(forward_calls=1, seconds=seconds)
-        for row, tokens, start in zip(self.rows, feed, starts):
+        cache = getattr(self.engine, "cache", None)  # the native engine's; HF caches are not measured
+        step = Usage(forward_calls=1, seconds=seconds, kv_peak_bytes=cache.peak_bytes if cache else 0)
+        for row_index, (row, tokens, start) in enumerate(zip(self.rows, feed, starts)):
             if not tokens:
                 continue
             n = len(tokens)
@@ -176,5 +183,8 @@ class Runner:
             usage.seconds += seconds * n / total_tokens
             usage.flops += flops
             step.flops += flops
+            if cache is not None:
+                row_bytes = int(cache.lengths[row_index]) * cache.slot_bytes()
+                usage.kv_peak_bytes = max(usage.kv_peak_bytes, row_bytes)
         self.usage.add(step)
         return logits

@@ -1,0 +1,123 @@
+"""Benchmark (c): KV policies at long length. Decode throughput and peak KV memory of `single`
+with the full cache, RPC, H2O and StreamingLLM (the last two at RPC's peak cache size), batch 1
+and 8, greedy with ignore_eos, measured side by side in one run; then, when the shipped toy-large
+checkpoint exists, accuracy of full cache vs RPC on long-trajectory toy problems."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+from pairs import build_pair, prompts
+from relaykit.cli import default_model
+from relaykit.decoding.prompt import encode_prompt
+from relaykit.decoding.stopping import StopConfig
+from relaykit.evals.answers import answers_match, extract_answer
+from relaykit.models.kv import make_policy
+from relaykit.models.loading import load_model
+from relaykit.strategies.base import get_strategy
+
+
+def rpc_peak_slots(prompt: int, new_tokens: int, interval: int, window: int, ratio: float) -> int:
+    """Slots per row RPC holds at most while generating (every fed token; compaction is deferred
+    to the forward after a compression step)."""
+    generated = peak = 0
+    for g in range(1, new_tokens):  # the last generated token is never fed
+        generated += 1
+        peak = max(peak, generated)
+        if g >= interval + window and (g - window) % interval == 0:
+            generated = int((g - window) / ratio) + window
+    return prompt + peak
+
+
+def measure(model, policies: dict, batch: list[list[int]], new_tokens: int, repeats: int) -> dict:
+    """Per policy: throughput (the best of `repeats` rounds, interleaved: the machine is shared)
+    and peak KV bytes."""
+    stop = StopConfig(max_new_tokens=new_tokens, ignore_eos=True)
+    strategies = {name: get_strategy("single")({"large": model}, stop=stop, kv_policy=p) for name, p in policies.items()}
+    seconds = {name: float("inf") for name in policies}
+    for _ in range(repeats):
+        for name, strategy in strategies.items():
+            started = time.perf_counter()
+            results = strategy.generate(batch)
+            seconds[name] = min(seconds[name], time.perf_counter() - started)
+    tokens = len(batch) * new_tokens
+    caches = {name: strategy.runners["large"].engine.cache for name, strategy in strategies.items()}
+    return {name: {"tokens_per_second": tokens / seconds[name], "peak_kv_bytes": cache.peak_bytes,
+                   "peak_used_kv_bytes": cache.peak_used_bytes} for name, cache in caches.items()}
+
+
+def accuracy(model, policies: dict, count: int, max_new_tokens: int) -> dict:
+    from relaykit.toyworld.tasks import load_split
+
+    problems = load_split("test", n=count, long=True)
+    batch = [encode_prompt(model.tokenizer, p.question) for p in problems]
+    scores = {}
+    for name, policy in policies.items():
+        strategy = get_strategy("single")({"large": model}, stop=StopConfig(max_new_tokens=max_new_tokens),
+                                          kv_policy=policy)
+        results = [r for start in range(0, len(batch), 8) for r in strategy.generate(batch[start : start + 8])]
+        scores[name] = sum(answers_match(extract_answer(r.text), p.answer) for r, p in zip(results, problems)) / count
+        print(f"  accuracy {name:10s} {scores[name]:.3f} (mean length {sum(len(r.token_ids) for r in results) / count:.0f})")
+    return scores
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--large", help="checkpoint for throughput (default: a 16-layer Llama built from a config)")
+    parser.add_argument("--new-tokens", type=int, default=1536)
+    parser.add_argument("--prompt-length", type=int, default=32)
+    parser.add_argument("--interval", type=int, default=256, help="RPC P (scaled down from 4096)")
+    parser.add_argument("--window", type=int, default=32, help="RPC R")
+    parser.add_argument("--ratio", type=float, default=4.0, help="RPC c")
+    parser.add_argument("--batches", default="1,8")
+    parser.add_argument("--accuracy-problems", type=int, default=20)
+    parser.add_argument("--repeats", type=int, default=2)
+    parser.add_argument("--threads", type=int, default=1)
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    spec = args.large or str(build_pair(Path(tempfile.mkdtemp(prefix="relaykit-bench-")))[1])
+    model = load_model(spec, name="large")
+    print(f"model: {spec if args.large else 'built 16-layer Llama (128 wide)'}; {model.parameters / 1e6:.1f}M "
+          f"parameters; {args.new_tokens} new tokens after {args.prompt_length}; threads {torch.get_num_threads()}")
+    rpc = make_policy("rpc", interval=args.interval, window=args.window, ratio=args.ratio)
+    budget = rpc_peak_slots(args.prompt_length, args.new_tokens, args.interval, args.window, args.ratio) - 32
+    policies = {"full": None, "rpc": rpc, "h2o": make_policy("h2o", budget=budget, window=budget // 2, interval=32),
+                "streaming": make_policy("streaming", budget=budget, interval=32)}
+    print(f"RPC P={args.interval} R={args.window} c={args.ratio}; H2O and StreamingLLM keep {budget} slots, evicting "
+          f"at +32 (RPC's peak); throughput is the best of {args.repeats} interleaved rounds")
+    ratios = {}
+    for size in map(int, args.batches.split(",")):
+        batch = prompts(model.tokenizer, size, args.prompt_length)
+        measure(model, {"warm-up": None}, [p[:8] for p in batch], 16, 1)
+        measured = measure(model, policies, batch, args.new_tokens, args.repeats)
+        full = measured["full"]
+        print(f"batch {size}:")
+        for name in ("full", "rpc", "h2o", "streaming"):
+            m = measured[name]
+            print(f"  {name:10s} {m['tokens_per_second']:8.1f} tok/s  x{m['tokens_per_second'] / full['tokens_per_second']:.2f}"
+                  f"   peak KV used {m['peak_used_kv_bytes'] / 2**20:7.2f} MiB ({m['peak_used_kv_bytes'] / full['peak_used_kv_bytes']:.0%})"
+                  f"   allocated {m['peak_kv_bytes'] / 2**20:7.2f} MiB ({m['peak_kv_bytes'] / full['peak_kv_bytes']:.0%})")
+        ratios[f"batch{size}"] = {
+            name: {"throughput": round(m["tokens_per_second"] / full["tokens_per_second"], 3),
+                   "peak_kv_used": round(m["peak_used_kv_bytes"] / full["peak_used_kv_bytes"], 3),
+                   "peak_kv_allocated": round(m["peak_kv_bytes"] / full["peak_kv_bytes"], 3)}
+            for name, m in measured.items() if name != "full"
+        }
+    toy = default_model("large")
+    if toy and args.accuracy_problems:
+        print(f"accuracy on {args.accuracy_problems} long test problems, toy-large:")
+        scores = accuracy(load_model(toy, name="large"), {"full": None, "rpc": rpc}, args.accuracy_problems, 4096)
+        ratios["accuracy"] = {name: round(value, 3) for name, value in scores.items()}
+    else:
+        print("accuracy: skipped (no shipped toy-large checkpoint)")
+    print(json.dumps({"benchmark": "kv_policies", "over_full_cache": ratios}))
+
+
+if __name__ == "__main__":
+    main()
