@@ -181,7 +181,14 @@ class NativeEngine:
             else:
                 keys.scatter_(2, write_index, k)
                 values.scatter_(2, write_index, v)
-            if policy_attention is None:
+            if policy_attention is None and width == 1 and self.heads != self.kv_heads:
+                # decoding under GQA: each KV head's query group attends as one block of queries,
+                # which avoids SDPA's repeat of keys and values per query head
+                grouped = q.reshape(batch, self.kv_heads, self.heads // self.kv_heads, self.head_dim)
+                out = F.scaled_dot_product_attention(
+                    grouped, keys[:, :, :span], values[:, :, :span], attn_mask=mask, scale=attention.scaling
+                ).reshape(batch, self.heads, 1, self.head_dim)
+            elif policy_attention is None:
                 out = F.scaled_dot_product_attention(
                     q,
                     keys[:, :, :span],

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import re
 import string
 from pathlib import Path
@@ -56,8 +57,10 @@ def build_tokenizer() -> PreTrainedTokenizerFast:
     return tokenizer
 
 
-def save_tokenizer(folder: str | Path) -> PreTrainedTokenizerFast:
-    """Build the tokenizer and save it (tokenizer.json, tokenizer_config.json) to ``folder``."""
-    tokenizer = build_tokenizer()
-    tokenizer.save_pretrained(str(folder))
-    return tokenizer
+def save_tokenizer(tokenizer: PreTrainedTokenizerFast, folder: str | Path) -> None:
+    """Save to ``folder`` as tokenizer.json + tokenizer_config.json (chat template inside the config)."""
+    tokenizer.save_pretrained(str(folder), save_jinja_files=False)
+    config_path = Path(folder) / "tokenizer_config.json"
+    config = json.loads(config_path.read_text())
+    config["tokenizer_class"] = "PreTrainedTokenizerFast"
+    config_path.write_text(json.dumps(config, indent=2, ensure_ascii=False) + "\n")

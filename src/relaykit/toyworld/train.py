@@ -8,6 +8,7 @@ trained. Everything is drawn from the seed, so a run is reproducible.
 
 from __future__ import annotations
 
+import argparse
 import json
 import logging
 import math
@@ -23,7 +24,7 @@ from tqdm import tqdm
 from transformers import AutoModelForCausalLM, AutoTokenizer, GenerationConfig, LlamaConfig, LlamaForCausalLM
 
 from relaykit.toyworld.tasks import Problem, load_split, stream
-from relaykit.toyworld.tokenizer import save_tokenizer
+from relaykit.toyworld.tokenizer import build_tokenizer, save_tokenizer
 
 log = logging.getLogger(__name__)
 ANSWER = re.compile(r"</think>\s*The answer is (-?\d+)\.")
@@ -62,8 +63,8 @@ class ToyPairConfig:
 
     small: ToyModelConfig = ToyModelConfig(layers=2, hidden=64, heads=4, intermediate=256)
     large: ToyModelConfig = ToyModelConfig(layers=8, hidden=192, heads=6, intermediate=768)
-    small_train: ToyTrainConfig = field(default_factory=lambda: ToyTrainConfig(steps=1500))
-    large_train: ToyTrainConfig = field(default_factory=lambda: ToyTrainConfig(steps=2400))
+    small_train: ToyTrainConfig = field(default_factory=lambda: ToyTrainConfig(steps=3000))
+    large_train: ToyTrainConfig = field(default_factory=lambda: ToyTrainConfig(steps=2900))
 
 
 def build_model(shape: ToyModelConfig, tokenizer) -> LlamaForCausalLM:
@@ -179,7 +180,7 @@ def save_checkpoint(model: LlamaForCausalLM, tokenizer, folder: Path) -> None:
         max_new_tokens=256,
     )
     model.save_pretrained(str(folder), safe_serialization=True)
-    tokenizer.save_pretrained(str(folder))
+    save_tokenizer(tokenizer, folder)
 
 
 def _load(model_dir: str | Path):
@@ -286,7 +287,7 @@ def train_toy(out_dir: str, seed: int = 0, pair: ToyPairConfig | None = None, me
     torch.set_num_threads(1)
     pair = pair or ToyPairConfig()
     out = Path(out_dir)
-    tokenizer = save_tokenizer(out / "tokenizer")
+    tokenizer = build_tokenizer()
     report: dict = {"seed": seed, "config": asdict(pair)}
     for name, shape, cfg in (("toy-small", pair.small, pair.small_train), ("toy-large", pair.large, pair.large_train)):
         random.seed(seed)
@@ -301,3 +302,18 @@ def train_toy(out_dir: str, seed: int = 0, pair: ToyPairConfig | None = None, me
         report.update(measure(out / "toy-small", out / "toy-large", n=measure_n))
     (out / "report.json").write_text(json.dumps(report, indent=2))
     return report
+
+
+def main() -> None:
+    """``python -m relaykit.toyworld.train OUT_DIR [--seed N]``: train and measure the pair."""
+    parser = argparse.ArgumentParser(description=main.__doc__)
+    parser.add_argument("out_dir")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--measure-n", type=int, default=200)
+    args = parser.parse_args()
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
+    print(json.dumps(train_toy(args.out_dir, args.seed, measure_n=args.measure_n), indent=2))
+
+
+if __name__ == "__main__":
+    main()
