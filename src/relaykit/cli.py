@@ -249,6 +249,18 @@ def cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
+def add_evaluation_options(parser: argparse.ArgumentParser, strategies: dict) -> None:
+    """What `eval` and `demo` share: batching, models, sampling, KV policy, strategy options."""
+    from .options import add_strategy_options
+
+    parser.add_argument("--batch-size", type=int, default=8, help="problems per batch for batched strategies")
+    add_model_options(parser)
+    add_sampling_options(parser)
+    add_kv_options(parser)
+    parser.set_defaults(max_new_tokens=512)
+    add_strategy_options(parser, strategies)
+
+
 def build_parser() -> argparse.ArgumentParser:
     from .options import add_strategy_options
     from .strategies.base import STRATEGIES, load_all
@@ -287,12 +299,7 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--dataset", default="toy:test", help="toy:SPLIT, toy:long:SPLIT, toy:fresh:SEED or a JSONL path (GSM8K, MATH-500, AIME formats)")
     evaluate.add_argument("--limit", type=int, default=None, help="first N problems")
     evaluate.add_argument("--out", default="relaykit-eval", help="output folder (default ./relaykit-eval)")
-    evaluate.add_argument("--batch-size", type=int, default=8, help="problems per batch for batched strategies")
-    add_model_options(evaluate)
-    add_sampling_options(evaluate)
-    add_kv_options(evaluate)
-    evaluate.set_defaults(max_new_tokens=512)
-    add_strategy_options(evaluate, STRATEGIES)
+    add_evaluation_options(evaluate, STRATEGIES)
     evaluate.set_defaults(run=cmd_eval)
 
     demo = commands.add_parser(
@@ -304,13 +311,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     demo.add_argument("--limit", type=int, default=32, help="toy test problems (default 32)")
     demo.add_argument("--out", default="relaykit-demo", help="output folder (default ./relaykit-demo)")
-    demo.add_argument("--batch-size", type=int, default=8, help="problems per batch for batched strategies")
     demo.add_argument("--dataset", default="toy:test", help=argparse.SUPPRESS)
-    add_model_options(demo)
-    add_sampling_options(demo)
-    add_kv_options(demo)
-    demo.set_defaults(max_new_tokens=512)
-    add_strategy_options(demo, STRATEGIES)
+    add_evaluation_options(demo, STRATEGIES)
     demo.set_defaults(run=cmd_demo)
 
     calibrate = commands.add_parser(

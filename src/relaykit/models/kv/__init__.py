@@ -1,12 +1,5 @@
 """KV cache storage for a batch of rows of different lengths, and pluggable cache policies.
 
-Keys and values are [layers, rows, kv_heads, capacity, head_dim]; row b holds `lengths[b]` valid
-slots [0, lengths[b]) in every layer and KV head. Without compression slot == position. A
-compressing policy drops slots, but every layer and head of a row keeps the same number of slots
-(each layer, and with per-group scoring each KV head, may keep a different set) and survivors stay
-in position order, so rolling back n tokens is still "drop the last n slots". Keys are cached
-after rotation, so positions never change; `positions` records each slot's original position.
-
 Policies (one fresh copy per runner; options are dataclass fields):
   full       keep everything
   rpc        Reasoning Path Compression (Song et al. 2025)
