@@ -38,7 +38,7 @@ def main() -> None:
     strategy = get_strategy("single")({"large": large}, stop=StopConfig(max_new_tokens=args.new_tokens, ignore_eos=True))
     ratios = {}
     for batch_size in (1, 8):
-        batch = prompts(large.tokenizer, batch_size, args.prompt_length)
+        batch = prompts(large.tokenizer, batch_size, args.prompt_length, toy=what == "toy pair")
         runs = {"hf": (lambda: hf_generate(large, batch, args.new_tokens)), "relaykit": (lambda: relaykit_single(strategy, batch))}
         for run in runs.values():
             run()  # warm-up

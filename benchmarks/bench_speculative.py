@@ -51,7 +51,7 @@ def main() -> None:
     pair = {"large": large, "small": small}
     single = get_strategy("single")(pair, stop=stop)
     speculative = get_strategy("speculative")(pair, SpeculativeConfig(k=args.k), stop=stop)
-    batch = prompts(large.tokenizer, args.prompts, args.prompt_length)
+    batch = prompts(large.tokenizer, args.prompts, args.prompt_length, toy=what == "toy pair")
 
     # exactness first: all four produce the large model's greedy text
     reference = [r.token_ids for r in single.generate(batch)]

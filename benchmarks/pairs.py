@@ -61,7 +61,13 @@ def load_pair(args: argparse.Namespace) -> tuple[Model, Model, str]:
     return load_model(large_spec, name="large"), load_model(small_spec, name="small"), what
 
 
-def prompts(tokenizer, count: int, length: int, seed: int = 0) -> list[list[int]]:
+def prompts(tokenizer, count: int, length: int, seed: int = 0, toy: bool = False) -> list[list[int]]:
+    """Toy test questions (chat template applied) for the toy pair, else random token ids."""
+    if toy:
+        from relaykit.decoding.prompt import encode_prompt
+        from relaykit.toyworld.tasks import load_split
+
+        return [encode_prompt(tokenizer, p.question) for p in load_split("test", count)]
     generator = torch.Generator().manual_seed(seed)
     ids = torch.randint(3, len(tokenizer) - 1, (count, length), generator=generator)
     return ids.tolist()

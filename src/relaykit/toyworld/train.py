@@ -65,6 +65,10 @@ class ToyPairConfig:
     large: ToyModelConfig = ToyModelConfig(layers=8, hidden=192, heads=6, intermediate=768)
     small_train: ToyTrainConfig = field(default_factory=lambda: ToyTrainConfig(steps=3000))
     large_train: ToyTrainConfig = field(default_factory=lambda: ToyTrainConfig(steps=2900))
+    # A warm restart of the large model's schedule on fresh data (seed + 1).
+    large_restart: ToyTrainConfig | None = field(
+        default_factory=lambda: ToyTrainConfig(steps=1150, lr=1e-3, warmup=50)
+    )
 
 
 def build_model(shape: ToyModelConfig, tokenizer) -> LlamaForCausalLM:
@@ -295,6 +299,8 @@ def train_toy(out_dir: str, seed: int = 0, pair: ToyPairConfig | None = None, me
         model = build_model(shape, tokenizer)
         start = time.perf_counter()
         report[f"{name}_final_loss"] = train_model(model, tokenizer, cfg, seed, name)
+        if name == "toy-large" and pair.large_restart is not None:
+            report[f"{name}_final_loss"] = train_model(model, tokenizer, pair.large_restart, seed + 1, name)
         report[f"{name}_train_minutes"] = (time.perf_counter() - start) / 60
         save_checkpoint(model, tokenizer, out / name)
         log.info("%s: %.1f min, loss %.4f", name, report[f"{name}_train_minutes"], report[f"{name}_final_loss"])
