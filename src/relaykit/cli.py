@@ -198,7 +198,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
     from .evals.report import rich_trajectory
     from .strategies.base import STRATEGIES
 
-    args.strategy = ",".join(name for name in STRATEGIES if name != "single")
+    rest = [name for name in STRATEGIES if name not in ("single", "large", "small")]
+    args.strategy = ",".join(["large", "small", *rest])
     for role in ("large", "small"):
         if getattr(args, role) is None and default_model(role) is None:
             raise RelaykitError(f"the shipped toy-{role} checkpoint is missing; reinstall relaykit or pass --{role}")

@@ -40,7 +40,7 @@ def rich_table(results: dict) -> Table:
     title = f"{results.get('dataset', '')} ({results.get('n_problems', '?')} problems)"
     table = Table(title=title)
     for i, column in enumerate(_COLUMNS):
-        table.add_column(column, justify="left" if i == 0 else "right")
+        table.add_column(column, justify="left" if i == 0 else "right", no_wrap=i == 0)  # names stay whole
     for name in results["strategies"]:
         table.add_row(*_row(results, name))
     return table
