@@ -24,9 +24,12 @@ class Usage:
     kv_peak_bytes: int = 0  # most KV-cache bytes held at once (a maximum, not a sum)
 
     def add(self, other: "Usage") -> None:
-        for name, value in asdict(other).items():
-            combine = max if name == "kv_peak_bytes" else (lambda a, b: a + b)
-            setattr(self, name, combine(getattr(self, name), value))
+        self.prefill_tokens += other.prefill_tokens
+        self.decode_tokens += other.decode_tokens
+        self.forward_calls += other.forward_calls
+        self.seconds += other.seconds
+        self.flops += other.flops
+        self.kv_peak_bytes = max(self.kv_peak_bytes, other.kv_peak_bytes)
 
     def to_dict(self) -> dict:
         return asdict(self)
