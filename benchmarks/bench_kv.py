@@ -44,7 +44,7 @@ def measure(model, policies: dict, batch: list[list[int]], new_tokens: int, repe
     for _ in range(repeats):
         for name, strategy in strategies.items():
             started = time.perf_counter()
-            results = strategy.generate(batch)
+            strategy.generate(batch)
             seconds[name] = min(seconds[name], time.perf_counter() - started)
     tokens = len(batch) * new_tokens
     caches = {name: strategy.runners["large"].engine.cache for name, strategy in strategies.items()}
