@@ -43,6 +43,7 @@ def main() -> None:
     parser.add_argument("--prompts", type=int, default=4)
     parser.add_argument("--k", type=int, default=4)
     parser.add_argument("--adaptive", action="store_true", help="relaykit adapts k (HF adapts its own by default)")
+    parser.add_argument("--draft-confidence", type=float, default=0.0, help="relaykit stops drafting below it")
     parser.add_argument("--repeats", type=int, default=3)
     args = parser.parse_args()
     large, small, what = load_pair(args)
@@ -51,7 +52,7 @@ def main() -> None:
     stop = StopConfig(max_new_tokens=args.new_tokens)
     pair = {"large": large, "small": small}
     single = get_strategy("single")(pair, stop=stop)
-    speculative = get_strategy("speculative")(pair, SpeculativeConfig(k=args.k, adaptive=args.adaptive), stop=stop)
+    speculative = get_strategy("speculative")(pair, SpeculativeConfig(k=args.k, adaptive=args.adaptive, draft_confidence=args.draft_confidence), stop=stop)
     batch = prompts(large.tokenizer, args.prompts, args.prompt_length, toy=what == "toy pair")
 
     # exactness first: all four produce the large model's greedy text

@@ -65,12 +65,14 @@ def test_speculative_with_itself_as_draft_accepts_everything(models):
         assert result.provenance.count("large") == 5
 
 
-def test_adaptive_k_stays_greedy_exact(models):
+def test_adaptive_k_and_draft_confidence_stay_greedy_exact(models):
     batch = prompts(models[("llama", "large")].tokenizer, 8, seed=11)
     stop = StopConfig(max_new_tokens=30)
     expected = [r.token_ids for r in get_strategy("single")(pair(models, "llama"), stop=stop).generate(batch)]
     adaptive = get_strategy("speculative")(pair(models, "llama"), SpeculativeConfig(k=2, adaptive=True), stop=stop)
     assert [r.token_ids for r in adaptive.generate(batch)] == expected
+    confident = get_strategy("speculative")(pair(models, "llama"), SpeculativeConfig(k=6, draft_confidence=0.5), stop=stop)
+    assert [r.token_ids for r in confident.generate(batch)] == expected
 
 
 def chi_square_quantile(df: int, z: float = 3.09) -> float:

@@ -18,6 +18,9 @@ class SpeculativeConfig:
     k: int = 4  # draft length; Leviathan et al. 2023 evaluate gamma in 1..10, with 3-7 typical
     adaptive: bool = False  # grow k after a fully accepted round, shrink it after a poor one
     max_k: int = 16
+    # stop drafting once every row's draft token has probability below this (0 = never); HF
+    # assisted generation's assistant_confidence_threshold defaults to 0.4
+    draft_confidence: float = 0.0
 
     def __post_init__(self) -> None:
         if not 1 <= self.k <= self.max_k:
@@ -60,7 +63,8 @@ class Speculative(Strategy):
             draft_length = max(0, min(k, min(self.stop.remaining(s) for s in active) - 1))
             starts = [len(s) for s in active]
             draft_probs = []
-            for _ in range(draft_length):
+            drafted = 0
+            while drafted < draft_length:
                 logits = small.next_logits(active)
                 if self.sampler.greedy:
                     tokens = logits.argmax(-1)
@@ -70,6 +74,12 @@ class Speculative(Strategy):
                     tokens = self.sampler.draw(probs)
                 for sequence, token in zip(active, tokens.tolist()):
                     sequence.append(token, "small")
+                drafted += 1
+                if self.config.draft_confidence and bool(
+                    (logits.softmax(-1).amax(-1) < self.config.draft_confidence).all()
+                ):
+                    break
+            draft_length = drafted
             target_logits = large.score(active, draft_length + 1)
             if self.sampler.greedy:
                 targets = target_logits.argmax(-1).tolist()
