@@ -104,10 +104,6 @@ class Runner:
             row = self._row(sequence)
             self._rewind(row, max(row.seen - n, 0))
 
-    def cached_tokens(self, sequence: Sequence) -> int:
-        """How many of the sequence's tokens this runner has consumed."""
-        return self._row(sequence).seen
-
     # internals
 
     def _row(self, sequence: Sequence) -> _Row:
