@@ -169,7 +169,8 @@ class Runner:
         total_tokens = sum(len(t) for t in feed)
         cache = getattr(self.engine, "cache", None)  # the native engine's; HF caches are not measured
         step = Usage(forward_calls=1, seconds=seconds, kv_peak_bytes=cache.peak_bytes if cache else 0)
-        for row_index, (row, tokens, start) in enumerate(zip(self.rows, feed, starts)):
+        slot_bytes = cache.slot_bytes() if cache is not None else 0
+        for row, tokens, start, length in zip(self.rows, feed, starts, self.engine.lengths):
             if not tokens:
                 continue
             n = len(tokens)
@@ -179,8 +180,6 @@ class Runner:
             usage.seconds += seconds * n / total_tokens
             usage.flops += flops
             step.flops += flops
-            if cache is not None:
-                row_bytes = int(cache.lengths[row_index]) * cache.slot_bytes()
-                usage.kv_peak_bytes = max(usage.kv_peak_bytes, row_bytes)
+            usage.kv_peak_bytes = max(usage.kv_peak_bytes, length * slot_bytes)
         self.usage.add(step)
         return logits
