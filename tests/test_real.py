@@ -3,6 +3,7 @@
 import importlib.util
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -45,3 +46,39 @@ def test_cli_generate_with_the_gguf_model():
     )
     assert done.returncode == 0, done.stderr
     assert "Paris" in done.stdout and "prefill" in done.stdout
+
+
+def test_rpc_perplexity_stays_close_to_the_full_cache(smollm2):
+    """Teacher-forced perplexity of ~1,600 tokens of GSM8K reasoning text, fed in chunks after a
+    64-token prompt: RPC (P = 256, R = 32, c = 4) within 10% of the full cache's perplexity."""
+    import json
+    import math
+
+    import torch
+
+    from relaykit.decoding.sequence import Sequence
+    from relaykit.models.kv import make_policy
+    from relaykit.models.runner import Runner
+
+    path = Path(__file__).resolve().parents[2] / "shared" / "data" / "gsm8k" / "test.jsonl"
+    if not path.is_file():
+        pytest.skip("../shared/data is not beside the checkout")
+    rows = [json.loads(line) for line in path.read_text().splitlines()[:20]]
+    text = "\n\n".join(f"Question: {r['question']}\nAnswer: {r['answer']}" for r in rows)
+    ids = smollm2.tokenizer(text, add_special_tokens=False)["input_ids"][:1664]
+    prompt, rest = ids[:64], ids[64:]
+    perplexity, peak = {}, {}
+    for name, policy in (("full", None), ("rpc", make_policy("rpc", interval=256, window=32, ratio=4))):
+        runner, sequence = Runner(smollm2, "large", policy), Sequence(prompt)
+        previous, total = runner.next_logits([sequence])[0], 0.0
+        for start in range(0, len(rest), 32):
+            chunk = rest[start : start + 32]
+            sequence.extend(chunk, "reference")
+            logits = torch.cat([previous[None], runner.score([sequence], len(chunk))[0]])
+            total -= logits[:-1].log_softmax(-1).gather(1, torch.tensor(chunk)[:, None]).sum().item()
+            previous = logits[-1]
+        perplexity[name] = math.exp(total / len(rest))
+        peak[name] = runner.engine.cache.peak_used_bytes
+    print(f"perplexity {perplexity}, peak KV bytes {peak}")
+    assert perplexity["rpc"] <= 1.10 * perplexity["full"], perplexity
+    assert peak["rpc"] < 0.5 * peak["full"]

@@ -8,7 +8,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from relaykit.toyworld import TOY_LARGE, TOY_SMALL, fresh, load_split, make_problem, split_of
 from relaykit.toyworld.tasks import DOMAINS
-from relaykit.toyworld.tokenizer import SPECIAL_TOKENS, build_tokenizer
+from relaykit.toyworld.tokenizer import MARKUP_TOKENS, SPECIAL_TOKENS, build_tokenizer
 from relaykit.toyworld.train import extract_answer, generate_answers
 
 
@@ -63,8 +63,9 @@ def test_tokenizer_round_trip_digits_and_specials(tokenizer):
     vocab = tokenizer.get_vocab()
     for token in SPECIAL_TOKENS:
         assert token in vocab
-    for token in ("<think>", "</think>", "<call>", "</call>"):
+    for token in MARKUP_TOKENS:
         assert tokenizer(token, add_special_tokens=False)["input_ids"] == [vocab[token]]
+        assert tokenizer.decode([vocab[token]], skip_special_tokens=True) == token  # kept, as Qwen3 keeps <think>
     assert {tokenizer.bos_token, tokenizer.eos_token, tokenizer.pad_token} <= set(SPECIAL_TOKENS)
 
 

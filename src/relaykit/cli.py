@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import sys
 from pathlib import Path
 
@@ -21,8 +22,10 @@ def default_model(role: str) -> str | None:
 
 def add_model_options(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("models")
-    group.add_argument("--large", help="large model: checkpoint folder, .gguf file or hub id (default: the shipped toy-large)")
+    group.add_argument("--large", help="large model: checkpoint folder, .gguf file, hub id or an OpenAI-compatible "
+                       "endpoint URL#MODEL, e.g. http://localhost:8000/v1#Qwen/Qwen3-32B (default: the shipped toy-large)")
     group.add_argument("--small", help="small model, same forms (default: the shipped toy-small)")
+    group.add_argument("--tokenizer", help="for endpoint models: the served model's tokenizer (default: the MODEL part of the URL)")
     group.add_argument("--dtype", default="auto", help="auto (float32 on CPU, bfloat16 on GPU), float32, bfloat16, float16")
     group.add_argument("--device", default="cpu", help="cpu (default), cuda, cuda:N or auto")
     group.add_argument("--trust-remote-code", action="store_true", help="allow a checkpoint's own Python code to run")
@@ -68,6 +71,7 @@ def load_models(args: argparse.Namespace, roles: tuple[str, ...]) -> dict:
     import torch
 
     from .models.loading import load_model
+    from .models.remote import is_remote, load_remote
 
     if args.threads < 0:
         raise RelaykitError(f"--threads must be >= 0, got {args.threads}")
@@ -78,6 +82,9 @@ def load_models(args: argparse.Namespace, roles: tuple[str, ...]) -> dict:
         spec = getattr(args, role, None) or default_model(role)
         if spec is None:
             raise RelaykitError(f"no {role} model given (--{role} PATH) and no shipped toy-{role} checkpoint found")
+        if is_remote(spec):
+            models[role] = load_remote(spec, args.tokenizer, name=role)
+            continue
         models[role] = load_model(
             spec,
             name=role,
@@ -87,6 +94,18 @@ def load_models(args: argparse.Namespace, roles: tuple[str, ...]) -> dict:
             allow_pickle=args.allow_pickle,
         )
     return models
+
+
+def strategy_class(name: str, args: argparse.Namespace):
+    """The strategy class for `name`: its HTTP implementation when a model is an endpoint URL."""
+    from .models.remote import is_remote
+    from .strategies.base import get_strategy
+    from .strategies.remote import remote_strategy
+
+    if any(is_remote(getattr(args, role, None)) for role in ("large", "small")):
+        get_strategy(name)  # an unknown name gets the usual message
+        return remote_strategy(name)
+    return get_strategy(name)
 
 
 def sampling_from_args(args):
@@ -107,9 +126,8 @@ def cmd_generate(args: argparse.Namespace) -> int:
 
     from .decoding.prompt import encode_prompt
     from .options import config_from_args
-    from .strategies.base import get_strategy
 
-    cls = get_strategy(args.strategy)
+    cls = strategy_class(args.strategy, args)
     config = config_from_args(cls, args)
     sampling, stop = sampling_from_args(args)
     models = load_models(args, cls.roles)
@@ -147,12 +165,12 @@ def cmd_generate(args: argparse.Namespace) -> int:
 
 def build_strategies(names: list[str], args: argparse.Namespace) -> dict:
     """Strategy objects for `names` (the large-only baseline added when missing), sharing models."""
-    from .options import config_from_args
-    from .strategies.base import get_strategy
+    from .options import config_from_args, config_from_dict
 
-    classes = {name: get_strategy(name) for name in names}
-    if "large" not in classes:
-        classes = {"large": get_strategy("large"), **classes}
+    variants = dict(parse_variant(name) for name in names)  # label -> (strategy name, its own options)
+    variants.setdefault("large", ("large", {}))
+    variants = {"large": variants.pop("large"), **variants}
+    classes = {label: strategy_class(name, args) for label, (name, _) in variants.items()}
     given = {k[4:] for k, v in vars(args).items() if k.startswith("opt_") and v is not None}
     owners = {f for cls in classes.values() for f in cls.Config.__dataclass_fields__}
     if given - owners:
@@ -162,10 +180,41 @@ def build_strategies(names: list[str], args: argparse.Namespace) -> dict:
     models = load_models(args, roles)
     sampling, stop = sampling_from_args(args)
     policy = kv_policy_from_args(args)
-    return {
-        name: cls(models, config_from_args(cls, args, strict=False), sampling, stop, policy)
-        for name, cls in classes.items()
-    }
+    strategies = {}
+    for label, cls in classes.items():
+        options = {k: v for k, v in vars(config_from_args(cls, args, strict=False)).items()}
+        options.update(variants[label][1])
+        strategies[label] = cls(models, config_from_dict(cls, options), sampling, stop, policy)
+    return strategies
+
+
+def parse_variant(text: str) -> tuple[str, tuple[str, dict]]:
+    """`relaygen[cues=none speculative=4]` -> ("relaygen[cues=none speculative=4]", ("relaygen",
+    {"cues": "none", "speculative": 4})): one strategy run with its own options, next to others."""
+    import dataclasses
+    import typing
+
+    match = re.fullmatch(r"([\w-]+)(?:\[(.*)\])?", text.strip())
+    if not match:
+        raise RelaykitError(f"bad strategy {text!r}; write NAME or NAME[option=value option=value]")
+    name, body = match.group(1), match.group(2)
+    if body is None:
+        return name, (name, {})
+    cls = strategy_class(name, argparse.Namespace())
+    hints = typing.get_type_hints(cls.Config)
+    fields = {f.name for f in dataclasses.fields(cls.Config)}
+    options = {}
+    for item in body.split():
+        key, _, value = item.partition("=")
+        key = key.replace("-", "_")
+        if key not in fields:
+            raise RelaykitError(f"strategy {name!r} has no option {key!r}; it has: {', '.join(sorted(fields)) or 'none'}")
+        kind = next((t for t in typing.get_args(hints[key]) if t in (int, float, bool)), hints[key])
+        try:
+            options[key] = value.lower() in ("1", "true", "yes", "on") if kind is bool else kind(value) if kind in (int, float) else value
+        except ValueError:
+            raise RelaykitError(f"{text}: {key} takes a {kind.__name__}, got {value!r}") from None
+    return text.strip(), (name, options)
 
 
 def run_evaluation(args: argparse.Namespace, dataset: str, limit: int | None, out: str):
@@ -175,7 +224,7 @@ def run_evaluation(args: argparse.Namespace, dataset: str, limit: int | None, ou
     from .evals.harness import EvalSettings, evaluate
     from .evals.report import rich_table, write_report
 
-    names = [n.strip() for n in args.strategy.split(",") if n.strip()]
+    names = [n.strip() for n in re.findall(r"[^,\[]+(?:\[[^\]]*\])?", args.strategy) if n.strip()]
     problems = load_dataset(dataset, limit)
     if args.batch_size < 1:
         raise RelaykitError(f"--batch-size must be >= 1, got {args.batch_size}")
@@ -296,7 +345,9 @@ def build_parser() -> argparse.ArgumentParser:
         "DIR/results.json, DIR/results.md, DIR/plot.png and DIR/trajectories.html. The large-only "
         "baseline is always included, since speed-ups are measured against it.",
     )
-    evaluate.add_argument("--strategy", default="small,large,speculative", help="comma-separated strategy names")
+    evaluate.add_argument("--strategy", default="small,large,speculative",
+                          help="comma-separated strategy names; NAME[option=value ...] runs a strategy with its own "
+                          "options beside others, e.g. 'relaygen,relaygen[cues=all],relaygen[cues=none]'")
     evaluate.add_argument("--dataset", default="toy:test", help="toy:SPLIT, toy:long:SPLIT, toy:fresh:SEED or a JSONL path (GSM8K, MATH-500, AIME formats)")
     evaluate.add_argument("--limit", type=int, default=None, help="first N problems")
     evaluate.add_argument("--out", default="relaykit-eval", help="output folder (default ./relaykit-eval)")

@@ -98,9 +98,12 @@ def decode_tail(tokenizer, tokens: list[int], end: int, turn_start: int, floor: 
 
 def load_cues(spec: str | list[str] | None) -> list[str]:
     """Cues from a list, a `cues.json` written by calibration (its "selected" list), a text file
-    of one cue per line, or a "|"-separated string ("Wait|So|Therefore,"); None: every candidate."""
-    if spec is None:
+    of one cue per line, or a "|"-separated string ("Wait|So|Therefore,"); None or "all": every
+    candidate; "none" or "": no cue (RelayGen then hands off only the answer)."""
+    if spec is None or spec == "all":
         return list(CANDIDATE_CUES)
+    if spec == "none":
+        return []
     if isinstance(spec, list):
         return [c for c in spec if c]
     path = Path(spec).expanduser()

@@ -1,13 +1,13 @@
 """Synthetic reasoning tasks: problems with a chain of thought and a short final answer.
 
-Two domains share one hard step, a direct three-digit by one-digit product (a small
-model cannot learn it, a deeper one can), surrounded by easy steps: restating the
+Two domains share one hard step, a direct two-digit by one-digit product (a table of
+630 entries that a large model learns and a small one only partly), surrounded by easy steps: restating the
 question, numbered "check k of n" rounds that restate results already computed, and
 summaries opened by varied discourse cues (Wait, So, Therefore, Thus, Now, Hence,
 Also, Again, Alternatively). Difficulty therefore varies inside one trajectory.
 
-- ``arith``: ``What is 347 * 6 + 58? Check it 2 times.``
-- ``list``: ``Take the largest of 347, 812, 509 and multiply it by 6. Check it 2 times.``
+- ``arith``: ``What is 47 * 6 + 58? Check it 2 times.``
+- ``list``: ``Take the largest of 47, 81, 50 and multiply it by 6. Check it 2 times.``
 
 Splits are a partition of question strings by hash, so no question is in two splits.
 """
@@ -33,7 +33,7 @@ _BUCKETS = {
 _SPLIT_SEEDS = {"dev": 101, "test": 202, "calibration": 303, "train": 404}
 _DEFAULT_SIZES = {"train": 20000, "dev": 500, "test": 500, "calibration": 500}
 # Verification rounds: ordinary problems and the long variant (>= 1,500 tokens).
-SHORT_ROUNDS = (1, 3)
+SHORT_ROUNDS = (2, 4)
 LONG_ROUNDS = (66, 76)
 
 # Each check round restates a result already computed; cue and form cycle with k.
@@ -69,7 +69,7 @@ def _times(rounds: int) -> str:
 
 
 def _arith(rng: random.Random, rounds: int, with_addend: bool) -> tuple[str, list[str], int]:
-    a, b = rng.randint(100, 999), rng.randint(3, 9)
+    a, b = rng.randint(10, 99), rng.randint(3, 9)
     product = a * b
     if not with_addend:
         forms = [f"{a} * {b} = {product}", f"{b} * {a} = {product}", f"{product} / {b} = {a}"]
@@ -97,7 +97,7 @@ def _arith(rng: random.Random, rounds: int, with_addend: bool) -> tuple[str, lis
 
 
 def _list(rng: random.Random, rounds: int) -> tuple[str, list[str], int]:
-    items = rng.sample(range(100, 1000), 3)
+    items = rng.sample(range(10, 100), 3)
     b = rng.randint(3, 9)
     which = rng.choice(("largest", "smallest"))
     pick = max(items) if which == "largest" else min(items)

@@ -12,7 +12,10 @@ from transformers import PreTrainedTokenizerFast
 
 BOS, EOS, PAD, UNK = "<s>", "</s>", "<pad>", "<unk>"
 USER, ASSISTANT = "<|user|>", "<|assistant|>"
-SPECIAL_TOKENS = [PAD, BOS, EOS, UNK, "<think>", "</think>", "<call>", "</call>", USER, ASSISTANT]
+# Markup the models write: single tokens that decoding keeps (not "special"), as Qwen3 keeps
+# <think>, so an engine that skips special tokens still shows them.
+MARKUP_TOKENS = ["<think>", "</think>", "<call>", "</call>"]
+SPECIAL_TOKENS = [PAD, BOS, EOS, UNK, USER, ASSISTANT]
 # Frequent words of the task templates, one token each (matched as whole words).
 WORDS = [
     "The", "answer", "is", "the", "check", "of", "Check", "it", "times", "time", "What",
@@ -34,7 +37,7 @@ CHAT_TEMPLATE = (
 
 def build_tokenizer() -> PreTrainedTokenizerFast:
     """Build the word-and-character tokenizer with its special tokens and chat template."""
-    tokens = SPECIAL_TOKENS + WORDS + [" " + word for word in WORDS] + PIECES + CHARACTERS
+    tokens = SPECIAL_TOKENS[:4] + MARKUP_TOKENS + SPECIAL_TOKENS[4:] + WORDS + [" " + word for word in WORDS] + PIECES + CHARACTERS
     vocab = {token: i for i, token in enumerate(tokens)}
     backend = Tokenizer(models.WordLevel(vocab, unk_token=UNK))
     words = "|".join(sorted(WORDS, key=len, reverse=True))
@@ -43,6 +46,7 @@ def build_tokenizer() -> PreTrainedTokenizerFast:
     backend.pre_tokenizer = pre_tokenizers.Split(Regex(pattern), behavior="isolated")
     backend.decoder = decoders.Fuse()
     backend.add_special_tokens(SPECIAL_TOKENS)
+    backend.add_tokens(MARKUP_TOKENS)
     tokenizer = PreTrainedTokenizerFast(
         tokenizer_object=backend,
         bos_token=BOS,

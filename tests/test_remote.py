@@ -1,0 +1,113 @@
+"""Strategies over an OpenAI-compatible endpoint: a real third-party engine (`transformers serve`)
+serving the shipped toy pair on loopback, compared with the same strategies in-process."""
+
+from __future__ import annotations
+
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+
+import pytest
+
+from relaykit.cli import main
+from relaykit.decoding.prompt import encode_prompt
+from relaykit.decoding.stopping import StopConfig
+from relaykit.errors import RelaykitError
+from relaykit.models.kv import make_policy
+from relaykit.models.loading import load_model
+from relaykit.models.remote import load_remote
+from relaykit.strategies.base import get_strategy
+from relaykit.strategies.relaygen import RelayGenConfig
+from relaykit.strategies.remote import remote_strategy
+from relaykit.toyworld import TOY_LARGE, TOY_SMALL, load_split
+
+for module in ("fastapi", "uvicorn", "openai"):
+    pytest.importorskip(module, reason="`transformers serve` needs transformers[serving]")
+
+CUES = "Wait,|So|Again,|Also,|Therefore,|Thus|Hence"
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def endpoint():
+    """`transformers serve` on loopback; models are loaded on first request by their path."""
+    port = _free_port()
+    command = [sys.executable, "-m", "transformers.cli.transformers", "serve", "--host", "127.0.0.1",
+               "--port", str(port), "--device", "cpu", "--dtype", "float32"]
+    server = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    url = f"http://127.0.0.1:{port}/v1"
+    deadline = time.time() + 180
+    while time.time() < deadline:
+        if server.poll() is not None:
+            pytest.fail(f"transformers serve exited: {server.stderr.read().decode()[-800:]}")
+        try:
+            urllib.request.urlopen(url + "/models", timeout=2)
+            break
+        except OSError:
+            time.sleep(1)
+    else:
+        server.kill()
+        pytest.fail("transformers serve did not start within 180 s")
+    yield url
+    server.terminate()
+    server.wait(timeout=30)
+
+
+def _pairs(url):
+    local = {role: load_model(str(folder), name=role) for role, folder in (("large", TOY_LARGE), ("small", TOY_SMALL))}
+    remote = {role: load_remote(f"{url}#{folder}", name=role) for role, folder in (("large", TOY_LARGE), ("small", TOY_SMALL))}
+    return local, remote
+
+
+def test_relaygen_over_transformers_serve_matches_in_process(endpoint):
+    """Greedy: the same text, written by the same model span for span, and the same hand-offs."""
+    local, remote = _pairs(endpoint)
+    prompts = [encode_prompt(local["large"].tokenizer, p.question) for p in load_split("test", 10)]
+    stop = StopConfig(max_new_tokens=256)
+    for name, config in (("large", None), ("relaygen", RelayGenConfig(cues=CUES))):
+        here = get_strategy(name)(local, config, stop=stop).generate(prompts)
+        there = remote_strategy(name)(remote, config, stop=stop).generate(prompts)
+        tokenizer = local["large"].tokenizer
+        for a, b in zip(here, there):
+            assert b.text == a.text
+            assert b.segments(tokenizer) == a.segments(tokenizer)
+            assert [(e["direction"], e["cue"]) for e in b.events] == [(e["direction"], e["cue"]) for e in a.events]
+        if name == "relaygen":
+            assert sum(r.tokens_by("small") for r in there) > 0
+            assert all(r.usage["small"]["forward_calls"] > 0 for r in there)
+
+
+def test_budget_inside_thinking_still_answers_remotely(endpoint):
+    _, remote = _pairs(endpoint)
+    prompt = encode_prompt(remote["large"].tokenizer, load_split("test", 1)[0].question)
+    result = remote_strategy("relaygen")(remote, RelayGenConfig(cues=CUES), stop=StopConfig(max_new_tokens=60)).generate([prompt])[0]
+    assert "</think>" in result.text and result.text.rstrip().endswith(".")
+    assert any(e["reason"] == "budget" for e in result.events)
+
+
+def test_cli_eval_over_endpoints(endpoint, tmp_path, capsys):
+    large, small = f"{endpoint}#{TOY_LARGE}", f"{endpoint}#{TOY_SMALL}"
+    code = main(["eval", "--strategy", "relaygen", "--cues", CUES, "--large", large, "--small", small,
+                 "--dataset", "toy:test", "--limit", "2", "--out", str(tmp_path)])
+    assert code == 0 and (tmp_path / "results.json").is_file()
+
+
+def test_clear_errors(tmp_path, capsys):
+    tokenizer_only = load_remote(f"http://127.0.0.1:9#{TOY_LARGE}")
+    with pytest.raises(RelaykitError, match="cannot reach"):
+        tokenizer_only.complete("hi", 2)
+    with pytest.raises(RelaykitError, match="URL#MODEL"):
+        load_remote("http://127.0.0.1:9/v1")
+    with pytest.raises(RelaykitError, match="needs in-process models"):
+        remote_strategy("speculative")
+    with pytest.raises(RelaykitError, match="KV policies"):
+        remote_strategy("large")({"large": tokenizer_only}, kv_policy=make_policy("rpc"))
+    code = main(["generate", "--large", "http://127.0.0.1:9/v1#" + str(TOY_LARGE), "hello"])
+    assert code == 2 and "cannot reach" in capsys.readouterr().err
