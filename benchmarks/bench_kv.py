@@ -1,7 +1,7 @@
-"""Benchmark (c): KV policies at long length. Decode throughput and peak KV memory of `single`
-with the full cache, RPC, H2O and StreamingLLM (the last two at RPC's peak cache size), batch 1
-and 8, greedy with ignore_eos, measured side by side in one run; then, when the shipped toy-large
-checkpoint exists, accuracy of full cache vs RPC on long-trajectory toy problems."""
+"""Benchmark (c): KV policies at long length, on the toy world's long trajectories (>= 1,500
+tokens). Decode throughput and peak KV memory of `single` with the full cache, RPC, H2O and
+StreamingLLM (the last two at RPC's peak cache size), batch 1 and 8, greedy with ignore_eos,
+measured side by side in one run; then the accuracy of each policy on long test problems."""
 
 from __future__ import annotations
 
@@ -15,6 +15,7 @@ import torch
 
 from pairs import build_pair, prompts
 from relaykit.cli import default_model
+from relaykit.toyworld.tasks import load_split
 from relaykit.decoding.prompt import encode_prompt
 from relaykit.decoding.stopping import StopConfig
 from relaykit.evals.answers import answers_match, extract_answer
@@ -52,9 +53,11 @@ def measure(model, policies: dict, batch: list[list[int]], new_tokens: int, repe
                    "peak_used_kv_bytes": cache.peak_used_bytes} for name, cache in caches.items()}
 
 
-def accuracy(model, policies: dict, count: int, max_new_tokens: int) -> dict:
-    from relaykit.toyworld.tasks import load_split
+def long_prompts(tokenizer, count: int) -> list[list[int]]:
+    return [encode_prompt(tokenizer, p.question) for p in load_split("test", n=count, long=True)]
 
+
+def accuracy(model, policies: dict, count: int, max_new_tokens: int) -> dict:
     problems = load_split("test", n=count, long=True)
     batch = [encode_prompt(model.tokenizer, p.question) for p in problems]
     scores = {}
@@ -69,7 +72,7 @@ def accuracy(model, policies: dict, count: int, max_new_tokens: int) -> dict:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--large", help="checkpoint for throughput (default: a 16-layer Llama built from a config)")
+    parser.add_argument("--large", help="checkpoint (default: the shipped toy-large, else a 16-layer Llama built from a config)")
     parser.add_argument("--new-tokens", type=int, default=1536)
     parser.add_argument("--prompt-length", type=int, default=32)
     parser.add_argument("--interval", type=int, default=256, help="RPC P (scaled down from 4096)")
@@ -81,10 +84,11 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=1)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
-    spec = args.large or str(build_pair(Path(tempfile.mkdtemp(prefix="relaykit-bench-")))[1])
+    toy = not args.large and default_model("large")
+    spec = args.large or toy or str(build_pair(Path(tempfile.mkdtemp(prefix="relaykit-bench-")))[1])
     model = load_model(spec, name="large")
-    print(f"model: {spec if args.large else 'built 16-layer Llama (128 wide)'}; {model.parameters / 1e6:.1f}M "
-          f"parameters; {args.new_tokens} new tokens after {args.prompt_length}; threads {torch.get_num_threads()}")
+    print(f"model: {spec if args.large or toy else 'built 16-layer Llama (128 wide)'}; {model.parameters / 1e6:.1f}M "
+          f"parameters; {args.new_tokens} new tokens; threads {torch.get_num_threads()}")
     rpc = make_policy("rpc", interval=args.interval, window=args.window, ratio=args.ratio)
     budget = rpc_peak_slots(args.prompt_length, args.new_tokens, args.interval, args.window, args.ratio) - 32
     policies = {"full": None, "rpc": rpc, "h2o": make_policy("h2o", budget=budget, window=budget // 2, interval=32),
@@ -93,7 +97,7 @@ def main() -> None:
           f"at +32 (RPC's peak); throughput is the best of {args.repeats} interleaved rounds")
     ratios = {}
     for size in map(int, args.batches.split(",")):
-        batch = prompts(model.tokenizer, size, args.prompt_length)
+        batch = long_prompts(model.tokenizer, size) if toy else prompts(model.tokenizer, size, args.prompt_length)
         measure(model, {"warm-up": None}, [p[:8] for p in batch], 16, 1)
         measured = measure(model, policies, batch, args.new_tokens, args.repeats)
         full = measured["full"]
@@ -109,10 +113,9 @@ def main() -> None:
                    "peak_kv_allocated": round(m["peak_kv_bytes"] / full["peak_kv_bytes"], 3)}
             for name, m in measured.items() if name != "full"
         }
-    toy = default_model("large")
     if toy and args.accuracy_problems:
         print(f"accuracy on {args.accuracy_problems} long test problems, toy-large:")
-        scores = accuracy(load_model(toy, name="large"), {"full": None, "rpc": rpc}, args.accuracy_problems, 4096)
+        scores = accuracy(model, policies, args.accuracy_problems, 4096)
         ratios["accuracy"] = {name: round(value, 3) for name, value in scores.items()}
     else:
         print("accuracy: skipped (no shipped toy-large checkpoint)")

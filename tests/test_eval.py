@@ -86,3 +86,22 @@ def test_demo_html_colours_each_span_by_its_model(tmp_path, checkpoints):
     ]
     assert parser.spans == expected
     assert {"small", "large"} <= {model for model, _ in parser.spans}
+
+
+def test_strategy_variants_run_side_by_side(tmp_path, checkpoints):
+    """NAME[option=value ...]: one strategy with different options in one run (ablations)."""
+    out = tmp_path / "out"
+    done = run_cli(
+        "eval", "--strategy", "relaygen[cues=none],relaygen[cues=Wait,|So min_large_tokens=2],speculative[k=2]",
+        "--dataset", "toy:test", "--limit", "2", "--out", str(out), "--max-new-tokens", "12", "--cues", "all",
+        "--large", str(checkpoints[("llama", "large")]), "--small", str(checkpoints[("llama", "small")]),
+    )
+    assert done.returncode == 0, done.stderr
+    results = json.loads((out / "results.json").read_text())
+    names = ["large", "relaygen[cues=none]", "relaygen[cues=Wait,|So min_large_tokens=2]", "speculative[k=2]"]
+    assert list(results["strategies"]) == names
+    assert all("switches_per_problem" in entry for entry in results["strategies"].values())
+    for bad, message in (("relaygen[colour=red]", "has no option 'colour'"), ("relaygen[speculative=x]", "takes int values")):
+        done = run_cli("eval", "--strategy", bad, "--dataset", "toy:test", "--limit", "1", "--out", str(out),
+                       "--large", str(checkpoints[("llama", "large")]), "--small", str(checkpoints[("llama", "small")]))
+        assert done.returncode == 2 and message in done.stderr and "Traceback" not in done.stderr

@@ -213,7 +213,7 @@ def parse_variant(text: str) -> tuple[str, tuple[str, dict]]:
         try:
             options[key] = value.lower() in ("1", "true", "yes", "on") if kind is bool else kind(value) if kind in (int, float) else value
         except ValueError:
-            raise RelaykitError(f"{text}: {key} takes a {kind.__name__}, got {value!r}") from None
+            raise RelaykitError(f"{text}: {key} takes {kind.__name__} values, got {value!r}") from None
     return text.strip(), (name, options)
 
 

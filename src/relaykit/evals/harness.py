@@ -71,6 +71,7 @@ def run_strategy(strategy: Strategy, problems: list[EvalProblem], settings: Eval
         "wall_seconds": wall,
         "tokens": tokens,
         "tokens_per_second": tokens / wall if wall else 0.0,
+        "switches_per_problem": sum(1 for r in records for e in r["events"] if e.get("direction")) / max(len(records), 1),
         "speedup_vs_large": None,
         "problems": records,
     }

@@ -3,8 +3,8 @@
 The input is the harness's results dict::
 
     {"dataset": str, "n_problems": int,
-     "strategies": {NAME: {"accuracy", "large_token_share", "flops", "wall_seconds",
-                           "tokens_per_second", "speedup_vs_large", "problems": [...]}}}
+     "strategies": {NAME: {"accuracy", "large_token_share", "switches_per_problem", "flops",
+                           "wall_seconds", "tokens_per_second", "speedup_vs_large", "problems": [...]}}}
 
 where each problem has id, prediction, reference, correct, text, segments ([text, writer]
 runs) and usage.
@@ -24,7 +24,7 @@ _HTML_COLOURS = {"small": "#cfe3ff", "large": "#ffd6a5", "prompt": "#e9e9e9"}
 _HTML_PALETTE = ("#caffbf", "#ffc6ff", "#fdffb6", "#9bf6ff", "#ffadad", "#bdb2ff")
 _RICH_STYLES = {"small": "cyan", "large": "bold magenta", "prompt": "dim"}
 _RICH_PALETTE = ("green", "yellow", "blue", "red", "bright_cyan", "bright_magenta")
-_COLUMNS = ("strategy", "accuracy", "large-token share", "FLOPs", "wall s", "tokens/s", "speed-up vs large")
+_COLUMNS = ("strategy", "accuracy", "large-token share", "switches/problem", "FLOPs", "wall s", "tokens/s", "speed-up vs large")
 
 
 def markdown_table(results: dict) -> str:
@@ -57,6 +57,7 @@ def _row(results: dict, name: str) -> tuple[str, ...]:
         name,
         f"{100 * s['accuracy']:.1f}%",
         f"{100 * s['large_token_share']:.1f}%",
+        f"{s.get('switches_per_problem', 0.0):.1f}",
         flops,
         f"{s['wall_seconds']:.1f}",
         f"{s['tokens_per_second']:.1f}",
