@@ -4,8 +4,9 @@
 2. Measure, on the dev split, the share of thinking sentences RelayGen gives the small model, so
    that random switching runs at the same share (the paper's random baseline).
 3. One eval on the test split, batch 1 (per-request latency, as the paper reports): large, small,
-   speculative, RelayGen (calibrated cues; every candidate cue; answer hand-off only; with
-   speculative large turns), random switching, uncertainty routing, Speculative Thinking.
+   speculative, RelayGen (calibrated cues; every candidate cue; answer hand-off only; a cue allowed
+   right after a hand-back; speculative large turns, also stopping drafts below 0.4 confidence),
+   random switching, uncertainty routing, Speculative Thinking.
 Ends with one JSON line: accuracy against large, speed-up, small-token share, switches.
 """
 
@@ -53,15 +54,18 @@ def main() -> None:
          "--out", str(out / "dev"), *common])
     share = thinking_sentence_share(json.loads((out / "dev" / "results.json").read_text()), "relaygen")
     print(f"RelayGen hands {share:.0%} of thinking sentences to the small model; random-switch runs at that share")
+    k = args.speculative
     strategies = ["large", "small", "speculative", "relaygen", "relaygen[cues=all]", "relaygen[cues=none]",
-                  f"relaygen[speculative={args.speculative}]", f"random-switch[small_share={share:.3f}]",
-                  "uncertainty", "speculative-thinking"]
+                  "relaygen[min_large_tokens=1]", f"relaygen[speculative={k}]",
+                  f"relaygen[speculative={k} draft_confidence=0.4]",
+                  f"relaygen[speculative={k} draft_confidence=0.4 min_large_tokens=1]",
+                  f"random-switch[small_share={share:.3f}]", "uncertainty", "speculative-thinking"]
     run(["eval", "--strategy", ",".join(strategies), "--cues", cues, "--dataset", "toy:test", "--limit", str(args.limit),
          "--batch-size", "1", "--out", str(out / "test"), *common])
     results = json.loads((out / "test" / "results.json").read_text())["strategies"]
     large = results["large"]["accuracy"]
     figures = {
-        re.sub(r"=[0-9.]+", "", name): {
+        re.sub(r"small_share=[0-9.]+", "small_share", name): {
             "accuracy_minus_large": round(entry["accuracy"] - large, 3),
             "speedup": round(entry["speedup_vs_large"], 3),
             "small_token_share": round(1 - entry["large_token_share"], 3),

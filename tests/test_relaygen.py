@@ -120,6 +120,9 @@ def test_speculative_large_turns_keep_the_relay_output(toy_pair):
     config.speculative = 3
     fast = run(toy_pair, "relaygen", config)
     assert [r.token_ids for r in fast] == [r.token_ids for r in plain]
+    config.draft_confidence = 0.6  # drafting stops early on unsure tokens; the output stays exact
+    assert [r.token_ids for r in run(toy_pair, "relaygen", config)] == [r.token_ids for r in plain]
+    config.draft_confidence = 0.0
     assert [[(e["position"], e["cue"]) for e in r.events] for r in fast] == [[(e["position"], e["cue"]) for e in r.events] for r in plain]
     alone = [run(toy_pair, "relaygen", config, batch=[p])[0].token_ids for p in toy_prompts(toy_pair)[:3]]
     assert alone == [r.token_ids for r in plain[:3]]  # batched rows in different turns == one row

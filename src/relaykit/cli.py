@@ -182,38 +182,21 @@ def build_strategies(names: list[str], args: argparse.Namespace) -> dict:
     policy = kv_policy_from_args(args)
     strategies = {}
     for label, cls in classes.items():
-        options = {k: v for k, v in vars(config_from_args(cls, args, strict=False)).items()}
-        options.update(variants[label][1])
+        options = dict(vars(config_from_args(cls, args, strict=False)), **variants[label][1])
         strategies[label] = cls(models, config_from_dict(cls, options), sampling, stop, policy)
     return strategies
 
 
 def parse_variant(text: str) -> tuple[str, tuple[str, dict]]:
-    """`relaygen[cues=none speculative=4]` -> ("relaygen[cues=none speculative=4]", ("relaygen",
-    {"cues": "none", "speculative": 4})): one strategy run with its own options, next to others."""
-    import dataclasses
-    import typing
+    """`relaygen[cues=none speculative=4]` -> (that label, ("relaygen", {"cues": "none",
+    "speculative": 4})): one strategy run with its own options, next to others."""
+    from .options import options_from_text
 
     match = re.fullmatch(r"([\w-]+)(?:\[(.*)\])?", text.strip())
     if not match:
         raise RelaykitError(f"bad strategy {text!r}; write NAME or NAME[option=value option=value]")
     name, body = match.group(1), match.group(2)
-    if body is None:
-        return name, (name, {})
-    cls = strategy_class(name, argparse.Namespace())
-    hints = typing.get_type_hints(cls.Config)
-    fields = {f.name for f in dataclasses.fields(cls.Config)}
-    options = {}
-    for item in body.split():
-        key, _, value = item.partition("=")
-        key = key.replace("-", "_")
-        if key not in fields:
-            raise RelaykitError(f"strategy {name!r} has no option {key!r}; it has: {', '.join(sorted(fields)) or 'none'}")
-        kind = next((t for t in typing.get_args(hints[key]) if t in (int, float, bool)), hints[key])
-        try:
-            options[key] = value.lower() in ("1", "true", "yes", "on") if kind is bool else kind(value) if kind in (int, float) else value
-        except ValueError:
-            raise RelaykitError(f"{text}: {key} takes {kind.__name__} values, got {value!r}") from None
+    options = options_from_text(strategy_class(name, argparse.Namespace()), body) if body is not None else {}
     return text.strip(), (name, options)
 
 

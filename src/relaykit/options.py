@@ -59,3 +59,20 @@ def config_from_dict(cls: type, values: dict):
         return cls.Config(**values)
     except TypeError as error:
         raise RelaykitError(f"bad options for strategy {cls.name!r}: {error}") from error
+
+
+def options_from_text(cls: type, text: str) -> dict:
+    """Typed options for `cls.Config` from "key=value key=value" (a strategy variant's options)."""
+    hints = typing.get_type_hints(cls.Config)
+    options = {}
+    for item in text.split():
+        key, _, value = item.partition("=")
+        key = key.replace("-", "_")
+        if key not in hints:
+            raise RelaykitError(f"strategy {cls.name!r} has no option {key!r}; it has: {', '.join(sorted(hints)) or 'none'}")
+        kind = next((t for t in typing.get_args(hints[key]) if t is not type(None)), hints[key])
+        try:
+            options[key] = value.lower() in ("1", "true", "yes", "on") if kind is bool else kind(value) if kind in (int, float) else value
+        except ValueError:
+            raise RelaykitError(f"{cls.name}: {key} takes {kind.__name__} values, got {value!r}") from None
+    return options

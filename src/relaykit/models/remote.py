@@ -56,9 +56,11 @@ class RemoteModel:
         return [self.tokenizer.eos_token_id]
 
     def complete(self, prompt: str, max_tokens: int, stop: list[str] | None = None, temperature: float = 0.0,
-                 seed: int | None = None) -> Completion:
+                 top_p: float = 1.0, seed: int | None = None) -> Completion:
         """One completion request; every failure becomes one RelaykitError naming the endpoint."""
         body = {"model": self.model, "prompt": prompt, "max_tokens": max_tokens, "temperature": temperature}
+        if top_p < 1.0:
+            body["top_p"] = top_p
         if stop:
             body["stop"] = stop
         if seed is not None:

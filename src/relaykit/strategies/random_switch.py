@@ -22,6 +22,7 @@ class RandomSwitchConfig:
     answer_handoff: bool = True  # the small model writes everything after </think>, as in RelayGen
     answer_reserve: int = 32  # tokens kept for the answer when the budget ends inside <think>
     speculative: int = 0  # K > 0: the large model's turns use speculative decoding, K drafts
+    draft_confidence: float = 0.0  # stop drafting once every draft token is below this (HF assisted generation: 0.4)
 
     def __post_init__(self) -> None:
         if not 0 <= self.small_share <= 1:

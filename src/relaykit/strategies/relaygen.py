@@ -47,7 +47,8 @@ class Decision:
 class SegmentRelay(Strategy):
     """Two models take turns on each row; subclasses decide when a turn ends (`hand_off`).
 
-    The config must have `answer_handoff`, `answer_reserve` and `speculative` (see RelayGenConfig).
+    The config must have `answer_handoff`, `answer_reserve`, `speculative` and `draft_confidence`
+    (see RelayGenConfig).
     """
 
     roles = ("large", "small")
@@ -171,9 +172,8 @@ class SegmentRelay(Strategy):
         draft_length = max(0, min(self.config.speculative, min(self._room(s) for s in large_rows) - 1))
         starts = [len(s) for s in large_rows]
         writing = list(small_rows)
-        draft_probs = []
-        for step in range(max(draft_length, 1)):
-            drafting = large_rows if step < draft_length else []
+        draft_probs, drafted, drafting = [], 0, large_rows if draft_length else []
+        for _ in range(max(draft_length, 1)):
             rows = drafting + writing
             if not rows:
                 break
@@ -182,13 +182,21 @@ class SegmentRelay(Strategy):
                 tokens = logits.argmax(-1)
             else:
                 probs = self.sampler.probs(logits)
-                draft_probs.append(probs[: len(drafting)])
+                if drafting:
+                    draft_probs.append(probs[: len(drafting)])
                 tokens = self.sampler.draw(probs)
             for sequence, token in zip(rows, tokens.tolist()):
                 sequence.append(token, "small")
             for sequence in writing:
                 self._advance(sequence, 1)
             writing = [s for s in writing if not s.finished and self.turns[id(s)].writer == "small" and self._room(s) > 0]
+            if drafting:
+                drafted += 1
+                unsure = self.config.draft_confidence and bool(
+                    (logits[: len(drafting)].softmax(-1).amax(-1) < self.config.draft_confidence).all()
+                )
+                drafting = [] if unsure or drafted == draft_length else drafting
+        draft_length = drafted
         target_logits = large.score(large_rows, draft_length + 1)
         targets = target_logits.argmax(-1).tolist() if self.sampler.greedy else self.sampler.probs(target_logits)
         stacked = torch.stack(draft_probs, 1) if draft_length and draft_probs else None
@@ -209,6 +217,7 @@ class RelayGenConfig:
     answer_handoff: bool = True  # the small model writes everything after </think> (RelayGen paper)
     answer_reserve: int = 32  # tokens kept for the answer when the budget ends inside <think> (ours)
     speculative: int = 0  # K > 0: the large model's turns use speculative decoding, K drafts (ours)
+    draft_confidence: float = 0.0  # stop drafting once every draft token is below this (HF assisted generation: 0.4)
 
 
 @register("relaygen")

@@ -28,7 +28,7 @@ SENTENCE_STOPS = [". ", ".\n", "! ", "!\n", "? ", "?\n", "\n\n"]
 
 
 class RemoteStrategy:
-    """One prompt at a time over HTTP; subclasses write `run(state)` with `request`."""
+    """One prompt at a time over HTTP; subclasses write `run()` out of `request` calls."""
 
     name = "?"
     roles: tuple[str, ...] = ("large",)
@@ -48,7 +48,7 @@ class RemoteStrategy:
         self.config = config if config is not None else self.Config()
         self.sampling = sampling or SamplingConfig()
         if self.sampling.top_k:
-            raise RelaykitError("remote models take temperature and seed; top-k is not part of the completions API")
+            raise RelaykitError("remote models take temperature, top-p and seed; top-k is not part of the completions API")
         self.stop_config = stop or StopConfig()
         self.tokenizer = self.models[self.roles[0]].tokenizer
 
@@ -78,7 +78,7 @@ class RemoteStrategy:
         ended the text (a stop with no stop string: its end-of-sequence token, appended here)."""
         model: RemoteModel = self.models[role]
         stops = stop + [s for s in self.stop.stop_strings if s not in stop]
-        answer = model.complete(self.text(), max_tokens, stops, self.sampling.temperature, self.sampling.seed)
+        answer = model.complete(self.text(), max_tokens, stops, self.sampling.temperature, self.sampling.top_p, self.sampling.seed)
         before = len(self.sequence)
         self.sequence.extend(self.tokenizer(answer.text, add_special_tokens=False)["input_ids"], role)
         self.sequence.truncate(before + max_tokens)  # the local tokenizer may count a few more tokens

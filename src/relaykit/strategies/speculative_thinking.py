@@ -22,6 +22,7 @@ class SpeculativeThinkingConfig:
     answer_handoff: bool = True  # after </think> the small model writes the rest, even inside a large segment
     answer_reserve: int = 32  # tokens kept for the answer when the budget ends inside <think>
     speculative: int = 0  # K > 0: the large model's segments use speculative decoding, K drafts
+    draft_confidence: float = 0.0  # stop drafting once every draft token is below this (HF assisted generation: 0.4)
 
     def __post_init__(self) -> None:
         if self.peek_tokens < 1:
