@@ -39,8 +39,6 @@ class Completion:
 class RemoteModel:
     """A completions endpoint plus the local tokenizer of the model it serves."""
 
-    native = False
-
     def __init__(self, spec: str, tokenizer, name: str | None = None, timeout: float = 600.0):
         url, model = split_spec(spec)
         self.url = url.rstrip("/") + "/completions"
@@ -49,7 +47,6 @@ class RemoteModel:
         self.name = name or model
         self.tokenizer = tokenizer
         self.timeout = timeout
-        self.parameters = self.non_embedding_parameters = 0  # unknown: FLOPs are not counted
 
     @property
     def eos_token_ids(self) -> list[int]:

@@ -18,6 +18,7 @@ from ..decoding.sequence import PROMPT, Sequence
 from ..decoding.stopping import StopConfig
 from ..decoding.usage import Usage
 from ..errors import RelaykitError
+from ..models.loading import check_same_tokenizer
 from ..models.remote import RemoteModel
 from ..text import THINK_END, cue_pattern, ends_sentence, find_cue, load_cues
 from .base import NoOptions
@@ -43,8 +44,8 @@ class RemoteStrategy:
         if kv_policy is not None and kv_policy.name != "full":
             raise RelaykitError("KV policies apply to in-process models; a remote engine manages its own cache")
         self.models = {role: models[role] for role in self.roles}
-        if any(m.tokenizer.get_vocab() != self.models[self.roles[0]].tokenizer.get_vocab() for m in self.models.values()):
-            raise RelaykitError(f"{self.name}: the models' tokenizers differ; hand-offs need one tokenizer")
+        for role in self.roles[1:]:
+            check_same_tokenizer(self.models[self.roles[0]], self.models[role])
         self.config = config if config is not None else self.Config()
         self.sampling = sampling or SamplingConfig()
         if self.sampling.top_k:
