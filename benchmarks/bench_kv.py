@@ -6,7 +6,9 @@ measured side by side in one run; then the accuracy of each policy on long test 
 from __future__ import annotations
 
 import argparse
+import cProfile
 import json
+import pstats
 import tempfile
 import time
 from pathlib import Path
@@ -53,6 +55,22 @@ def measure(model, policies: dict, batch: list[list[int]], new_tokens: int, repe
                    "peak_used_kv_bytes": cache.peak_used_bytes} for name, cache in caches.items()}
 
 
+def profile(model, policies: dict, batch: list[list[int]], new_tokens: int, top: int = 8) -> None:
+    """Where a generation's time goes, per policy: the functions with the most own time (cProfile)."""
+    stop = StopConfig(max_new_tokens=new_tokens, ignore_eos=True)
+    for name, policy in policies.items():
+        strategy = get_strategy("single")({"large": model}, stop=stop, kv_policy=policy)
+        profiler = cProfile.Profile()
+        profiler.runcall(strategy.generate, batch)
+        stats = pstats.Stats(profiler)
+        total = stats.total_tt
+        print(f"  profile {name} ({total:.1f} s under cProfile):")
+        rows = sorted(stats.stats.items(), key=lambda item: -item[1][2])[:top]
+        for (file, line, function), (_, calls, own, *_rest) in rows:
+            where = function if file == "~" else f"{Path(file).name}:{line} {function}"
+            print(f"    {own / total:6.1%}  {own:6.2f} s  {calls:8d} calls  {where}")
+
+
 def long_prompts(tokenizer, count: int) -> list[list[int]]:
     return [encode_prompt(tokenizer, p.question) for p in load_split("test", n=count, long=True)]
 
@@ -78,10 +96,11 @@ def main() -> None:
     parser.add_argument("--interval", type=int, default=256, help="RPC P (scaled down from 4096)")
     parser.add_argument("--window", type=int, default=32, help="RPC R")
     parser.add_argument("--ratio", type=float, default=4.0, help="RPC c")
-    parser.add_argument("--batches", default="1,8")
+    parser.add_argument("--batches", default="1,8,16")
     parser.add_argument("--accuracy-problems", type=int, default=20)
     parser.add_argument("--repeats", type=int, default=2)
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--profile", action="store_true", help="profile full and rpc at the largest batch")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     toy = not args.large and default_model("large")
@@ -113,6 +132,9 @@ def main() -> None:
                    "peak_kv_allocated": round(m["peak_kv_bytes"] / full["peak_kv_bytes"], 3)}
             for name, m in measured.items() if name != "full"
         }
+    if args.profile:
+        print(f"where the time goes at batch {size}:")
+        profile(model, {"full": None, "rpc": rpc}, batch, args.new_tokens)
     if toy and args.accuracy_problems:
         print(f"accuracy on {args.accuracy_problems} long test problems, toy-large:")
         scores = accuracy(model, policies, args.accuracy_problems, 4096)
