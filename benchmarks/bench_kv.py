@@ -140,7 +140,7 @@ def main() -> None:
         scores = accuracy(model, policies, args.accuracy_problems, 4096)
         ratios["accuracy"] = {name: round(value, 3) for name, value in scores.items()}
     else:
-        print("accuracy: skipped (no shipped toy-large checkpoint)")
+        print("accuracy: skipped" + ("" if toy else " (no shipped toy-large checkpoint)"))
     print(json.dumps({"benchmark": "kv_policies", "over_full_cache": ratios}))
 
 
