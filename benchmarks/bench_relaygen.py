@@ -4,7 +4,7 @@
 2. Measure, on the dev split, the share of thinking sentences RelayGen gives the small model, so
    that random switching runs at the same share (the paper's random baseline).
 3. One eval on the test split, batch 1 (per-request latency, as the paper reports): large, small,
-   speculative, RelayGen (calibrated cues; every candidate cue; answer hand-off only; a cue allowed
+   speculative (k=4; k=K stopping drafts below 0.4 confidence), RelayGen (calibrated cues; every candidate cue; answer hand-off only; a cue allowed
    right after a hand-back; speculative large turns, also stopping drafts below 0.4 confidence),
    random switching, uncertainty routing, Speculative Thinking.
 Ends with one JSON line: accuracy against large, speed-up, small-token share, switches.
@@ -41,7 +41,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--cues", help="a cues.json (default: calibrate first)")
     parser.add_argument("--limit", type=int, default=100, help="test problems")
-    parser.add_argument("--speculative", type=int, default=4, help="drafts per large turn for relaygen[speculative=K]")
+    parser.add_argument("--speculative", type=int, default=8, help="drafts per large turn for relaygen[speculative=K]")
     parser.add_argument("--threads", default="1")
     parser.add_argument("--out", default="runs/bench-relaygen")
     args = parser.parse_args()
@@ -55,7 +55,8 @@ def main() -> None:
     share = thinking_sentence_share(json.loads((out / "dev" / "results.json").read_text()), "relaygen")
     print(f"RelayGen hands {share:.0%} of thinking sentences to the small model; random-switch runs at that share")
     k = args.speculative
-    strategies = ["large", "small", "speculative", "relaygen", "relaygen[cues=all]", "relaygen[cues=none]",
+    strategies = ["large", "small", "speculative", f"speculative[k={k} draft_confidence=0.4]", "relaygen",
+                  "relaygen[cues=all]", "relaygen[cues=none]",
                   "relaygen[min_large_tokens=1]", f"relaygen[speculative={k}]",
                   f"relaygen[speculative={k} draft_confidence=0.4]",
                   f"relaygen[speculative={k} draft_confidence=0.4 min_large_tokens=1]",

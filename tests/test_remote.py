@@ -85,11 +85,15 @@ def test_relaygen_over_transformers_serve_matches_in_process(endpoint):
 
 
 def test_budget_inside_thinking_still_answers_remotely(endpoint):
-    _, remote = _pairs(endpoint)
+    """The budget closes the thinking and the small model writes after it, as in-process."""
+    local, remote = _pairs(endpoint)
     prompt = encode_prompt(remote["large"].tokenizer, load_split("test", 1)[0].question)
-    result = remote_strategy("relaygen")(remote, RelayGenConfig(cues=CUES), stop=StopConfig(max_new_tokens=60)).generate([prompt])[0]
-    assert "</think>" in result.text and result.text.rstrip().endswith(".")
-    assert any(e["reason"] == "budget" for e in result.events)
+    config, stop = RelayGenConfig(cues=CUES), StopConfig(max_new_tokens=60)
+    there = remote_strategy("relaygen")(remote, config, stop=stop).generate([prompt])[0]
+    here = get_strategy("relaygen")(local, config, stop=stop).generate([prompt])[0]
+    assert there.text == here.text and there.events == here.events
+    assert [e["reason"] for e in there.events][-2:] == ["budget", "answer"]
+    assert there.text.split("</think>")[1].strip()
 
 
 def test_cli_eval_over_endpoints(endpoint, tmp_path, capsys):

@@ -235,6 +235,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
     for role in ("large", "small"):
         if getattr(args, role) is None and default_model(role) is None:
             raise RelaykitError(f"the shipped toy-{role} checkpoint is missing; reinstall relaykit or pass --{role}")
+    if args.opt_cues is None and args.large is None and args.small is None:
+        args.opt_cues = str(CHECKPOINTS / "cues.json")  # the shipped pair's calibrated switch cues
     results, paths, console = run_evaluation(args, args.dataset, args.limit, args.out)
     shown = next(
         (name for name, entry in results["strategies"].items() if name not in ("small", "large")), "large"
