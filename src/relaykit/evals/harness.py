@@ -30,20 +30,9 @@ def prompt_text(problem: EvalProblem) -> str:
     return problem.prompt + BOXED_INSTRUCTION
 
 
-def run_strategy(strategy: Strategy, problems: list[EvalProblem], settings: EvalSettings) -> dict:
-    """Accuracy, cost and per-problem records of one strategy on the problems."""
+def _records(strategy: Strategy, problems: list[EvalProblem], results: list, wall: float) -> dict:
+    """Accuracy, cost and per-problem records of one strategy's results on the problems."""
     tokenizer = strategy.tokenizer
-    prompts = [encode_prompt(tokenizer, prompt_text(p), raw=settings.raw) for p in problems]
-    batch = settings.batch_size if strategy.batched else 1
-    strategy.generate(prompts[:1], StopConfig(max_new_tokens=2))  # warm-up: first calls are not the method's cost
-    results = []
-    bar = tqdm(total=len(prompts), desc=f"{strategy.name:>14}", unit="problem", disable=not settings.progress, leave=False)
-    started = time.perf_counter()
-    for start in range(0, len(prompts), batch):
-        results += strategy.generate(prompts[start : start + batch])
-        bar.update(min(batch, len(prompts) - start))
-    wall = time.perf_counter() - started
-    bar.close()
     records = []
     for problem, result in zip(problems, results):
         prediction = extract_answer(result.text)
@@ -78,11 +67,33 @@ def run_strategy(strategy: Strategy, problems: list[EvalProblem], settings: Eval
 
 
 def evaluate(strategies: dict[str, Strategy], problems: list[EvalProblem], dataset: str, settings: EvalSettings) -> dict:
-    """Every strategy on the same problems, one after the other in this process; speed-ups are
-    against the `large` strategy (the large model alone) of the same run."""
+    """Every strategy on the same problems in this process; speed-ups are against the `large`
+    strategy (the large model alone) of the same run. The strategies take turns chunk by chunk
+    (`batch_size` problems each), so a slower or faster spell of a shared machine falls on all of
+    them alike; each strategy's wall time is the sum of its own turns."""
+    prompts = {
+        name: [encode_prompt(s.tokenizer, prompt_text(p), raw=settings.raw) for p in problems]
+        for name, s in strategies.items()
+    }
+    for name, strategy in strategies.items():  # warm-up: first calls are not the method's cost
+        strategy.generate(prompts[name][:1], StopConfig(max_new_tokens=2))
+    outputs = {name: [] for name in strategies}
+    walls = dict.fromkeys(strategies, 0.0)
+    bar = tqdm(total=len(problems) * len(strategies), desc="eval", unit="problem", disable=not settings.progress, leave=False)
+    for chunk in range(0, len(problems), settings.batch_size):
+        for name, strategy in strategies.items():
+            batch = settings.batch_size if strategy.batched else 1
+            end = min(chunk + settings.batch_size, len(problems))
+            started = time.perf_counter()
+            for start in range(chunk, end, batch):
+                outputs[name] += strategy.generate(prompts[name][start : min(start + batch, end)])
+            walls[name] += time.perf_counter() - started
+            bar.set_postfix_str(name)
+            bar.update(end - chunk)
+    bar.close()
     results = {"dataset": dataset, "n_problems": len(problems), "strategies": {}}
     for name, strategy in strategies.items():
-        results["strategies"][name] = run_strategy(strategy, problems, settings)
+        results["strategies"][name] = _records(strategy, problems, outputs[name], walls[name])
     baseline = results["strategies"].get("large")
     if baseline:
         for entry in results["strategies"].values():
