@@ -3,8 +3,9 @@
 1. Calibrate the switch cues on the toy calibration split (unless --cues is given).
 2. Measure, on the dev split, the share of thinking sentences RelayGen gives the small model, so
    that random switching runs at the same share (the paper's random baseline).
-3. One eval on the test split, batch 1 (per-request latency, as the paper reports): large, small,
-   speculative (k=4; k=K stopping drafts below 0.4 confidence), RelayGen (calibrated cues; every candidate cue; answer hand-off only; a cue allowed
+3. One eval on the test split, batch 1 (per-request latency, as the paper reports), strategies
+   taking turns problem by problem: large, small, speculative (k=4; k=K stopping drafts below 0.4
+   confidence), RelayGen (calibrated cues; every candidate cue; answer hand-off only; a cue allowed
    right after a hand-back; speculative large turns, also stopping drafts below 0.4 confidence),
    random switching, uncertainty routing, Speculative Thinking.
 Ends with one JSON line: accuracy against large, speed-up, small-token share, switches.
