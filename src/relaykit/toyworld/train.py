@@ -143,7 +143,7 @@ def _compiled(model: LlamaForCausalLM):
     """``torch.compile(model)``, or the model itself on a CPU without a C++ compiler (Inductor's
     CPU backend needs one)."""
     on_cpu = next(model.parameters()).device.type == "cpu"
-    if on_cpu and not any(shutil.which(c) for c in (os.environ.get("CXX", "g++"), "g++", "clang++")):
+    if on_cpu and not any(shutil.which(c) for c in (os.environ.get("CXX"), "g++", "clang++") if c):
         log.warning("no C++ compiler found: training without torch.compile (a few percent slower)")
         return model
     return torch.compile(model)
