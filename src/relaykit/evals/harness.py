@@ -81,9 +81,9 @@ def evaluate(strategies: dict[str, Strategy], problems: list[EvalProblem], datas
     walls = dict.fromkeys(strategies, 0.0)
     bar = tqdm(total=len(problems) * len(strategies), desc="eval", unit="problem", disable=not settings.progress, leave=False)
     for chunk in range(0, len(problems), settings.batch_size):
+        end = min(chunk + settings.batch_size, len(problems))
         for name, strategy in strategies.items():
             batch = settings.batch_size if strategy.batched else 1
-            end = min(chunk + settings.batch_size, len(problems))
             started = time.perf_counter()
             for start in range(chunk, end, batch):
                 outputs[name] += strategy.generate(prompts[name][start : min(start + batch, end)])
