@@ -79,14 +79,14 @@ def evaluate(strategies: dict[str, Strategy], problems: list[EvalProblem], datas
         strategy.generate(prompts[name][:1], StopConfig(max_new_tokens=2))
     outputs = {name: [] for name in strategies}
     walls = dict.fromkeys(strategies, 0.0)
+    batches = {name: settings.batch_size if s.batched else 1 for name, s in strategies.items()}
     bar = tqdm(total=len(problems) * len(strategies), desc="eval", unit="problem", disable=not settings.progress, leave=False)
     for chunk in range(0, len(problems), settings.batch_size):
         end = min(chunk + settings.batch_size, len(problems))
         for name, strategy in strategies.items():
-            batch = settings.batch_size if strategy.batched else 1
             started = time.perf_counter()
-            for start in range(chunk, end, batch):
-                outputs[name] += strategy.generate(prompts[name][start : min(start + batch, end)])
+            for start in range(chunk, end, batches[name]):  # a batched strategy takes the chunk at once
+                outputs[name] += strategy.generate(prompts[name][start : start + batches[name]])
             walls[name] += time.perf_counter() - started
             bar.set_postfix_str(name)
             bar.update(end - chunk)
