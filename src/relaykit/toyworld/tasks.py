@@ -1,13 +1,19 @@
 """Synthetic reasoning tasks: problems with a chain of thought and a short final answer.
 
-Two domains share one hard step, a direct two-digit by one-digit product (a table of
-630 entries that a large model learns and a small one only partly), surrounded by easy steps: restating the
-question, numbered "check k of n" rounds that restate results already computed, and
-summaries opened by varied discourse cues (Wait, So, Therefore, Thus, Now, Hence,
-Also, Again, Alternatively). Difficulty therefore varies inside one trajectory.
+Both domains chain two hard steps, each a product of a two-digit number by a one-digit one (a
+table of 540 entries that a large model learns and a small one only partly memorises): a first
+product, then its last two digits times a second factor. Around them are easy steps: restating the
+question, check rounds that restate every number, and summaries opened by varied discourse cues
+(Wait, Again, Also, Alternatively, Now, Hence, So, Therefore, Thus). Difficulty therefore varies
+inside one trajectory.
 
-- ``arith``: ``What is 47 * 6 + 58? Check it 2 times.``
-- ``list``: ``Take the largest of 47, 81, 50 and multiply it by 6. Check it 2 times.``
+A check round reads ``Check 3. Again, 6 * 47 = 282 and 82 * 3 = 246.``: the counter counts down
+from the number of checks asked for, the cue follows the previous round's cue in a fixed cycle,
+and the cue picks the form. So everything a round needs is in the round just before it (at most
+27 tokens back), which is what KV compression by recent attention keeps.
+
+- ``arith``: ``What is 47 * 6, then its last two digits * 3? Check it 2 times.``
+- ``list``: ``Take the largest of 47, 81, 50, multiply it by 6, then its last two digits by 3. Check it 2 times.``
 
 Splits are a partition of question strings by hash, so no question is in two splits.
 """
@@ -32,11 +38,12 @@ _BUCKETS = {
 # A fixed generator seed per evaluation split, so load_split is reproducible.
 _SPLIT_SEEDS = {"dev": 101, "test": 202, "calibration": 303, "train": 404}
 _DEFAULT_SIZES = {"train": 20000, "dev": 500, "test": 500, "calibration": 500}
-# Verification rounds: ordinary problems and the long variant (solutions of 1,360-1,740 tokens, mean 1,560).
+# Check rounds: ordinary problems and the long variant (solutions of LONG_TOKENS tokens).
 SHORT_ROUNDS = (2, 4)
-LONG_ROUNDS = (66, 76)
+LONG_ROUNDS = (56, 60)
+MULTIPLIERS = (3, 8)  # the one-digit factors' range: 90 x 6 = 540 products to learn
 
-# Each check round restates a result already computed; cue and form cycle with k.
+# The cue of check round j is _CHECK_CUES[j % 6]; its form is the cue's index mod 3.
 _CHECK_CUES = ("Wait", "Again", "Also", "Alternatively", "Now", "Hence")
 
 
@@ -57,92 +64,129 @@ def split_of(question: str) -> str:
     return next(name for name, rng in _BUCKETS.items() if bucket in rng)
 
 
-def _checks(rounds: int, forms: list[str]) -> list[str]:
-    return [
-        f"{_CHECK_CUES[(k - 1) % len(_CHECK_CUES)]}, check {k} of {rounds}: {forms[(k - 1) % len(forms)]}."
-        for k in range(1, rounds + 1)
-    ]
+@dataclass(frozen=True)
+class _Chain:
+    """a * b = first; its last two digits (tail) * c = second."""
+
+    a: int
+    b: int
+    c: int
+
+    @property
+    def first(self) -> int:
+        return self.a * self.b
+
+    @property
+    def tail(self) -> int:
+        return self.first % 100
+
+    @property
+    def second(self) -> int:
+        return self.tail * self.c
+
+    def forms(self) -> list[str]:
+        a, b, c, first, tail, second = self.a, self.b, self.c, self.first, self.tail, self.second
+        return [
+            f"{b} * {a} = {first} and {tail} * {c} = {second}",
+            f"{first} / {b} = {a} and {second} / {c} = {tail}",
+            f"{a} * {b} = {first} and {c} * {tail} = {second}",
+        ]
+
+    def steps(self) -> list[str]:
+        return [f"{self.a} * {self.b} = {self.first}.", f"Its last two digits are {self.tail}.", f"Then {self.tail} * {self.c} = {self.second}."]
+
+
+def _factor(rng: random.Random) -> int:
+    return rng.randint(*MULTIPLIERS)
+
+
+def _chain(rng: random.Random, a: int | None = None) -> _Chain:
+    """A chain whose first product's last two digits make a two-digit number (redrawn otherwise)."""
+    while True:
+        chain = _Chain(a if a is not None else rng.randint(10, 99), _factor(rng), _factor(rng))
+        if chain.tail >= 10:
+            return chain
+
+
+def _checks(rounds: int, chain: _Chain) -> list[str]:
+    """Rounds counting down from ``rounds``; round j has cue j mod 6 and that cue's form."""
+    forms = chain.forms()
+    lines = []
+    for j in range(rounds):
+        cue = j % len(_CHECK_CUES)
+        lines.append(f"Check {rounds - j}. {_CHECK_CUES[cue]}, {forms[cue % len(forms)]}.")
+    return lines
 
 
 def _times(rounds: int) -> str:
     return "1 time" if rounds == 1 else f"{rounds} times"
 
 
-def _arith(rng: random.Random, rounds: int, with_addend: bool) -> tuple[str, list[str], int]:
-    a, b = rng.randint(10, 99), rng.randint(3, 9)
-    product = a * b
-    if not with_addend:
-        forms = [f"{a} * {b} = {product}", f"{b} * {a} = {product}", f"{product} / {b} = {a}"]
-        lines = [f"We need {a} * {b}.", f"First, {a} * {b} = {product}."]
-        lines += _checks(rounds, forms)
-        lines.append(f"Therefore, {a} * {b} = {product}.")
-        return f"What is {a} * {b}? Check it {_times(rounds)}.", lines, product
-    c = rng.randint(10, 99)
-    total = product + c
-    forms = [
-        f"{b} * {a} = {product}",
-        f"{total} - {c} = {product}",
-        f"{product} / {b} = {a}",
-        f"{c} + {product} = {total}",
-    ]
-    lines = [
-        f"We need {a} * {b} + {c}.",
-        f"First, {a} * {b} = {product}.",
-        f"Then {product} + {c} = {total}.",
-        f"So the product is {product} and the sum is {total}.",
-    ]
-    lines += _checks(rounds, forms)
-    lines.append(f"Therefore, {a} * {b} + {c} = {total}.")
-    return f"What is {a} * {b} + {c}? Check it {_times(rounds)}.", lines, total
+def _arith(rng: random.Random, rounds: int) -> tuple[str, list[str], int]:
+    chain = _chain(rng)
+    a, b, c = chain.a, chain.b, chain.c
+    first, *rest = chain.steps()
+    lines = [f"We need {a} * {b}, then its last two digits * {c}.", f"First, {first}", *rest]
+    lines.append(f"So the first product is {chain.first} and the second is {chain.second}.")
+    lines += _checks(rounds, chain)
+    lines.append(f"Therefore, {chain.forms()[2]}.")
+    return f"What is {a} * {b}, then its last two digits * {c}? Check it {_times(rounds)}.", lines, chain.second
 
 
 def _list(rng: random.Random, rounds: int) -> tuple[str, list[str], int]:
     items = rng.sample(range(10, 100), 3)
-    b = rng.randint(3, 9)
     which = rng.choice(("largest", "smallest"))
-    pick = max(items) if which == "largest" else min(items)
-    product = pick * b
+    chain = _chain(rng, max(items) if which == "largest" else min(items))
+    first, *rest = chain.steps()
     shown = ", ".join(map(str, items))
-    ordered = ", ".join(map(str, sorted(items)))
-    forms = [f"{b} * {pick} = {product}", f"{product} / {b} = {pick}", f"the {which} is {pick}"]
-    lines = [
-        f"The list is {shown}.",
-        f"Sorted, it is {ordered}.",
-        f"Thus the {which} is {pick}.",
-        f"Next, {pick} * {b} = {product}.",
-    ]
-    lines += _checks(rounds, forms)
-    lines.append(f"Hence the {which} times {b} is {product}.")
-    question = f"Take the {which} of {shown} and multiply it by {b}. Check it {_times(rounds)}."
-    return question, lines, product
+    lines = [f"The list is {shown}.", f"Sorted, it is {', '.join(map(str, sorted(items)))}.", f"Thus the {which} is {chain.a}."]
+    lines += [f"Next, {first}", *rest]
+    lines += _checks(rounds, chain)
+    lines.append(f"Hence, {chain.forms()[2]}.")
+    question = (
+        f"Take the {which} of {shown}, multiply it by {chain.b}, then its last two digits by {chain.c}. "
+        f"Check it {_times(rounds)}."
+    )
+    return question, lines, chain.second
 
 
-def make_problem(rng: random.Random, domain: str, verify_rounds: int, with_addend: bool = True) -> Problem:
-    """Draw one problem of a domain with ``verify_rounds`` check rounds."""
-    if domain == "arith":
-        question, lines, answer = _arith(rng, verify_rounds, with_addend)
-    elif domain == "list":
-        question, lines, answer = _list(rng, verify_rounds)
-    else:
-        raise ValueError(f"unknown domain {domain!r}; choose from {DOMAINS}")
+def _problem(domain: str, question: str, lines: list[str], answer: int) -> Problem:
     solution = "<think>" + "\n".join(lines) + "\n</think>" + f"The answer is {answer}."
     pid = f"{domain}-{hashlib.sha1(question.encode()).hexdigest()[:10]}"
     return Problem(pid, domain, question, solution, str(answer))
 
 
-def stream(split: str, seed: int, long: bool = False, short_share: float = 0.0) -> Iterator[Problem]:
+def make_problem(rng: random.Random, domain: str, verify_rounds: int) -> Problem:
+    """Draw one problem of a domain with ``verify_rounds`` check rounds."""
+    if domain == "arith":
+        question, lines, answer = _arith(rng, verify_rounds)
+    elif domain == "list":
+        question, lines, answer = _list(rng, verify_rounds)
+    else:
+        raise ValueError(f"unknown domain {domain!r}; choose from {DOMAINS}")
+    return _problem(domain, question, lines, answer)
+
+
+def product_drill(rng: random.Random) -> Problem:
+    """A training drill on the hard step alone: ``What is 47 * 6?``."""
+    a, b = rng.randint(10, 99), _factor(rng)
+    lines = [f"We need {a} * {b}.", f"First, {a} * {b} = {a * b}.", f"Therefore, {a} * {b} = {a * b}."]
+    return _problem("arith", f"What is {a} * {b}?", lines, a * b)
+
+
+def stream(split: str, seed: int, long: bool = False, drill_share: float = 0.0) -> Iterator[Problem]:
     """Endless problems of one split, deterministic by seed; domains alternate at random.
 
-    ``short_share`` of the problems are short drills (no check round, arithmetic
-    without the addend); ``long`` draws verification rounds from ``LONG_ROUNDS``.
+    ``drill_share`` of the problems are product drills; ``long`` draws check rounds from
+    ``LONG_ROUNDS``.
     """
     if split not in _BUCKETS:
         raise ValueError(f"unknown split {split!r}; choose from {SPLITS}")
     rng = random.Random(f"toyworld:{split}:{seed}:{long}")
     while True:
         domain = rng.choice(DOMAINS)
-        if rng.random() < short_share:
-            problem = make_problem(rng, domain, 0, with_addend=False)
+        if rng.random() < drill_share:
+            problem = product_drill(rng)
         else:
             low, high = LONG_ROUNDS if long else SHORT_ROUNDS
             problem = make_problem(rng, domain, rng.randint(low, high))

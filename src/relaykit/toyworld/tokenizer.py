@@ -21,7 +21,8 @@ WORDS = [
     "The", "answer", "is", "the", "check", "of", "Check", "it", "times", "time", "What",
     "We", "need", "First", "Then", "Next", "So", "Therefore", "Thus", "Hence", "Now",
     "Wait", "Also", "Again", "Alternatively", "product", "sum", "and", "list", "Sorted",
-    "largest", "smallest", "Take", "multiply", "by",
+    "largest", "smallest", "Take", "multiply", "by", "Its", "its", "last", "two", "digits",
+    "are", "first", "second",
 ]
 # Operators and separators with their spaces, one token each.
 PIECES = [" = ", " * ", " + ", " - ", " / ", ", ", ": "]
