@@ -9,8 +9,8 @@ inside one trajectory.
 
 A check round reads ``Check 3. Again, 6 * 47 = 282 and 82 * 3 = 246.``: the counter counts down
 from the number of checks asked for, the cue follows the previous round's cue in a fixed cycle,
-and the cue picks the form. So everything a round needs is in the round just before it (at most
-27 tokens back), which is what KV compression by recent attention keeps.
+and the cue picks the form. So everything a round needs is also in the round just before it (at
+most 27 tokens back), which KV compression by recent attention always keeps.
 
 - ``arith``: ``What is 47 * 6, then its last two digits * 3? Check it 2 times.``
 - ``list``: ``Take the largest of 47, 81, 50, multiply it by 6, then its last two digits by 3. Check it 2 times.``
