@@ -7,10 +7,13 @@ question, check rounds that restate every number, and summaries opened by varied
 (Wait, Again, Also, Alternatively, Now, Hence, So, Therefore, Thus). Difficulty therefore varies
 inside one trajectory.
 
-A check round reads ``Check 3. Again, 6 * 47 = 282 and 82 * 3 = 246.``: the counter counts down
-from the number of checks asked for, the cue follows the previous round's cue in a fixed cycle,
-and the cue picks the form. So everything a round needs is also in the round just before it (at
-most 27 tokens back), which KV compression by recent attention always keeps.
+A check round reads ``Check 3. Again, 47 * 6 = 282 and 82 * 3 = 246.``: the counter counts down
+from the number of checks asked for, the cue follows the previous round's cue in a fixed cycle, and
+every round restates both steps in the order they were first written. So everything a round needs
+is in the round just before it (at most 27 tokens back, which KV compression by recent attention
+always keeps), and a copy from any earlier line is also right. (With forms that cycled through
+other orders, toy-small recomputed "3 * 67 =" from its table instead of copying it, and after a
+compression toy-large copied from a dropped line of the same form.)
 
 - ``arith``: ``What is 47 * 6, then its last two digits * 3? Check it 2 times.``
 - ``list``: ``Take the largest of 47, 81, 50, multiply it by 6, then its last two digits by 3. Check it 2 times.``
@@ -43,7 +46,7 @@ SHORT_ROUNDS = (2, 4)
 LONG_ROUNDS = (56, 60)
 MULTIPLIERS = (3, 8)  # the one-digit factors' range: 90 x 6 = 540 products to learn
 
-# The cue of check round j is _CHECK_CUES[j % 6]; its form is the cue's index mod 3.
+# The cue of check round j is _CHECK_CUES[j % 6].
 _CHECK_CUES = ("Wait", "Again", "Also", "Alternatively", "Now", "Hence")
 
 
@@ -84,13 +87,9 @@ class _Chain:
     def second(self) -> int:
         return self.tail * self.c
 
-    def forms(self) -> list[str]:
-        a, b, c, first, tail, second = self.a, self.b, self.c, self.first, self.tail, self.second
-        return [
-            f"{b} * {a} = {first} and {tail} * {c} = {second}",
-            f"{first} / {b} = {a} and {second} / {c} = {tail}",
-            f"{a} * {b} = {first} and {c} * {tail} = {second}",
-        ]
+    def restated(self) -> str:
+        """Both steps in the order they were first written, so a copy can come from any earlier line."""
+        return f"{self.a} * {self.b} = {self.first} and {self.tail} * {self.c} = {self.second}"
 
     def steps(self) -> list[str]:
         return [f"{self.a} * {self.b} = {self.first}.", f"Its last two digits are {self.tail}.", f"Then {self.tail} * {self.c} = {self.second}."]
@@ -109,13 +108,8 @@ def _chain(rng: random.Random, a: int | None = None) -> _Chain:
 
 
 def _checks(rounds: int, chain: _Chain) -> list[str]:
-    """Rounds counting down from ``rounds``; round j has cue j mod 6 and that cue's form."""
-    forms = chain.forms()
-    lines = []
-    for j in range(rounds):
-        cue = j % len(_CHECK_CUES)
-        lines.append(f"Check {rounds - j}. {_CHECK_CUES[cue]}, {forms[cue % len(forms)]}.")
-    return lines
+    """Rounds counting down from ``rounds``; round j has cue j mod 6 and restates both steps."""
+    return [f"Check {rounds - j}. {_CHECK_CUES[j % len(_CHECK_CUES)]}, {chain.restated()}." for j in range(rounds)]
 
 
 def _times(rounds: int) -> str:
@@ -129,7 +123,7 @@ def _arith(rng: random.Random, rounds: int) -> tuple[str, list[str], int]:
     lines = [f"We need {a} * {b}, then its last two digits * {c}.", f"First, {first}", *rest]
     lines.append(f"So the first product is {chain.first} and the second is {chain.second}.")
     lines += _checks(rounds, chain)
-    lines.append(f"Therefore, {chain.forms()[2]}.")
+    lines.append(f"Therefore, {chain.restated()}.")
     return f"What is {a} * {b}, then its last two digits * {c}? Check it {_times(rounds)}.", lines, chain.second
 
 
@@ -142,7 +136,7 @@ def _list(rng: random.Random, rounds: int) -> tuple[str, list[str], int]:
     lines = [f"The list is {shown}.", f"Sorted, it is {', '.join(map(str, sorted(items)))}.", f"Thus the {which} is {chain.a}."]
     lines += [f"Next, {first}", *rest]
     lines += _checks(rounds, chain)
-    lines.append(f"Hence, {chain.forms()[2]}.")
+    lines.append(f"Hence, {chain.restated()}.")
     question = (
         f"Take the {which} of {shown}, multiply it by {chain.b}, then its last two digits by {chain.c}. "
         f"Check it {_times(rounds)}."
