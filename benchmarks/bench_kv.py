@@ -115,7 +115,7 @@ def main() -> None:
     print(f"RPC P={args.interval} R={args.window} c={args.ratio}; H2O and StreamingLLM keep {budget} slots, evicting "
           f"at +32 (RPC's peak); throughput is the best of {args.repeats} interleaved rounds")
     ratios = {}
-    for size in map(int, args.batches.split(",")):
+    for size in (int(b) for b in args.batches.split(",") if b):  # --batches "": accuracy only
         batch = long_prompts(model.tokenizer, size) if toy else prompts(model.tokenizer, size, args.prompt_length)
         measure(model, {"warm-up": None}, [p[:8] for p in batch], 16, 1)
         measured = measure(model, policies, batch, args.new_tokens, args.repeats)
