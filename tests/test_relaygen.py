@@ -190,6 +190,16 @@ def test_random_switch_runs_and_its_extremes_are_exact(toy_pair):
     valid(run(toy_pair, "random-switch", RandomSwitchConfig(small_share=0.5, speculative=2), sampling=SamplingConfig(temperature=1.0, seed=3)))
 
 
+def test_random_switch_flips_depend_on_the_problem_not_its_batch(toy_pair):
+    """Problems run one at a time each get their own flips, the same as in a batch."""
+    prompts = toy_prompts(toy_pair)
+    config = RandomSwitchConfig(small_share=0.5)
+    batched = run(toy_pair, "random-switch", config, max_new_tokens=60, batch=prompts)
+    alone = [run(toy_pair, "random-switch", config, max_new_tokens=60, batch=[p])[0] for p in prompts]
+    assert [r.token_ids for r in alone] == [r.token_ids for r in batched]
+    assert len({tuple(e["position"] for e in r.events) for r in alone}) > 1
+
+
 def test_uncertainty_routing_runs_and_its_extremes_are_exact(toy_pair):
     small = [r.token_ids for r in run(toy_pair, "small")]
     large = [r.token_ids for r in run(toy_pair, "single")]

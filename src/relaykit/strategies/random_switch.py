@@ -18,7 +18,7 @@ from .relaygen import Decision, SegmentRelay, Turn
 @dataclass
 class RandomSwitchConfig:
     small_share: float = 0.3  # probability that a thinking sentence goes to the small model (ours; set it to RelayGen's share)
-    switch_seed: int = 0  # seeds the coin flips; each generate() call starts from it
+    switch_seed: int = 0  # with the prompt, seeds each sequence's coin flips
     answer_handoff: bool = True  # the small model writes everything after </think>, as in RelayGen
     answer_reserve: int = 32  # tokens kept for the answer when the budget ends inside <think>
     speculative: int = 0  # K > 0: the large model's turns use speculative decoding, K drafts
@@ -34,7 +34,11 @@ class RandomSwitch(SegmentRelay):
     Config = RandomSwitchConfig
 
     def run(self, sequences: list[Sequence]) -> None:
-        self.coins = random.Random(self.config.switch_seed)
+        # One coin per sequence, seeded by its prompt: a problem gets the same flips whatever its
+        # batch, and problems run one at a time do not all get the first flips of one stream.
+        self.coins = {
+            id(s): random.Random(f"{self.config.switch_seed}:{s.tokens[: s.prompt_length]}") for s in sequences
+        }
         super().run(sequences)
 
     def hand_off(self, sequence: Sequence, turn: Turn, tail: Tail, end: int) -> Decision | None:
@@ -42,6 +46,6 @@ class RandomSwitch(SegmentRelay):
             return None
         if turn.writer == "small":
             return Decision("large", "sentence end")
-        if turn.thinking and self.coins.random() < self.config.small_share:
+        if turn.thinking and self.coins[id(sequence)].random() < self.config.small_share:
             return Decision("small", "random")
         return None
