@@ -374,7 +374,7 @@ def build_parser() -> argparse.ArgumentParser:
     what = train.add_subparsers(dest="what", required=True, metavar="WHAT")
     toy = what.add_parser(
         "toy",
-        help="train toy-small and toy-large from scratch (about 60 minutes on 2 CPU cores)",
+        help="train toy-small and toy-large from scratch (about 53 minutes on 2 CPU cores)",
         description="Train the toy pair reproducibly from a seed and measure it (accuracies, parameter "
         "and speed ratios, hard-token share). The shipped checkpoints were made by this command.",
     )
