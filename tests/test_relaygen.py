@@ -6,6 +6,7 @@ import re
 import pytest
 import torch
 
+from relaykit.cli import default_model
 from relaykit.decoding.prompt import encode_prompt
 from relaykit.decoding.sampler import SamplingConfig
 from relaykit.decoding.sequence import PROMPT
@@ -17,6 +18,7 @@ from relaykit.strategies.relaygen import RelayGenConfig
 from relaykit.strategies.speculative_thinking import SpeculativeThinkingConfig
 from relaykit.strategies.uncertainty import UncertaintyConfig
 from relaykit.text import THINK_END, cue_pattern, ends_sentence, ends_thinking, find_cue, load_cues
+from relaykit.toyworld.tasks import load_split
 
 QUESTIONS = ["What is 347 * 6 + 58?", "Take the largest of 1, 2", "Check it 2 times.", "x", "So what is 12 * 7?", "Now"]
 
@@ -190,12 +192,14 @@ def test_random_switch_runs_and_its_extremes_are_exact(toy_pair):
     valid(run(toy_pair, "random-switch", RandomSwitchConfig(small_share=0.5, speculative=2), sampling=SamplingConfig(temperature=1.0, seed=3)))
 
 
-def test_random_switch_flips_depend_on_the_problem_not_its_batch(toy_pair):
-    """Problems run one at a time each get their own flips, the same as in a batch."""
-    prompts = toy_prompts(toy_pair)
+def test_random_switch_flips_depend_on_the_problem_not_its_batch():
+    """Problems run one at a time each get their own flips, the same as in a batch (the shipped
+    pair, whose thinking has sentence ends to flip at)."""
+    pair = {role: load_model(default_model(role), name=role) for role in ("large", "small")}
+    prompts = [encode_prompt(pair["large"].tokenizer, p.question) for p in load_split("test", 4)]
     config = RandomSwitchConfig(small_share=0.5)
-    batched = run(toy_pair, "random-switch", config, max_new_tokens=60, batch=prompts)
-    alone = [run(toy_pair, "random-switch", config, max_new_tokens=60, batch=[p])[0] for p in prompts]
+    batched = run(pair, "random-switch", config, max_new_tokens=80, batch=prompts)
+    alone = [run(pair, "random-switch", config, max_new_tokens=80, batch=[p])[0] for p in prompts]
     assert [r.token_ids for r in alone] == [r.token_ids for r in batched]
     assert len({tuple(e["position"] for e in r.events) for r in alone}) > 1
 

@@ -70,6 +70,11 @@ class SegmentRelay(Strategy):
         Not asked once the small model writes the answer after `</think>`."""
         raise NotImplementedError
 
+    def cue_ends_large_turn(self, turn: Turn, tail: Tail, end: int) -> bool:
+        """Whether the large model's turn surely ends after token `end - 1` (no side effects: it is
+        asked of drafts). A subclass whose `hand_off` is pure for the large model's turns says so."""
+        return False
+
     def run(self, sequences: list[Sequence]) -> None:
         self.turns = {id(s): self.first_turn(s) for s in sequences}
         active = list(sequences)
@@ -150,6 +155,17 @@ class SegmentRelay(Strategy):
             return None
         return self.hand_off(sequence, turn, tail, end)
 
+    def _draft_ends_turn(self, sequence: Sequence) -> bool:
+        """Whether the newest draft token, once verified, ends the large model's turn (`</think>`
+        with the answer hand-off, or a cue), so that drafting on is wasted."""
+        turn, end = self.turns[id(sequence)], len(sequence)
+        if not (turn.thinking and self._may_complete(sequence.tokens[end - 1])):
+            return False
+        tail = decode_tail(self.tokenizer, sequence.tokens, end, turn.start, sequence.prompt_length - 1, self.window)
+        if ends_thinking(tail.text, tail.new_from):
+            return self.config.answer_handoff
+        return self.cue_ends_large_turn(turn, tail, end)
+
     def _switch(self, sequence: Sequence, turn: Turn, decision: Decision) -> None:
         """Give the row to `decision.writer`; a change of writer is recorded as an event."""
         if decision.writer != turn.writer:
@@ -195,7 +211,8 @@ class SegmentRelay(Strategy):
                 unsure = self.config.draft_confidence and bool(
                     (logits[: len(drafting)].softmax(-1).amax(-1) < self.config.draft_confidence).all()
                 )
-                drafting = [] if unsure or drafted == draft_length else drafting
+                ended = all(self._draft_ends_turn(s) for s in drafting)  # drafts past a hand-off are cut anyway
+                drafting = [] if unsure or ended or drafted == draft_length else drafting
         draft_length = drafted
         target_logits = large.score(large_rows, draft_length + 1)
         targets = target_logits.argmax(-1).tolist() if self.sampler.greedy else self.sampler.probs(target_logits)
@@ -234,10 +251,17 @@ class RelayGen(SegmentRelay):
 
     def hand_off(self, sequence: Sequence, turn: Turn, tail: Tail, end: int) -> Decision | None:
         if turn.writer == "large":
-            if turn.thinking and end - turn.start >= self.config.min_large_tokens:
-                cue = find_cue(tail.text, self.pattern, tail.new_from, tail.turn_from)
-                if cue:
-                    return Decision("small", "cue", cue)
-        elif ends_sentence(tail.text, tail.new_from, tail.turn_from):
+            cue = self._cue(turn, tail, end)
+            return Decision("small", "cue", cue) if cue else None
+        if ends_sentence(tail.text, tail.new_from, tail.turn_from):
             return Decision("large", "sentence end")
+        return None
+
+    def cue_ends_large_turn(self, turn: Turn, tail: Tail, end: int) -> bool:
+        return self._cue(turn, tail, end) is not None
+
+    def _cue(self, turn: Turn, tail: Tail, end: int) -> str | None:
+        """The cue that ends the large model's text at token `end - 1`, if one may fire there."""
+        if turn.thinking and end - turn.start >= self.config.min_large_tokens:
+            return find_cue(tail.text, self.pattern, tail.new_from, tail.turn_from)
         return None
