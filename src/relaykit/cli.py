@@ -375,7 +375,8 @@ def build_parser() -> argparse.ArgumentParser:
     toy = what.add_parser(
         "toy",
         help="train toy-small and toy-large from scratch (about 53 minutes on 2 CPU cores)",
-        description="Train the toy pair reproducibly from a seed and measure it (accuracies, parameter "
+        description="Train the toy pair from a seed (data and initial weights; reruns agree within a few "
+        "points, not bit for bit) and measure it (accuracies, parameter "
         "and speed ratios, hard-token share). The shipped checkpoints were made by this command.",
     )
     toy.add_argument("--out", default="relaykit-toy", help="output folder (default ./relaykit-toy)")
