@@ -3,10 +3,10 @@
 Loss is on solution tokens only (the question is masked), examples are packed into
 rows, the learning rate warms up then follows a cosine, and a share of the steps
 uses 2,048-token rows holding one long-variant problem so positions past 1,500 are
-trained. Data, order and initial weights are drawn from the seed. The weights are not
-bit-for-bit repeatable across processes, even on one machine and thread count (the CPU kernels'
-multi-threaded sums are not), and toy-small's accuracy is sensitive to that: two runs of
-`relaykit train toy` gave toy-small 12.0% and 8.5% on 200 test problems.
+trained. Data, order and initial weights are drawn from the seed, and training runs under
+`torch.use_deterministic_algorithms`, so a rerun on the same thread count and PyTorch build gives
+the same weights bit for bit. Without it, torch.compile's multi-threaded reductions on CPU sum in a
+varying order, and toy-small's accuracy is sensitive to that.
 """
 
 from __future__ import annotations
@@ -158,7 +158,16 @@ def _compiled(model: LlamaForCausalLM):
 
 
 def train_model(model: LlamaForCausalLM, tokenizer, cfg: ToyTrainConfig, seed: int, name: str) -> float:
-    """Train ``model`` in place; returns the mean loss of the last 50 steps."""
+    """Train ``model`` in place, deterministically; returns the mean loss of the last 50 steps."""
+    deterministic = torch.are_deterministic_algorithms_enabled()
+    torch.use_deterministic_algorithms(True)
+    try:
+        return _train(model, tokenizer, cfg, seed, name)
+    finally:
+        torch.use_deterministic_algorithms(deterministic)
+
+
+def _train(model: LlamaForCausalLM, tokenizer, cfg: ToyTrainConfig, seed: int, name: str) -> float:
     torch.manual_seed(seed)
     packer = Packer(tokenizer, seed, cfg.drill_share)
     decay = [p for p in model.parameters() if p.dim() >= 2]
