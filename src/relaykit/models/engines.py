@@ -141,9 +141,7 @@ class NativeEngine:
         cache.reserve(max(starts) + width)
         same_start = min(starts) == max(starts)
         ids = torch.tensor([t + [0] * (width - len(t)) for t in tokens], dtype=torch.long, device=self.device)
-        position_ids = torch.tensor(positions, dtype=torch.long, device=self.device)[:, None] + torch.arange(
-            width, device=self.device
-        )
+        position_ids = torch.tensor([range(p, p + width) for p in positions], dtype=torch.long, device=self.device)
         span = max(starts) + width  # slots attended by any row
         mask = None
         if not (same_start and width == 1):
@@ -204,11 +202,14 @@ class NativeEngine:
             gate, up = F.linear(_rms_norm(layer.post_attention_layernorm, hidden), gate_up).chunk(2, dim=-1)
             hidden = hidden + F.linear(self.activation(gate) * up, mlp.down_proj.weight, mlp.down_proj.bias)
 
-        fed = torch.tensor(fed_counts, dtype=torch.long, device=self.device)
-        cache.lengths += fed.cpu()
+        cache.lengths += torch.tensor(fed_counts, dtype=cache.lengths.dtype)
         cache.note_usage()
-        pick = (fed[:, None] - last_k + torch.arange(last_k, device=self.device)).clamp(min=0)
-        chosen = hidden.gather(1, pick[:, :, None].expand(batch, last_k, hidden.shape[-1]))
+        if min(fed_counts) == width >= last_k:  # every row's last k fed tokens end the block
+            chosen = hidden[:, width - last_k :]
+        else:
+            fed = torch.tensor(fed_counts, dtype=torch.long, device=self.device)
+            pick = (fed[:, None] - last_k + torch.arange(last_k, device=self.device)).clamp(min=0)
+            chosen = hidden.gather(1, pick[:, :, None].expand(batch, last_k, hidden.shape[-1]))
         return self.model.lm_head(self.body.norm(chosen)).float()
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 
 import torch
@@ -49,13 +50,19 @@ class Model:
         ids = ids if isinstance(ids, list) else [ids]
         return [i for i in ids if i is not None]
 
+    @cached_property
+    def _flop_rates(self) -> tuple[float, float, float]:
+        """FLOPs per token fed, per attended (query, key) pair and per logit position."""
+        return (
+            2.0 * self.non_embedding_parameters,
+            4.0 * self.layers * self.attention_width,
+            2.0 * self.config.hidden_size * self.config.vocab_size,
+        )
+
     def forward_flops(self, tokens: int, attended: int, logit_positions: int) -> float:
         """FLOPs of one forward (formula in relaykit.decoding.usage)."""
-        return (
-            2.0 * self.non_embedding_parameters * tokens
-            + 4.0 * self.layers * self.attention_width * attended
-            + 2.0 * self.config.hidden_size * self.config.vocab_size * logit_positions
-        )
+        per_token, per_pair, per_logit = self._flop_rates
+        return per_token * tokens + per_pair * attended + per_logit * logit_positions
 
 
 def _count_parameters(hf_model) -> tuple[int, int]:

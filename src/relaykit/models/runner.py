@@ -95,8 +95,10 @@ class Runner:
         for row_index, row in zip(map(self.index.__getitem__, map(id, sequences)), rows):
             feed[row_index] = self._consume(row)
         logits = self._forward(feed, k)
-        picked = torch.tensor([self.index[id(s)] for s in sequences], dtype=torch.long)
-        return logits.index_select(0, picked.to(logits.device))
+        picked = [self.index[id(s)] for s in sequences]
+        if picked == list(range(len(self.rows))):
+            return logits
+        return logits.index_select(0, torch.tensor(picked, dtype=torch.long, device=logits.device))
 
     def rollback(self, sequences: list[Sequence], n: int) -> None:
         """Drop the last n consumed tokens of each sequence from the cache (they are re-read later)."""

@@ -16,7 +16,7 @@ import torch
 
 from ..decoding.sequence import PROMPT, Sequence
 from ..errors import RelaykitError
-from ..text import THINK_END, Tail, cue_pattern, decode_tail, ends_sentence, ends_thinking, find_cue, load_cues
+from ..text import THINK_END, Tail, cue_pattern, decode_tail, decoder, ends_sentence, ends_thinking, find_cue, load_cues
 from .base import Strategy, register
 from .speculative import verify
 
@@ -60,6 +60,7 @@ class SegmentRelay(Strategy):
             raise RelaykitError(f"{self.name}: speculative and answer-reserve must be >= 0")
         self.close_ids = self.tokenizer(THINK_END, add_special_tokens=False)["input_ids"]
         self.window = 2 * len(THINK_END) + 8
+        self.decode = decoder(self.tokenizer)
         self.completing: dict[int, bool] = {}
 
     def first_turn(self, sequence: Sequence) -> Turn:
@@ -108,7 +109,7 @@ class SegmentRelay(Strategy):
         turn = self.turns[id(sequence)]
         if self._room(sequence) > 0 or not (turn.thinking and self.config.answer_handoff):
             return
-        after_newline = self.tokenizer.decode(sequence.tokens[-1:], skip_special_tokens=False).endswith("\n")
+        after_newline = self.decode(sequence.tokens[-1:]).endswith("\n")
         close = self.close_ids if after_newline else self.tokenizer("\n" + THINK_END, add_special_tokens=False)["input_ids"]
         event = {"position": len(sequence.generated), "direction": None, "reason": "budget", "cue": THINK_END}
         self.events[id(sequence)].append(event)
@@ -138,13 +139,13 @@ class SegmentRelay(Strategy):
         `</think>` completes on one, so other tokens need no decoding. Cached per token id."""
         flag = self.completing.get(token)
         if flag is None:
-            text = self.tokenizer.decode([token], skip_special_tokens=False)
+            text = self.decode([token])
             raw = self.tokenizer.convert_ids_to_tokens(token) or ""  # "▁Now": a space decoding drops
             flag = self.completing[token] = bool(NON_WORD.search(text) or NON_WORD.search(raw))
         return flag
 
     def _decide(self, sequence: Sequence, turn: Turn, end: int) -> Decision | None:
-        tail = decode_tail(self.tokenizer, sequence.tokens, end, turn.start, sequence.prompt_length - 1, self.window)
+        tail = decode_tail(self.decode, sequence.tokens, end, turn.start, sequence.prompt_length - 1, self.window)
         if turn.thinking and ends_thinking(tail.text, tail.new_from):
             turn.thinking = False
             if self.config.answer_handoff:
@@ -161,7 +162,7 @@ class SegmentRelay(Strategy):
         turn, end = self.turns[id(sequence)], len(sequence)
         if not (turn.thinking and self._may_complete(sequence.tokens[end - 1])):
             return False
-        tail = decode_tail(self.tokenizer, sequence.tokens, end, turn.start, sequence.prompt_length - 1, self.window)
+        tail = decode_tail(self.decode, sequence.tokens, end, turn.start, sequence.prompt_length - 1, self.window)
         if ends_thinking(tail.text, tail.new_from):
             return self.config.answer_handoff
         return self.cue_ends_large_turn(turn, tail, end)

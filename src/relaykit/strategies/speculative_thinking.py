@@ -53,7 +53,7 @@ class SpeculativeThinking(SegmentRelay):
                 return Decision("small", "segment end")
             return None
         if turn.peek_start is not None:
-            peeked = self.tokenizer.decode(sequence.tokens[turn.peek_start : end], skip_special_tokens=False)
+            peeked = self.decode(sequence.tokens[turn.peek_start : end])
             found = self.reflection.search(peeked) if self.reflection else None
             if found:
                 cut, turn.peek_start = turn.peek_start, None
