@@ -60,6 +60,9 @@ class ToyTrainConfig:
     weight_decay: float = 0.1
     bf16: bool = False  # bfloat16 autocast: faster only where the CPU has AMX or AVX512-BF16
     compile: bool = True  # torch.compile the forward: 4-7% less time per step on a 2-core AVX2 CPU
+    # torch.use_deterministic_algorithms while training: without it the compiled kernels' sums over
+    # CPU threads vary in order, and so do the weights from run to run; with it a step costs the same
+    deterministic: bool = True
 
 
 @dataclass(frozen=True)
@@ -158,13 +161,13 @@ def _compiled(model: LlamaForCausalLM):
 
 
 def train_model(model: LlamaForCausalLM, tokenizer, cfg: ToyTrainConfig, seed: int, name: str) -> float:
-    """Train ``model`` in place, deterministically; returns the mean loss of the last 50 steps."""
-    deterministic = torch.are_deterministic_algorithms_enabled()
-    torch.use_deterministic_algorithms(True)
+    """Train ``model`` in place; returns the mean loss of the last 50 steps."""
+    before = torch.are_deterministic_algorithms_enabled()
+    torch.use_deterministic_algorithms(cfg.deterministic)
     try:
         return _train(model, tokenizer, cfg, seed, name)
     finally:
-        torch.use_deterministic_algorithms(deterministic)
+        torch.use_deterministic_algorithms(before)
 
 
 def _train(model: LlamaForCausalLM, tokenizer, cfg: ToyTrainConfig, seed: int, name: str) -> float:
