@@ -100,6 +100,7 @@ def main() -> None:
     parser.add_argument("--accuracy-problems", type=int, default=20)
     parser.add_argument("--repeats", type=int, default=2)
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--policies", default="rpc,h2o,streaming", help="policies measured beside the full cache")
     parser.add_argument("--profile", action="store_true", help="profile full and rpc at the largest batch")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
@@ -112,6 +113,11 @@ def main() -> None:
     budget = rpc_peak_slots(args.prompt_length, args.new_tokens, args.interval, args.window, args.ratio) - 32
     policies = {"full": None, "rpc": rpc, "h2o": make_policy("h2o", budget=budget, window=budget // 2, interval=32),
                 "streaming": make_policy("streaming", budget=budget, interval=32)}
+    chosen = args.policies.split(",")
+    unknown = set(chosen) - set(policies)
+    if unknown:
+        parser.error(f"unknown policies {sorted(unknown)}; choose from rpc, h2o, streaming")
+    policies = {name: policy for name, policy in policies.items() if name == "full" or name in chosen}
     print(f"RPC P={args.interval} R={args.window} c={args.ratio}; H2O and StreamingLLM keep {budget} slots, evicting "
           f"at +32 (RPC's peak); throughput is the best of {args.repeats} interleaved rounds")
     ratios = {}
@@ -121,8 +127,7 @@ def main() -> None:
         measured = measure(model, policies, batch, args.new_tokens, args.repeats)
         full = measured["full"]
         print(f"batch {size}:")
-        for name in ("full", "rpc", "h2o", "streaming"):
-            m = measured[name]
+        for name, m in measured.items():
             print(f"  {name:10s} {m['tokens_per_second']:8.1f} tok/s  x{m['tokens_per_second'] / full['tokens_per_second']:.2f}"
                   f"   peak KV used {m['peak_used_kv_bytes'] / 2**20:7.2f} MiB ({m['peak_used_kv_bytes'] / full['peak_used_kv_bytes']:.0%})"
                   f"   allocated {m['peak_kv_bytes'] / 2**20:7.2f} MiB ({m['peak_kv_bytes'] / full['peak_kv_bytes']:.0%})")

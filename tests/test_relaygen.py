@@ -17,7 +17,7 @@ from relaykit.strategies.random_switch import RandomSwitchConfig
 from relaykit.strategies.relaygen import RelayGenConfig
 from relaykit.strategies.speculative_thinking import SpeculativeThinkingConfig
 from relaykit.strategies.uncertainty import UncertaintyConfig
-from relaykit.text import THINK_END, cue_pattern, ends_sentence, ends_thinking, find_cue, load_cues
+from relaykit.text import THINK_END, cue_pattern, decoder, ends_sentence, ends_thinking, find_cue, load_cues
 from relaykit.toyworld.tasks import load_split
 
 QUESTIONS = ["What is 347 * 6 + 58?", "Take the largest of 1, 2", "Check it 2 times.", "x", "So what is 12 * 7?", "Now"]
@@ -89,6 +89,21 @@ def test_sentence_ends_are_not_decimal_points():
     assert ends_sentence("x = 3.5.\n", 8) and ends_sentence("Done! ", 5) and ends_sentence("a\n\n", 2)
     assert ends_thinking("so 4\n</think>", 12) and not ends_thinking("</think> more", 9)
     assert load_cues("Wait,|So") == ["Wait,", "So"] and load_cues("") == [] and "now," in load_cues(None)
+
+
+def test_the_fast_decoder_equals_the_tokenizers_decode():
+    """`decoder` skips the tokenizer's Python wrapper only where the text stays the same."""
+    from relaykit.toyworld.tokenizer import build_tokenizer
+
+    tokenizer = build_tokenizer()
+    problem = load_split("test", 1)[0]
+    ids = tokenizer(problem.solution, add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
+    decode = decoder(tokenizer)
+    for start, stop in [(0, len(ids)), (3, 9), (5, 6), (len(ids) - 4, len(ids)), (2, 2)]:
+        assert decode(ids[start:stop]) == tokenizer.decode(ids[start:stop], skip_special_tokens=False)
+    assert THINK_END in decode(ids)
+    tokenizer.clean_up_tokenization_spaces = True  # then the wrapper's clean-up must run: no shortcut
+    assert decoder(tokenizer)(ids) == tokenizer.decode(ids, skip_special_tokens=False)
 
 
 def test_a_cue_inside_a_word_never_fires(toy_pair):

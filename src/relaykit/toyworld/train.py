@@ -4,8 +4,8 @@ Loss is on solution tokens only (the question is masked), examples are packed in
 rows, the learning rate warms up then follows a cosine, and a share of the steps
 uses 2,048-token rows holding one long-variant problem so positions past 1,500 are
 trained. Data, order and initial weights are drawn from the seed, and training runs under
-`torch.use_deterministic_algorithms`, so a rerun on the same thread count and PyTorch build gives
-the same weights bit for bit. Without it, torch.compile's multi-threaded reductions on CPU sum in a
+`torch.use_deterministic_algorithms` (`ToyTrainConfig.deterministic`, on by default), so a rerun on
+the same thread count and PyTorch build gives the same weights bit for bit. Without it, torch.compile's multi-threaded reductions on CPU sum in a
 varying order, and toy-small's accuracy is sensitive to that.
 """
 
