@@ -96,6 +96,7 @@ def main() -> None:
     parser.add_argument("--interval", type=int, default=256, help="RPC P (scaled down from 4096)")
     parser.add_argument("--window", type=int, default=32, help="RPC R")
     parser.add_argument("--ratio", type=float, default=4.0, help="RPC c")
+    parser.add_argument("--per-group", action="store_true", help="RPC selects per KV group, not over all heads")
     parser.add_argument("--batches", default="1,8,16")
     parser.add_argument("--accuracy-problems", type=int, default=20)
     parser.add_argument("--repeats", type=int, default=2)
@@ -109,7 +110,7 @@ def main() -> None:
     model = load_model(spec, name="large")
     print(f"model: {spec if args.large or toy else 'built 16-layer Llama (128 wide)'}; {model.parameters / 1e6:.1f}M "
           f"parameters; {args.new_tokens} new tokens; threads {torch.get_num_threads()}")
-    rpc = make_policy("rpc", interval=args.interval, window=args.window, ratio=args.ratio)
+    rpc = make_policy("rpc", interval=args.interval, window=args.window, ratio=args.ratio, per_group=args.per_group)
     budget = rpc_peak_slots(args.prompt_length, args.new_tokens, args.interval, args.window, args.ratio) - 32
     policies = {"full": None, "rpc": rpc, "h2o": make_policy("h2o", budget=budget, window=budget // 2, interval=32),
                 "streaming": make_policy("streaming", budget=budget, interval=32)}
