@@ -104,6 +104,10 @@ def main() -> None:
     parser.add_argument("--policies", default="rpc,h2o,streaming", help="policies measured beside the full cache")
     parser.add_argument("--profile", action="store_true", help="profile full and rpc at the largest batch")
     args = parser.parse_args()
+    chosen = args.policies.split(",")
+    unknown = set(chosen) - {"rpc", "h2o", "streaming"}
+    if unknown:
+        parser.error(f"unknown policies {sorted(unknown)}; choose from rpc, h2o, streaming")
     torch.set_num_threads(args.threads)
     toy = not args.large and default_model("large")
     spec = args.large or toy or str(build_pair(Path(tempfile.mkdtemp(prefix="relaykit-bench-")))[1])
@@ -114,10 +118,6 @@ def main() -> None:
     budget = rpc_peak_slots(args.prompt_length, args.new_tokens, args.interval, args.window, args.ratio) - 32
     policies = {"full": None, "rpc": rpc, "h2o": make_policy("h2o", budget=budget, window=budget // 2, interval=32),
                 "streaming": make_policy("streaming", budget=budget, interval=32)}
-    chosen = args.policies.split(",")
-    unknown = set(chosen) - set(policies)
-    if unknown:
-        parser.error(f"unknown policies {sorted(unknown)}; choose from rpc, h2o, streaming")
     policies = {name: policy for name, policy in policies.items() if name == "full" or name in chosen}
     print(f"RPC P={args.interval} R={args.window} c={args.ratio}; H2O and StreamingLLM keep {budget} slots, evicting "
           f"at +32 (RPC's peak); throughput is the best of {args.repeats} interleaved rounds")
