@@ -26,6 +26,9 @@ from relaykit.models.loading import load_model
 from relaykit.strategies.base import get_strategy
 
 
+COMPARED = ("rpc", "h2o", "streaming")  # the policies measured beside the full cache
+
+
 def rpc_peak_slots(prompt: int, new_tokens: int, interval: int, window: int, ratio: float) -> int:
     """Slots per row RPC holds at most while generating (every fed token; compaction is deferred
     to the forward after a compression step)."""
@@ -101,13 +104,13 @@ def main() -> None:
     parser.add_argument("--accuracy-problems", type=int, default=20)
     parser.add_argument("--repeats", type=int, default=2)
     parser.add_argument("--threads", type=int, default=1)
-    parser.add_argument("--policies", default="rpc,h2o,streaming", help="policies measured beside the full cache")
+    parser.add_argument("--policies", default=",".join(COMPARED), help="policies measured beside the full cache")
     parser.add_argument("--profile", action="store_true", help="profile full and rpc at the largest batch")
     args = parser.parse_args()
     chosen = args.policies.split(",")
-    unknown = set(chosen) - {"rpc", "h2o", "streaming"}
+    unknown = set(chosen) - set(COMPARED)
     if unknown:
-        parser.error(f"unknown policies {sorted(unknown)}; choose from rpc, h2o, streaming")
+        parser.error(f"unknown policies {sorted(unknown)}; choose from {', '.join(COMPARED)}")
     torch.set_num_threads(args.threads)
     toy = not args.large and default_model("large")
     spec = args.large or toy or str(build_pair(Path(tempfile.mkdtemp(prefix="relaykit-bench-")))[1])

@@ -77,6 +77,14 @@ def models(checkpoints):
     return {key: load_model(str(path), name="-".join(key)) for key, path in checkpoints.items()}
 
 
+@pytest.fixture(scope="session")
+def shipped_pair():
+    """The toy pair shipped in the package, through relaykit's generic loading path."""
+    from relaykit.toyworld import TOY_LARGE, TOY_SMALL
+
+    return {"large": load_model(str(TOY_LARGE), name="large"), "small": load_model(str(TOY_SMALL), name="small")}
+
+
 def prompts(tokenizer, count: int, seed: int = 0) -> list[list[int]]:
     """Varied short prompts of different lengths."""
     generator = torch.Generator().manual_seed(seed)

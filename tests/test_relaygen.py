@@ -6,7 +6,6 @@ import re
 import pytest
 import torch
 
-from relaykit.cli import default_model
 from relaykit.decoding.prompt import encode_prompt
 from relaykit.decoding.sampler import SamplingConfig
 from relaykit.decoding.sequence import PROMPT
@@ -207,14 +206,13 @@ def test_random_switch_runs_and_its_extremes_are_exact(toy_pair):
     valid(run(toy_pair, "random-switch", RandomSwitchConfig(small_share=0.5, speculative=2), sampling=SamplingConfig(temperature=1.0, seed=3)))
 
 
-def test_random_switch_flips_depend_on_the_problem_not_its_batch():
+def test_random_switch_flips_depend_on_the_problem_not_its_batch(shipped_pair):
     """Problems run one at a time each get their own flips, the same as in a batch (the shipped
     pair, whose thinking has sentence ends to flip at)."""
-    pair = {role: load_model(default_model(role), name=role) for role in ("large", "small")}
-    prompts = [encode_prompt(pair["large"].tokenizer, p.question) for p in load_split("test", 4)]
+    prompts = [encode_prompt(shipped_pair["large"].tokenizer, p.question) for p in load_split("test", 4)]
     config = RandomSwitchConfig(small_share=0.5)
-    batched = run(pair, "random-switch", config, max_new_tokens=80, batch=prompts)
-    alone = [run(pair, "random-switch", config, max_new_tokens=80, batch=[p])[0] for p in prompts]
+    batched = run(shipped_pair, "random-switch", config, max_new_tokens=80, batch=prompts)
+    alone = [run(shipped_pair, "random-switch", config, max_new_tokens=80, batch=[p])[0] for p in prompts]
     assert [r.token_ids for r in alone] == [r.token_ids for r in batched]
     assert len({tuple(e["position"] for e in r.events) for r in alone}) > 1
 

@@ -113,15 +113,13 @@ def test_checkpoints_load(folder):
     assert tokenizer.get_vocab() == AutoTokenizer.from_pretrained(str(TOY_LARGE)).get_vocab()
 
 
-def test_shipped_pair_reaches_its_accuracy_through_the_generic_loading_path():
+def test_shipped_pair_reaches_its_accuracy_through_the_generic_loading_path(shipped_pair):
     """relaykit's own loading and runtime, 20 test problems: toy-large solves most, toy-small few."""
     from relaykit.evals.datasets import load_dataset
     from relaykit.evals.harness import EvalSettings, evaluate
-    from relaykit.models.loading import load_model
     from relaykit.strategies.base import get_strategy
 
-    models = {"large": load_model(str(TOY_LARGE), name="large"), "small": load_model(str(TOY_SMALL), name="small")}
-    strategies = {name: get_strategy(name)(models) for name in ("large", "small")}
+    strategies = {name: get_strategy(name)(shipped_pair) for name in ("large", "small")}
     results = evaluate(strategies, load_dataset("toy:test", 20), "toy:test", EvalSettings(batch_size=20, progress=False))
     assert results["strategies"]["large"]["accuracy"] >= 0.85
     assert results["strategies"]["small"]["accuracy"] <= 0.4

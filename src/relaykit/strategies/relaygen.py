@@ -144,8 +144,12 @@ class SegmentRelay(Strategy):
             flag = self.completing[token] = bool(NON_WORD.search(text) or NON_WORD.search(raw))
         return flag
 
+    def _tail(self, sequence: Sequence, turn: Turn, end: int) -> Tail:
+        """The decoded text up to token `end - 1`, enough of it for cues, sentence ends and `</think>`."""
+        return decode_tail(self.decode, sequence.tokens, end, turn.start, sequence.prompt_length - 1, self.window)
+
     def _decide(self, sequence: Sequence, turn: Turn, end: int) -> Decision | None:
-        tail = decode_tail(self.decode, sequence.tokens, end, turn.start, sequence.prompt_length - 1, self.window)
+        tail = self._tail(sequence, turn, end)
         if turn.thinking and ends_thinking(tail.text, tail.new_from):
             turn.thinking = False
             if self.config.answer_handoff:
@@ -162,7 +166,7 @@ class SegmentRelay(Strategy):
         turn, end = self.turns[id(sequence)], len(sequence)
         if not (turn.thinking and self._may_complete(sequence.tokens[end - 1])):
             return False
-        tail = decode_tail(self.decode, sequence.tokens, end, turn.start, sequence.prompt_length - 1, self.window)
+        tail = self._tail(sequence, turn, end)
         if ends_thinking(tail.text, tail.new_from):
             return self.config.answer_handoff
         return self.cue_ends_large_turn(turn, tail, end)
