@@ -65,6 +65,8 @@ def test_cli_errors_have_no_traceback(tmp_path, checkpoints):
     other = build_checkpoint(tmp_path / "other", extra_tokens=["<call>"])
     done = run_cli("generate", "--strategy", "speculative", "--large", str(checkpoints[("llama", "large")]), "--small", str(other), "hi")
     assert done.returncode == 2 and "do not share a tokenizer" in done.stderr
+    done = run_cli("train", "toy", "--refine-large", str(tmp_path / "nothing"), "--out", str(tmp_path / "out"))
+    assert done.returncode == 2 and "not a checkpoint folder" in done.stderr and not (tmp_path / "out").exists()
 
 
 def test_cli_generate_json(checkpoints):

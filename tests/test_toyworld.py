@@ -145,3 +145,20 @@ def test_training_is_deterministic():
         torch.set_num_threads(threads)
     assert not torch.are_deterministic_algorithms_enabled()  # restored after training
     assert all(torch.equal(weights[0][k], weights[1][k]) for k in weights[0])
+
+
+def test_hidden_context_mask():
+    """Causal everywhere; a hidden row still shows every query its prompt and its recent window."""
+    from relaykit.toyworld.train import HIDDEN_WINDOW, hidden_context_mask
+
+    length, prompt = 900, 40
+    labels = torch.full((6, length), 5)
+    labels[:, :prompt] = -100
+    causal = torch.tril(torch.ones(length, length, dtype=torch.bool))
+    assert torch.equal(hidden_context_mask(labels, 0.0, torch.Generator().manual_seed(0))[:, 0], causal.expand(6, -1, -1))
+    masks = hidden_context_mask(labels, 1.0, torch.Generator().manual_seed(0))[:, 0]
+    assert not (masks & ~causal).any()
+    assert masks[:, :, :prompt][causal[:, :prompt].expand(6, -1, -1)].all()
+    recent = causal & ~torch.tril(causal, -HIDDEN_WINDOW[0])
+    assert masks[recent.expand(6, -1, -1)].all()
+    assert (masks.sum((1, 2)) < causal.sum()).all()  # every row hides something
