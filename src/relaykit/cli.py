@@ -377,7 +377,7 @@ def build_parser() -> argparse.ArgumentParser:
     what = train.add_subparsers(dest="what", required=True, metavar="WHAT")
     toy = what.add_parser(
         "toy",
-        help="train toy-small and toy-large from scratch (about 62 minutes on 2 CPU cores)",
+        help="train toy-small and toy-large from scratch (about 61 minutes on 2 CPU cores)",
         description="Train the toy pair from a seed and measure it (accuracies, parameter and speed ratios, "
         "hard-token share). toy-large trains in two stages: 2,200 steps, then 300 in which its long rows are "
         "seen with part of the context hidden, so KV compression does not break it. Training is deterministic: "
