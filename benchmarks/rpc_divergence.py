@@ -1,24 +1,45 @@
-"""Where RPC's greedy output first departs from the full cache's, on 8 long toy problems.
+"""Where RPC's greedy output departs from the full cache's, on N long toy problems (the shipped toy-large).
 
-Usage: python rpc_divergence.py THREADS P [window=R ratio=C per_group=1] (the shipped toy-large)."""
+Usage: python rpc_divergence.py THREADS P [window=R ratio=C per_group=1 kernel=K n=N teacher=1]
+Free-running (default): both caches generate, and the first differing token is shown. With teacher=1
+the full cache's output is fed through the RPC cache token by token, and every position where RPC's
+top-1 differs is listed (how far it is from the full cache's token, in logits)."""
 import sys, torch
 from relaykit.cli import default_model
 from relaykit.models.loading import load_model
 from relaykit.models.kv import make_policy
+from relaykit.models.runner import Runner
 from relaykit.strategies.base import get_strategy
 from relaykit.decoding.stopping import StopConfig
 from relaykit.decoding.prompt import encode_prompt
+from relaykit.decoding.sequence import Sequence
 from relaykit.toyworld.tasks import load_split
 torch.set_num_threads(int(sys.argv[1]) if len(sys.argv) > 1 else 1)
 P = int(sys.argv[2]) if len(sys.argv) > 2 else 256
 kw = dict(x.split("=") for x in sys.argv[3:])
+n, teacher = int(kw.pop("n", 8)), kw.pop("teacher", "0") == "1"
 kw = {k: (v == "1") if k == "per_group" else float(v) if k == "ratio" else int(v) for k, v in kw.items()}
 model = load_model(default_model("large"), name="large")
 tok = model.tokenizer
-problems = load_split("test", n=8, long=True)
+problems = load_split("test", n=n, long=True)
 batch = [encode_prompt(tok, p.question) for p in problems]
 stop = StopConfig(max_new_tokens=2600)
 full = get_strategy("single")({"large": model}, stop=stop).generate(batch)
+if teacher:
+    departing = 0
+    for p, prompt, f in zip(problems, batch, full):
+        runner, sequence, found = Runner(model, "large", make_policy("rpc", interval=P, **kw)), Sequence(prompt), []
+        with torch.no_grad():
+            for i, token in enumerate(f.token_ids):
+                logits = runner.next_logits([sequence])[0]
+                if int(logits.argmax()) != token:
+                    found.append(f"{i}: {tok.decode([int(logits.argmax())])!r} for {tok.decode([token])!r} "
+                                 f"({float(logits[token] - logits.max()):.1f}) after {tok.decode(f.token_ids[max(0, i - 12):i])!r}")
+                sequence.append(token, "large")
+        departing += bool(found)
+        print(f"--- {p.id}: {len(found)} departures in {len(f.token_ids)} tokens", *found, sep="\n   ")
+    print("problems with departures", departing, "/", n)
+    sys.exit()
 rpc = get_strategy("single")({"large": model}, stop=stop, kv_policy=make_policy("rpc", interval=P, **kw)).generate(batch)
 ok = 0
 for p, f, r in zip(problems, full, rpc):
