@@ -25,7 +25,8 @@ problems = load_split("test", n=n, long=True)
 batch = [encode_prompt(tok, p.question) for p in problems]
 stop = StopConfig(max_new_tokens=2600)
 full = get_strategy("single")({"large": model}, stop=stop).generate(batch)
-if teacher:
+def teacher_forced():
+    """Every position where RPC's top-1 departs while fed the full cache's output."""
     departing = 0
     for p, prompt, f in zip(problems, batch, full):
         runner, sequence, found = Runner(model, "large", make_policy("rpc", interval=P, **kw)), Sequence(prompt), []
@@ -39,16 +40,22 @@ if teacher:
         departing += bool(found)
         print(f"--- {p.id}: {len(found)} departures in {len(f.token_ids)} tokens", *found, sep="\n   ")
     print("problems with departures", departing, "/", n)
-    sys.exit()
-rpc = get_strategy("single")({"large": model}, stop=stop, kv_policy=make_policy("rpc", interval=P, **kw)).generate(batch)
-ok = 0
-for p, f, r in zip(problems, full, rpc):
-    a, b = f.token_ids, r.token_ids
-    i = next((j for j in range(min(len(a), len(b))) if a[j] != b[j]), None)
-    good = p.answer in r.text[-20:]
-    ok += good
-    print(f"--- {p.id} answer {p.answer} rpc_ok={good} full_len={len(a)} rpc_len={len(b)} diverge_at={i}")
-    if i is not None:
-        print("FULL:", repr(tok.decode(a[max(0, i - 60): i + 30])))
-        print("RPC :", repr(tok.decode(b[max(0, i - 60): i + 30])))
-print("rpc ok", ok, "/", len(problems))
+
+
+def free_running():
+    """The first token where RPC's own output departs from the full cache's."""
+    rpc = get_strategy("single")({"large": model}, stop=stop, kv_policy=make_policy("rpc", interval=P, **kw)).generate(batch)
+    ok = 0
+    for p, f, r in zip(problems, full, rpc):
+        a, b = f.token_ids, r.token_ids
+        i = next((j for j in range(min(len(a), len(b))) if a[j] != b[j]), None)
+        good = p.answer in r.text[-20:]
+        ok += good
+        print(f"--- {p.id} answer {p.answer} rpc_ok={good} full_len={len(a)} rpc_len={len(b)} diverge_at={i}")
+        if i is not None:
+            print("FULL:", repr(tok.decode(a[max(0, i - 60): i + 30])))
+            print("RPC :", repr(tok.decode(b[max(0, i - 60): i + 30])))
+    print("rpc ok", ok, "/", len(problems))
+
+
+teacher_forced() if teacher else free_running()
