@@ -360,10 +360,7 @@ def _train_one(name: str, shape: ToyModelConfig, stages: list[ToyTrainConfig], s
     random.seed(seed)
     torch.manual_seed(seed)
     tokenizer = build_tokenizer()
-    if start is None:
-        model = build_model(shape, tokenizer)
-    else:
-        model = AutoModelForCausalLM.from_pretrained(str(start), dtype=torch.float32)
+    model = build_model(shape, tokenizer) if start is None else _load(start)[0]
     began = time.perf_counter()
     for i, cfg in enumerate(stages):
         loss = train_model(model, tokenizer, cfg, seed + i, name if i == 0 else f"{name} stage {i + 1}")
