@@ -16,7 +16,7 @@ from pathlib import Path
 import torch
 
 from pairs import build_pair, prompts
-from relaykit.cli import default_model
+from relaykit.api import default_model
 from relaykit.toyworld.tasks import load_split
 from relaykit.decoding.prompt import encode_prompt
 from relaykit.decoding.stopping import StopConfig

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import torch
 
-from relaykit.cli import default_model
+from relaykit.api import default_model
 from relaykit.models.loading import Model, load_model
 
 

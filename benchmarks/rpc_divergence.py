@@ -5,7 +5,7 @@ Free-running (default): both caches generate, and the first differing token is s
 the full cache's output is fed through the RPC cache token by token, and every position where RPC's
 top-1 differs is listed (how far it is from the full cache's token, in logits)."""
 import sys, torch
-from relaykit.cli import default_model
+from relaykit.api import default_model
 from relaykit.models.loading import load_model
 from relaykit.models.kv import make_policy
 from relaykit.models.runner import Runner

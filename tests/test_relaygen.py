@@ -7,6 +7,7 @@ import pytest
 import torch
 
 from relaykit.decoding.prompt import encode_prompt
+from relaykit.decoding.result import Event
 from relaykit.decoding.sampler import SamplingConfig
 from relaykit.decoding.sequence import PROMPT
 from relaykit.decoding.stopping import StopConfig
@@ -132,14 +133,14 @@ def test_speculative_large_turns_keep_the_relay_output(toy_pair):
     _, words = words_of(toy_pair)
     config = RelayGenConfig(cues=words, min_large_tokens=2)
     plain = run(toy_pair, "relaygen", config)
-    assert any(e["direction"] == "large->small" and e["reason"] == "cue" for r in plain for e in r.events)
+    assert any(e.direction == "large->small" and e.reason == "cue" for r in plain for e in r.events)
     config.speculative = 3
     fast = run(toy_pair, "relaygen", config)
     assert [r.token_ids for r in fast] == [r.token_ids for r in plain]
     config.draft_confidence = 0.6  # drafting stops early on unsure tokens; the output stays exact
     assert [r.token_ids for r in run(toy_pair, "relaygen", config)] == [r.token_ids for r in plain]
     config.draft_confidence = 0.0
-    assert [[(e["position"], e["cue"]) for e in r.events] for r in fast] == [[(e["position"], e["cue"]) for e in r.events] for r in plain]
+    assert [[(e.position, e.cue) for e in r.events] for r in fast] == [[(e.position, e.cue) for e in r.events] for r in plain]
     alone = [run(toy_pair, "relaygen", config, batch=[p])[0].token_ids for p in toy_prompts(toy_pair)[:3]]
     assert alone == [r.token_ids for r in plain[:3]]  # batched rows in different turns == one row
 
@@ -152,7 +153,7 @@ def test_a_handoff_costs_only_the_other_models_new_tokens(toy_pair):
     switches = 0
     for prompt, result in zip(prompts, results):
         writers = ["prompt"] * len(prompt) + result.provenance
-        switches += sum(e["direction"] is not None for e in result.events)
+        switches += sum(e.direction is not None for e in result.events)
         for role in ("large", "small"):
             usage = result.usage[role]
             written = [i for i, w in enumerate(writers) if w == role]
@@ -176,7 +177,7 @@ def test_a_budget_ending_inside_think_still_gets_the_small_models_answer(toy_pai
         assert result.provenance[at] == PROMPT and set(result.provenance[:at]) <= {"large", PROMPT}
         assert result.provenance[at + 1 :] and set(result.provenance[at + 1 :]) == {"small"}
         assert len(result.token_ids) <= 30 and at + 1 + 8 <= 30
-        assert [e["reason"] for e in result.events][-2:] == ["budget", "answer"]
+        assert [e.reason for e in result.events][-2:] == ["budget", "answer"]
         inserted = result.provenance.index(PROMPT)  # "\n" may come before </think>
         assert result.token_ids[:inserted] == alone.token_ids[:inserted]
     assert checked
@@ -191,8 +192,8 @@ def valid(results, roles=("large", "small")):
         assert set(result.provenance) <= {*roles, PROMPT}
         assert set(result.usage) == set(roles)
         for event in result.events:
-            assert {"position", "direction", "reason", "cue"} <= set(event)
-            assert 0 <= event["position"] <= len(result.token_ids)
+            assert isinstance(event, Event)
+            assert 0 <= event.position <= len(result.token_ids)
     return results
 
 
@@ -214,7 +215,7 @@ def test_random_switch_flips_depend_on_the_problem_not_its_batch(shipped_pair):
     batched = run(shipped_pair, "random-switch", config, max_new_tokens=80, batch=prompts)
     alone = [run(shipped_pair, "random-switch", config, max_new_tokens=80, batch=[p])[0] for p in prompts]
     assert [r.token_ids for r in alone] == [r.token_ids for r in batched]
-    assert len({tuple(e["position"] for e in r.events) for r in alone}) > 1
+    assert len({tuple(e.position for e in r.events) for r in alone}) > 1
 
 
 def test_uncertainty_routing_runs_and_its_extremes_are_exact(toy_pair):
@@ -235,6 +236,6 @@ def test_speculative_thinking_runs_and_hands_reflections_to_the_large_model(toy_
     texts = [r.text for r in run(toy_pair, "small", max_new_tokens=60)]
     words = sorted({w for t in texts for w in re.findall(r"[A-Za-z]{2,}", t)})
     results = valid(run(toy_pair, "speculative-thinking", SpeculativeThinkingConfig(reflection_words="|".join(words)), max_new_tokens=60))
-    events = [e for r in results for e in r.events if e["reason"] == "reflection"]
-    assert events and all(e["direction"] == "small->large" for e in events)
+    events = [e for r in results for e in r.events if e.reason == "reflection"]
+    assert events and all(e.direction == "small->large" for e in events)
     assert any("large" in r.provenance for r in results)

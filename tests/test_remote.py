@@ -20,7 +20,6 @@ from relaykit.models.loading import load_model
 from relaykit.models.remote import load_remote
 from relaykit.strategies.base import get_strategy
 from relaykit.strategies.relaygen import RelayGenConfig
-from relaykit.strategies.remote import remote_strategy
 from relaykit.toyworld import TOY_LARGE, TOY_SMALL, load_split
 
 for module in ("fastapi", "uvicorn", "openai"):
@@ -73,12 +72,12 @@ def test_relaygen_over_transformers_serve_matches_in_process(endpoint):
     stop = StopConfig(max_new_tokens=256)
     for name, config in (("large", None), ("relaygen", RelayGenConfig(cues=CUES))):
         here = get_strategy(name)(local, config, stop=stop).generate(prompts)
-        there = remote_strategy(name)(remote, config, stop=stop).generate(prompts)
+        there = get_strategy(name)(remote, config, stop=stop).generate(prompts)
         tokenizer = local["large"].tokenizer
         for a, b in zip(here, there):
             assert b.text == a.text
             assert b.segments(tokenizer) == a.segments(tokenizer)
-            assert [(e["direction"], e["cue"]) for e in b.events] == [(e["direction"], e["cue"]) for e in a.events]
+            assert [(e.direction, e.cue) for e in b.events] == [(e.direction, e.cue) for e in a.events]
         if name == "relaygen":
             assert sum(r.tokens_by("small") for r in there) > 0
             assert all(r.usage["small"]["forward_calls"] > 0 for r in there)
@@ -89,10 +88,10 @@ def test_budget_inside_thinking_still_answers_remotely(endpoint):
     local, remote = _pairs(endpoint)
     prompt = encode_prompt(remote["large"].tokenizer, load_split("test", 1)[0].question)
     config, stop = RelayGenConfig(cues=CUES), StopConfig(max_new_tokens=60)
-    there = remote_strategy("relaygen")(remote, config, stop=stop).generate([prompt])[0]
+    there = get_strategy("relaygen")(remote, config, stop=stop).generate([prompt])[0]
     here = get_strategy("relaygen")(local, config, stop=stop).generate([prompt])[0]
     assert there.text == here.text and there.events == here.events
-    assert [e["reason"] for e in there.events][-2:] == ["budget", "answer"]
+    assert [e.reason for e in there.events][-2:] == ["budget", "answer"]
     assert there.text.split("</think>")[1].strip()
 
 
@@ -110,8 +109,8 @@ def test_clear_errors(tmp_path, capsys):
     with pytest.raises(RelaykitError, match="URL#MODEL"):
         load_remote("http://127.0.0.1:9/v1")
     with pytest.raises(RelaykitError, match="needs in-process models"):
-        remote_strategy("speculative")
+        get_strategy("speculative")({"large": tokenizer_only, "small": tokenizer_only})
     with pytest.raises(RelaykitError, match="KV policies"):
-        remote_strategy("large")({"large": tokenizer_only}, kv_policy=make_policy("rpc"))
+        get_strategy("large")({"large": tokenizer_only}, kv_policy=make_policy("rpc"))
     code = main(["generate", "--large", "http://127.0.0.1:9/v1#" + str(TOY_LARGE), "hello"])
     assert code == 2 and "cannot reach" in capsys.readouterr().err

@@ -5,7 +5,7 @@ from html.parser import HTMLParser
 
 from rich.console import Console
 
-from relaykit.evals.report import markdown_table, rich_table, rich_trajectory, write_report
+from relaykit.evals.report import markdown_table, rich_table, rich_trajectory, stack_labels, write_report
 
 
 def _problem(pid, segments, correct):
@@ -142,3 +142,34 @@ def test_rich_outputs():
     console.print(rich_table(RESULTS))
     rendered = console.export_text()
     assert all(name in rendered for name in RESULTS["strategies"]) and "25.0%" in rendered
+
+
+def test_rich_table_fits_80_columns():
+    """Long variant names wrap; every figure stays whole on one line; nothing passes column 80."""
+    results = {**RESULTS, "strategies": dict(RESULTS["strategies"])}
+    for name in ("relaygen[speculative=8 draft_confidence=0.4]", "speculative-thinking", "relaygen[cues=Wait,|So]"):
+        results["strategies"][name] = {**RESULTS["strategies"]["relay"], "switches_per_problem": 12.3,
+                                       "wall_seconds": 1234.5, "tokens_per_second": 4321.0}
+    for baseline in (True, False):
+        shown = results if baseline else {**results, "strategies": {
+            name: entry for name, entry in results["strategies"].items() if name != "large"}}
+        console = Console(width=80, record=True)
+        console.print(rich_table(shown))
+        lines = console.export_text().splitlines()
+        assert max(len(line) for line in lines) <= 80
+        figures = ["100.0%", "25.0%", "12.3", "1234.5", "4321"] + (["0.40x", "2.00x"] if baseline else ["8.00e8"])
+        assert all(any(figure in line for line in lines) for figure in figures)
+        assert any("switch/pb: switches per problem" in line for line in lines)  # the legend, on one line
+        text = " ".join(lines)
+        assert "relaygen" in text and "draft_confidence=0.4" in text and "[cues=Wait,|So]" in text
+
+
+def test_stack_labels_moves_coincident_labels_apart():
+    same = (10.0, 100.0, 60.0, 112.0)
+    shifts = stack_labels([same, same, same, (200.0, 100.0, 250.0, 112.0)], middle=50.0)
+    assert shifts[0] == 0 and shifts[3] == 0  # the first and a distant label stay
+    tops = sorted(same[1] + shift for shift in shifts[:3])
+    assert all(upper - lower >= 12 for lower, upper in zip(tops, tops[1:]))  # one above another, none overlapping
+    assert all(shift <= 0 for shift in shifts)  # above the middle: towards the centre
+    assert stack_labels([(0.0, 0.0, 5.0, 5.0), (0.0, 0.0, 5.0, 5.0)], middle=50.0)[1] > 0
+    assert stack_labels([(0.0, 0.0, 5.0, 5.0)], middle=50.0, obstacles=[(2.0, 2.0, 3.0, 3.0)]) == [4.0]  # off a point

@@ -1,23 +1,18 @@
-"""The relaykit command line: generate (and, as they land, eval, demo, calibrate, train, serve)."""
+"""The relaykit command line: argument parsing and printing; the work is done by `relaykit.api`."""
 
 from __future__ import annotations
 
 import argparse
 import json
-import re
 import sys
 from pathlib import Path
 
+from . import api
 from .errors import RelaykitError
+from .options import add_strategy_options, options_from_args
 
-CHECKPOINTS = Path(__file__).parent / "toyworld" / "checkpoints"
 COLOURS = {"large": "bold magenta", "small": "cyan", "prompt": "dim"}
-
-
-def default_model(role: str) -> str | None:
-    """The shipped toy checkpoint for a role, when present."""
-    folder = CHECKPOINTS / f"toy-{role}"
-    return str(folder) if (folder / "config.json").is_file() else None
+CUES_NOTE = "With the shipped toy pair (the default models), --cues defaults to the pair's calibrated cues."
 
 
 def add_model_options(parser: argparse.ArgumentParser) -> None:
@@ -47,11 +42,9 @@ def add_kv_options(parser: argparse.ArgumentParser) -> None:
 
 
 def kv_policy_from_args(args: argparse.Namespace):
-    from .models.kv import make_policy
-
     names = {"kv_interval": "interval", "kv_window": "window", "kv_ratio": "ratio", "kv_budget": "budget", "kv_sinks": "sinks"}
     options = {option: getattr(args, flag) for flag, option in names.items() if getattr(args, flag) is not None}
-    return make_policy(args.kv, **options)
+    return api.kv_policy(args.kv, **options)
 
 
 def add_sampling_options(parser: argparse.ArgumentParser) -> None:
@@ -67,56 +60,38 @@ def add_sampling_options(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--system", help="system message for the chat template")
 
 
-def load_models(args: argparse.Namespace, roles: tuple[str, ...]) -> dict:
-    import torch
-
-    from .models.loading import load_model
-    from .models.remote import is_remote, load_remote
-
-    if args.threads < 0:
-        raise RelaykitError(f"--threads must be >= 0, got {args.threads}")
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    models = {}
-    for role in roles:
-        spec = getattr(args, role, None) or default_model(role)
-        if spec is None:
-            raise RelaykitError(f"no {role} model given (--{role} PATH) and no shipped toy-{role} checkpoint found")
-        if is_remote(spec):
-            models[role] = load_remote(spec, args.tokenizer, name=role)
-            continue
-        models[role] = load_model(
-            spec,
-            name=role,
-            dtype=args.dtype,
-            device=args.device,
-            trust_remote_code=args.trust_remote_code,
-            allow_pickle=args.allow_pickle,
-        )
-    return models
+def load_models_from_args(args: argparse.Namespace, roles: tuple[str, ...]) -> dict:
+    return api.load_models(
+        {role: getattr(args, role) for role in roles},
+        tokenizer=args.tokenizer,
+        dtype=args.dtype,
+        device=args.device,
+        trust_remote_code=args.trust_remote_code,
+        allow_pickle=args.allow_pickle,
+        threads=args.threads,
+    )
 
 
-def strategy_class(name: str, args: argparse.Namespace):
-    """The strategy class for `name`: its HTTP implementation when a model is an endpoint URL."""
-    from .models.remote import is_remote
-    from .strategies.base import get_strategy
-    from .strategies.remote import remote_strategy
+def sampling_from_args(args: argparse.Namespace):
+    return api.sampling_and_stop(
+        temperature=args.temperature,
+        top_k=args.top_k,
+        top_p=args.top_p,
+        seed=args.seed,
+        max_new_tokens=args.max_new_tokens,
+        stop_strings=args.stop,
+        stop_token_ids=args.stop_token_id,
+    )
 
-    if any(is_remote(getattr(args, role, None)) for role in ("large", "small")):
-        get_strategy(name)  # an unknown name gets the usual message
-        return remote_strategy(name)
-    return get_strategy(name)
 
-
-def sampling_from_args(args):
-    from .decoding.sampler import SamplingConfig
-    from .decoding.stopping import StopConfig
-
-    if args.max_new_tokens < 1:
-        raise RelaykitError(f"--max-new-tokens must be >= 1, got {args.max_new_tokens}")
-    sampling = SamplingConfig(temperature=args.temperature, top_k=args.top_k, top_p=args.top_p, seed=args.seed)
-    stop = StopConfig(max_new_tokens=args.max_new_tokens, stop_strings=args.stop, stop_token_ids=args.stop_token_id)
-    return sampling, stop
+def strategies_from_args(args: argparse.Namespace, names: list[str], add_baseline: bool = True) -> dict:
+    """The strategy variants `names` with the models, sampling, KV policy and options of the flags."""
+    options = options_from_args(args)
+    roles = api.required_roles(names, options, add_baseline)  # mistakes show before models load
+    sampling, stop = sampling_from_args(args)
+    policy = kv_policy_from_args(args)
+    models = load_models_from_args(args, roles)
+    return api.build_strategies(names, models, options, sampling, stop, policy, add_baseline)
 
 
 def cmd_generate(args: argparse.Namespace) -> int:
@@ -125,16 +100,11 @@ def cmd_generate(args: argparse.Namespace) -> int:
     from rich.text import Text
 
     from .decoding.prompt import encode_prompt
-    from .options import config_from_args
 
-    cls = strategy_class(args.strategy, args)
-    config = config_from_args(cls, args)
-    sampling, stop = sampling_from_args(args)
-    models = load_models(args, cls.roles)
-    strategy = cls(models, config, sampling, stop, kv_policy_from_args(args))
+    strategy = next(iter(strategies_from_args(args, [args.strategy], add_baseline=False).values()))
     tokenizer = strategy.tokenizer
     prompts = [encode_prompt(tokenizer, p, raw=args.raw, system=args.system) for p in args.prompt]
-    results = strategy.generate(prompts) if cls.batched else [r for p in prompts for r in strategy.generate([p])]
+    results = strategy.generate(prompts)
     if args.json:
         for result in results:
             print(json.dumps(result.to_dict()))
@@ -146,7 +116,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
             text.append(segment, style=COLOURS.get(writer, "green"))
         console.rule(prompt[:60])
         console.print(text)
-        legend = "  ".join(f"[{COLOURS.get(r, 'green')}]{r}[/]" for r in cls.roles)
+        legend = "  ".join(f"[{COLOURS.get(r, 'green')}]{r}[/]" for r in strategy.roles)
         console.print(f"[dim]written by:[/] {legend}   [dim]finish: {result.finish_reason}, {result.seconds:.2f} s[/]")
         table = Table("model", "prefill tokens", "decode tokens", "tokens written", "forward calls", "seconds", "FLOPs")
         for role, usage in result.usage.items():
@@ -163,58 +133,14 @@ def cmd_generate(args: argparse.Namespace) -> int:
     return 0
 
 
-def build_strategies(names: list[str], args: argparse.Namespace) -> dict:
-    """Strategy objects for `names` (the large-only baseline added when missing), sharing models."""
-    from .options import config_from_args, config_from_dict
-
-    variants = dict(parse_variant(name) for name in names)  # label -> (strategy name, its own options)
-    variants.setdefault("large", ("large", {}))
-    variants = {"large": variants.pop("large"), **variants}
-    classes = {label: strategy_class(name, args) for label, (name, _) in variants.items()}
-    given = {k[4:] for k, v in vars(args).items() if k.startswith("opt_") and v is not None}
-    owners = {f for cls in classes.values() for f in cls.Config.__dataclass_fields__}
-    if given - owners:
-        flags = ", ".join("--" + f.replace("_", "-") for f in sorted(given - owners))
-        raise RelaykitError(f"no chosen strategy has the option(s) {flags}")
-    roles = tuple(dict.fromkeys(role for cls in classes.values() for role in cls.roles))
-    models = load_models(args, roles)
-    sampling, stop = sampling_from_args(args)
-    policy = kv_policy_from_args(args)
-    strategies = {}
-    for label, cls in classes.items():
-        options = dict(vars(config_from_args(cls, args, strict=False)), **variants[label][1])
-        strategies[label] = cls(models, config_from_dict(cls, options), sampling, stop, policy)
-    return strategies
-
-
-def parse_variant(text: str) -> tuple[str, tuple[str, dict]]:
-    """`relaygen[cues=none speculative=4]` -> (that label, ("relaygen", {"cues": "none",
-    "speculative": 4})): one strategy run with its own options, next to others."""
-    from .options import options_from_text
-
-    match = re.fullmatch(r"([\w-]+)(?:\[(.*)\])?", text.strip())
-    if not match:
-        raise RelaykitError(f"bad strategy {text!r}; write NAME or NAME[option=value option=value]")
-    name, body = match.group(1), match.group(2)
-    options = options_from_text(strategy_class(name, argparse.Namespace()), body) if body is not None else {}
-    return text.strip(), (name, options)
-
-
-def run_evaluation(args: argparse.Namespace, dataset: str, limit: int | None, out: str):
+def run_evaluation(args: argparse.Namespace, names: list[str]):
+    """Evaluate the strategy variants `names` (and the large baseline); print the table."""
     from rich.console import Console
 
-    from .evals.datasets import load_dataset
-    from .evals.harness import EvalSettings, evaluate
-    from .evals.report import rich_table, write_report
+    from .evals.report import rich_table
 
-    names = [n.strip() for n in re.findall(r"[^,\[]+(?:\[[^\]]*\])?", args.strategy) if n.strip()]
-    problems = load_dataset(dataset, limit)
-    if args.batch_size < 1:
-        raise RelaykitError(f"--batch-size must be >= 1, got {args.batch_size}")
-    strategies = build_strategies(names, args)
-    settings = EvalSettings(batch_size=args.batch_size, raw=args.raw)
-    results = evaluate(strategies, problems, dataset, settings)
-    paths = write_report(results, out)
+    strategies = strategies_from_args(args, names)
+    results, paths = api.evaluate_strategies(strategies, args.dataset, args.limit, args.batch_size, args.raw, args.out)
     console = Console()
     console.print(rich_table(results))
     console.print(f"[dim]wrote {', '.join(str(p) for p in paths.values())}[/]")
@@ -222,7 +148,7 @@ def run_evaluation(args: argparse.Namespace, dataset: str, limit: int | None, ou
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
-    run_evaluation(args, args.dataset, args.limit, args.out)
+    run_evaluation(args, api.split_variants(args.strategy))
     return 0
 
 
@@ -231,18 +157,14 @@ def cmd_demo(args: argparse.Namespace) -> int:
     from .strategies.base import STRATEGIES
 
     rest = [name for name in STRATEGIES if name not in ("single", "large", "small")]
-    args.strategy = ",".join(["large", "small", *rest])
-    for role in ("large", "small"):
-        if getattr(args, role) is None and default_model(role) is None:
-            raise RelaykitError(f"the shipped toy-{role} checkpoint is missing; reinstall relaykit or pass --{role}")
-    if args.opt_cues is None and args.large is None and args.small is None:
-        args.opt_cues = str(CHECKPOINTS / "cues.json")  # the shipped pair's calibrated switch cues
-    results, paths, console = run_evaluation(args, args.dataset, args.limit, args.out)
+    results, paths, console = run_evaluation(args, ["large", "small", *rest])
+    both = {"small", "large"}  # show a trajectory that both models wrote, when there is one
     shown = next(
-        (name for name, entry in results["strategies"].items() if name not in ("small", "large")), "large"
+        (name for name, entry in results["strategies"].items()
+         if both <= {writer for _, writer in entry["problems"][0]["segments"]}), "large"
     )
     problem = results["strategies"][shown]["problems"][0]
-    console.rule(f"{shown} on problem {problem['id']} (cyan: small model, magenta: large model)")
+    console.rule(f"{shown} on {problem['id']} (cyan: small model, magenta: large model)")
     console.print(rich_trajectory(problem["segments"]))
     verdict = "correct" if problem["correct"] else f"wrong (reference {problem['reference']})"
     console.print(f"[dim]answer: {problem['prediction']} - {verdict}[/]")
@@ -256,7 +178,7 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
     from .text import load_cues
 
     problems = load_dataset(args.dataset, args.limit)
-    models = load_models(args, ("large", "small"))
+    models = load_models_from_args(args, ("large", "small"))
     result, paths = run_calibrate_command(
         models,
         problems,
@@ -289,18 +211,15 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 def add_evaluation_options(parser: argparse.ArgumentParser, strategies: dict) -> None:
     """What `eval` and `demo` share: batching, models, sampling, KV policy, strategy options."""
-    from .options import add_strategy_options
-
     parser.add_argument("--batch-size", type=int, default=8, help="problems per batch for batched strategies")
     add_model_options(parser)
     add_sampling_options(parser)
     add_kv_options(parser)
     parser.set_defaults(max_new_tokens=512)
-    add_strategy_options(parser, strategies)
+    add_strategy_options(parser, strategies, note=CUES_NOTE)
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from .options import add_strategy_options
     from .strategies.base import STRATEGIES, load_all
 
     load_all()
@@ -318,12 +237,13 @@ def build_parser() -> argparse.ArgumentParser:
         "token and a usage table (or JSON with --json). Several prompts run as one batch.",
     )
     generate.add_argument("prompt", nargs="+", help="prompt text (several prompts run batched)")
-    generate.add_argument("--strategy", default="single", help=f"one of: {', '.join(sorted(STRATEGIES))} (default single)")
+    generate.add_argument("--strategy", default="single", help=f"one of: {', '.join(sorted(STRATEGIES))} (default single); "
+                          "NAME[option=value ...] gives it options, e.g. 'speculative[k=2 adaptive=true]'")
     generate.add_argument("--json", action="store_true", help="print one JSON object per prompt")
     add_model_options(generate)
     add_sampling_options(generate)
     add_kv_options(generate)
-    add_strategy_options(generate, STRATEGIES)
+    add_strategy_options(generate, STRATEGIES, note=CUES_NOTE)
     generate.set_defaults(run=cmd_generate)
 
     evaluate = commands.add_parser(

@@ -3,50 +3,98 @@
 from __future__ import annotations
 
 import argparse
+import ast
 import dataclasses
+import inspect
+import io
+import textwrap
+import tokenize
 import typing
 
 from .errors import RelaykitError
 
 
-def _flag(name: str) -> str:
+def flag(name: str) -> str:
+    """The command-line flag of option `name`: draft_confidence -> --draft-confidence."""
     return "--" + name.replace("_", "-")
 
 
-def add_strategy_options(parser: argparse.ArgumentParser, strategies: dict[str, type]) -> None:
-    """One flag per config field of any strategy; defaults stay None so unset flags are known."""
-    group = parser.add_argument_group("strategy options (each applies to the strategies that have it)")
-    seen: dict[str, list[str]] = {}
-    fields: dict[str, dataclasses.Field] = {}
-    hints_of: dict[str, type] = {}
+def field_comments(config: type) -> dict[str, str]:
+    """The `# comment` of each field of a dataclass (inherited fields too): on the field's line,
+    else on the comment lines just above it. Fields whose source is not available have none."""
+    found: dict[str, str] = {}
+    for cls in reversed(config.__mro__):  # a subclass's comment replaces its base's
+        if dataclasses.is_dataclass(cls):
+            found.update(_own_field_comments(cls))
+    return found
+
+
+def _own_field_comments(cls: type) -> dict[str, str]:
+    try:
+        source = textwrap.dedent(inspect.getsource(cls))
+    except (OSError, TypeError):
+        return {}
+    lines = source.splitlines()
+    comments = {
+        token.start[0]: token.string.lstrip("#").strip()
+        for token in tokenize.generate_tokens(io.StringIO(source).readline)
+        if token.type == tokenize.COMMENT
+    }
+    found = {}
+    for node in ast.parse(source).body[0].body:
+        if not (isinstance(node, ast.AnnAssign) and isinstance(node.target, ast.Name)):
+            continue
+        above, line = [], node.lineno - 1
+        while line in comments and lines[line - 1].lstrip().startswith("#"):
+            above.insert(0, comments[line])
+            line -= 1
+        text = comments.get(node.end_lineno) or " ".join(above)
+        if text:
+            found[node.target.id] = text
+    return found
+
+
+def add_strategy_options(parser: argparse.ArgumentParser, strategies: dict[str, type], note: str = "") -> None:
+    """One flag per config field of any strategy, in an argument group per strategy; a field that
+    several strategies have gets one flag in a group "options shared by ...". Help texts are the
+    fields' comments; `note` ends the description. Defaults stay None so that unset flags are known."""
+    owners: dict[str, list[str]] = {}
+    fields: dict[str, tuple[dataclasses.Field, type, str | None]] = {}
     for name, cls in sorted(strategies.items()):
-        hints = typing.get_type_hints(cls.Config)
+        hints, comments = typing.get_type_hints(cls.Config), field_comments(cls.Config)
         for field in dataclasses.fields(cls.Config):
-            seen.setdefault(field.name, []).append(name)
-            fields.setdefault(field.name, field)
-            hints_of.setdefault(field.name, hints[field.name])
-    for key, field in fields.items():
-        kind = hints_of[key]
-        users = ", ".join(seen[key])
-        default = field.default if field.default is not dataclasses.MISSING else None
-        help_text = f"{users} (default {default})"
-        if kind is bool:
-            group.add_argument(_flag(key), dest=f"opt_{key}", action=argparse.BooleanOptionalAction, default=None, help=help_text)
-        else:
-            base = next((t for t in typing.get_args(kind) if t is not type(None)), kind)
-            group.add_argument(_flag(key), dest=f"opt_{key}", type=base if base in (int, float) else str, default=None, metavar=key.upper(), help=help_text)
+            owners.setdefault(field.name, []).append(name)
+            fields.setdefault(field.name, (field, hints[field.name], comments.get(field.name)))
+    groups: dict[tuple[str, ...], list[str]] = {}
+    for key, users in owners.items():
+        groups.setdefault(tuple(users), []).append(key)
+    parser.add_argument_group(
+        "strategy options",
+        "Each option below applies to the strategies that have it. To give one strategy its own options "
+        "(several variants in one run), write NAME[option=value ...] in --strategy, e.g. "
+        f"'relaygen[cues=none speculative=4]'. {note}".strip(),
+    )
+    for users, keys in sorted(groups.items(), key=lambda item: (len(item[0]) > 1, item[0])):
+        title = f"{users[0]} options" if len(users) == 1 else f"options shared by {', '.join(users)}"
+        group = parser.add_argument_group(title)
+        for key in keys:
+            _add_option(group, key, *fields[key])
 
 
-def config_from_args(cls: type, args: argparse.Namespace, strict: bool = True):
-    """Build `cls.Config` from the flags; a flag the strategy does not have is an error if strict."""
-    own = {f.name for f in dataclasses.fields(cls.Config)}
-    given = {k[4:]: v for k, v in vars(args).items() if k.startswith("opt_") and v is not None}
-    if strict:
-        foreign = sorted(set(given) - own)
-        if foreign:
-            flags = ", ".join(_flag(f) for f in foreign)
-            raise RelaykitError(f"strategy {cls.name!r} has no option {flags}")
-    return config_from_dict(cls, {k: v for k, v in given.items() if k in own})
+def _add_option(group, key: str, field: dataclasses.Field, kind: type, comment: str | None) -> None:
+    default = field.default if field.default is not dataclasses.MISSING else None
+    help_text = (f"{comment} (default {default})" if comment else f"default {default}").replace("%", "%%")
+    if kind is bool:
+        group.add_argument(flag(key), dest=f"opt_{key}", action=argparse.BooleanOptionalAction, default=None, help=help_text)
+    else:
+        base = next((t for t in typing.get_args(kind) if t is not type(None)), kind)
+        group.add_argument(flag(key), dest=f"opt_{key}", type=base if base in (int, float) else str, default=None,
+                           metavar=key.upper(), help=help_text)
+
+
+def options_from_args(args: argparse.Namespace) -> dict:
+    """The strategy options set on the command line: option name -> value."""
+    return {key[4:]: value for key, value in vars(args).items() if key.startswith("opt_") and value is not None}
 
 
 def config_from_dict(cls: type, values: dict):
@@ -76,3 +124,17 @@ def options_from_text(cls: type, text: str) -> dict:
         except ValueError:
             raise RelaykitError(f"{cls.name}: {key} takes {kind.__name__} values, got {value!r}") from None
     return options
+
+
+def strategy_variant(text: str) -> tuple[type, dict]:
+    """`relaygen[cues=none speculative=4]` -> (the relaygen class, {"cues": "none", "speculative": 4}):
+    a strategy and its own options, as written in `--strategy` lists, requests and `best-of[child=...]`."""
+    import re
+
+    from .strategies.base import get_strategy
+
+    match = re.fullmatch(r"([\w-]+)(?:\[(.*)\])?", text.strip())
+    if not match:
+        raise RelaykitError(f"bad strategy {text!r}; write NAME or NAME[option=value option=value]")
+    cls = get_strategy(match.group(1))
+    return cls, options_from_text(cls, match.group(2)) if match.group(2) is not None else {}

@@ -1,10 +1,21 @@
-"""What a generation returns: text, tokens, who wrote them, and what each model spent."""
+"""What a generation returns: text, tokens, who wrote them, what each model spent, and events."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 
 from .sequence import Sequence
+
+
+@dataclass
+class Event:
+    """A moment of a generation worth recording: a hand-off between models (`direction`
+    "large->small"), a budget closing the thinking (`direction` None), a vote, ..."""
+
+    position: int  # generated tokens before it
+    direction: str | None  # "from->to" when the writer changes
+    reason: str  # "cue", "sentence end", "answer", "budget", "margin", ...
+    cue: str | None = None  # the text that triggered it, if any
 
 
 @dataclass
@@ -15,7 +26,8 @@ class GenerationResult:
     usage: dict[str, dict]  # per role: prefill_tokens, decode_tokens, forward_calls, seconds, flops
     seconds: float
     finish_reason: str | None = None
-    events: list[dict] = field(default_factory=list)  # strategy-specific: switches, calls, ...
+    events: list[Event] = field(default_factory=list)
+    uid: int | None = None  # the request's uid
 
     def segments(self, tokenizer) -> list[tuple[str, str]]:
         """The text split into runs written by one model: [(text, writer), ...]. Special tokens
@@ -42,12 +54,12 @@ class GenerationResult:
             "usage": self.usage,
             "seconds": self.seconds,
             "finish_reason": self.finish_reason,
-            "events": self.events,
+            "events": [asdict(e) for e in self.events],
         }
 
 
-def make_result(sequence: Sequence, tokenizer, usage: dict[str, dict], seconds: float, events=None) -> GenerationResult:
-    """Build the result of a finished sequence; the stop token itself is not part of the text."""
+def make_result(sequence: Sequence, tokenizer, usage: dict[str, dict], seconds: float, events=None, uid=None) -> GenerationResult:
+    """Build the result of a finished sequence."""
     tokens, writers = sequence.generated, sequence.generated_writers
     text = tokenizer.decode(tokens, skip_special_tokens=True)
-    return GenerationResult(text, tokens, writers, usage, seconds, sequence.finish_reason, list(events or []))
+    return GenerationResult(text, tokens, writers, usage, seconds, sequence.finish_reason, list(events or []), uid)

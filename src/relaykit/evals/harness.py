@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 
 from tqdm import tqdm
 
@@ -47,7 +47,7 @@ def _records(strategy: Strategy, problems: list[EvalProblem], results: list, wal
                 "tokens": len(result.token_ids),
                 "tokens_by": {w: result.tokens_by(w) for w in set(result.provenance)},
                 "usage": result.usage,
-                "events": result.events,
+                "events": [asdict(e) for e in result.events],
                 "finish_reason": result.finish_reason,
             }
         )
@@ -60,7 +60,7 @@ def _records(strategy: Strategy, problems: list[EvalProblem], results: list, wal
         "wall_seconds": wall,
         "tokens": tokens,
         "tokens_per_second": tokens / wall if wall else 0.0,
-        "switches_per_problem": sum(1 for r in records for e in r["events"] if e.get("direction")) / max(len(records), 1),
+        "switches_per_problem": sum(1 for r in records for e in r["events"] if e["direction"]) / max(len(records), 1),
         "speedup_vs_large": None,
         "problems": records,
     }
@@ -79,14 +79,12 @@ def evaluate(strategies: dict[str, Strategy], problems: list[EvalProblem], datas
         strategy.generate(prompts[name][:1], StopConfig(max_new_tokens=2))
     outputs = {name: [] for name in strategies}
     walls = dict.fromkeys(strategies, 0.0)
-    batches = {name: settings.batch_size if s.batched else 1 for name, s in strategies.items()}
     bar = tqdm(total=len(problems) * len(strategies), desc="eval", unit="problem", disable=not settings.progress, leave=False)
     for chunk in range(0, len(problems), settings.batch_size):
         end = min(chunk + settings.batch_size, len(problems))
         for name, strategy in strategies.items():
             started = time.perf_counter()
-            for start in range(chunk, end, batches[name]):  # a batched strategy takes the chunk at once
-                outputs[name] += strategy.generate(prompts[name][start : start + batches[name]])
+            outputs[name] += strategy.generate(prompts[name][chunk:end])
             walls[name] += time.perf_counter() - started
             bar.set_postfix_str(name)
             bar.update(end - chunk)

@@ -17,6 +17,7 @@ import json
 import re
 from pathlib import Path
 
+from rich import box
 from rich.table import Table
 from rich.text import Text
 
@@ -24,6 +25,8 @@ _HTML_COLOURS = {"small": "#cfe3ff", "large": "#ffd6a5", "prompt": "#e9e9e9"}
 _HTML_PALETTE = ("#caffbf", "#ffc6ff", "#fdffb6", "#9bf6ff", "#ffadad", "#bdb2ff")
 _RICH_STYLES = {"small": "cyan", "large": "bold magenta", "prompt": "dim"}
 _RICH_PALETTE = ("green", "yellow", "blue", "red", "bright_cyan", "bright_magenta")
+_MARKER_AREA = 60  # of a plotted point, in points squared
+_NAME_WIDTH = 20  # the strategy column's width in an 80-column terminal
 _COLUMNS = ("strategy", "accuracy", "large-token share", "switches/problem", "FLOPs", "wall s", "tokens/s", "speed-up vs large")
 
 
@@ -36,19 +39,54 @@ def markdown_table(results: dict) -> str:
 
 
 def rich_table(results: dict) -> Table:
-    """The same table as `markdown_table`, for a terminal."""
+    """The comparison for a terminal, readable at 80 columns: short headers, whole figures,
+    long strategy names wrapped, FLOPs and speed-ups relative to the large baseline when there is
+    one (else absolute FLOPs and no speed-up), and a one-line legend."""
+    relative = all(_relative(results, name, "flops") is not None for name in results["strategies"])
+    headers = ["strategy", "acc", "large %", "switch/pb", "FLOPs", "wall s", "tok/s"] + (["speed-up"] if relative else [])
+    legend = "large %: tokens by large · switch/pb: switches per problem" + (" · x: vs large" if relative else "")
     title = f"{results.get('dataset', '')} ({results.get('n_problems', '?')} problems)"
-    table = Table(title=title)
-    for i, column in enumerate(_COLUMNS):
-        table.add_column(column, justify="left" if i == 0 else "right", no_wrap=i == 0)  # names stay whole
+    caption = Text(legend, no_wrap=True, overflow="ignore")  # one line, even under a narrow table
+    table = Table(title=title, caption=caption, caption_justify="left", box=box.SIMPLE_HEAD, show_edge=False,
+                  pad_edge=False, collapse_padding=True)
+    table.add_column(headers[0], overflow="fold")
+    for header in headers[1:]:
+        table.add_column(header, justify="right", no_wrap=True)
     for name in results["strategies"]:
-        table.add_row(*_row(results, name))
+        table.add_row(_wrappable(name), *_terminal_row(results, name, relative))
     return table
+
+
+def _wrappable(name: str) -> Text:
+    """A long variant label with its options on a line of their own: "relaygen[k=2 x=1]" wraps as
+    "relaygen" / "[k=2 x=1]" rather than inside a word. Text, so brackets are not read as markup."""
+    return Text(name.replace("[", "\n[", 1) if len(name) > _NAME_WIDTH else name)
+
+
+def _terminal_row(results: dict, name: str, relative: bool) -> list[str]:
+    s = results["strategies"][name]
+    row = [
+        f"{100 * s['accuracy']:.1f}%",
+        f"{100 * s['large_token_share']:.1f}%",
+        f"{s.get('switches_per_problem', 0.0):.1f}",
+        f"{_relative(results, name, 'flops'):.2f}x" if relative else _scientific(s["flops"]),
+        f"{s['wall_seconds']:.1f}",
+        f"{s['tokens_per_second']:.0f}",
+    ]
+    if relative:
+        speedup = s.get("speedup_vs_large")
+        row.append("-" if speedup is None else f"{speedup:.2f}x")
+    return row
+
+
+def _scientific(value: float) -> str:
+    """8.00e8 rather than 8.00e+08."""
+    return f"{value:.2e}".replace("e+0", "e").replace("e+", "e")
 
 
 def _row(results: dict, name: str) -> tuple[str, ...]:
     s = results["strategies"][name]
-    flops = f"{s['flops']:.2e}".replace("e+0", "e").replace("e+", "e")
+    flops = _scientific(s["flops"])
     relative = _relative(results, name, "flops")
     if relative is not None:
         flops += f" ({relative:.2f}x)"
@@ -101,7 +139,7 @@ def write_report(results: dict, out_dir: str | Path, max_problems: int = 5) -> d
 
 def _plot(results: dict, path: Path) -> None:
     """Accuracy against FLOPs (left) and wall time (right), relative to the large model when the
-    results include it; one labelled point per strategy."""
+    results include it; one labelled point per strategy, labels moved off each other and the points."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
@@ -114,8 +152,8 @@ def _plot(results: dict, path: Path) -> None:
         for i, (name, s) in enumerate(results["strategies"].items()):
             x = _relative(results, name, key) if relative else s[key]
             y = 100 * s["accuracy"]
-            ax.scatter([x], [y], s=60, color=f"C{i % 10}", zorder=3)
-            ax.annotate(name, (x, y), textcoords="offset points", xytext=(6, 5), fontsize=9)
+            ax.scatter([x], [y], s=_MARKER_AREA, color=f"C{i % 10}", zorder=3)
+            ax.annotate(name, (x, y), textcoords="offset points", xytext=(6, 5), fontsize=9, color=f"C{i % 10}")
         ax.set_xlabel(f"{label} relative to {baseline}" if relative else label)
         ax.margins(x=0.15, y=0.1)
         if relative:
@@ -125,7 +163,42 @@ def _plot(results: dict, path: Path) -> None:
     axes[0].set_ylim(-5, 105)
     figure.suptitle(f"Accuracy vs cost: {results.get('dataset', '')}")
     figure.tight_layout()
+    _separate_labels(figure, axes)
     figure.savefig(path)
+
+
+def _separate_labels(figure, axes) -> None:
+    """Move each axes' point labels up or down (in the final layout) where they would overlap
+    one another or a point."""
+    renderer = figure.canvas.get_renderer()
+    radius = _MARKER_AREA**0.5 / 2 * figure.dpi / 72  # pixels
+    for ax in axes:
+        frame = ax.get_window_extent(renderer)
+        points = ax.transData.transform([text.xy for text in ax.texts])
+        markers = [(x - radius, y - radius, x + radius, y + radius) for x, y in points]
+        boxes = [tuple(text.get_window_extent(renderer).extents) for text in ax.texts]
+        for text, shift in zip(ax.texts, stack_labels(boxes, (frame.y0 + frame.y1) / 2, obstacles=markers)):
+            text.xyann = (text.xyann[0], text.xyann[1] + shift * 72 / figure.dpi)  # pixels to points
+
+
+def stack_labels(boxes: list[tuple[float, float, float, float]], middle: float, gap: float = 1.0,
+                 obstacles: list[tuple[float, float, float, float]] = ()) -> list[float]:
+    """Vertical shifts that keep label boxes (x0, y0, x1, y1) off each other and off `obstacles`.
+    Boxes are placed in order; one that meets a placed box or an obstacle moves past it, down when
+    it lies above `middle` (towards the plot's centre), else up."""
+    placed = list(obstacles)
+    shifts = []
+    for x0, y0, x1, y1 in boxes:
+        down, shift = (y0 + y1) / 2 > middle, 0.0
+        while hit := next((p for p in placed if _overlap(p, (x0, y0 + shift, x1, y1 + shift))), None):
+            shift = hit[1] - gap - y1 if down else hit[3] + gap - y0
+        placed.append((x0, y0 + shift, x1, y1 + shift))
+        shifts.append(shift)
+    return shifts
+
+
+def _overlap(a: tuple[float, float, float, float], b: tuple[float, float, float, float]) -> bool:
+    return a[0] < b[2] and b[0] < a[2] and a[1] < b[3] and b[1] < a[3]
 
 
 def trajectories_html(results: dict, max_problems: int = 5) -> str:

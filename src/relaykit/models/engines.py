@@ -8,6 +8,8 @@ asked. `HFEngine` is the generic fallback: the model's own forward with one Dyna
 
 from __future__ import annotations
 
+import copy
+
 import torch
 import torch.nn.functional as F
 
@@ -120,6 +122,7 @@ class NativeEngine:
 
     @torch.inference_mode()
     def keep_rows(self, rows: list[int]) -> None:
+        """Keep the given rows in that order; a repeated row (a fork) is copied."""
         self.cache.keep_rows(rows)
 
     @torch.inference_mode()
@@ -127,15 +130,16 @@ class NativeEngine:
         self.cache.truncate(row, length)
 
     @torch.inference_mode()
-    def forward(self, tokens: list[list[int]], positions: list[int], last_k: int) -> torch.Tensor:
-        """Feed `tokens[b]` to row b (positions from `positions[b]`); logits [B, last_k, V] of
-        each row's last `last_k` fed tokens (rows fed fewer tokens get garbage there)."""
+    def forward(self, tokens: list[list[int]], positions: list[int], wanted: list[int]) -> torch.Tensor:
+        """Feed `tokens[b]` to row b (positions from `positions[b]`); logits [B, K, V] of each
+        row's last K fed tokens, K = max(wanted), of which row b needs its last `wanted[b]`
+        (rows fed fewer tokens get garbage before those)."""
         cache = self.cache
-        batch, width = len(tokens), max(len(t) for t in tokens)
+        batch, width, last_k = len(tokens), max(len(t) for t in tokens), max(wanted)
         fed_counts = [len(t) for t in tokens]
-        for row, (start, count) in enumerate(zip(cache.lengths.tolist(), fed_counts)):
+        for row, (start, count, k) in enumerate(zip(cache.lengths.tolist(), fed_counts, wanted)):
             if start == 0 and count:  # a row's prompt: what it read before its first prediction
-                cache.prompt_lengths[row] = max(count - last_k + 1, 1)
+                cache.prompt_lengths[row] = max(count - k + 1, 1)
         policy_attention = self.policy.begin(cache, fed_counts, positions)  # None: plain attention
         starts = cache.lengths.tolist()
         cache.reserve(max(starts) + width)
@@ -231,7 +235,13 @@ class HFEngine:
         self.caches += [DynamicCache(config=self.model.config) for _ in range(count)]
 
     def keep_rows(self, rows: list[int]) -> None:
-        self.caches = [self.caches[r] for r in rows]
+        """Keep the given rows in that order; a repeated row (a fork) gets its own copy."""
+        taken: set[int] = set()
+        kept = []
+        for r in rows:
+            kept.append(copy.deepcopy(self.caches[r]) if r in taken else self.caches[r])
+            taken.add(r)
+        self.caches = kept
 
     def truncate(self, row: int, length: int) -> None:
         current = self.caches[row].get_seq_length()
@@ -239,7 +249,8 @@ class HFEngine:
             self.caches[row].crop(length - current)  # a negative count removes tokens (transformers 4 and 5)
 
     @torch.inference_mode()
-    def forward(self, tokens: list[list[int]], positions: list[int], last_k: int) -> torch.Tensor:
+    def forward(self, tokens: list[list[int]], positions: list[int], wanted: list[int]) -> torch.Tensor:
+        last_k = max(wanted)
         rows = []
         for row_tokens, position, cache in zip(tokens, positions, self.caches):
             if not row_tokens:
@@ -248,9 +259,10 @@ class HFEngine:
             ids = torch.tensor([row_tokens], dtype=torch.long, device=self.device)
             position_ids = torch.arange(position, position + len(row_tokens), device=self.device)[None]
             out = self.model(
-                input_ids=ids, position_ids=position_ids, past_key_values=cache, use_cache=True, logits_to_keep=last_k
+                input_ids=ids, position_ids=position_ids, past_key_values=cache, use_cache=True,
+                logits_to_keep=max(last_k, 1),  # 0 would keep every position
             )
-            logits = out.logits[0].float()
+            logits = out.logits[0, out.logits.shape[1] - last_k :].float()
             if logits.shape[0] < last_k:
                 logits = torch.cat([logits.new_zeros(last_k - logits.shape[0], logits.shape[1]), logits])
             rows.append(logits)

@@ -35,7 +35,8 @@ class Runner:
 
     `name` is the role the model plays ("large", "small", ...): it is the provenance tag of the
     tokens this model writes and the key of its usage. A sequence may be truncated at any time;
-    the runner notices and rolls its cache back on the next call.
+    the runner notices and rolls its cache back on the next call. Rows are keyed by the
+    sequence's `uid`; `release` drops a row and hands back what the model spent on it.
     """
 
     def __init__(self, model: Model, name: str | None = None, policy: KVPolicy | None = None):
@@ -64,38 +65,81 @@ class Runner:
 
     def usage_of(self, sequence: Sequence) -> Usage:
         """This model's work for one sequence; a batched forward is split by tokens fed."""
-        return self.usage_by_sequence.get(id(sequence), Usage())
+        return self.usage_by_sequence.get(sequence.uid, Usage())
 
-    def release(self, sequence: Sequence) -> None:
-        """Drop a finished sequence's row; its cache is freed at the next forward (one copy for
-        all rows released meanwhile)."""
-        if id(sequence) in self.index:
-            self.released.add(id(sequence))
+    def release(self, sequence: Sequence) -> Usage:
+        """Drop a sequence's row and return this model's work for it. The cache is freed at the
+        next `compact` or forward (one copy for all rows released meanwhile)."""
+        if sequence.uid in self.index:
+            self.released.add(sequence.uid)
+        return self.usage_by_sequence.pop(sequence.uid, Usage())
 
-    def _compact(self) -> None:
-        keep = [i for i, row in enumerate(self.rows) if id(row.sequence) not in self.released]
+    def compact(self) -> None:
+        """Free the rows of released sequences now."""
+        if not self.released:
+            return
+        keep = [i for i, row in enumerate(self.rows) if row.sequence.uid not in self.released]
         self.engine.keep_rows(keep)
         self.rows = [self.rows[i] for i in keep]
-        self.index = {id(r.sequence): i for i, r in enumerate(self.rows)}
+        self.index = {r.sequence.uid: i for i, r in enumerate(self.rows)}
         self.released = set()
+
+    @property
+    def kv_bytes(self) -> int:
+        """Key/value bytes allocated for this model's rows (0 for engines that do not measure it)."""
+        cache = getattr(self.engine, "cache", None)
+        return cache.allocated_bytes() if cache is not None else 0
+
+    def fork(self, parent: Sequence, children: list[Sequence]) -> None:
+        """Give each child (a `parent.fork()`) a copy of the parent's row: what the parent has
+        read is not read again. Nothing happens for a parent this runner has not read."""
+        self.compact()
+        source = self.index.get(parent.uid)
+        if source is None:
+            return
+        self._sync(self.rows[source])
+        self.engine.keep_rows(list(range(len(self.rows))) + [source] * len(children))
+        parent_row = self.rows[source]
+        for child in children:
+            row = _Row(child)
+            row.seen, row.visible_before = parent_row.seen, list(parent_row.visible_before)
+            self.index[child.uid] = len(self.rows)
+            self.rows.append(row)
+            self.usage_by_sequence[child.uid] = Usage()
+
+    def prefill(self, sequences: list[Sequence]) -> None:
+        """Read every unseen visible token but the last, computing no logits (the next call feeds
+        the last token and predicts after it)."""
+        self.compact()
+        rows = [self._row(s) for s in sequences]
+        self._sync_all()
+        feed: list[list[int]] = [[] for _ in self.rows]
+        for row in rows:
+            unseen = [i for i in range(row.seen, len(row.sequence)) if row.sequence.is_visible(i, self.name)]
+            if len(unseen) > 1:
+                feed[self.index[row.sequence.uid]] = self._consume(row, unseen[-1])
+        if any(feed):
+            self._forward(feed, [0] * len(feed))
 
     def next_logits(self, sequences: list[Sequence]) -> torch.Tensor:
         """Next-token logits [B, V] for each sequence, after catching up on its new tokens."""
         return self.score(sequences, 1)[:, -1]
 
-    def score(self, sequences: list[Sequence], k: int) -> torch.Tensor:
-        """Logits [B, k, V] predicting the token after each of the last k visible positions."""
-        if self.released:
-            self._compact()
+    def score(self, sequences: list[Sequence], k: int | list[int]) -> torch.Tensor:
+        """Logits [B, K, V] predicting the token after each of the last k visible positions; k may
+        differ per sequence (then K is the largest, and row b's logits are its last k[b])."""
+        ks = [k] * len(sequences) if isinstance(k, int) else list(k)
+        self.compact()
         rows = [self._row(s) for s in sequences]
-        for row in rows:
-            self._sync(row)
-            self._ensure_unseen(row, k)
+        self._sync_all()
+        for row, row_k in zip(rows, ks):
+            self._ensure_unseen(row, row_k)
         feed: list[list[int]] = [[] for _ in self.rows]
-        for row_index, row in zip(map(self.index.__getitem__, map(id, sequences)), rows):
-            feed[row_index] = self._consume(row)
-        logits = self._forward(feed, k)
-        picked = [self.index[id(s)] for s in sequences]
+        wanted = [1] * len(self.rows)
+        picked = [self.index[s.uid] for s in sequences]
+        for row_index, row, row_k in zip(picked, rows, ks):
+            feed[row_index], wanted[row_index] = self._consume(row), row_k
+        logits = self._forward(feed, wanted)
         if picked == list(range(len(self.rows))):
             return logits
         return logits.index_select(0, torch.tensor(picked, dtype=torch.long, device=logits.device))
@@ -109,14 +153,21 @@ class Runner:
     # internals
 
     def _row(self, sequence: Sequence) -> _Row:
-        index = self.index.get(id(sequence))
+        index = self.index.get(sequence.uid)
         if index is None:
             index = len(self.rows)
             self.rows.append(_Row(sequence))
-            self.index[id(sequence)] = index
-            self.usage_by_sequence.setdefault(id(sequence), Usage())
+            self.index[sequence.uid] = index
+            self.usage_by_sequence.setdefault(sequence.uid, Usage())
             self.engine.add_rows(1)
         return self.rows[index]
+
+    def _sync_all(self) -> None:
+        """Replay truncations on every row, asked or not, before a forward: a KV policy's pending
+        drops must be undone by a rollback before the forward commits them."""
+        for row in self.rows:
+            if len(row.sequence.truncations) != row.truncations_seen:
+                self._sync(row)
 
     def _sync(self, row: _Row) -> None:
         """Roll back past any truncation made since the last call (even if re-extended since)."""
@@ -138,17 +189,20 @@ class Runner:
 
     def _rewind(self, row: _Row, seen: int) -> None:
         dropped = row.visible_before[row.seen] - row.visible_before[seen]
-        row_index = self.index[id(row.sequence)]
+        row_index = self.index[row.sequence.uid]
         self.engine.truncate(row_index, self.engine.lengths[row_index] - dropped)
         del row.visible_before[seen + 1 :]
         row.seen = seen
 
-    def _consume(self, row: _Row) -> list[int]:
+    def _consume(self, row: _Row, end: int | None = None) -> list[int]:
+        """The visible tokens from the row's position to `end` (default: the sequence's end),
+        counted as prefill (another writer's) or decode (this model's own) tokens."""
         sequence = row.sequence
-        usage = self.usage_by_sequence[id(sequence)]
+        end = len(sequence) if end is None else end
+        usage = self.usage_by_sequence[sequence.uid]
         tokens = []
         visible = row.visible_before[-1]
-        for index in range(row.seen, len(sequence)):
+        for index in range(row.seen, end):
             if sequence.is_visible(index, self.name):
                 tokens.append(sequence.tokens[index])
                 visible += 1
@@ -159,24 +213,24 @@ class Runner:
                     else:
                         u.prefill_tokens += 1
             row.visible_before.append(visible)
-        row.seen = len(sequence)
+        row.seen = end
         return tokens
 
-    def _forward(self, feed: list[list[int]], k: int) -> torch.Tensor:
+    def _forward(self, feed: list[list[int]], wanted: list[int]) -> torch.Tensor:
         positions = [row.position - len(tokens) for row, tokens in zip(self.rows, feed)]
         starts = self.engine.lengths
         started = time.perf_counter()
-        logits = self.engine.forward(feed, positions, k)
+        logits = self.engine.forward(feed, positions, wanted)
         seconds = time.perf_counter() - started
         total_tokens = sum(len(t) for t in feed)
         cache = getattr(self.engine, "cache", None)  # the native engine's; HF caches are not measured
         step = Usage(forward_calls=1, seconds=seconds, kv_peak_bytes=cache.peak_bytes if cache else 0)
         slot_bytes = cache.slot_bytes() if cache is not None else 0
-        for row, tokens, start, length in zip(self.rows, feed, starts, self.engine.lengths):
+        for row, tokens, start, length, k in zip(self.rows, feed, starts, self.engine.lengths, wanted):
             if not tokens:
                 continue
             n = len(tokens)
-            usage = self.usage_by_sequence[id(row.sequence)]
+            usage = self.usage_by_sequence[row.sequence.uid]
             flops = self.model.forward_flops(n, n * start + n * (n + 1) // 2, k)
             usage.forward_calls += 1
             usage.seconds += seconds * n / total_tokens

@@ -1,18 +1,19 @@
-"""Strategies: short loops over runners. Registered by name; each has a typed config."""
+"""Strategies: a method's loop for one sequence, batched by the runtime. Registered by name;
+each has a typed config."""
 
 from __future__ import annotations
 
-import time
+import dataclasses
+from collections.abc import Generator
 from dataclasses import dataclass
 
-from ..decoding.result import GenerationResult, make_result
-from ..decoding.sampler import Sampler, SamplingConfig
-from ..decoding.sequence import Sequence
-from ..decoding.stopping import StopChecker, StopConfig
+from ..decoding.result import GenerationResult
+from ..decoding.sampler import SamplingConfig
+from ..decoding.stopping import StopConfig
 from ..errors import RelaykitError
 from ..models.kv import KVPolicy
-from ..models.loading import Model, check_same_tokenizer
-from ..models.runner import Runner
+from ..models.loading import check_same_tokenizer
+from ..models.remote import RemoteModel
 
 STRATEGIES: dict[str, type["Strategy"]] = {}
 
@@ -36,18 +37,19 @@ class NoOptions:
 class Strategy:
     """A generation method over named models ("large", "small", ...).
 
-    Subclasses set `roles` (the models they need), `Config` (a dataclass of their options)
-    and implement `run(sequences)`, which extends every sequence until it is finished.
+    Subclasses set `roles` (the models they need), `Config` (a dataclass of their options) and
+    write `run(request)`: a generator that extends `request.sequence` until it is finished by
+    yielding asks (`relaykit.runtime.asks`) and receiving their answers. The scheduler batches
+    the asks of every request; `generate` is a thin user of it.
     """
 
     name = "?"
     roles: tuple[str, ...] = ("large",)
     Config: type = NoOptions
-    batched = True  # whether several prompts may run in one batch
 
     def __init__(
         self,
-        models: dict[str, Model],
+        models: dict,
         config=None,
         sampling: SamplingConfig | None = None,
         stop: StopConfig | None = None,
@@ -64,38 +66,58 @@ class Strategy:
         self.stop_config = stop or StopConfig()
         self.kv_policy = kv_policy
         self.tokenizer = self.models[self.roles[0]].tokenizer
-        self.runners = {role: Runner(model, role, self._policy()) for role, model in self.models.items()}
+        self.eos_token_ids = self.models[self.roles[0]].eos_token_ids
+        remote = [role for role in self.needs_logits(self.config) if isinstance(self.models[role], RemoteModel)]
+        if remote:
+            runs = ", ".join(n for n, cls in sorted(load_all().items()) if cls.runs_over_endpoints())
+            raise RelaykitError(
+                f"strategy {self.name!r} needs in-process models: it asks the {' and '.join(remote)} model for "
+                f"logits, which an OpenAI-compatible endpoint does not give; over an endpoint these run: {runs}"
+            )
+        if kv_policy is not None and kv_policy.name != "full" and any(isinstance(m, RemoteModel) for m in self.models.values()):
+            raise RelaykitError("KV policies apply to in-process models; a remote engine manages its own cache")
+        self._scheduler = None
 
-    def _policy(self) -> KVPolicy | None:
-        return self.kv_policy.fresh() if self.kv_policy is not None else None
+    @classmethod
+    def needs_logits(cls, config) -> tuple[str, ...]:
+        """Roles that this strategy, with `config`, asks for logits (they must be in-process)."""
+        return cls.roles
 
-    def generate(self, prompts: list[list[int]], stop: StopConfig | None = None) -> list[GenerationResult]:
-        """Generate for a batch of tokenized prompts (`stop` overrides the strategy's own)."""
-        self.sampler = Sampler(self.sampling)
-        eos = self.models[self.roles[0]].eos_token_ids
-        self.stop = StopChecker(stop or self.stop_config, self.tokenizer, eos)
-        for runner in self.runners.values():
-            runner.reset()
-        sequences = [Sequence(p) for p in prompts]
-        self.events: dict[int, list[dict]] = {id(s): [] for s in sequences}
-        started = time.perf_counter()
-        self.run(sequences)
-        seconds = time.perf_counter() - started
-        return [make_result(s, self.tokenizer, self._usage_of(s), seconds, self.events[id(s)]) for s in sequences]
+    @classmethod
+    def runs_over_endpoints(cls) -> bool:
+        """Whether the strategy with its default options runs on models behind endpoints."""
+        return not cls.needs_logits(cls.Config())
 
-    def _usage_of(self, sequence: Sequence) -> dict[str, dict]:
-        return {role: runner.usage_of(sequence).to_dict() for role, runner in self.runners.items()}
+    def holdback(self) -> int | None:
+        """How many of its newest tokens a running request may still cut (streaming waits for
+        them); None: the output is known only at the end."""
+        return 0
 
-    def run(self, sequences: list[Sequence]) -> None:
+    def run(self, request) -> Generator:
         raise NotImplementedError
 
-    def finish_if_done(self, sequence: Sequence, appended: int = 1) -> bool:
-        """Apply the stop conditions to the newest tokens; release finished sequences."""
-        done = self.stop.check(sequence, appended)
-        if done:
-            for runner in self.runners.values():
-                runner.release(sequence)
-        return done
+    @property
+    def scheduler(self):
+        """This strategy's own scheduler (created on first use) for `generate`."""
+        if self._scheduler is None:
+            from ..runtime.scheduler import Scheduler
+
+            self._scheduler = Scheduler(self.models, self.kv_policy)
+        return self._scheduler
+
+    @property
+    def runners(self) -> dict:
+        return self.scheduler.runners
+
+    def generate(self, prompts: list[list[int]], stop: StopConfig | None = None) -> list[GenerationResult]:
+        """Generate for tokenized prompts, all submitted at once (`stop` overrides the strategy's
+        own); with a seed, prompt i samples with seed + i."""
+        sampling = self.sampling
+        handles = []
+        for i, prompt in enumerate(prompts):
+            seeded = sampling if sampling.seed is None else dataclasses.replace(sampling, seed=sampling.seed + i)
+            handles.append(self.scheduler.submit(prompt, self, seeded, stop or self.stop_config))
+        return self.scheduler.run(handles)
 
 
 def load_all() -> dict[str, type[Strategy]]:

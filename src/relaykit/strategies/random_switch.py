@@ -12,19 +12,16 @@ from ..decoding.sequence import Sequence
 from ..errors import RelaykitError
 from ..text import Tail, ends_sentence
 from .base import register
-from .relaygen import Decision, SegmentRelay, Turn
+from .segments import Decision, SegmentConfig, SegmentRelay, Turn
 
 
 @dataclass
-class RandomSwitchConfig:
+class RandomSwitchConfig(SegmentConfig):
     small_share: float = 0.3  # probability that a thinking sentence goes to the small model (ours; set it to RelayGen's share)
-    switch_seed: int = 0  # with the prompt, seeds each sequence's coin flips
-    answer_handoff: bool = True  # the small model writes everything after </think>, as in RelayGen
-    answer_reserve: int = 32  # tokens kept for the answer when the budget ends inside <think>
-    speculative: int = 0  # K > 0: the large model's turns use speculative decoding, K drafts
-    draft_confidence: float = 0.0  # stop drafting once every draft token is below this (HF assisted generation: 0.4)
+    switch_seed: int = 0  # with the prompt and the position, seeds each coin flip
 
     def __post_init__(self) -> None:
+        super().__post_init__()
         if not 0 <= self.small_share <= 1:
             raise RelaykitError(f"small-share must be in [0, 1], got {self.small_share}")
 
@@ -33,19 +30,17 @@ class RandomSwitchConfig:
 class RandomSwitch(SegmentRelay):
     Config = RandomSwitchConfig
 
-    def run(self, sequences: list[Sequence]) -> None:
-        # One coin per sequence, seeded by its prompt: a problem gets the same flips whatever its
-        # batch, and problems run one at a time do not all get the first flips of one stream.
-        self.coins = {
-            id(s): random.Random(f"{self.config.switch_seed}:{s.tokens[: s.prompt_length]}") for s in sequences
-        }
-        super().run(sequences)
-
     def hand_off(self, sequence: Sequence, turn: Turn, tail: Tail, end: int) -> Decision | None:
         if not ends_sentence(tail.text, tail.new_from, tail.turn_from):
             return None
         if turn.writer == "small":
             return Decision("large", "sentence end")
-        if turn.thinking and self.coins[id(sequence)].random() < self.config.small_share:
+        if turn.thinking and self._coin(sequence, end) < self.config.small_share:
             return Decision("small", "random")
         return None
+
+    def _coin(self, sequence: Sequence, end: int) -> float:
+        """The flip at a sentence end: seeded by the prompt and the position, so a problem gets
+        the same flips in any batch and a draft asking twice gets the same answer."""
+        prompt = sequence.tokens[: sequence.prompt_length]
+        return random.Random(f"{self.config.switch_seed}:{prompt}:{end}").random()

@@ -2,25 +2,22 @@
 
 from __future__ import annotations
 
-from ..decoding.sequence import Sequence
+from ..runtime.asks import Generate
 from .base import Strategy, register
 
 
 @register("single")
 class Single(Strategy):
-    """The large model alone (plain autoregressive decoding, batched)."""
+    """The large model alone (plain autoregressive decoding)."""
 
     roles = ("large",)
 
-    def run(self, sequences: list[Sequence]) -> None:
-        role = self.roles[0]
-        runner = self.runners[role]
-        active = list(sequences)
-        while active:
-            tokens = self.sampler.sample(runner.next_logits(active)).tolist()
-            for sequence, token in zip(active, tokens):
-                sequence.append(token, role)
-            active = [s for s in active if not self.finish_if_done(s)]
+    @classmethod
+    def needs_logits(cls, config) -> tuple[str, ...]:
+        return ()
+
+    def run(self, request):
+        yield Generate(self.roles[0], request.sequence, request.remaining())
 
 
 @register("large")

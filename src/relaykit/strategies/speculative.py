@@ -4,12 +4,14 @@ distributed exactly as the large model's. Greedy: the output equals large-only g
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
 
 from ..decoding.sequence import Sequence
 from ..errors import RelaykitError
+from ..runtime.asks import Logits
 from .base import Strategy, register
 
 
@@ -18,8 +20,8 @@ class SpeculativeConfig:
     k: int = 4  # draft length; Leviathan et al. 2023 evaluate gamma in 1..10, with 3-7 typical
     adaptive: bool = False  # grow k after a fully accepted round, shrink it after a poor one
     max_k: int = 16
-    # stop drafting once every row's draft token has probability below this (0 = never); HF
-    # assisted generation's assistant_confidence_threshold defaults to 0.4
+    # stop drafting once the draft token has probability below this (0 = never); HF assisted
+    # generation's assistant_confidence_threshold defaults to 0.4
     draft_confidence: float = 0.0
 
     def __post_init__(self) -> None:
@@ -50,53 +52,49 @@ def verify(sampler, drafts: list[int], draft_probs, target) -> tuple[int, int]:
     return len(drafts), int(sampler.draw(target[len(drafts)]))
 
 
+def speculative_round(request, sequence: Sequence, k: int, draft_confidence: float = 0.0,
+                      drafting_ends: Callable[[Sequence], bool] | None = None):
+    """One round on one sequence (use with `yield from`): the small model drafts up to k tokens
+    (fewer once a draft is below `draft_confidence` or `drafting_ends` says the turn would end
+    there), the large model scores them in one forward, and the accepted drafts plus the large
+    model's own token stay. Returns (tokens added, drafts accepted, drafts written)."""
+    sampler, start, draft_probs = request.sampler, len(sequence), []
+    for _ in range(k):
+        logits = (yield Logits("small", sequence))[-1]
+        if sampler.greedy:
+            token = int(logits.argmax())
+        else:
+            probs = sampler.probs(logits)
+            draft_probs.append(probs)
+            token = int(sampler.draw(probs))
+        sequence.append(token, "small")
+        if draft_confidence and float(logits.softmax(-1).max()) < draft_confidence:
+            break
+        if drafting_ends is not None and drafting_ends(sequence):
+            break
+    drafts = sequence.tokens[start:]
+    target_logits = yield Logits("large", sequence, len(drafts) + 1)
+    target = target_logits.argmax(-1).tolist() if sampler.greedy else sampler.probs(target_logits)
+    accepted, token = verify(sampler, drafts, torch.stack(draft_probs) if draft_probs else None, target)
+    sequence.truncate(start + accepted)
+    sequence.append(token, "large")
+    return accepted + 1, accepted, len(drafts)
+
+
 @register("speculative")
 class Speculative(Strategy):
     roles = ("large", "small")
     Config = SpeculativeConfig
 
-    def run(self, sequences: list[Sequence]) -> None:
-        large, small = self.runners["large"], self.runners["small"]
-        k = self.config.k
-        active = list(sequences)
-        while active:
-            draft_length = max(0, min(k, min(self.stop.remaining(s) for s in active) - 1))
-            starts = [len(s) for s in active]
-            draft_probs = []
-            drafted = 0
-            while drafted < draft_length:
-                logits = small.next_logits(active)
-                if self.sampler.greedy:
-                    tokens = logits.argmax(-1)
-                else:
-                    probs = self.sampler.probs(logits)
-                    draft_probs.append(probs)
-                    tokens = self.sampler.draw(probs)
-                for sequence, token in zip(active, tokens.tolist()):
-                    sequence.append(token, "small")
-                drafted += 1
-                if self.config.draft_confidence and bool(
-                    (logits.softmax(-1).amax(-1) < self.config.draft_confidence).all()
-                ):
-                    break
-            draft_length = drafted
-            target_logits = large.score(active, draft_length + 1)
-            if self.sampler.greedy:
-                targets = target_logits.argmax(-1).tolist()
-            else:
-                targets = self.sampler.probs(target_logits)
-            stacked = torch.stack(draft_probs, 1) if draft_probs else None
-            accepted_total = 0
-            still_active = []
-            for b, (sequence, start) in enumerate(zip(active, starts)):
-                drafts = sequence.tokens[start:]
-                accepted, token = verify(self.sampler, drafts, stacked[b] if stacked is not None else None, targets[b])
-                accepted_total += accepted
-                sequence.truncate(start + accepted)
-                sequence.append(token, "large")
-                if not self.finish_if_done(sequence, accepted + 1):
-                    still_active.append(sequence)
-            if self.config.adaptive and draft_length:
-                rate = accepted_total / (draft_length * len(active))
-                k = min(k + 1, self.config.max_k) if rate == 1.0 else max(1, k - 1) if rate < 0.5 else k
-            active = still_active
+    def holdback(self) -> int:
+        return self.config.max_k if self.config.adaptive else self.config.k
+
+    def run(self, request):
+        sequence, config, k = request.sequence, self.config, self.config.k
+        while not sequence.finished:
+            draft_length = max(0, min(k, request.remaining() - 1))
+            added, accepted, drafted = yield from speculative_round(request, sequence, draft_length, config.draft_confidence)
+            request.finish_if_done(sequence, added)
+            if config.adaptive and drafted:
+                rate = accepted / drafted
+                k = min(k + 1, config.max_k) if rate == 1.0 else max(1, k - 1) if rate < 0.5 else k

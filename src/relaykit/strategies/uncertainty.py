@@ -6,8 +6,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from ..decoding.sequence import Sequence
 from ..errors import RelaykitError
+from ..runtime.asks import Logits
 from .base import Strategy, register
 
 
@@ -25,22 +25,17 @@ class Uncertainty(Strategy):
     roles = ("large", "small")
     Config = UncertaintyConfig
 
-    def run(self, sequences: list[Sequence]) -> None:
-        large, small = self.runners["large"], self.runners["small"]
-        active = list(sequences)
-        while active:
-            logits = small.next_logits(active)
-            top = logits.float().softmax(-1).topk(2, dim=-1).values
-            unsure = ((top[:, 0] - top[:, 1]) < self.config.margin_threshold).tolist()
-            tokens = self.sampler.sample(logits).tolist()
-            hard = [s for s, u in zip(active, unsure) if u]
-            large_tokens = iter(self.sampler.sample(large.next_logits(hard)).tolist() if hard else [])
-            for sequence, token, is_hard in zip(active, tokens, unsure):
-                writer = "large" if is_hard else "small"
-                previous = sequence.writers[-1] if sequence.generated else "small"  # the small model drives
-                if writer != previous:
-                    self.events[id(sequence)].append(
-                        {"position": len(sequence.generated), "direction": f"{previous}->{writer}", "reason": "margin", "cue": None}
-                    )
-                sequence.append(next(large_tokens) if is_hard else token, writer)
-            active = [s for s in active if not self.finish_if_done(s)]
+    def run(self, request):
+        sequence, writer = request.sequence, "small"  # the small model drives
+        while not sequence.finished:
+            logits = (yield Logits("small", sequence))[-1]
+            top = logits.float().softmax(-1).topk(2).values
+            unsure = float(top[0] - top[1]) < self.config.margin_threshold
+            if unsure:
+                logits = (yield Logits("large", sequence))[-1]
+            now = "large" if unsure else "small"
+            if now != writer:
+                request.event(f"{writer}->{now}", "margin")
+                writer = now
+            sequence.append(request.sample(logits), now)
+            request.finish_if_done(sequence)

@@ -75,7 +75,8 @@ class KVCache:
         self._note_allocation()
 
     def keep_rows(self, rows: list[int]) -> None:
-        """Keep only the given rows, in that order (finished rows release their memory)."""
+        """Keep only the given rows, in that order (finished rows release their memory); a row
+        listed twice is copied (a fork)."""
         index = torch.tensor(rows, dtype=torch.long)
         on_device = index.to(self.device)
         self.keys, self.values = self.keys.index_select(1, on_device), self.values.index_select(1, on_device)

@@ -1,0 +1,198 @@
+"""The library entry point: load models, build strategies, evaluate them.
+
+The command line, the benchmarks and the server assemble a run through these functions, so a
+rule such as the shipped toy pair's calibrated cues holds for all of them.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+from .decoding.sampler import SamplingConfig
+from .decoding.stopping import StopConfig
+from .errors import RelaykitError
+from .evals.datasets import load_dataset
+from .evals.harness import EvalSettings, evaluate
+from .evals.report import write_report
+from .models.kv import KVPolicy
+from .models.kv import make_policy as kv_policy
+from .models.loading import Model, load_model
+from .models.remote import RemoteModel, is_remote, load_remote
+from .options import config_from_dict, flag, strategy_variant
+from .strategies.base import Strategy, get_strategy
+from .toyworld import CHECKPOINTS, TOY_LARGE, TOY_SMALL
+
+__all__ = [
+    "SHIPPED_CUES", "build_strategies", "build_strategy", "default_model", "evaluate_strategies", "kv_policy",
+    "load_models", "parse_variant", "required_roles", "sampling_and_stop", "split_variants",
+]
+
+SHIPPED_CUES = CHECKPOINTS / "cues.json"  # RelayGen switch cues calibrated for the shipped toy pair
+_SHIPPED = {"large": TOY_LARGE, "small": TOY_SMALL}
+
+
+def default_model(role: str) -> str | None:
+    """The shipped toy checkpoint for `role` ("large" or "small"), when present."""
+    folder = _SHIPPED.get(role)
+    return str(folder) if folder is not None and (folder / "config.json").is_file() else None
+
+
+def load_models(
+    specs: dict[str, str | None],
+    *,
+    tokenizer: str | None = None,
+    dtype: str = "auto",
+    device: str = "cpu",
+    trust_remote_code: bool = False,
+    allow_pickle: bool = False,
+    threads: int = 0,
+) -> dict[str, Model | RemoteModel]:
+    """Load role -> spec: a checkpoint folder, a .gguf file, `pkg:PACKAGE`, a hub id or an
+    endpoint `URL#MODEL` (whose tokenizer is `tokenizer`, else MODEL); None: the shipped toy
+    checkpoint for the role. `threads` > 0 sets torch's CPU thread count."""
+    import torch
+
+    if threads < 0:
+        raise RelaykitError(f"threads must be >= 0, got {threads}")
+    if threads:
+        torch.set_num_threads(threads)
+    models = {}
+    for role, given in specs.items():
+        spec = given or default_model(role)
+        if spec is None:
+            raise RelaykitError(f"no {role} model given (--{role} PATH) and no shipped toy-{role} checkpoint found")
+        if is_remote(spec):
+            models[role] = load_remote(spec, tokenizer, name=role)
+        else:
+            models[role] = load_model(spec, name=role, dtype=dtype, device=device,
+                                      trust_remote_code=trust_remote_code, allow_pickle=allow_pickle)
+    return models
+
+
+def sampling_and_stop(
+    temperature: float = 0.0,
+    top_k: int = 0,
+    top_p: float = 1.0,
+    seed: int | None = None,
+    max_new_tokens: int = 256,
+    stop_strings: list[str] | None = None,
+    stop_token_ids: list[int] | None = None,
+) -> tuple[SamplingConfig, StopConfig]:
+    """Validated sampling and stopping settings (0 temperature: greedy; eos always stops)."""
+    if max_new_tokens < 1:
+        raise RelaykitError(f"max-new-tokens must be >= 1, got {max_new_tokens}")
+    sampling = SamplingConfig(temperature=temperature, top_k=top_k, top_p=top_p, seed=seed)
+    stop = StopConfig(max_new_tokens=max_new_tokens, stop_strings=list(stop_strings or []),
+                      stop_token_ids=list(stop_token_ids or []))
+    return sampling, stop
+
+
+def split_variants(text: str) -> list[str]:
+    """"small,relaygen[cues=Wait,|So]" -> ["small", "relaygen[cues=Wait,|So]"]: only commas outside
+    brackets separate variants."""
+    names, depth, start = [], 0, 0
+    for i, char in enumerate(text):
+        depth += (char == "[") - (char == "]")
+        if char == "," and depth == 0:
+            names.append(text[start:i])
+            start = i + 1
+    names.append(text[start:])
+    return [name.strip() for name in names if name.strip()]
+
+
+def parse_variant(text: str) -> tuple[str, tuple[str, dict]]:
+    """"relaygen[cues=none speculative=4]" -> (that label, ("relaygen", {"cues": "none",
+    "speculative": 4})): a strategy with its own options, to run beside others."""
+    cls, options = strategy_variant(text)
+    return text.strip(), (cls.name, options)
+
+
+def _variants(names: list[str], options: dict | None, add_baseline: bool) -> dict[str, tuple[type[Strategy], dict]]:
+    """label -> (strategy class, its options: the shared ones it has, then its own); the `large`
+    baseline first when `add_baseline`. An option that no variant has is an error."""
+    parsed = dict(parse_variant(name) for name in names)
+    if add_baseline:
+        parsed = {"large": parsed.pop("large", ("large", {})), **parsed}
+    classes = {label: get_strategy(name) for label, (name, _) in parsed.items()}
+    shared = {key: value for key, value in (options or {}).items() if value is not None}
+    owned = {key for cls in classes.values() for key in _option_names(cls)}
+    if set(shared) - owned:
+        flags = ", ".join(flag(key) for key in sorted(set(shared) - owned))
+        raise RelaykitError(f"no chosen strategy ({', '.join(parsed)}) has the option(s) {flags}")
+    return {
+        label: (cls, {**{k: v for k, v in shared.items() if k in _option_names(cls)}, **parsed[label][1]})
+        for label, cls in classes.items()
+    }
+
+
+def _option_names(cls: type[Strategy]) -> set[str]:
+    return {field.name for field in dataclasses.fields(cls.Config)}
+
+
+def required_roles(names: list[str], options: dict | None = None, add_baseline: bool = True) -> tuple[str, ...]:
+    """The models ("large", "small") that the strategy variants `names` need. Checks the names and
+    the shared `options` as `build_strategies` does, so a mistake shows before any model loads."""
+    variants = _variants(names, options, add_baseline)
+    return tuple(dict.fromkeys(role for cls, _ in variants.values() for role in cls.roles))
+
+
+def _is_shipped_pair(models: dict) -> bool:
+    """Whether the large and small models are the shipped toy checkpoints."""
+    return all(
+        role in models and Path(models[role].source).resolve() == folder.resolve() for role, folder in _SHIPPED.items()
+    )
+
+
+def build_strategies(
+    names: list[str],
+    models: dict[str, Model | RemoteModel],
+    options: dict | None = None,
+    sampling: SamplingConfig | None = None,
+    stop: StopConfig | None = None,
+    kv_policy: KVPolicy | None = None,
+    add_baseline: bool = True,
+) -> dict[str, Strategy]:
+    """label -> strategy for the variants `names` (NAME or NAME[option=value ...]), sharing
+    `models`. Each shared option in `options` goes to the strategies that have it; with
+    `add_baseline`, the `large` strategy (speed-ups are measured against it) comes first.
+    On the shipped toy pair, a strategy with a `cues` option (RelayGen) given none gets the
+    pair's calibrated cues."""
+    shipped = _is_shipped_pair(models)
+    strategies = {}
+    for label, (cls, values) in _variants(names, options, add_baseline).items():
+        if shipped and "cues" in _option_names(cls) and "cues" not in values:
+            values = {**values, "cues": str(SHIPPED_CUES)}
+        strategies[label] = cls(models, config_from_dict(cls, values), sampling, stop, kv_policy)
+    return strategies
+
+
+def build_strategy(
+    spec: str,
+    models: dict[str, Model | RemoteModel],
+    options: dict | None = None,
+    sampling: SamplingConfig | None = None,
+    stop: StopConfig | None = None,
+    kv_policy: KVPolicy | None = None,
+) -> Strategy:
+    """One strategy from NAME or NAME[option=value ...], as `build_strategies` builds it."""
+    built = build_strategies([spec], models, options, sampling, stop, kv_policy, add_baseline=False)
+    return next(iter(built.values()))
+
+
+def evaluate_strategies(
+    strategies: dict[str, Strategy],
+    dataset: str,
+    limit: int | None = None,
+    batch_size: int = 8,
+    raw: bool = False,
+    out: str | Path | None = None,
+) -> tuple[dict, dict[str, Path]]:
+    """Run every strategy on the same problems of `dataset` (see `load_dataset`) and, when `out`
+    is a folder, write the report there. Returns the results dict and the written paths."""
+    if batch_size < 1:
+        raise RelaykitError(f"batch-size must be >= 1, got {batch_size}")
+    problems = load_dataset(dataset, limit)
+    results = evaluate(strategies, problems, dataset, EvalSettings(batch_size=batch_size, raw=raw))
+    paths = write_report(results, out) if out is not None else {}
+    return results, paths

@@ -1,0 +1,72 @@
+"""What a strategy's loop for one sequence asks of the runtime (`yield ask`, then the answer).
+
+Token-level asks need an in-process model; text-level asks also run over an OpenAI-compatible
+endpoint. The scheduler gathers every request's asks per model and answers them with one
+batched forward per model and step.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+from ..decoding.sequence import Sequence
+
+
+@dataclass
+class Logits:
+    """Token-level: logits [k, V] predicting the token after each of the last k visible positions
+    of `sequence` (k = 1: the next token)."""
+
+    model: str
+    sequence: Sequence
+    k: int = 1
+
+
+@dataclass
+class Generate:
+    """Text-level: `model` writes on `sequence` with the request's sampling until the request's
+    stop conditions end it, `max_tokens` are written, or `ends_turn(sequence, end)` returns a value
+    for the token at `end - 1` (then the sequence is cut after that token, or at the value's `cut`
+    when it has one). `ends_turn` must depend only on `sequence.tokens[:end]` (it is also asked of
+    text an endpoint wrote in one piece). `pause_at`: strings after which an endpoint should
+    return, so that `ends_turn` can be checked without writing far past the end of the turn.
+    Answered with `Generated`."""
+
+    model: str
+    sequence: Sequence
+    max_tokens: int
+    ends_turn: Callable[[Sequence, int], Any] | None = None
+    pause_at: tuple[str, ...] = ()
+    start: int = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.start = len(self.sequence)
+
+
+@dataclass
+class Generated:
+    """The answer to `Generate`: tokens the turn added, and what `ends_turn` returned (None when
+    the turn ran out of tokens or the request's stop conditions finished the sequence)."""
+
+    tokens: int
+    ended_by: Any = None
+
+
+@dataclass
+class Fork:
+    """`n` copies of `sequence` (new uids) that share what `models` have read of it: the prompt
+    is read once, then each copy grows on its own. Answered with the list of copies."""
+
+    sequence: Sequence
+    n: int
+    models: tuple[str, ...] = ()
+
+
+@dataclass
+class Run:
+    """Composition: run each (strategy, sequence) pair as a child request over the same runners;
+    answered with their `GenerationResult`s (in order) once all have finished. A child's usage
+    rolls up into its parent's result."""
+
+    children: list[tuple[Any, Sequence]]

@@ -1,0 +1,77 @@
+"""A request: one strategy's loop for one sequence, with its own sampling and stop settings."""
+
+from __future__ import annotations
+
+import time
+from typing import Any, Callable
+
+import torch
+
+from ..decoding.result import Event, GenerationResult
+from ..decoding.sampler import Sampler, SamplingConfig
+from ..decoding.sequence import Sequence
+from ..decoding.stopping import StopChecker, StopConfig
+
+
+class Request:
+    """What the scheduler keeps for one submitted generation (or a child of one).
+
+    A strategy's `run(request)` reads `sequence`, samples with `sample` / `sampler`, applies the
+    stop conditions with `finish_if_done` and records `event`s; everything else is the
+    scheduler's business.
+    """
+
+    def __init__(self, strategy, sequence: Sequence, sampling: SamplingConfig, stop: StopConfig, parent: "Request | None" = None):
+        self.uid = sequence.uid
+        self.strategy = strategy
+        self.sequence = sequence
+        self.sampling = sampling
+        self.sampler = Sampler(sampling)
+        self.stop_config = stop
+        self.stop = StopChecker(stop, strategy.tokenizer, strategy.eos_token_ids)
+        self.parent = parent
+        self.index = 0  # its place among its parent's children
+        self.events: list[Event] = []
+        self.sequences = [sequence]  # every sequence whose model usage this request owns
+        self.ask: Any = None
+        self.children: list["Request"] = []
+        self.child_results: list[GenerationResult | None] = []
+        self.result: GenerationResult | None = None
+        self.error: BaseException | None = None
+        self.cancelled = False
+        self.submitted = time.perf_counter()
+        self.generator = strategy.run(self)
+
+    @property
+    def done(self) -> bool:
+        return self.result is not None or self.error is not None
+
+    def sample(self, logits: torch.Tensor) -> int:
+        """One token from next-token logits [V] with this request's sampling."""
+        return int(self.sampler.sample(logits))
+
+    def remaining(self, sequence: Sequence | None = None) -> int:
+        """Tokens the sequence may still generate under the budget."""
+        return self.stop.remaining(sequence or self.sequence)
+
+    def finish_if_done(self, sequence: Sequence, appended: int = 1) -> bool:
+        """Apply the stop conditions to the newest `appended` tokens (see `StopChecker.check`)."""
+        return self.stop.check(sequence, appended)
+
+    def event(self, direction: str | None, reason: str, cue: str | None = None, sequence: Sequence | None = None) -> None:
+        self.events.append(Event(len((sequence or self.sequence).generated), direction, reason, cue))
+
+    def settle(self, sequence: Sequence, first: int, ends_turn: Callable[[Sequence, int], Any] | None = None) -> Any:
+        """After tokens were appended from index `first` on: ask `ends_turn` of each, in order; the
+        first that ends the turn cuts the sequence after it (or at the answer's `cut`). Then apply
+        the stop conditions to the new tokens that remain. Returns what ends the turn, or None."""
+        ended = None
+        if ends_turn is not None:
+            for end in range(first + 1, len(sequence) + 1):
+                ended = ends_turn(sequence, end)
+                if ended is not None:
+                    cut = getattr(ended, "cut", None)
+                    sequence.truncate(end if cut is None else cut)
+                    break
+        self.stop.check(sequence, max(len(sequence) - first, 0))
+        return ended

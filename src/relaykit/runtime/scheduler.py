@@ -1,0 +1,380 @@
+"""The scheduler: one runner per loaded model, shared by every request of every strategy.
+
+Each step, every model with waiting asks runs one batched forward over them (token-level asks
+and the next token of every running `Generate`); the answered requests' loops then run on to
+their next ask. Requests join between steps; finished and cancelled ones leave, and their KV
+rows are freed at the end of the step. Remote models answer text-level asks in worker threads
+while the in-process models go on stepping.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import dataclasses
+import threading
+import time
+from collections.abc import Iterator
+
+from ..decoding.result import GenerationResult, make_result
+from ..decoding.sampler import SamplingConfig
+from ..decoding.sequence import Sequence
+from ..decoding.stopping import StopConfig
+from ..decoding.usage import Usage
+from ..errors import RelaykitError
+from ..models.kv import KVPolicy
+from ..models.remote import RemoteModel, RemoteRunner
+from ..models.runner import Runner
+from .asks import Fork, Generate, Generated, Logits, Run
+from .request import Request
+
+_WAITING = object()  # an ask that is not answered at once
+
+
+class Handle:
+    """A submitted request: stream its final tokens, wait for its result, or cancel it."""
+
+    def __init__(self, scheduler: "Scheduler", request: Request):
+        self.scheduler = scheduler
+        self.request = request
+        self.uid = request.uid
+        self._sent = 0
+
+    @property
+    def done(self) -> bool:
+        return self.request.done
+
+    def cancel(self) -> None:
+        """Stop the request at the next step; its rows are freed, its result says "cancelled"."""
+        self.scheduler.cancel(self)
+
+    def result(self) -> GenerationResult:
+        while not self.done:
+            self.scheduler.wait_for_progress()
+        if self.request.error is not None:
+            raise self.request.error
+        return self.request.result
+
+    def stream(self) -> Iterator[list[tuple[int, str]]]:
+        """Lists of (token id, writer) as they become final, then the rest at the end."""
+        while True:
+            with self.scheduler.lock:
+                done, new = self.done, self._take()
+            if new:
+                yield new
+            if done:
+                if self.request.error is not None:
+                    raise self.request.error
+                return
+            self.scheduler.wait_for_progress()
+
+    def _take(self) -> list[tuple[int, str]]:
+        """Tokens that can no longer change and were not sent yet (a strategy may still cut its
+        last `holdback` tokens; one with no holdback bound sends everything at the end)."""
+        request = self.request
+        if request.done:
+            tokens, writers = (request.result.token_ids, request.result.provenance) if request.result else ([], [])
+        else:
+            holdback = request.strategy.holdback()
+            sequence = request.sequence
+            if holdback is None or request in self.scheduler.in_flight.values():  # an endpoint is writing
+                return []
+            end = max(len(sequence) - holdback, sequence.final)
+            sequence.final = end
+            tokens, writers = sequence.tokens[sequence.prompt_length : end], sequence.writers[sequence.prompt_length : end]
+        new = list(zip(tokens[self._sent :], writers[self._sent :]))
+        self._sent = len(tokens)
+        return new
+
+
+class Scheduler:
+    """Continuous batching over shared runners: `submit` requests at any time, `step` them."""
+
+    def __init__(self, models: dict, kv_policy: KVPolicy | None = None, remote_workers: int = 8):
+        remote = [role for role, model in models.items() if isinstance(model, RemoteModel)]
+        if remote and kv_policy is not None and kv_policy.name != "full":
+            raise RelaykitError("KV policies apply to in-process models; a remote engine manages its own cache")
+        self.models = dict(models)
+        self.runners: dict = {}
+        for role, model in models.items():
+            if isinstance(model, RemoteModel):
+                self.runners[role] = RemoteRunner(model, role)
+            else:
+                self.runners[role] = Runner(model, role, kv_policy.fresh() if kv_policy is not None else None)
+        self.pool = concurrent.futures.ThreadPoolExecutor(remote_workers) if remote else None
+        self.queues: dict[str, list[Request]] = {role: [] for role in self.runners}
+        self.in_flight: dict[concurrent.futures.Future, Request] = {}
+        self.live: dict[int, Request] = {}
+        self.incoming: list[Request] = []
+        self.cancelled: list[Request] = []
+        self.lock = threading.RLock()
+        self.progress = threading.Condition(self.lock)
+        self.steps = 0
+        self._thread: threading.Thread | None = None
+        self._running = False
+
+    # submitting
+
+    def submit(self, prompt: list[int] | Sequence, strategy, sampling: SamplingConfig | None = None,
+               stop: StopConfig | None = None) -> Handle:
+        """Queue one request of `strategy` (whose models must be this scheduler's); it joins at the
+        next step. Thread-safe."""
+        for role in strategy.roles:
+            if self.models.get(role) is not strategy.models[role]:
+                raise RelaykitError(f"strategy {strategy.name!r}: this scheduler holds no such {role} model")
+        sampling = sampling or strategy.sampling
+        if sampling.top_k and any(isinstance(self.models[r], RemoteModel) for r in strategy.roles):
+            raise RelaykitError("remote models take temperature, top-p and seed; top-k is not part of the completions API")
+        sequence = prompt if isinstance(prompt, Sequence) else Sequence(prompt)
+        request = Request(strategy, sequence, sampling, stop or strategy.stop_config)
+        with self.lock:
+            self.incoming.append(request)
+            self.progress.notify_all()
+        return Handle(self, request)
+
+    def cancel(self, handle: Handle) -> None:
+        with self.lock:
+            if not handle.done:
+                self.cancelled.append(handle.request)
+                self.progress.notify_all()
+
+    def run(self, handles: list[Handle]) -> list[GenerationResult]:
+        """Step until every handle is done; their results in order."""
+        return [handle.result() for handle in handles]
+
+    @property
+    def busy(self) -> bool:
+        return bool(self.live or self.incoming)
+
+    # stepping
+
+    def wait_for_progress(self) -> None:
+        """Step once, or, while a background thread steps, wait for its next step."""
+        if self._thread is None:
+            self.step()
+            return
+        with self.progress:
+            self.progress.wait(timeout=0.1)
+
+    def start(self) -> None:
+        """Step in a background thread whenever there is work (for servers)."""
+        if self._thread is None:
+            self._running = True
+            self._thread = threading.Thread(target=self._loop, name="relaykit-scheduler", daemon=True)
+            self._thread.start()
+
+    def stop(self) -> None:
+        with self.progress:
+            self._running = False
+            self.progress.notify_all()
+        if self._thread is not None:
+            self._thread.join()
+            self._thread = None
+
+    def _loop(self) -> None:
+        while True:
+            with self.progress:
+                while self._running and not (self.busy or self.cancelled):
+                    self.progress.wait()
+                if not self._running:
+                    return
+            self.step()
+
+    def step(self) -> None:
+        """Admit, cancel, run one batched forward per model with waiting asks, free finished rows."""
+        with self.lock:
+            self.steps += 1
+            for request in self.incoming:
+                self.live[request.uid] = request
+                self._advance(request, None)
+            self.incoming = []
+            for request in self.cancelled:
+                self._cancel(request)
+            self.cancelled = []
+            worked = False
+            for role, runner in self.runners.items():
+                waiting, self.queues[role] = self.queues[role], []
+                if not waiting:
+                    continue
+                worked = True
+                if isinstance(runner, RemoteRunner):
+                    for request in waiting:
+                        self.in_flight[self.pool.submit(runner.generate, request, request.ask)] = request
+                else:
+                    self._forward(runner, waiting)
+            if self.in_flight:
+                timeout = 0 if worked else 0.05
+                finished, _ = concurrent.futures.wait(list(self.in_flight), timeout, concurrent.futures.FIRST_COMPLETED)
+                for future in finished:
+                    request = self.in_flight.pop(future)
+                    self._answer(request, future)
+            for runner in self.runners.values():
+                runner.compact()
+            self.progress.notify_all()
+
+    def _forward(self, runner: Runner, waiting: list[Request]) -> None:
+        """One batched forward of an in-process model for every waiting ask."""
+        asks = [request.ask for request in waiting]
+        logits = runner.score([ask.sequence for ask in asks], [getattr(ask, "k", 1) for ask in asks])
+        width = logits.shape[1]
+        generating = [i for i, ask in enumerate(asks) if isinstance(ask, Generate)]
+        tokens: dict[int, int] = {}
+        greedy = [i for i in generating if waiting[i].sampler.greedy]
+        if greedy:
+            tokens.update(zip(greedy, logits[greedy, -1].argmax(-1).tolist()))
+        for i in generating:
+            if i not in tokens:
+                tokens[i] = waiting[i].sample(logits[i, -1])
+        for i, (request, ask) in enumerate(zip(waiting, asks)):
+            if isinstance(ask, Logits):
+                self._advance(request, logits[i, width - ask.k :])
+                continue
+            sequence = ask.sequence
+            sequence.append(tokens[i], ask.model)
+            ended = request.settle(sequence, len(sequence) - 1, ask.ends_turn)
+            written = len(sequence) - ask.start
+            if ended is not None or sequence.finished or written >= ask.max_tokens:
+                self._advance(request, Generated(written, ended))
+            else:
+                self.queues[ask.model].append(request)
+
+    def _answer(self, request: Request, future: concurrent.futures.Future) -> None:
+        try:
+            answer = future.result()
+        except BaseException as error:  # noqa: BLE001 - the request fails, the scheduler goes on
+            self._fail(request, error)
+            return
+        self._advance(request, answer)
+
+    # a request's loop
+
+    def _advance(self, request: Request, answer) -> None:
+        """Send `answer` into the request's loop and run it to its next ask that needs a forward."""
+        while True:
+            try:
+                ask = request.generator.send(answer)
+            except StopIteration as stop:
+                self._complete(request, stop.value)
+                return
+            except BaseException as error:  # noqa: BLE001 - a failing request must not stop the others
+                self._fail(request, error)
+                return
+            try:
+                answer = self._dispatch(request, ask)
+            except BaseException as error:  # noqa: BLE001
+                self._fail(request, error)
+                return
+            if answer is _WAITING:
+                return
+
+    def _dispatch(self, request: Request, ask):
+        """Queue a model ask, or answer the asks that need no forward of their own."""
+        request.ask = ask
+        if isinstance(ask, (Logits, Generate)):
+            if ask.model not in self.runners:
+                raise RelaykitError(f"strategy {request.strategy.name!r} asked for a {ask.model} model, which is not loaded")
+            if isinstance(ask, Generate) and (ask.max_tokens <= 0 or ask.sequence.finished):
+                return Generated(0)
+            if isinstance(ask, Logits) and isinstance(self.runners[ask.model], RemoteRunner):
+                raise RelaykitError(f"the {ask.model} model is an endpoint: it gives text, not logits")
+            self.queues[ask.model].append(request)
+            return _WAITING
+        if isinstance(ask, Fork):
+            return self._fork(request, ask)
+        if isinstance(ask, Run):
+            return self._run_children(request, ask)
+        raise RelaykitError(f"strategy {request.strategy.name!r} yielded {ask!r}, which is not an ask")
+
+    def _fork(self, request: Request, ask: Fork) -> list[Sequence]:
+        copies = [ask.sequence.fork() for _ in range(ask.n)]
+        for role in ask.models:
+            runner = self.runners[role]
+            runner.prefill([ask.sequence])
+            runner.fork(ask.sequence, copies)
+        request.sequences += copies
+        return copies
+
+    def _run_children(self, request: Request, ask: Run):
+        if not ask.children:
+            return []
+        request.children = []
+        request.child_results = [None] * len(ask.children)
+        for index, (strategy, sequence) in enumerate(ask.children):
+            if sequence in request.sequences:
+                request.sequences.remove(sequence)  # the child owns its usage from here
+            sampling = request.sampling
+            if sampling.seed is not None:
+                sampling = dataclasses.replace(sampling, seed=sampling.seed * 1000 + index + 1)
+            child = Request(strategy, sequence, sampling, request.stop_config, parent=request)
+            child.index = index
+            request.children.append(child)
+            self.live[child.uid] = child
+        for child in list(request.children):
+            self._advance(child, None)
+        return _WAITING
+
+    # leaving
+
+    def _release(self, request: Request) -> dict[str, dict]:
+        """Free the request's rows in every runner; its usage per model (children included)."""
+        usage = {role: Usage() for role in request.strategy.roles}
+        for role, runner in self.runners.items():
+            for sequence in request.sequences:
+                spent = runner.release(sequence)
+                if role in usage or spent.forward_calls:
+                    usage.setdefault(role, Usage()).add(spent)
+        for child in request.child_results:
+            if child is not None:
+                for role, spent in child.usage.items():
+                    usage.setdefault(role, Usage()).add(Usage(**spent))
+        return {role: u.to_dict() for role, u in usage.items()}
+
+    def _complete(self, request: Request, output) -> None:
+        usage = self._release(request)
+        seconds = time.perf_counter() - request.submitted
+        strategy = request.strategy
+        if isinstance(output, GenerationResult):  # a composite strategy's chosen child
+            result = dataclasses.replace(output, usage=usage, seconds=seconds, events=request.events + output.events, uid=request.uid)
+        else:
+            result = make_result(request.sequence, strategy.tokenizer, usage, seconds, request.events, request.uid)
+        self._leave(request, result)
+
+    def _fail(self, request: Request, error: BaseException) -> None:
+        self._release(request)
+        request.error = error
+        for child in request.children:
+            if not child.done:
+                self._cancel(child)
+        self._leave(request, None)
+
+    def _cancel(self, request: Request) -> None:
+        if request.done:
+            return
+        for child in request.children:
+            self._cancel(child)
+        for queue in self.queues.values():
+            if request in queue:
+                queue.remove(request)
+        for future, waiting in list(self.in_flight.items()):
+            if waiting is request:
+                future.cancel()
+                del self.in_flight[future]
+        request.generator.close()
+        if not request.sequence.finished:
+            request.sequence.finish("cancelled")
+        usage = self._release(request)
+        result = make_result(request.sequence, request.strategy.tokenizer, usage,
+                             time.perf_counter() - request.submitted, request.events, request.uid)
+        self._leave(request, result)
+
+    def _leave(self, request: Request, result: GenerationResult | None) -> None:
+        request.result = result
+        self.live.pop(request.uid, None)
+        parent = request.parent
+        if parent is None or parent.done:
+            return
+        if request.error is not None:
+            self._fail(parent, request.error)
+            return
+        parent.child_results[request.index] = result
+        if all(r is not None for r in parent.child_results):
+            self._advance(parent, list(parent.child_results))

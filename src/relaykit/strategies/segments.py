@@ -1,0 +1,168 @@
+"""The segment relay: two models take turns on one sequence, a turn ending where a method's rule
+says (a cue, a sentence end, a reflection word). Shared by RelayGen and its baselines
+(random-switch, speculative-thinking). After `</think>` the small model writes the answer.
+
+A turn is one `Generate` ask whose `ends_turn` is the method's rule, so a turn runs token by
+token in-process and in one request per pause over an endpoint; with `speculative=K` the large
+model's turns are speculative rounds instead (in-process only).
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+from ..decoding.sequence import PROMPT, Sequence
+from ..errors import RelaykitError
+from ..runtime.asks import Generate
+from ..text import THINK_END, Tail, decode_tail, decoder, ends_thinking
+from .base import Strategy
+from .speculative import speculative_round
+
+NON_WORD = re.compile(r"\W")
+# Where an endpoint pauses so that a sentence end can be checked ("3.5" does not end one).
+SENTENCE_PAUSES = (". ", ".\n", "! ", "!\n", "? ", "?\n", "\n\n")
+
+
+@dataclass
+class SegmentConfig:
+    """Options every segment relay has (each method's config extends it)."""
+
+    answer_handoff: bool = True  # the small model writes everything after </think> (RelayGen paper)
+    answer_reserve: int = 32  # tokens kept for the answer when the budget ends inside <think> (ours)
+    speculative: int = 0  # K > 0: the large model's turns use speculative decoding, K drafts (ours)
+    draft_confidence: float = 0.0  # stop drafting once a draft token is below this (HF assisted generation: 0.4)
+
+    def __post_init__(self) -> None:
+        if self.speculative < 0 or self.answer_reserve < 0:
+            raise RelaykitError("speculative and answer-reserve must be >= 0")
+
+
+@dataclass
+class Turn:
+    """Who writes the sequence now, why, and since which index."""
+
+    writer: str  # "large" or "small"
+    reason: str  # why this writer has the pen: "start", "cue", "sentence end", "answer", ...
+    start: int
+    thinking: bool = True  # `</think>` not written yet
+
+
+@dataclass
+class Decision:
+    """End the turn after the deciding token and give the pen to `writer`; `cut`: truncate the
+    sequence there instead; `thinking_ended`: the deciding text closed the thinking."""
+
+    writer: str
+    reason: str
+    cue: str | None = None
+    cut: int | None = None
+    thinking_ended: bool = False
+
+
+class SegmentRelay(Strategy):
+    """Subclasses decide when a turn ends (`hand_off`) and where an endpoint should pause."""
+
+    roles = ("large", "small")
+    Config = SegmentConfig
+    first_writer = "large"
+    every_token = False  # True: `hand_off` must see every token, not only those that may complete a match
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.close_ids = self.tokenizer(THINK_END, add_special_tokens=False)["input_ids"]
+        self.window = 2 * len(THINK_END) + 8
+        self.decode = decoder(self.tokenizer)
+        self.completing: dict[int, bool] = {}
+
+    @classmethod
+    def needs_logits(cls, config) -> tuple[str, ...]:
+        return cls.roles if config.speculative else ()
+
+    def holdback(self) -> int:
+        return self.config.speculative
+
+    def hand_off(self, sequence: Sequence, turn: Turn, tail: Tail, end: int) -> Decision | None:
+        """Whether the turn ends after token `end - 1`; `tail` is the decoded text up to there.
+        Must depend only on the tokens up to `end` and the turn. Not asked once the small model
+        writes the answer after `</think>`."""
+        raise NotImplementedError
+
+    def pauses(self, turn: Turn) -> tuple[str, ...]:
+        """Strings after which an endpoint returns, so that `hand_off` can be checked there."""
+        return SENTENCE_PAUSES
+
+    def run(self, request):
+        sequence = request.sequence
+        turn = Turn(self.first_writer, "start", len(sequence))
+        while not sequence.finished:
+            room = self._room(request, turn)
+            if room <= 0 and turn.thinking and self.config.answer_handoff:
+                self._close_thinking(request, turn)
+                continue
+            ends_turn = None if turn.reason == "answer" else (lambda s, end: self._ends_turn(turn, s, end))
+            if turn.writer == "large" and self.config.speculative:
+                first = len(sequence)
+                # drafts past the end of the turn would be cut whatever the large model says
+                drafting_ends = ends_turn and (lambda s: ends_turn(s, len(s)) is not None)
+                k = max(0, min(self.config.speculative, room - 1))
+                yield from speculative_round(request, sequence, k, self.config.draft_confidence, drafting_ends)
+                decision = request.settle(sequence, first, ends_turn)
+            else:
+                pauses = () if ends_turn is None else (*self.pauses(turn), THINK_END)
+                decision = (yield Generate(turn.writer, sequence, room, ends_turn, pauses)).ended_by
+            if decision is not None and not sequence.finished:
+                self._switch(request, turn, decision)
+
+    # turns
+
+    def _room(self, request, turn: Turn) -> int:
+        """Tokens the sequence may still get before the answer reserve (the whole budget once thinking ended)."""
+        reserve = self.config.answer_reserve + len(self.close_ids) + 1 if turn.thinking and self.config.answer_handoff else 0
+        return request.remaining() - reserve
+
+    def _close_thinking(self, request, turn: Turn) -> None:
+        """The budget is ending inside `<think>`: close the thinking and let the small model answer."""
+        sequence = request.sequence
+        after_newline = self.decode(sequence.tokens[-1:]).endswith("\n")
+        close = self.close_ids if after_newline else self.tokenizer("\n" + THINK_END, add_special_tokens=False)["input_ids"]
+        request.event(None, "budget", THINK_END)
+        sequence.extend(close, PROMPT)  # inserted text, written by neither model
+        turn.thinking = False
+        if not request.finish_if_done(sequence, len(close)):
+            self._switch(request, turn, Decision("small", "answer", THINK_END))
+
+    def _ends_turn(self, turn: Turn, sequence: Sequence, end: int) -> Decision | None:
+        """The turn's rule for token `end - 1`: `</think>` (the answer goes to the small model),
+        else the method's `hand_off`."""
+        if not (self.every_token or self._may_complete(sequence.tokens[end - 1])):
+            return None
+        tail = self._tail(sequence, turn, end)
+        if turn.thinking and ends_thinking(tail.text, tail.new_from):
+            if self.config.answer_handoff:
+                return Decision("small", "answer", THINK_END, thinking_ended=True)
+            return Decision(turn.writer, turn.reason, THINK_END, thinking_ended=True)
+        return self.hand_off(sequence, turn, tail, end)
+
+    def _may_complete(self, token: int) -> bool:
+        """Whether a token's text may hold a non-word character: every cue, sentence end and
+        `</think>` completes on one, so other tokens need no decoding. Cached per token id."""
+        flag = self.completing.get(token)
+        if flag is None:
+            text = self.decode([token])
+            raw = self.tokenizer.convert_ids_to_tokens(token) or ""  # "▁Now": a space decoding drops
+            flag = self.completing[token] = bool(NON_WORD.search(text) or NON_WORD.search(raw))
+        return flag
+
+    def _tail(self, sequence: Sequence, turn: Turn, end: int) -> Tail:
+        """The decoded text up to token `end - 1`, enough of it for cues, sentence ends and `</think>`."""
+        return decode_tail(self.decode, sequence.tokens, end, turn.start, sequence.prompt_length - 1, self.window)
+
+    def _switch(self, request, turn: Turn, decision: Decision) -> None:
+        """Apply a decision; a change of writer starts a new turn and is recorded as an event."""
+        turn.thinking &= not decision.thinking_ended
+        if decision.writer == turn.writer:
+            turn.reason = decision.reason
+            return
+        request.event(f"{turn.writer}->{decision.writer}", decision.reason, decision.cue)
+        turn.writer, turn.reason, turn.start = decision.writer, decision.reason, len(request.sequence)

@@ -1,0 +1,181 @@
+"""The scheduler's contract, over every registered strategy and every KV policy under `single`, on
+the shipped pair: batched == alone == arriving at different steps (greedy), budgets, provenance,
+usage that sums to the runners' totals, cancellation that frees rows; then streaming, fork,
+composition, a background loop and a failing request."""
+
+from __future__ import annotations
+
+import threading
+
+import pytest
+import torch
+
+from relaykit.decoding.prompt import encode_prompt
+from relaykit.decoding.sequence import PROMPT, Sequence
+from relaykit.decoding.stopping import StopConfig
+from relaykit.errors import RelaykitError
+from relaykit.models.kv import POLICIES, make_policy
+from relaykit.models.runner import Runner
+from relaykit.runtime import Scheduler
+from relaykit.strategies.base import get_strategy, load_all
+from relaykit.strategies.single import Single
+from relaykit.toyworld import load_split
+
+BUDGET = 48
+KV_OPTIONS = {  # small enough that 48 tokens see compression steps
+    "full": {},
+    "rpc": dict(interval=16, window=4, ratio=2.0),
+    "h2o": dict(budget=40, window=8, interval=4),
+    "streaming": dict(budget=40, sinks=2, interval=4),
+}
+CASES = [(name, "full") for name in sorted(load_all())] + [("single", policy) for policy in sorted(POLICIES) if policy != "full"]
+
+
+@pytest.fixture(scope="module")
+def questions(shipped_pair):
+    return [encode_prompt(shipped_pair["large"].tokenizer, p.question) for p in load_split("test", 4)]
+
+
+def make(pair, name: str, policy: str = "full", budget: int = BUDGET):
+    return get_strategy(name)(pair, stop=StopConfig(max_new_tokens=budget), kv_policy=make_policy(policy, **KV_OPTIONS[policy]))
+
+
+def usage_totals(results, role: str) -> tuple:
+    used = [r.usage[role] for r in results if role in r.usage]
+    return tuple(sum(u[key] for u in used) for key in ("prefill_tokens", "decode_tokens", "flops"))
+
+
+def test_every_kv_policy_has_contract_options():
+    assert set(KV_OPTIONS) == set(POLICIES)
+
+
+@pytest.mark.parametrize("name,policy", CASES)
+def test_contract(shipped_pair, questions, name, policy):
+    strategy = make(shipped_pair, name, policy)
+    alone = [strategy.generate([q])[0] for q in questions]
+    batched = strategy.generate(questions)
+    assert [r.token_ids for r in batched] == [r.token_ids for r in alone]
+    for result in batched:
+        assert 0 < len(result.token_ids) <= BUDGET and result.finish_reason in ("stop", "length")
+        assert len(result.provenance) == len(result.token_ids)
+        assert set(result.provenance) <= {*strategy.roles, PROMPT}
+
+    # requests arriving at different steps, other strategies' requests beside them
+    scheduler = Scheduler(shipped_pair, strategy.kv_policy)
+    neighbour = make(shipped_pair, "speculative", policy)
+    handles, others = [], []
+    for i, question in enumerate(questions):
+        handles.append(scheduler.submit(question, strategy))
+        others.append(scheduler.submit(questions[-1 - i], neighbour))
+        for _ in range(i + 1):
+            scheduler.step()
+    results = scheduler.run(handles)
+    assert [r.token_ids for r in results] == [r.token_ids for r in alone]
+    everything = results + scheduler.run(others)
+    for role, runner in scheduler.runners.items():
+        total = runner.usage
+        assert usage_totals(everything, role) == pytest.approx((total.prefill_tokens, total.decode_tokens, total.flops))
+        assert runner.rows == [] and runner.kv_bytes == 0  # every row freed
+
+    # cancelling one request mid-way frees its rows; the others are not disturbed
+    scheduler = Scheduler(shipped_pair, strategy.kv_policy)
+    handles = [scheduler.submit(q, strategy) for q in questions]
+    for _ in range(6):
+        scheduler.step()
+    handles[1].cancel()
+    scheduler.step()
+    assert handles[1].result().finish_reason == "cancelled"
+    cancelled = {handles[1].uid} | {s.uid for s in handles[1].request.sequences}
+    for runner in scheduler.runners.values():
+        cache = runner.engine.cache
+        assert not cancelled & {row.sequence.uid for row in runner.rows}
+        assert cache.batch == len(runner.rows) and runner.kv_bytes == cache.capacity * cache.batch * cache.slot_bytes()
+    rest = scheduler.run([h for i, h in enumerate(handles) if i != 1])
+    assert [r.token_ids for r in rest] == [r.token_ids for i, r in enumerate(alone) if i != 1]
+
+
+@pytest.mark.parametrize("name", ["large", "speculative", "relaygen", "speculative-thinking", "best-of"])
+def test_streamed_tokens_are_final_and_add_up_to_the_result(shipped_pair, questions, name):
+    """A streamed token is never cut afterwards (the sequence refuses it), and the stream is the text."""
+    strategy = get_strategy(name)(shipped_pair, stop=StopConfig(max_new_tokens=80))
+    if name == "relaygen":
+        strategy.config.speculative = 3  # drafts that may be rejected
+    handle = strategy.scheduler.submit(questions[0], strategy)
+    chunks = list(handle.stream())
+    assert [token for chunk in chunks for token, _ in chunk] == handle.result().token_ids
+    assert [writer for chunk in chunks for _, writer in chunk] == handle.result().provenance
+    assert len(chunks) > 1 or name == "best-of"
+
+
+def test_fork_shares_what_was_read_and_survives_a_cut_into_it(models):
+    model = models[("llama", "large")]
+    runner = Runner(model, "large")
+    parent = Sequence([5, 6, 7, 8, 9, 10])
+    parent.extend([11, 12, 13, 14, 15], "large")
+    runner.prefill([parent])
+    children = [parent.fork() for _ in range(3)]
+    runner.fork(parent, children)
+    children[0].truncate(8)  # back into the shared part
+    children[0].extend([20, 21], "small")
+    children[1].extend([30], "small")
+    read_before = runner.usage.prefill_tokens + runner.usage.decode_tokens
+    logits = runner.next_logits(children + [parent])
+    for row, sequence in enumerate(children + [parent]):
+        with torch.no_grad():
+            expected = model.hf(torch.tensor([sequence.tokens])).logits[0, -1].float()
+        assert (logits[row] - expected).abs().max() <= 1e-4
+    # the copies and the parent read only what the prefill left (the last token) and their own new
+    # tokens; the cut copy reads its two new tokens after the cut
+    assert runner.usage.prefill_tokens + runner.usage.decode_tokens - read_before == 2 + (1 + 1) + 1 + 1
+
+
+def test_best_of_reads_the_prompt_once_and_rolls_up_its_children(shipped_pair, questions):
+    best_of = get_strategy("best-of")(shipped_pair, get_strategy("best-of").Config(n=5, child="large"),
+                                      stop=StopConfig(max_new_tokens=20))
+    result = best_of.generate(questions[:1])[0]
+    single = make(shipped_pair, "large", budget=20).generate(questions[:1])[0]
+    assert result.token_ids == single.token_ids
+    prompt = len(questions[0])
+    assert result.usage["large"]["prefill_tokens"] == prompt - 1 + 5  # once, then each copy's last prompt token
+    assert result.usage["large"]["decode_tokens"] == 5 * (len(single.token_ids) - 1)
+    assert [e.reason for e in result.events] == ["vote"]
+
+
+def test_a_background_loop_serves_several_threads(shipped_pair, questions):
+    strategy = make(shipped_pair, "speculative")
+    expected = [r.token_ids for r in strategy.generate(questions)]
+    scheduler = Scheduler(strategy.models)
+    scheduler.start()
+    got = [None] * len(questions)
+
+    def client(i):
+        got[i] = scheduler.submit(questions[i], strategy).result().token_ids
+
+    threads = [threading.Thread(target=client, args=(i,)) for i in range(len(questions))]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=120)
+    scheduler.stop()
+    assert got == expected
+
+
+class Failing(Single):
+    """A strategy whose loop fails half-way (a bug in a method must not stop other requests)."""
+
+    name = "failing"
+
+    def run(self, request):
+        yield from super().run(request)
+        raise RelaykitError("this method failed")
+
+
+def test_a_failing_request_fails_alone(shipped_pair, questions):
+    good, bad = make(shipped_pair, "large"), Failing({"large": shipped_pair["large"]}, stop=StopConfig(max_new_tokens=8))
+    scheduler = Scheduler(shipped_pair)
+    handles = [scheduler.submit(questions[0], bad), scheduler.submit(questions[1], good)]
+    assert scheduler.run(handles[1:])[0].token_ids == good.generate(questions[1:2])[0].token_ids
+    with pytest.raises(RelaykitError, match="failed"):
+        handles[0].result()
+    with pytest.raises(RelaykitError, match="no such small model"):
+        scheduler.submit(questions[0], make({"large": shipped_pair["large"], "small": shipped_pair["large"]}, "speculative"))
