@@ -122,8 +122,15 @@ class NativeEngine:
 
     @torch.inference_mode()
     def keep_rows(self, rows: list[int]) -> None:
-        """Keep the given rows in that order; a repeated row (a fork) is copied."""
         self.cache.keep_rows(rows)
+
+    @torch.inference_mode()
+    def copy_row(self, source: int, target: int) -> None:
+        self.cache.copy_row(source, target)
+
+    @torch.inference_mode()
+    def clear_row(self, row: int) -> None:
+        self.cache.clear_row(row)
 
     @torch.inference_mode()
     def truncate(self, row: int, length: int) -> None:
@@ -131,33 +138,49 @@ class NativeEngine:
 
     @torch.inference_mode()
     def forward(self, tokens: list[list[int]], positions: list[int], wanted: list[int]) -> torch.Tensor:
-        """Feed `tokens[b]` to row b (positions from `positions[b]`); logits [B, K, V] of each
-        row's last K fed tokens, K = max(wanted), of which row b needs its last `wanted[b]`
-        (rows fed fewer tokens get garbage before those)."""
+        """Feed `tokens[b]` to row b (positions from `positions[b]`); logits [F, K, V] of the last
+        K fed tokens of each of the F rows fed something (in row order), K = max(wanted), of which
+        row b needs its last `wanted[b]` (rows fed fewer tokens get garbage before those).
+
+        Only the fed rows are computed (their keys and values gathered for attention), unless a
+        policy takes over this forward's attention: policies work on every row of the cache."""
         cache = self.cache
-        batch, width, last_k = len(tokens), max(len(t) for t in tokens), max(wanted)
         fed_counts = [len(t) for t in tokens]
         for row, (start, count, k) in enumerate(zip(cache.lengths.tolist(), fed_counts, wanted)):
             if start == 0 and count:  # a row's prompt: what it read before its first prediction
                 cache.prompt_lengths[row] = max(count - k + 1, 1)
         policy_attention = self.policy.begin(cache, fed_counts, positions)  # None: plain attention
-        starts = cache.lengths.tolist()
+        fed_rows = [b for b, count in enumerate(fed_counts) if count]
+        # the rows computed: a block of the cache (a view) or scattered rows (gathered)
+        if policy_attention is not None:
+            rows = slice(None)
+        elif fed_rows[-1] - fed_rows[0] + 1 == len(fed_rows):
+            rows = slice(fed_rows[0], fed_rows[-1] + 1)
+        else:
+            rows = torch.tensor(fed_rows, dtype=torch.long, device=self.device)
+        picked = range(len(tokens))[rows] if isinstance(rows, slice) else fed_rows
+        tokens, positions = [tokens[b] for b in picked], [positions[b] for b in picked]
+        lengths = cache.lengths.tolist()  # after the policy's drops
+        starts = [lengths[b] for b in picked]
+        batch, width, last_k = len(tokens), max(len(t) for t in tokens), max(wanted)
         cache.reserve(max(starts) + width)
         same_start = min(starts) == max(starts)
         ids = torch.tensor([t + [0] * (width - len(t)) for t in tokens], dtype=torch.long, device=self.device)
         position_ids = torch.tensor([range(p, p + width) for p in positions], dtype=torch.long, device=self.device)
         span = max(starts) + width  # slots attended by any row
+        starts_t = torch.tensor(starts, dtype=torch.long, device=self.device)
         mask = None
         if not (same_start and width == 1):
             slot = torch.arange(span, device=self.device)
-            limit = cache.lengths.to(self.device)[:, None] + torch.arange(width, device=self.device) + 1
+            limit = starts_t[:, None] + torch.arange(width, device=self.device) + 1
             mask = (slot[None, None, :] < limit[:, :, None])[:, None]  # [B, 1, width, span]
-        if same_start:
-            cache.write_positions(starts[0], position_ids)
-        else:
-            cache.write_positions(cache.lengths.to(self.device), position_ids)
-            write_index = (cache.lengths.to(self.device)[:, None] + torch.arange(width, device=self.device))
-            write_index = write_index[:, None, :, None].expand(batch, self.kv_heads, width, self.head_dim)
+        cache.write_positions(starts[0] if same_start else starts_t, position_ids, rows)
+        write_slots = starts_t[:, None] + torch.arange(width, device=self.device)  # [B, width]
+        if not isinstance(rows, slice):  # flat indices into a layer's [rows * kv_heads * capacity, head_dim]
+            heads = torch.arange(self.kv_heads, device=self.device)
+            flat = ((rows[:, None, None] * self.kv_heads + heads[None, :, None]) * cache.capacity + write_slots[:, None, :]).reshape(-1)
+        elif not same_start:
+            write_index = write_slots[:, None, :, None].expand(batch, self.kv_heads, width, self.head_dim)
 
         hidden = self.body.embed_tokens(ids)
         cos, sin = self._rope(hidden, position_ids)
@@ -177,27 +200,28 @@ class NativeEngine:
                 q, k = qk[:, :q_width], qk[:, q_width:]
             v = qkv[:, :, q_width + kv_width :].transpose(1, 2)
             keys, values = cache.layer_keys[index], cache.layer_values[index]
-            if same_start:
-                keys[:, :, starts[0] : starts[0] + width] = k
-                values[:, :, starts[0] : starts[0] + width] = v
+            if not isinstance(rows, slice):
+                keys.view(-1, self.head_dim).index_copy_(0, flat, k.reshape(-1, self.head_dim))
+                values.view(-1, self.head_dim).index_copy_(0, flat, v.reshape(-1, self.head_dim))
+                keys, values = keys[rows, :, :span], values[rows, :, :span]
             else:
-                keys.scatter_(2, write_index, k)
-                values.scatter_(2, write_index, v)
+                keys, values = keys[rows], values[rows]
+                if same_start:
+                    keys[:, :, starts[0] : starts[0] + width] = k
+                    values[:, :, starts[0] : starts[0] + width] = v
+                else:
+                    keys.scatter_(2, write_index, k)
+                    values.scatter_(2, write_index, v)
+                keys, values = keys[:, :, :span], values[:, :, :span]
             if policy_attention is None and width == 1 and self.heads != self.kv_heads:
                 # decoding under GQA: each KV head's query group attends as one block of queries,
                 # which avoids SDPA's repeat of keys and values per query head
                 grouped = q.reshape(batch, self.kv_heads, self.heads // self.kv_heads, self.head_dim)
-                out = F.scaled_dot_product_attention(
-                    grouped, keys[:, :, :span], values[:, :, :span], attn_mask=mask, scale=attention.scaling
-                ).reshape(batch, self.heads, 1, self.head_dim)
+                out = F.scaled_dot_product_attention(grouped, keys, values, attn_mask=mask, scale=attention.scaling)
+                out = out.reshape(batch, self.heads, 1, self.head_dim)
             elif policy_attention is None:
                 out = F.scaled_dot_product_attention(
-                    q,
-                    keys[:, :, :span],
-                    values[:, :, :span],
-                    attn_mask=mask,
-                    scale=attention.scaling,
-                    enable_gqa=self.heads != self.kv_heads,
+                    q, keys, values, attn_mask=mask, scale=attention.scaling, enable_gqa=self.heads != self.kv_heads
                 )
             else:
                 out = policy_attention.attend(index, q, mask, span, attention.scaling)
@@ -208,12 +232,15 @@ class NativeEngine:
 
         cache.lengths += torch.tensor(fed_counts, dtype=cache.lengths.dtype)
         cache.note_usage()
-        if min(fed_counts) == width >= last_k:  # every row's last k fed tokens end the block
+        counts = [len(t) for t in tokens]
+        if len(fed_rows) < batch:  # a policy's forward over every row: keep the fed ones
+            hidden, counts = hidden[torch.tensor(fed_rows, device=self.device)], [counts[b] for b in fed_rows]
+        if min(counts) == width >= last_k:  # every row's last k fed tokens end the block
             chosen = hidden[:, width - last_k :]
         else:
-            fed = torch.tensor(fed_counts, dtype=torch.long, device=self.device)
+            fed = torch.tensor(counts, dtype=torch.long, device=self.device)
             pick = (fed[:, None] - last_k + torch.arange(last_k, device=self.device)).clamp(min=0)
-            chosen = hidden.gather(1, pick[:, :, None].expand(batch, last_k, hidden.shape[-1]))
+            chosen = hidden.gather(1, pick[:, :, None].expand(len(counts), last_k, hidden.shape[-1]))
         return self.model.lm_head(self.body.norm(chosen)).float()
 
 
@@ -235,13 +262,15 @@ class HFEngine:
         self.caches += [DynamicCache(config=self.model.config) for _ in range(count)]
 
     def keep_rows(self, rows: list[int]) -> None:
-        """Keep the given rows in that order; a repeated row (a fork) gets its own copy."""
-        taken: set[int] = set()
-        kept = []
-        for r in rows:
-            kept.append(copy.deepcopy(self.caches[r]) if r in taken else self.caches[r])
-            taken.add(r)
-        self.caches = kept
+        self.caches = [self.caches[r] for r in rows]
+
+    def copy_row(self, source: int, target: int) -> None:
+        self.caches[target] = copy.deepcopy(self.caches[source])
+
+    def clear_row(self, row: int) -> None:
+        from transformers import DynamicCache
+
+        self.caches[row] = DynamicCache(config=self.model.config)
 
     def truncate(self, row: int, length: int) -> None:
         current = self.caches[row].get_seq_length()
@@ -250,6 +279,7 @@ class HFEngine:
 
     @torch.inference_mode()
     def forward(self, tokens: list[list[int]], positions: list[int], wanted: list[int]) -> torch.Tensor:
+        """As `NativeEngine.forward`: logits of the fed rows only."""
         last_k = max(wanted)
         rows = []
         for row_tokens, position, cache in zip(tokens, positions, self.caches):
@@ -266,5 +296,4 @@ class HFEngine:
             if logits.shape[0] < last_k:
                 logits = torch.cat([logits.new_zeros(last_k - logits.shape[0], logits.shape[1]), logits])
             rows.append(logits)
-        vocab = next(r for r in rows if r is not None).shape[-1]
-        return torch.stack([r if r is not None else torch.zeros(last_k, vocab, device=self.device) for r in rows])
+        return torch.stack([r for r in rows if r is not None])

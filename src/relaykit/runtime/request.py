@@ -38,7 +38,7 @@ class Request:
         self.child_results: list[GenerationResult | None] = []
         self.result: GenerationResult | None = None
         self.error: BaseException | None = None
-        self.cancelled = False
+        self.in_flight = False  # an endpoint is answering its ask
         self.submitted = time.perf_counter()
         self.generator = strategy.run(self)
 

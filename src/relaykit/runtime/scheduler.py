@@ -76,7 +76,7 @@ class Handle:
         else:
             holdback = request.strategy.holdback()
             sequence = request.sequence
-            if holdback is None or request in self.scheduler.in_flight.values():  # an endpoint is writing
+            if holdback is None or request.in_flight:  # an endpoint is writing on it
                 return []
             end = max(len(sequence) - holdback, sequence.final)
             sequence.final = end
@@ -102,6 +102,7 @@ class Scheduler:
                 self.runners[role] = Runner(model, role, kv_policy.fresh() if kv_policy is not None else None)
         self.pool = concurrent.futures.ThreadPoolExecutor(remote_workers) if remote else None
         self.queues: dict[str, list[Request]] = {role: [] for role in self.runners}
+        self.cost: dict[str, float] = dict.fromkeys(self.runners, 0.0)  # seconds of each model's last forward
         self.in_flight: dict[concurrent.futures.Future, Request] = {}
         self.live: dict[int, Request] = {}
         self.incoming: list[Request] = []
@@ -190,31 +191,55 @@ class Scheduler:
             for request in self.cancelled:
                 self._cancel(request)
             self.cancelled = []
-            worked = False
+            spent: dict[str, float] = {}
             for role, runner in self.runners.items():
                 waiting, self.queues[role] = self.queues[role], []
                 if not waiting:
                     continue
-                worked = True
                 if isinstance(runner, RemoteRunner):
                     for request in waiting:
                         self.in_flight[self.pool.submit(runner.generate, request, request.ask)] = request
+                        request.in_flight = True
                 else:
-                    self._forward(runner, waiting)
+                    spent[role] = self._forward(runner, waiting)
+            self._fill(spent)
             if self.in_flight:
-                timeout = 0 if worked else 0.05
+                timeout = 0 if spent else 0.05
                 finished, _ = concurrent.futures.wait(list(self.in_flight), timeout, concurrent.futures.FIRST_COMPLETED)
                 for future in finished:
                     request = self.in_flight.pop(future)
+                    request.in_flight = False
                     self._answer(request, future)
             for runner in self.runners.values():
                 runner.compact()
             self.progress.notify_all()
 
-    def _forward(self, runner: Runner, waiting: list[Request]) -> None:
-        """One batched forward of an in-process model for every waiting ask."""
+    def _fill(self, spent: dict[str, float]) -> None:
+        """Cheaper models take more forwards within the step's longest one while they serve
+        requests at least as fast as the costliest model would (waiting asks per second of its
+        last forward): a request drafting or writing a segment on a small model then advances
+        several tokens per step of the large model, without holding the large model's rows."""
+        if len(spent) < 2:
+            return
+        costliest = max(spent, key=self.cost.get)
+        longest = spent[costliest]
+        more = True
+        while more:
+            more = False
+            pace = len(self.queues[costliest]) / max(self.cost[costliest], 1e-9)
+            for role, seconds in spent.items():
+                waiting = self.queues[role]
+                if role != costliest and waiting and seconds + self.cost[role] <= longest and len(waiting) / max(self.cost[role], 1e-9) >= pace:
+                    self.queues[role] = []
+                    spent[role] += self._forward(self.runners[role], waiting)
+                    more = True
+
+    def _forward(self, runner: Runner, waiting: list[Request]) -> float:
+        """One batched forward of an in-process model for every waiting ask; its seconds."""
+        started = time.perf_counter()
         asks = [request.ask for request in waiting]
         logits = runner.score([ask.sequence for ask in asks], [getattr(ask, "k", 1) for ask in asks])
+        self.cost[runner.name] = time.perf_counter() - started
         width = logits.shape[1]
         generating = [i for i, ask in enumerate(asks) if isinstance(ask, Generate)]
         tokens: dict[int, int] = {}
@@ -236,6 +261,7 @@ class Scheduler:
                 self._advance(request, Generated(written, ended))
             else:
                 self.queues[ask.model].append(request)
+        return time.perf_counter() - started
 
     def _answer(self, request: Request, future: concurrent.futures.Future) -> None:
         try:

@@ -74,9 +74,22 @@ class KVCache:
         self.layer_views()
         self._note_allocation()
 
+    def clear_row(self, row: int) -> None:
+        """Empty a row for reuse by another sequence."""
+        for name, t in self.slot_state.items():
+            t[:, row] = self.slot_fill[name]
+        self.lengths[row] = self.prompt_lengths[row] = 0
+        self.pending[row] = False
+
+    def copy_row(self, source: int, target: int) -> None:
+        """Make row `target` a copy of row `source` (a fork)."""
+        for t in (self.keys, self.values, *self.slot_state.values(), *self.row_state.values()):
+            t[:, target] = t[:, source]
+        for t in (self.lengths, self.prompt_lengths, self.pending):
+            t[target] = t[source]
+
     def keep_rows(self, rows: list[int]) -> None:
-        """Keep only the given rows, in that order (finished rows release their memory); a row
-        listed twice is copied (a fork)."""
+        """Keep only the given rows, in that order (finished rows release their memory)."""
         index = torch.tensor(rows, dtype=torch.long)
         on_device = index.to(self.device)
         self.keys, self.values = self.keys.index_select(1, on_device), self.values.index_select(1, on_device)
@@ -111,15 +124,19 @@ class KVCache:
         self.layer_views()
         self._note_allocation()
 
-    def write_positions(self, starts: torch.Tensor | int, position_ids: torch.Tensor) -> None:
-        """Record the positions [rows, width] of tokens written from slot `starts` (int or per row)."""
+    def write_positions(self, starts: torch.Tensor | int, position_ids: torch.Tensor, rows: slice | torch.Tensor = slice(None)) -> None:
+        """Record the positions [rows, width] of tokens written from slot `starts` (int or per
+        row) into `rows` (a block of rows, or row indices)."""
+        positions = self.positions[:, rows]
         values = position_ids.to(torch.int32)[None, :, None, :]
         if isinstance(starts, int):
-            self.positions[:, :, :, starts : starts + position_ids.shape[1]] = values
+            positions[:, :, :, starts : starts + position_ids.shape[1]] = values
         else:
             index = (starts[:, None] + torch.arange(position_ids.shape[1], device=starts.device))[None, :, None, :]
-            shape = (self.layers, self.batch, self.kv_heads, position_ids.shape[1])
-            self.positions.scatter_(3, index.expand(shape), values.expand(shape))
+            shape = (self.layers, positions.shape[1], self.kv_heads, position_ids.shape[1])
+            positions.scatter_(3, index.expand(shape), values.expand(shape))
+        if not isinstance(rows, slice):  # indexing copied them
+            self.positions[:, rows] = positions
 
     def truncate(self, row: int, length: int) -> None:
         """Drop the row's slots from `length` on; refuse when they are not its latest tokens."""
