@@ -2,7 +2,8 @@
 every figure a ratio of two runs made side by side in this process.
 
 - continuous_over_static: 64 greedy requests (large, speculative and relaygen in turn) arriving
-  on a seeded schedule, through one scheduler as they arrive, against static batches of 8
+  on a seeded schedule (exponential gaps of mean --gap seconds; one figure per gap, the first
+  gap's is the headline), through one scheduler as they arrive, against static batches of 8
   requests of one strategy, each batch started once its 8 requests have arrived (the last one
   once all have); throughput = tokens / (last completion - first arrival).
 - mixed_forwards_saved: large-model forwards saved by running `large` and `relaygen` requests in
@@ -185,7 +186,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--requests", type=int, default=64)
-    parser.add_argument("--gap", type=float, default=0.05, help="mean seconds between arrivals")
+    parser.add_argument("--gaps", default="0.03,0.01,0.1", help="mean seconds between arrivals (comma-separated)")
     parser.add_argument("--max-new-tokens", type=int, default=256)
     parser.add_argument("--v1", default="b35fb4a", help="the revision before the scheduler")
     parser.add_argument("--v1-rounds", type=int, default=3)
@@ -201,8 +202,13 @@ def main() -> None:
     figures: dict = {}
     if "continuous" not in skip:
         strategies = [build(pair, name, args.max_new_tokens) for name in ("large", "speculative", "relaygen")]
-        figures |= continuous_over_static(pair, prompts[: args.requests], strategies, args.gap, seed=0)
-        print(f"continuous {figures['continuous_tokens_per_s']:.0f} tok/s, static {figures['static_tokens_per_s']:.0f} tok/s")
+        for i, gap in enumerate(float(g) for g in args.gaps.split(",")):
+            measured = continuous_over_static(pair, prompts[: args.requests], strategies, gap, seed=0)
+            print(f"gap {gap} s: continuous {measured['continuous_tokens_per_s']:.0f} tok/s, "
+                  f"static {measured['static_tokens_per_s']:.0f} tok/s")
+            if i == 0:
+                figures |= measured | {"gap": gap}
+            figures[f"continuous_over_static_gap_{gap}"] = measured["continuous_over_static"]
     if "mixed" not in skip:
         figures |= mixed_forwards_saved(pair, prompts[:16], args.max_new_tokens)
         print(f"large forwards: {figures['large_forwards_together']} together, {figures['large_forwards_apart']} apart")

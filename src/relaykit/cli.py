@@ -156,7 +156,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     from .evals.report import rich_trajectory
     from .strategies.base import STRATEGIES
 
-    rest = [name for name in STRATEGIES if name not in ("single", "large", "small")]
+    rest = [name for name, cls in STRATEGIES.items() if name not in ("single", "large", "small") and cls.in_demo]
     results, paths, console = run_evaluation(args, ["large", "small", *rest])
     both = {"small", "large"}  # show a trajectory that both models wrote, when there is one
     shown = next(

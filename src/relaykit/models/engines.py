@@ -142,8 +142,9 @@ class NativeEngine:
         K fed tokens of each of the F rows fed something (in row order), K = max(wanted), of which
         row b needs its last `wanted[b]` (rows fed fewer tokens get garbage before those).
 
-        Only the fed rows are computed (their keys and values gathered for attention), unless a
-        policy takes over this forward's attention: policies work on every row of the cache."""
+        Only the fed rows are computed (a block of rows is read in place, scattered rows have their
+        keys and values gathered), unless a policy takes over this forward's attention: policies
+        work on every row of the cache."""
         cache = self.cache
         fed_counts = [len(t) for t in tokens]
         for row, (start, count, k) in enumerate(zip(cache.lengths.tolist(), fed_counts, wanted)):
@@ -152,7 +153,7 @@ class NativeEngine:
         policy_attention = self.policy.begin(cache, fed_counts, positions)  # None: plain attention
         fed_rows = [b for b, count in enumerate(fed_counts) if count]
         # the rows computed: a block of the cache (a view) or scattered rows (gathered)
-        if policy_attention is not None:
+        if policy_attention is not None or len(fed_rows) == len(tokens):
             rows = slice(None)
         elif fed_rows[-1] - fed_rows[0] + 1 == len(fed_rows):
             rows = slice(fed_rows[0], fed_rows[-1] + 1)
@@ -168,18 +169,21 @@ class NativeEngine:
         ids = torch.tensor([t + [0] * (width - len(t)) for t in tokens], dtype=torch.long, device=self.device)
         position_ids = torch.tensor([range(p, p + width) for p in positions], dtype=torch.long, device=self.device)
         span = max(starts) + width  # slots attended by any row
-        starts_t = torch.tensor(starts, dtype=torch.long, device=self.device)
+        starts_t = None if same_start and width == 1 else torch.tensor(starts, dtype=torch.long, device=self.device)
         mask = None
-        if not (same_start and width == 1):
+        if starts_t is not None:
             slot = torch.arange(span, device=self.device)
             limit = starts_t[:, None] + torch.arange(width, device=self.device) + 1
             mask = (slot[None, None, :] < limit[:, :, None])[:, None]  # [B, 1, width, span]
         cache.write_positions(starts[0] if same_start else starts_t, position_ids, rows)
-        write_slots = starts_t[:, None] + torch.arange(width, device=self.device)  # [B, width]
         if not isinstance(rows, slice):  # flat indices into a layer's [rows * kv_heads * capacity, head_dim]
+            if starts_t is None:
+                starts_t = torch.tensor(starts, dtype=torch.long, device=self.device)
+            write_slots = starts_t[:, None] + torch.arange(width, device=self.device)  # [B, width]
             heads = torch.arange(self.kv_heads, device=self.device)
             flat = ((rows[:, None, None] * self.kv_heads + heads[None, :, None]) * cache.capacity + write_slots[:, None, :]).reshape(-1)
         elif not same_start:
+            write_slots = starts_t[:, None] + torch.arange(width, device=self.device)
             write_index = write_slots[:, None, :, None].expand(batch, self.kv_heads, width, self.head_dim)
 
         hidden = self.body.embed_tokens(ids)
@@ -205,7 +209,8 @@ class NativeEngine:
                 values.view(-1, self.head_dim).index_copy_(0, flat, v.reshape(-1, self.head_dim))
                 keys, values = keys[rows, :, :span], values[rows, :, :span]
             else:
-                keys, values = keys[rows], values[rows]
+                if rows != slice(None):
+                    keys, values = keys[rows], values[rows]
                 if same_start:
                     keys[:, :, starts[0] : starts[0] + width] = k
                     values[:, :, starts[0] : starts[0] + width] = v

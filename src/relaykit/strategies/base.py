@@ -46,6 +46,7 @@ class Strategy:
     name = "?"
     roles: tuple[str, ...] = ("large",)
     Config: type = NoOptions
+    in_demo = True  # `relaykit demo` runs it
 
     def __init__(
         self,

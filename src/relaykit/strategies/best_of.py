@@ -28,16 +28,19 @@ class BestOf(Strategy):
     roles = ("large", "small")
     Config = BestOfConfig
 
+    in_demo = False  # greedy children all write the same text: best-of pays off with sampling
+
     def __init__(self, models: dict, config=None, *args, **kwargs):
+        from ..api import build_strategy
         from ..options import strategy_variant
 
         config = config if config is not None else BestOfConfig()
-        child_class, options = strategy_variant(config.child)
+        child_class, _ = strategy_variant(config.child)
         if child_class is BestOf:
             raise RelaykitError("best-of cannot run best-of children")
         self.roles = child_class.roles
         super().__init__(models, config, *args, **kwargs)
-        self.child = child_class(self.models, child_class.Config(**options), self.sampling, self.stop_config, self.kv_policy)
+        self.child = build_strategy(config.child, self.models, sampling=self.sampling, stop=self.stop_config, kv_policy=self.kv_policy)
 
     @classmethod
     def needs_logits(cls, config) -> tuple[str, ...]:
