@@ -85,7 +85,8 @@ def test_contract(shipped_pair, questions, name, policy):
     handles[1].cancel()
     scheduler.step()
     assert handles[1].result().finish_reason == "cancelled"
-    cancelled = {handles[1].uid} | {s.uid for s in handles[1].request.sequences}
+    request = handles[1].request
+    cancelled = {s.uid for r in (request, *request.children) for s in r.sequences}  # a best-of's children too
     for runner in scheduler.runners.values():
         live = [row for row in runner.rows if row is not None]
         assert not cancelled & {row.sequence.uid for row in live}

@@ -243,6 +243,8 @@ class Runner:
         rows of very different feed lengths (new prompts, verification chunks, single tokens) go
         apart when the padding saved outweighs a forward's fixed cost (`overhead_tokens`)."""
         order = sorted((len(tokens), i) for i, tokens in enumerate(feed) if tokens)
+        if order[0][0] == order[-1][0]:
+            return [[i for _, i in order]]
         # best[j]: the cheapest cost of the j shortest rows; a group costs overhead + rows x longest
         best, cut = [0.0] + [float("inf")] * len(order), [0] * (len(order) + 1)
         for j in range(1, len(order) + 1):

@@ -39,6 +39,7 @@ class Request:
         self.result: GenerationResult | None = None
         self.error: BaseException | None = None
         self.in_flight = False  # an endpoint is answering its ask
+        self.cancelled = False
         self.submitted = time.perf_counter()
         self.generator = strategy.run(self)
 

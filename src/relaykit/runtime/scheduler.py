@@ -106,7 +106,7 @@ class Scheduler:
         self.in_flight: dict[concurrent.futures.Future, Request] = {}
         self.live: dict[int, Request] = {}
         self.incoming: list[Request] = []
-        self.cancelled: list[Request] = []
+        self.to_cancel: list[Request] = []
         self.lock = threading.RLock()
         self.progress = threading.Condition(self.lock)
         self.steps = 0
@@ -135,7 +135,7 @@ class Scheduler:
     def cancel(self, handle: Handle) -> None:
         with self.lock:
             if not handle.done:
-                self.cancelled.append(handle.request)
+                self.to_cancel.append(handle.request)
                 self.progress.notify_all()
 
     def run(self, handles: list[Handle]) -> list[GenerationResult]:
@@ -174,7 +174,7 @@ class Scheduler:
     def _loop(self) -> None:
         while True:
             with self.progress:
-                while self._running and not (self.busy or self.cancelled):
+                while self._running and not (self.busy or self.to_cancel):
                     self.progress.wait()
                 if not self._running:
                     return
@@ -188,9 +188,9 @@ class Scheduler:
                 self.live[request.uid] = request
                 self._advance(request, None)
             self.incoming = []
-            for request in self.cancelled:
+            for request in self.to_cancel:
                 self._cancel(request)
-            self.cancelled = []
+            self.to_cancel = []
             spent: dict[str, float] = {}
             for role, runner in self.runners.items():
                 waiting, self.queues[role] = self.queues[role], []
@@ -244,7 +244,9 @@ class Scheduler:
         generating = [i for i, ask in enumerate(asks) if isinstance(ask, Generate)]
         tokens: dict[int, int] = {}
         greedy = [i for i in generating if waiting[i].sampler.greedy]
-        if greedy:
+        if len(greedy) == len(asks):
+            tokens.update(enumerate(logits[:, -1].argmax(-1).tolist()))
+        elif greedy:
             tokens.update(zip(greedy, logits[greedy, -1].argmax(-1).tolist()))
         for i in generating:
             if i not in tokens:
@@ -375,6 +377,7 @@ class Scheduler:
     def _cancel(self, request: Request) -> None:
         if request.done:
             return
+        request.cancelled = True  # its children's ends no longer wake it
         for child in request.children:
             self._cancel(child)
         for queue in self.queues.values():
@@ -396,7 +399,7 @@ class Scheduler:
         request.result = result
         self.live.pop(request.uid, None)
         parent = request.parent
-        if parent is None or parent.done:
+        if parent is None or parent.done or parent.cancelled:
             return
         if request.error is not None:
             self._fail(parent, request.error)
