@@ -2,9 +2,9 @@
 
 Each step, every model with waiting asks runs one batched forward over them (token-level asks
 and the next token of every running `Generate`); the answered requests' loops then run on to
-their next ask. Requests join between steps; finished and cancelled ones leave, and their KV
-rows are freed at the end of the step. Remote models answer text-level asks in worker threads
-while the in-process models go on stepping.
+their next ask. Requests join between steps; finished and cancelled ones leave at once (their KV
+rows are emptied for the next requests; memory is given back once most rows are free). Remote
+models answer text-level asks in worker threads while the in-process models go on stepping.
 """
 
 from __future__ import annotations
