@@ -128,6 +128,8 @@ class NativeEngine:
     def copy_row(self, source: int, target: int) -> None:
         self.cache.copy_row(source, target)
 
+    move_row = copy_row  # the source row is cleared or reused afterwards
+
     @torch.inference_mode()
     def clear_row(self, row: int) -> None:
         self.cache.clear_row(row)
@@ -271,6 +273,10 @@ class HFEngine:
 
     def copy_row(self, source: int, target: int) -> None:
         self.caches[target] = copy.deepcopy(self.caches[source])
+
+    def move_row(self, source: int, target: int) -> None:
+        """The source row's cache becomes the target's (the source is cleared afterwards)."""
+        self.caches[target] = self.caches[source]
 
     def clear_row(self, row: int) -> None:
         from transformers import DynamicCache

@@ -78,7 +78,7 @@ class Runner:
         if index is not None:
             last = self.live - 1
             if index != last:
-                self.engine.copy_row(last, index)
+                self.engine.move_row(last, index)
                 self.rows[index] = self.rows[last]
                 self.index[self.rows[index].sequence.uid] = index
             self.engine.clear_row(last)

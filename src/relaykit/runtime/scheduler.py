@@ -128,6 +128,8 @@ class Scheduler:
         sequence = prompt if isinstance(prompt, Sequence) else Sequence(prompt)
         request = Request(strategy, sequence, sampling, stop or strategy.stop_config)
         with self.lock:
+            if sequence.uid in self.live or any(r.uid == sequence.uid for r in self.incoming):
+                raise RelaykitError(f"sequence {sequence.uid} is already being generated; fork it for a second request")
             self.incoming.append(request)
             self.progress.notify_all()
         return Handle(self, request)
