@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -209,6 +210,26 @@ def cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_serve(args: argparse.Namespace) -> int:
+    try:
+        import uvicorn
+
+        from .serve import create_app
+    except ImportError as error:
+        raise RelaykitError(f"relaykit serve needs FastAPI and uvicorn ({error.name} is missing): "
+                            "pip install 'relaykit[serve]'") from error
+    if args.max_concurrency is not None and args.max_concurrency < 1:
+        raise RelaykitError(f"--max-concurrency must be >= 1, got {args.max_concurrency}")
+    policy = kv_policy_from_args(args)
+    models = load_models_from_args(args, ("large", "small"))
+    api_key = args.api_key or os.environ.get("RELAYKIT_API_KEY") or None
+    app = create_app(models, kv_policy=policy, api_key=api_key, max_concurrency=args.max_concurrency)
+    names = ", ".join(app.state.service.available())
+    print(f"relaykit: serving {names} at http://{args.host}:{args.port}/v1" + (" (API key required)" if api_key else ""))
+    uvicorn.run(app, host=args.host, port=args.port, log_level="info")
+    return 0
+
+
 def add_evaluation_options(parser: argparse.ArgumentParser, strategies: dict) -> None:
     """What `eval` and `demo` share: batching, models, sampling, KV policy, strategy options."""
     parser.add_argument("--batch-size", type=int, default=8, help="problems per batch for batched strategies")
@@ -292,6 +313,22 @@ def build_parser() -> argparse.ArgumentParser:
     calibrate.add_argument("--max-new-tokens", type=int, default=512)
     add_model_options(calibrate)
     calibrate.set_defaults(run=cmd_calibrate)
+
+    serve = commands.add_parser(
+        "serve",
+        help="an OpenAI-compatible server: a request's `model` names a strategy",
+        description="Serve /v1/completions and /v1/chat/completions (streaming too), /v1/models and /health. "
+        "A request's `model` is a strategy or a variant, e.g. relaygen or 'relaygen[speculative=8]'; all requests "
+        "share one scheduler's batched forwards. Needs the serve extra: pip install 'relaykit[serve]'.",
+    )
+    serve.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: this machine only)")
+    serve.add_argument("--port", type=int, default=8000, help="port (default 8000)")
+    serve.add_argument("--api-key", help="require Authorization: Bearer KEY on every endpoint but /health "
+                       "(default: the RELAYKIT_API_KEY environment variable; none: no key)")
+    serve.add_argument("--max-concurrency", type=int, help="requests answered at once; more get a 429 (default: no limit)")
+    add_model_options(serve)
+    add_kv_options(serve)
+    serve.set_defaults(run=cmd_serve)
 
     train = commands.add_parser("train", help="train models (the toy pair)", description="Train models.")
     what = train.add_subparsers(dest="what", required=True, metavar="WHAT")

@@ -1,0 +1,194 @@
+"""The OpenAI-compatible app: `/v1/completions`, `/v1/chat/completions` (both streaming),
+`/v1/models`, `/health`, `/metrics`, on one scheduler stepping in a background thread.
+
+The `model` field names a strategy or a variant (`relaygen[speculative=8]`); every request of
+every strategy shares the scheduler's batched forwards.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import secrets
+import time
+from collections.abc import AsyncIterator
+
+from fastapi import Depends, FastAPI, Header, Request
+from fastapi.responses import JSONResponse, PlainTextResponse, StreamingResponse
+
+from ..errors import RelaykitError
+from ..runtime.scheduler import Handle, Scheduler
+from ..strategies.base import Strategy
+from .deltas import TextDeltas
+from .errors import APIError, BodyLimit, install_error_handlers, log
+from .metrics import CountRequests, Metrics
+from .responses import finish_reason, new_id, now, sse, usage
+from .schemas import (ChatCompletion, ChatCompletionRequest, Completion, CompletionRequest, ErrorBody, GenerationRequest,
+                      ModelList)
+from .service import Service
+
+MAX_BODY_BYTES = 4 * 1024 * 1024  # larger request bodies get a 413
+COMPLETIONS_DEFAULT_MAX_TOKENS = 16  # OpenAI's default for /v1/completions; chat defaults to the context left
+
+ERRORS = {status: {"model": ErrorBody} for status in (400, 401, 404, 429)}
+
+
+def _documented(model) -> dict:
+    return {200: {"model": model, "content": {"text/event-stream": {}}}, **ERRORS}
+
+
+def require_key(api_key: str):
+    """A dependency: `Authorization: Bearer KEY` must carry `api_key`."""
+
+    async def check(authorization: str | None = Header(None)) -> None:
+        given = (authorization or "").removeprefix("Bearer ").strip()
+        if not secrets.compare_digest(given.encode(), api_key.encode()):
+            message = "missing API key (Authorization: Bearer KEY)" if not given else "incorrect API key provided"
+            raise APIError(401, message, code="invalid_api_key")
+
+    return check
+
+
+def create_app(models_or_scheduler: dict | Scheduler, *, kv_policy=None, api_key: str | None = None,
+               max_concurrency: int | None = None) -> FastAPI:
+    """The server over `models_or_scheduler` (role -> loaded model, or a Scheduler over them).
+    The scheduler starts stepping when the app starts and stops with it. With `api_key`, every
+    endpoint but /health needs it; with `max_concurrency`, more requests get a 429."""
+    given = models_or_scheduler
+    scheduler = given if isinstance(given, Scheduler) else Scheduler(given, kv_policy)
+    service = Service(scheduler, kv_policy, max_concurrency)
+    metrics = Metrics(scheduler)
+    started = now()
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: FastAPI):
+        scheduler.start()
+        yield
+        service.close()
+
+    app = FastAPI(title="relaykit", summary="An OpenAI-compatible server where the model is a relaykit strategy.",
+                  lifespan=lifespan)
+    app.state.service = service
+    install_error_handlers(app)
+    app.add_middleware(CountRequests, metrics=metrics)
+    app.add_middleware(BodyLimit, max_bytes=MAX_BODY_BYTES)
+    guard = [Depends(require_key(api_key))] if api_key else []
+
+    @app.get("/health")
+    async def health() -> dict:
+        return {"status": "ok"}
+
+    @app.get("/metrics", response_class=PlainTextResponse, dependencies=guard, responses=ERRORS)
+    async def prometheus() -> PlainTextResponse:
+        text = await asyncio.get_running_loop().run_in_executor(service.calls, metrics.render)
+        return PlainTextResponse(text, media_type="text/plain; version=0.0.4")
+
+    @app.get("/v1/models", response_model=ModelList, dependencies=guard, responses=ERRORS)
+    async def models() -> dict:
+        return {"object": "list", "data": [{"id": name, "object": "model", "created": started, "owned_by": "relaykit"}
+                                           for name in service.available()]}
+
+    @app.post("/v1/completions", response_model=None, dependencies=guard, responses=_documented(Completion))
+    async def completions(body: CompletionRequest, request: Request):
+        strategy = service.strategy(body.model)
+        request.state.strategy = body.model
+        prompts = [service.text_prompt(strategy, text) for text in body.prompts()]
+        return await answer(body, strategy, prompts, body.max_tokens, COMPLETIONS_DEFAULT_MAX_TOKENS, chat=False)
+
+    @app.post("/v1/chat/completions", response_model=None, dependencies=guard, responses=_documented(ChatCompletion))
+    async def chat_completions(body: ChatCompletionRequest, request: Request):
+        strategy = service.strategy(body.model)
+        request.state.strategy = body.model
+        prompt = service.chat_prompt(strategy, [message.for_template() for message in body.messages])
+        return await answer(body, strategy, [prompt], body.token_budget(), None, chat=True)
+
+    async def answer(body: GenerationRequest, strategy: Strategy, prompts: list[list[int]], asked: int | None,
+                     default: int | None, chat: bool):
+        arrived = time.perf_counter()
+        budgets = [service.budget(strategy, prompt, asked, default) for prompt in prompts]
+        service.admit()
+        try:
+            handles = await service.submit(strategy, body, prompts, budgets)
+        except BaseException:
+            service.release()
+            raise
+        if body.stream:
+            events = stream(body, strategy, prompts, handles, chat, arrived)
+            return StreamingResponse(events, media_type="text/event-stream")
+        try:
+            results = await service.results(handles)
+        finally:
+            service.release()
+        metrics.observe("end_to_end", time.perf_counter() - arrived)
+        metrics.written(results)
+        choices = []
+        for index, result in enumerate(results):
+            deltas = TextDeltas(strategy.tokenizer, body.stop_strings())
+            text = deltas.add(result.token_ids) + deltas.finish()
+            output = {"message": {"role": "assistant", "content": text}} if chat else {"text": text}
+            extra = {"relaykit": {"provenance": result.provenance}} if body.provenance else {}
+            choices.append({"index": index, **output, "logprobs": None, "finish_reason": finish_reason(result), **extra})
+        return JSONResponse({
+            "id": new_id("chatcmpl" if chat else "cmpl"),
+            "object": "chat.completion" if chat else "text_completion",
+            "created": now(),
+            "model": body.model,
+            "choices": choices,
+            "usage": usage(prompts, results),
+        })
+
+    async def stream(body: GenerationRequest, strategy: Strategy, prompts: list[list[int]], handles: list[Handle],
+                     chat: bool, arrived: float) -> AsyncIterator[str]:
+        """OpenAI's chunks: text (or chat deltas) per choice as tokens become final, a chunk with
+        each choice's finish reason, a usage chunk when asked, then [DONE]."""
+        identity = {"id": new_id("chatcmpl" if chat else "cmpl"), "created": now(), "model": body.model,
+                    "object": "chat.completion.chunk" if chat else "text_completion"}
+        with_usage = body.stream_options is not None and body.stream_options.include_usage
+        deltas = [TextDeltas(strategy.tokenizer, body.stop_strings()) for _ in handles]
+        writers: list[list[str]] = [[] for _ in handles]  # provenance not sent yet, per choice
+
+        def chunk(index: int, text: str | None, reason: str | None = None) -> str:
+            if chat:
+                delta = {"role": "assistant", "content": ""} if text is None else ({"content": text} if text else {})
+                choice = {"index": index, "delta": delta, "logprobs": None, "finish_reason": reason}
+            else:
+                choice = {"index": index, "text": text, "logprobs": None, "finish_reason": reason}
+            if body.provenance and text is not None:
+                choice["relaykit"] = {"provenance": writers[index]}
+                writers[index] = []
+            return sse({**identity, "choices": [choice], **({"usage": None} if with_usage else {})})
+
+        try:
+            if chat:
+                for index in range(len(handles)):
+                    yield chunk(index, None)
+            last = None  # when the previous tokens came
+            async for index, pairs in service.tokens(handles):
+                if pairs is None:
+                    yield chunk(index, deltas[index].finish(), finish_reason(handles[index].result()))
+                    continue
+                moment = time.perf_counter()
+                if last is None:
+                    metrics.observe("time_to_first_token", moment - arrived)
+                else:
+                    metrics.observe("inter_token", (moment - last) / len(pairs), times=len(pairs))
+                last = moment
+                writers[index] += [writer for _, writer in pairs]
+                if text := deltas[index].add([token for token, _ in pairs]):
+                    yield chunk(index, text)
+            results = [handle.result() for handle in handles]
+            metrics.observe("end_to_end", time.perf_counter() - arrived)
+            metrics.written(results)
+            if with_usage:
+                yield sse({**identity, "choices": [], "usage": usage(prompts, results)})
+            yield sse("[DONE]")
+        except (APIError, RelaykitError) as error:
+            yield sse({"error": {"message": str(error), "type": "invalid_request_error", "param": None, "code": None}})
+        except Exception as error:  # noqa: BLE001 - the status line is sent; the client gets an error event
+            log.exception("a streamed request failed")
+            yield sse({"error": {"message": f"internal error: {type(error).__name__}: {error}", "type": "server_error",
+                                 "param": None, "code": None}})
+        finally:
+            service.release()
+
+    return app

@@ -1,0 +1,112 @@
+"""Prometheus text metrics: requests by strategy and status, latency histograms (time to first
+token, between streamed tokens, end to end), tokens written by each model, running and waiting
+requests, KV bytes in use."""
+
+from __future__ import annotations
+
+import bisect
+import threading
+from collections import Counter
+
+from ..runtime.scheduler import Scheduler
+
+BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)  # seconds
+
+
+class Histogram:
+    def __init__(self):
+        self.counts = [0] * (len(BUCKETS) + 1)  # the last: above every bucket
+        self.total = 0.0
+
+    def observe(self, seconds: float) -> None:
+        self.counts[bisect.bisect_left(BUCKETS, seconds)] += 1
+        self.total += seconds
+
+    def lines(self, name: str) -> list[str]:
+        out, running = [], 0
+        for bound, count in zip((*map(str, BUCKETS), "+Inf"), self.counts):
+            running += count
+            out.append(f'{name}_bucket{{le="{bound}"}} {running}')
+        return out + [f"{name}_sum {self.total}", f"{name}_count {running}"]
+
+
+class Metrics:
+    """What the server counts; `render` reads the scheduler's gauges as well."""
+
+    def __init__(self, scheduler: Scheduler):
+        self.scheduler = scheduler
+        self.lock = threading.Lock()
+        self.requests: Counter = Counter()  # (path, strategy, status)
+        self.tokens: Counter = Counter()  # model -> tokens written
+        self.latency = {"time_to_first_token": Histogram(), "inter_token": Histogram(), "end_to_end": Histogram()}
+
+    def request(self, path: str, strategy: str, status: int) -> None:
+        with self.lock:
+            self.requests[(path, strategy, status)] += 1
+
+    def observe(self, kind: str, seconds: float, times: int = 1) -> None:
+        with self.lock:
+            for _ in range(times):
+                self.latency[kind].observe(seconds)
+
+    def written(self, results) -> None:
+        with self.lock:
+            for result in results:
+                self.tokens.update(result.provenance)
+
+    def render(self) -> str:
+        """The Prometheus text exposition; takes the scheduler's lock (call it off the event loop)."""
+        with self.scheduler.lock:
+            running, waiting = len(self.scheduler.live), len(self.scheduler.incoming)
+            kv = {role: runner.kv_bytes for role, runner in self.scheduler.runners.items()}
+        lines = ["# HELP relaykit_requests_total HTTP requests by path, strategy and status.",
+                 "# TYPE relaykit_requests_total counter"]
+        with self.lock:
+            for (path, strategy, status), count in sorted(self.requests.items()):
+                lines.append(f'relaykit_requests_total{{path="{path}",strategy="{_escape(strategy)}",status="{status}"}} {count}')
+            lines += ["# HELP relaykit_tokens_total Tokens written, by the model that wrote them.",
+                      "# TYPE relaykit_tokens_total counter"]
+            lines += [f'relaykit_tokens_total{{model="{model}"}} {count}' for model, count in sorted(self.tokens.items())]
+            for kind, histogram in self.latency.items():
+                name = f"relaykit_{kind}_seconds"
+                lines += [f"# HELP {name} {kind.replace('_', ' ').capitalize()} latency.", f"# TYPE {name} histogram"]
+                lines += histogram.lines(name)
+        lines += ["# HELP relaykit_requests_running Requests in the scheduler (children included).",
+                  "# TYPE relaykit_requests_running gauge", f"relaykit_requests_running {running}",
+                  "# HELP relaykit_requests_waiting Requests submitted but not yet admitted.",
+                  "# TYPE relaykit_requests_waiting gauge", f"relaykit_requests_waiting {waiting}",
+                  "# HELP relaykit_kv_bytes Key/value cache bytes in use, by model.", "# TYPE relaykit_kv_bytes gauge"]
+        lines += [f'relaykit_kv_bytes{{model="{role}"}} {size}' for role, size in kv.items()]
+        return "\n".join(lines) + "\n"
+
+
+class CountRequests:
+    """ASGI middleware: count each /v1/ request by path, strategy (set by the endpoint in
+    `request.state.strategy`) and status. Pure ASGI, so streamed responses pass untouched."""
+
+    def __init__(self, app, metrics: Metrics):
+        self.app = app
+        self.metrics = metrics
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http" or not scope["path"].startswith("/v1/"):
+            return await self.app(scope, receive, send)
+        started = False
+
+        async def sending(message):
+            nonlocal started
+            if message["type"] == "http.response.start":
+                started = True
+                self.metrics.request(scope["path"], scope.get("state", {}).get("strategy", ""), message["status"])
+            await send(message)
+
+        try:
+            await self.app(scope, receive, sending)
+        except Exception:
+            if not started:
+                self.metrics.request(scope["path"], scope.get("state", {}).get("strategy", ""), 500)
+            raise
+
+
+def _escape(label: str) -> str:
+    return label.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")

@@ -1,0 +1,49 @@
+"""OpenAI-shaped bodies from relaykit results: usage (with `usage.relaykit`), choices, SSE chunks."""
+
+from __future__ import annotations
+
+import json
+import time
+import uuid
+
+from ..decoding.result import GenerationResult
+
+USAGE_FIELDS = ("prefill_tokens", "decode_tokens", "forward_calls", "flops")
+
+
+def new_id(prefix: str) -> str:
+    return f"{prefix}-{uuid.uuid4().hex}"
+
+
+def now() -> int:
+    return int(time.time())
+
+
+def finish_reason(result: GenerationResult) -> str:
+    return "length" if result.finish_reason == "length" else "stop"
+
+
+def usage(prompts: list[list[int]], results: list[GenerationResult]) -> dict:
+    """OpenAI's token counts (each prompt counted once, whatever `n`) plus what every model
+    spent and the large model's share of the written tokens."""
+    models: dict[str, dict] = {}
+    for result in results:
+        for role, spent in result.usage.items():
+            total = models.setdefault(role, dict.fromkeys(USAGE_FIELDS, 0))
+            for field in USAGE_FIELDS:
+                total[field] += spent.get(field, 0)
+    written = sum(len(result.provenance) for result in results)
+    by_large = sum(result.tokens_by("large") for result in results)
+    prompt_tokens = sum(len(prompt) for prompt in prompts)
+    completion_tokens = sum(len(result.token_ids) for result in results)
+    return {
+        "prompt_tokens": prompt_tokens,
+        "completion_tokens": completion_tokens,
+        "total_tokens": prompt_tokens + completion_tokens,
+        "relaykit": {"models": models, "large_token_share": by_large / written if written else None},
+    }
+
+
+def sse(data: dict | str) -> str:
+    """One server-sent event."""
+    return f"data: {data if isinstance(data, str) else json.dumps(data)}\n\n"

@@ -1,0 +1,163 @@
+"""Request and response bodies of the OpenAI-compatible API (the subset relaykit honours).
+
+Request models forbid unknown fields, so a field relaykit does not support is refused by name
+instead of being silently ignored. Defaults are OpenAI's: temperature 1, top_p 1, n 1.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+
+class StreamOptions(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    include_usage: bool = False  # a last chunk with the usage and no choices
+
+
+class RelaykitOptions(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    provenance: bool = False  # each choice also carries the writer ("large", "small") of every token
+
+
+class GenerationRequest(BaseModel):
+    """The fields both endpoints share."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    model: str = Field(description="a strategy (`relaygen`) or a variant (`relaygen[speculative=8]`); see GET /v1/models")
+    temperature: float = Field(1.0, ge=0, le=2, description="0 (or below 1e-5): greedy")
+    top_p: float = Field(1.0, gt=0, le=1)
+    top_k: int = Field(0, ge=0, description="relaykit extra: keep the k most likely tokens (0: off)")
+    seed: int | None = Field(None, ge=-(2**63), le=2**63 - 17)  # choice j of n samples with seed + j
+    stop: str | list[str] | None = None
+    n: int = Field(1, ge=1, le=16)
+    stream: bool = False
+    stream_options: StreamOptions | None = None
+    user: str | None = None
+    max_tokens: int | None = Field(None, ge=1)
+    relaykit: RelaykitOptions | None = Field(None, description="relaykit extra: {\"provenance\": true}")
+
+    @property
+    def provenance(self) -> bool:
+        return self.relaykit is not None and self.relaykit.provenance
+
+    def stop_strings(self) -> list[str]:
+        stops = [self.stop] if isinstance(self.stop, str) else list(self.stop or [])
+        return [s for s in stops if s]
+
+
+class CompletionRequest(GenerationRequest):
+    prompt: str | list[str] = Field(min_length=1)
+
+    def prompts(self) -> list[str]:
+        return [self.prompt] if isinstance(self.prompt, str) else list(self.prompt)
+
+
+class TextPart(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    type: Literal["text"]
+    text: str
+
+
+class ChatMessage(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    role: Literal["system", "user", "assistant"]
+    content: str | list[TextPart]
+
+    def for_template(self) -> dict:
+        """The message as chat templates take it: content as one string."""
+        content = self.content if isinstance(self.content, str) else "".join(part.text for part in self.content)
+        return {"role": self.role, "content": content}
+
+
+class ChatCompletionRequest(GenerationRequest):
+    messages: list[ChatMessage] = Field(min_length=1)
+    max_completion_tokens: int | None = Field(None, ge=1)
+
+    def token_budget(self) -> int | None:
+        return self.max_completion_tokens if self.max_completion_tokens is not None else self.max_tokens
+
+
+class ModelUsage(BaseModel):
+    prefill_tokens: int
+    decode_tokens: int
+    forward_calls: int
+    flops: float
+
+
+class RelaykitUsage(BaseModel):
+    models: dict[str, ModelUsage]  # per role: what each model spent
+    large_token_share: float | None  # share of the written tokens that the large model wrote
+
+
+class Usage(BaseModel):
+    prompt_tokens: int
+    completion_tokens: int
+    total_tokens: int
+    relaykit: RelaykitUsage
+
+
+class CompletionChoice(BaseModel):
+    index: int
+    text: str
+    logprobs: None = None
+    finish_reason: Literal["stop", "length"]
+
+
+class Completion(BaseModel):
+    id: str
+    object: Literal["text_completion"] = "text_completion"
+    created: int
+    model: str
+    choices: list[CompletionChoice]
+    usage: Usage
+
+
+class AssistantMessage(BaseModel):
+    role: Literal["assistant"] = "assistant"
+    content: str
+
+
+class ChatChoice(BaseModel):
+    index: int
+    message: AssistantMessage
+    logprobs: None = None
+    finish_reason: Literal["stop", "length"]
+
+
+class ChatCompletion(BaseModel):
+    id: str
+    object: Literal["chat.completion"] = "chat.completion"
+    created: int
+    model: str
+    choices: list[ChatChoice]
+    usage: Usage
+
+
+class ModelCard(BaseModel):
+    id: str
+    object: Literal["model"] = "model"
+    created: int
+    owned_by: str = "relaykit"
+
+
+class ModelList(BaseModel):
+    object: Literal["list"] = "list"
+    data: list[ModelCard]
+
+
+class ErrorDetail(BaseModel):
+    message: str
+    type: str
+    param: str | None = None
+    code: str | None = None
+
+
+class ErrorBody(BaseModel):
+    error: ErrorDetail

@@ -1,0 +1,192 @@
+"""What the endpoints share: one scheduler, strategies built per `model` name, prompt and budget
+checks, submitting choices and waiting for them without blocking the event loop."""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import contextlib
+import dataclasses
+from collections.abc import AsyncIterator
+
+from .. import api
+from ..decoding.prompt import encode_prompt
+from ..decoding.sampler import SamplingConfig
+from ..decoding.stopping import StopConfig
+from ..errors import RelaykitError
+from ..models.remote import RemoteModel
+from ..runtime.scheduler import Handle, Scheduler
+from ..strategies.base import Strategy, load_all
+from .errors import APIError
+from .schemas import GenerationRequest
+
+GREEDY_BELOW = 1e-5  # temperatures below this sample greedily (dividing logits by them overflows)
+
+
+class Service:
+    """The server's state: a started scheduler and the strategies requests named."""
+
+    def __init__(self, scheduler: Scheduler, kv_policy=None, max_concurrency: int | None = None):
+        self.scheduler = scheduler
+        self.kv_policy = kv_policy
+        self.max_concurrency = max_concurrency
+        self.active = 0  # requests being answered
+        self.strategies: dict[str, Strategy] = {}
+        self.names: list[str] | None = None  # see `available`
+        # one waiting thread per running choice (they sleep on the scheduler's progress), and two
+        # for submitting and cancelling, which wait for the scheduler's lock (held during a step)
+        self.threads = concurrent.futures.ThreadPoolExecutor(max_workers=256, thread_name_prefix="relaykit-wait")
+        self.calls = concurrent.futures.ThreadPoolExecutor(max_workers=2, thread_name_prefix="relaykit-call")
+
+    def close(self) -> None:
+        self.scheduler.stop()
+        self.threads.shutdown(wait=False, cancel_futures=True)
+        self.calls.shutdown(wait=False, cancel_futures=True)
+
+    # strategies
+
+    def available(self) -> list[str]:
+        """Strategies the loaded models allow: all their roles loaded; over an endpoint, only
+        those that run there."""
+        if self.names is None:
+            models = self.scheduler.models
+            self.names = [
+                name for name, cls in sorted(load_all().items())
+                if all(role in models for role in cls.roles)
+                and (cls.runs_over_endpoints() or not any(isinstance(models[role], RemoteModel) for role in cls.roles))
+            ]
+        return self.names
+
+    def strategy(self, spec: str) -> Strategy:
+        """The strategy named by `model` (NAME or NAME[option=value ...]), built once per spec."""
+        spec = spec.strip()
+        if spec not in self.strategies:
+            name = spec.split("[", 1)[0].strip()
+            if name not in self.available():
+                raise APIError(404, f"The model {spec!r} does not exist; available: {', '.join(self.available())} "
+                               "(or NAME[option=value ...])", param="model", code="model_not_found")
+            try:
+                self.strategies[spec] = api.build_strategy(spec, self.scheduler.models, kv_policy=self.kv_policy)
+            except RelaykitError as error:
+                raise APIError(400, f"model {spec!r}: {error}", param="model") from error
+        return self.strategies[spec]
+
+    def admit(self) -> None:
+        """Count a request in (`release` counts it out); a 429 with Retry-After when
+        `max_concurrency` requests are being answered."""
+        if self.max_concurrency is not None and self.active >= self.max_concurrency:
+            raise APIError(429, f"the server is answering {self.active} requests (--max-concurrency); retry shortly",
+                           "rate_limit_error", code="rate_limit_exceeded", headers={"Retry-After": "1"})
+        self.active += 1
+
+    def release(self) -> None:
+        self.active -= 1
+
+    # prompts and budgets
+
+    @staticmethod
+    def text_prompt(strategy: Strategy, text: str) -> list[int]:
+        return encode_prompt(strategy.tokenizer, text, raw=True)
+
+    @staticmethod
+    def chat_prompt(strategy: Strategy, messages: list[dict]) -> list[int]:
+        tokenizer = strategy.tokenizer
+        if not getattr(tokenizer, "chat_template", None):
+            raise APIError(400, "this model's tokenizer has no chat template; use /v1/completions", param="messages")
+        try:
+            text = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+        except Exception as error:  # noqa: BLE001 - a template may reject any message list
+            raise APIError(400, f"the chat template rejected the messages: {error}", param="messages") from error
+        return tokenizer(text, add_special_tokens=False)["input_ids"]
+
+    @staticmethod
+    def context(strategy: Strategy) -> int | None:
+        """The smallest context of the strategy's in-process models (None: only endpoints)."""
+        sizes = [getattr(m.config, "max_position_embeddings", None) for m in strategy.models.values()
+                 if not isinstance(m, RemoteModel)]
+        sizes = [s for s in sizes if s]
+        return min(sizes) if sizes else None
+
+    def budget(self, strategy: Strategy, prompt: list[int], asked: int | None, default: int | None) -> int:
+        """Tokens a choice may write: `asked`, else `default`, else what the context leaves
+        (else the strategy's own budget); a 400 stating the limits when they do not fit."""
+        context = self.context(strategy)
+        if context is None:
+            return asked or default or strategy.stop_config.max_new_tokens
+        room = context - len(prompt)
+        if room < 1:
+            raise APIError(400, f"the prompt is {len(prompt)} tokens; the model's context is {context} tokens, "
+                           "so it leaves no room to write", param="prompt", code="context_length_exceeded")
+        if asked is not None and asked > room:
+            raise APIError(400, f"max_tokens {asked} plus the prompt's {len(prompt)} tokens exceed the model's context "
+                           f"of {context} tokens; at most {room}", param="max_tokens", code="context_length_exceeded")
+        return asked or min(default or room, room)
+
+    # running
+
+    async def submit(self, strategy: Strategy, body: GenerationRequest, prompts: list[list[int]],
+                     budgets: list[int]) -> list[Handle]:
+        """`body.n` choices per prompt, in OpenAI's order (prompt by prompt); with a seed, choice
+        j of a prompt samples with seed + j. Submitting waits for the scheduler's lock, so it runs
+        in a worker thread."""
+        temperature = body.temperature if body.temperature >= GREEDY_BELOW else 0.0
+        try:
+            sampling = SamplingConfig(temperature=temperature, top_k=body.top_k, top_p=body.top_p, seed=body.seed)
+        except RelaykitError as error:
+            raise APIError(400, str(error)) from error
+        requests = []
+        for prompt, budget in zip(prompts, budgets):
+            stop = StopConfig(max_new_tokens=budget, stop_strings=body.stop_strings())
+            for j in range(body.n):
+                seeded = sampling if sampling.seed is None else dataclasses.replace(sampling, seed=sampling.seed + j)
+                requests.append((prompt, strategy, seeded, stop))
+        submit = self.scheduler.submit
+        return await asyncio.get_running_loop().run_in_executor(self.calls, lambda: [submit(*r) for r in requests])
+
+    async def tokens(self, handles: list[Handle]) -> AsyncIterator[tuple[int, list[tuple[int, str]] | None]]:
+        """(choice index, new final (token, writer) pairs) as they come, then (index, None) when that
+        choice is done. Leaving early (a client gone) cancels every choice: its rows are freed."""
+        loop = asyncio.get_running_loop()
+        queue: asyncio.Queue = asyncio.Queue()
+
+        def pump(index: int, handle: Handle) -> None:
+            def put(item) -> None:
+                with contextlib.suppress(RuntimeError):  # the loop closed: nobody is listening
+                    loop.call_soon_threadsafe(queue.put_nowait, item)
+
+            try:
+                for pairs in handle.stream():
+                    put((index, pairs, None))
+            except BaseException as error:  # noqa: BLE001 - handed to the request's handler
+                put((index, None, error))
+                return
+            put((index, None, None))
+
+        for index, handle in enumerate(handles):
+            loop.run_in_executor(self.threads, pump, index, handle)
+        running = len(handles)
+        try:
+            while running:
+                index, pairs, error = await queue.get()
+                if error is not None:
+                    raise error
+                if pairs is None:
+                    running -= 1
+                yield index, pairs
+        finally:
+            for handle in handles:
+                if not handle.done:
+                    self.cancel(handle)
+
+    def cancel(self, handle: Handle) -> None:
+        """Cancel off the event loop (it waits for the scheduler's lock); in place once closed."""
+        try:
+            self.calls.submit(handle.cancel)
+        except RuntimeError:
+            handle.cancel()
+
+    async def results(self, handles: list[Handle]):
+        """Wait for every choice; their results in order."""
+        async for _ in self.tokens(handles):
+            pass
+        return [handle.result() for handle in handles]
