@@ -220,3 +220,26 @@ def test_past_max_concurrency_is_429(shipped_pair):
             chat(client, "large", max_tokens=1)
         assert error.value.response.headers["retry-after"] == "1"
         first.close()
+
+
+def test_a_relaykit_server_is_another_ones_large_model(shipped_pair):
+    """Beyond one machine (docs/deploy.md): the second server's large model is the first server
+    (`URL#large`); RelayGen through the two writes what in-process RelayGen writes (greedy, 10
+    toy problems)."""
+    from relaykit.models.remote import load_remote
+    from relaykit.toyworld import TOY_LARGE
+
+    relaygen = f"relaygen[cues={api.SHIPPED_CUES}]"
+    in_process = api.build_strategy(relaygen, shipped_pair, stop=StopConfig(max_new_tokens=256))
+    questions = [problem.prompt for problem in load_dataset("toy:test", 10)]
+    expected = in_process.generate([encode_prompt(shipped_pair["large"].tokenizer, q) for q in questions])
+    with running(create_app({"large": shipped_pair["large"]})) as first:
+        large = load_remote(f"{first}/v1#large", str(TOY_LARGE), name="large")
+        with running(create_app({"large": large, "small": shipped_pair["small"]})) as second:
+            client = openai.OpenAI(base_url=second + "/v1", api_key="none", max_retries=0)
+            for question, result in zip(questions, expected):
+                answer = client.chat.completions.create(model=relaygen, messages=[{"role": "user", "content": question}],
+                                                        temperature=0, max_tokens=256, extra_body={"relaykit": {"provenance": True}})
+                assert answer.choices[0].message.content == result.text
+                assert answer.choices[0].model_extra["relaykit"]["provenance"] == result.provenance
+    assert sum(r.tokens_by("small") for r in expected) > 0

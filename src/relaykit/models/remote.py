@@ -81,9 +81,11 @@ class RemoteModel:
             text = choice["text"]
         except (KeyError, IndexError, TypeError):
             raise RelaykitError(f"{self.url} answered without choices[0].text: {str(answer)[:200]}") from None
-        matched = choice.get("stop_reason")
+        matched = (choice.get("relaykit") or {}).get("stop_text") or choice.get("stop_reason")
         if isinstance(matched, str) and not text.endswith(matched):
-            text += matched  # vLLM drops the matched stop string from the text and names it here
+            # vLLM drops the matched stop string from the text and names it in stop_reason; a relaykit
+            # server also gives the rest of the token that completed it (stop_text)
+            text += matched
         usage = answer.get("usage") or {}
         completion_tokens = usage.get("completion_tokens")
         if completion_tokens is None:

@@ -125,8 +125,10 @@ def create_app(models_or_scheduler: dict | Scheduler, *, kv_policy=None, api_key
         for index, result in enumerate(results):
             deltas = TextDeltas(strategy.tokenizer, body.stop_strings())
             text = deltas.add(result.token_ids) + deltas.finish()
-            output = {"message": {"role": "assistant", "content": text}} if chat else {"text": text}
+            output = {"message": {"role": "assistant", "content": text}} if chat else {"text": text, "stop_reason": deltas.matched}
             extra = {"relaykit": {"provenance": result.provenance}} if body.provenance else {}
+            if deltas.matched and not chat:  # what was left out, so that a relaykit client can go on from it
+                extra = {"relaykit": {**extra.get("relaykit", {}), "stop_text": deltas.cut}}
             choices.append({"index": index, **output, "logprobs": None, "finish_reason": finish_reason(result), **extra})
         return JSONResponse({
             "id": new_id("chatcmpl" if chat else "cmpl"),

@@ -14,14 +14,17 @@ class TextDeltas:
         self.tokens: list[int] = []
         self.sent = 0  # characters sent
         self.stopped = False
+        self.matched: str | None = None  # the stop string that ended the text
+        self.cut = ""  # the text left out from the stop string on (its last token may run past it)
 
     def text(self) -> str:
         """The whole text so far, cut before the first stop string."""
         text = self.tokenizer.decode(self.tokens, skip_special_tokens=True)
-        cuts = [text.find(s) for s in self.stop_strings if s in text]
+        cuts = [(text.find(s), -len(s), s) for s in self.stop_strings if s in text]
         if cuts:
-            self.stopped = True
-            return text[: min(cuts)]
+            cut, _, self.matched = min(cuts)
+            self.stopped, self.cut = True, text[cut:]
+            return text[:cut]
         return text
 
     def add(self, tokens: list[int]) -> str:

@@ -103,11 +103,19 @@ class Usage(BaseModel):
     relaykit: RelaykitUsage
 
 
+class ChoiceExtras(BaseModel):
+    provenance: list[str] | None = Field(None, description="the writer of every token, when asked")
+    stop_text: str | None = Field(None, description="the text left out from the stop string on (the stop string and "
+                                  "the rest of its token), so that a client can go on from exactly there")
+
+
 class CompletionChoice(BaseModel):
     index: int
     text: str
     logprobs: None = None
     finish_reason: Literal["stop", "length"]
+    stop_reason: str | None = Field(None, description="the stop string that ended the text (left out of it), as vLLM names it")
+    relaykit: ChoiceExtras | None = None
 
 
 class Completion(BaseModel):
@@ -129,6 +137,7 @@ class ChatChoice(BaseModel):
     message: AssistantMessage
     logprobs: None = None
     finish_reason: Literal["stop", "length"]
+    relaykit: ChoiceExtras | None = None
 
 
 class ChatCompletion(BaseModel):
