@@ -6,7 +6,7 @@ instead of being silently ignored. Defaults are OpenAI's: temperature 1, top_p 1
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -32,7 +32,7 @@ class GenerationRequest(BaseModel):
     temperature: float = Field(1.0, ge=0, le=2, description="0 (or below 1e-5): greedy")
     top_p: float = Field(1.0, gt=0, le=1)
     top_k: int = Field(0, ge=0, description="relaykit extra: keep the k most likely tokens (0: off)")
-    seed: int | None = Field(None, ge=-(2**63), le=2**63 - 17)  # choice j of n samples with seed + j
+    seed: int | None = Field(None, ge=0, le=2**53)  # choice j of n samples with seed + j; exact as a JSON number
     stop: str | list[str] | None = None
     n: int = Field(1, ge=1, le=16)
     stream: bool = False
@@ -51,7 +51,7 @@ class GenerationRequest(BaseModel):
 
 
 class CompletionRequest(GenerationRequest):
-    prompt: str | list[str] = Field(min_length=1)
+    prompt: Annotated[str, Field(min_length=1)] | Annotated[list[Annotated[str, Field(min_length=1)]], Field(min_length=1)]
 
     def prompts(self) -> list[str]:
         return [self.prompt] if isinstance(self.prompt, str) else list(self.prompt)
