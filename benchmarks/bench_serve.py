@@ -219,7 +219,7 @@ def main() -> None:
 
     bodies = request_bodies(args.clients, args.max_tokens)
     with serving(create_app(pair)) as url:
-        with httpx2.Client(timeout=60) as client:  # warm-up: builds each strategy once
+        with httpx2.Client(timeout=max(1.0, deadline - time.perf_counter())) as client:  # warm-up: builds each strategy
             for name in STRATEGIES:
                 client.post(url + "/v1/chat/completions", json={**bodies[0], "model": name, "max_tokens": 8})
         left = deadline - time.perf_counter()

@@ -57,8 +57,7 @@ class Handle:
     def stream(self) -> Iterator[list[tuple[int, str]]]:
         """Lists of (token id, writer) as they become final, then the rest at the end."""
         while True:
-            with self.scheduler.lock:
-                done, new = self.done, self._take()
+            done, new = self.take()
             if new:
                 yield new
             if done:
@@ -67,9 +66,14 @@ class Handle:
                 return
             self.scheduler.wait_for_progress()
 
+    def take(self) -> tuple[bool, list[tuple[int, str]]]:
+        """(whether the request is done, the (token id, writer) pairs that became final since the
+        last take). A strategy may still cut its last `holdback` tokens; one with no bound on that
+        gives everything at the end."""
+        with self.scheduler.lock:
+            return self.done, self._take()
+
     def _take(self) -> list[tuple[int, str]]:
-        """Tokens that can no longer change and were not sent yet (a strategy may still cut its
-        last `holdback` tokens; one with no holdback bound sends everything at the end)."""
         request = self.request
         if request.done:
             tokens, writers = (request.result.token_ids, request.result.provenance) if request.result else ([], [])
@@ -107,11 +111,14 @@ class Scheduler:
         self.live: dict[int, Request] = {}
         self.incoming: list[Request] = []
         self.to_cancel: list[Request] = []
-        self.lock = threading.RLock()
-        self.progress = threading.Condition(self.lock)
+        self.lock = threading.RLock()  # held through each step
+        self.progress = threading.Condition(self.lock)  # notified after each step
+        self.arrivals = threading.Lock()  # guards `incoming` and `to_cancel`, so submitting never waits for a step
         self.steps = 0
+        self.after_step: list = []  # callables run at the end of every step, under the lock (e.g. streaming)
         self._thread: threading.Thread | None = None
         self._running = False
+        self._poke = False
 
     # submitting
 
@@ -127,18 +134,32 @@ class Scheduler:
             raise RelaykitError("remote models take temperature, top-p and seed; top-k is not part of the completions API")
         sequence = prompt if isinstance(prompt, Sequence) else Sequence(prompt)
         request = Request(strategy, sequence, sampling, stop or strategy.stop_config)
-        with self.lock:
+        with self.arrivals:
             if sequence.uid in self.live or any(r.uid == sequence.uid for r in self.incoming):
                 raise RelaykitError(f"sequence {sequence.uid} is already being generated; fork it for a second request")
             self.incoming.append(request)
-            self.progress.notify_all()
+        self._wake()
         return Handle(self, request)
 
     def cancel(self, handle: Handle) -> None:
-        with self.lock:
+        """Cancel at the next step (thread-safe; does not wait for a running step)."""
+        with self.arrivals:
             if not handle.done:
                 self.to_cancel.append(handle.request)
-                self.progress.notify_all()
+        self._wake()
+
+    def step_soon(self) -> None:
+        """Have the background loop step once more even with nothing to do, so that the
+        `after_step` hooks run (thread-safe)."""
+        with self.arrivals:
+            self._poke = True
+        self._wake()
+
+    def _wake(self) -> None:
+        """Wake an idle background loop; a stepping one sees new arrivals at its next step."""
+        if self.lock.acquire(blocking=False):
+            self.progress.notify_all()
+            self.lock.release()
 
     def run(self, handles: list[Handle]) -> list[GenerationResult]:
         """Step until every handle is done; their results in order."""
@@ -149,6 +170,11 @@ class Scheduler:
         return bool(self.live or self.incoming)
 
     # stepping
+
+    @property
+    def stepping(self) -> bool:
+        """Whether a background thread steps (`start`)."""
+        return self._thread is not None
 
     def wait_for_progress(self) -> None:
         """Step once, or, while a background thread steps, wait for its next step."""
@@ -176,7 +202,7 @@ class Scheduler:
     def _loop(self) -> None:
         while True:
             with self.progress:
-                while self._running and not (self.busy or self.to_cancel):
+                while self._running and not (self.busy or self.to_cancel or self._poke):
                     self.progress.wait()
                 if not self._running:
                     return
@@ -186,13 +212,15 @@ class Scheduler:
         """Admit, cancel, run one batched forward per model with waiting asks, free finished rows."""
         with self.lock:
             self.steps += 1
-            for request in self.incoming:
+            with self.arrivals:
+                incoming, self.incoming = self.incoming, []
+                to_cancel, self.to_cancel = self.to_cancel, []
+                self._poke = False
+            for request in incoming:
                 self.live[request.uid] = request
                 self._advance(request, None)
-            self.incoming = []
-            for request in self.to_cancel:
+            for request in to_cancel:
                 self._cancel(request)
-            self.to_cancel = []
             spent: dict[str, float] = {}
             for role, runner in self.runners.items():
                 waiting, self.queues[role] = self.queues[role], []
@@ -214,6 +242,8 @@ class Scheduler:
                     self._answer(request, future)
             for runner in self.runners.values():
                 runner.compact()
+            for hook in self.after_step:
+                hook()
             self.progress.notify_all()
 
     def _fill(self, spent: dict[str, float]) -> None:

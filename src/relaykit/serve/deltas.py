@@ -1,7 +1,9 @@
-"""Text deltas for streaming: decode the tokens so far, send only what can no longer change, and
-end the text before the first stop string (OpenAI leaves the stop string out)."""
+"""Text deltas for streaming: decode the tokens so far incrementally, send only what can no longer
+change, and end the text before the first stop string (OpenAI leaves the stop string out)."""
 
 from __future__ import annotations
+
+CONTEXT_TOKENS = 5  # tokens decoded again before new ones, so that spaces and merges come out right
 
 
 class TextDeltas:
@@ -12,34 +14,50 @@ class TextDeltas:
         self.stop_strings = stop_strings
         self.hold = max((len(s) for s in stop_strings), default=1) - 1  # a stop string may be forming there
         self.tokens: list[int] = []
+        self.decoded = ""  # the text of the first `read` tokens
+        self.read = 0
         self.sent = 0  # characters sent
         self.stopped = False
         self.matched: str | None = None  # the stop string that ended the text
         self.cut = ""  # the text left out from the stop string on (its last token may run past it)
 
+    def _decode(self, final: bool = False) -> None:
+        """Extend `decoded` with the new tokens' text: the text of the last few read tokens plus
+        the new ones, less that of the read ones alone (an incomplete character waits unless `final`)."""
+        start = max(0, self.read - CONTEXT_TOKENS)
+        before = self.tokenizer.decode(self.tokens[start : self.read], skip_special_tokens=True)
+        after = self.tokenizer.decode(self.tokens[start:], skip_special_tokens=True)
+        if after.endswith("\ufffd") and not final:
+            return
+        if after.startswith(before):
+            self.decoded += after[len(before) :]
+        else:  # a merge changed earlier text: decode it all again
+            self.decoded = self.tokenizer.decode(self.tokens, skip_special_tokens=True)
+        self.read = len(self.tokens)
+
     def text(self) -> str:
         """The whole text so far, cut before the first stop string."""
-        text = self.tokenizer.decode(self.tokens, skip_special_tokens=True)
-        cuts = [(text.find(s), -len(s), s) for s in self.stop_strings if s in text]
+        cuts = [(self.decoded.find(s), -len(s), s) for s in self.stop_strings if s in self.decoded]
         if cuts:
             cut, _, self.matched = min(cuts)
-            self.stopped, self.cut = True, text[cut:]
-            return text[:cut]
-        return text
+            self.stopped, self.cut = True, self.decoded[cut:]
+            return self.decoded[:cut]
+        return self.decoded
 
     def add(self, tokens: list[int]) -> str:
         """The new text that is safe to send after `tokens`."""
         if self.stopped:
             return ""
         self.tokens += tokens
+        self._decode()
         text = self.text()
         end = len(text) if self.stopped else len(text) - self.hold
-        if not self.stopped and text.endswith("\ufffd"):  # an incomplete multi-byte character
-            end = min(end, len(text) - 1)
         return self._send(text, end)
 
     def finish(self) -> str:
         """Everything not sent yet."""
+        if not self.stopped:
+            self._decode(final=True)
         text = self.text()
         return self._send(text, len(text))
 

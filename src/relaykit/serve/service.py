@@ -7,6 +7,7 @@ import asyncio
 import concurrent.futures
 import contextlib
 import dataclasses
+import threading
 from collections.abc import AsyncIterator
 
 from .. import api
@@ -33,14 +34,13 @@ class Service:
         self.active = 0  # requests being answered
         self.strategies: dict[str, Strategy] = {}
         self.names: list[str] | None = None  # see `available`
-        # one waiting thread per running choice (they sleep on the scheduler's progress), and two
-        # for submitting and cancelling, which wait for the scheduler's lock (held during a step)
-        self.threads = concurrent.futures.ThreadPoolExecutor(max_workers=256, thread_name_prefix="relaykit-wait")
+        self.streams = Streams(scheduler)
+        # for calls that wait for the scheduler's lock (held during a step): reading metrics
         self.calls = concurrent.futures.ThreadPoolExecutor(max_workers=2, thread_name_prefix="relaykit-call")
 
     def close(self) -> None:
+        self.streams.close()
         self.scheduler.stop()
-        self.threads.shutdown(wait=False, cancel_futures=True)
         self.calls.shutdown(wait=False, cancel_futures=True)
 
     # strategies
@@ -140,53 +140,77 @@ class Service:
             for j in range(body.n):
                 seeded = sampling if sampling.seed is None else dataclasses.replace(sampling, seed=sampling.seed + j)
                 requests.append((prompt, strategy, seeded, stop))
-        submit = self.scheduler.submit
-        return await asyncio.get_running_loop().run_in_executor(self.calls, lambda: [submit(*r) for r in requests])
+        return [self.scheduler.submit(*request) for request in requests]  # never waits for a step
 
     async def tokens(self, handles: list[Handle]) -> AsyncIterator[tuple[int, list[tuple[int, str]] | None]]:
         """(choice index, new final (token, writer) pairs) as they come, then (index, None) when that
         choice is done. Leaving early (a client gone) cancels every choice: its rows are freed."""
-        loop = asyncio.get_running_loop()
         queue: asyncio.Queue = asyncio.Queue()
-
-        def pump(index: int, handle: Handle) -> None:
-            def put(item) -> None:
-                with contextlib.suppress(RuntimeError):  # the loop closed: nobody is listening
-                    loop.call_soon_threadsafe(queue.put_nowait, item)
-
-            try:
-                for pairs in handle.stream():
-                    put((index, pairs, None))
-            except BaseException as error:  # noqa: BLE001 - handed to the request's handler
-                put((index, None, error))
-                return
-            put((index, None, None))
-
+        loop = asyncio.get_running_loop()
         for index, handle in enumerate(handles):
-            loop.run_in_executor(self.threads, pump, index, handle)
+            self.streams.watch(handle, index, loop, queue)
         running = len(handles)
         try:
             while running:
-                index, pairs, error = await queue.get()
-                if error is not None:
-                    raise error
-                if pairs is None:
-                    running -= 1
-                yield index, pairs
+                for index, pairs, error in await queue.get():
+                    if error is not None:
+                        raise error
+                    if pairs is None:
+                        running -= 1
+                    yield index, pairs
         finally:
             for handle in handles:
+                self.streams.forget(handle)
                 if not handle.done:
                     self.cancel(handle)
 
     def cancel(self, handle: Handle) -> None:
-        """Cancel off the event loop (it waits for the scheduler's lock); in place once closed."""
-        try:
-            self.calls.submit(handle.cancel)
-        except RuntimeError:
-            handle.cancel()
+        handle.cancel()  # never waits for a step
 
     async def results(self, handles: list[Handle]):
         """Wait for every choice; their results in order."""
         async for _ in self.tokens(handles):
             pass
         return [handle.result() for handle in handles]
+
+
+class Streams:
+    """Hands every watched choice its new final tokens at the end of each scheduler step (one batch
+    per event loop), from the scheduler's own thread: no waiting thread per choice."""
+
+    def __init__(self, scheduler: Scheduler):
+        self.scheduler = scheduler
+        self.watched: dict[Handle, tuple[int, asyncio.AbstractEventLoop, asyncio.Queue]] = {}
+        self.guard = threading.Lock()
+        scheduler.after_step.append(self.publish)
+        scheduler.start()
+
+    def watch(self, handle: Handle, index: int, loop: asyncio.AbstractEventLoop, queue: asyncio.Queue) -> None:
+        with self.guard:
+            self.watched[handle] = (index, loop, queue)
+        self.scheduler.step_soon()  # a request that finished before it was watched is published too
+
+    def forget(self, handle: Handle) -> None:
+        with self.guard:
+            self.watched.pop(handle, None)
+
+    def close(self) -> None:
+        self.scheduler.after_step.remove(self.publish)
+
+    def publish(self) -> None:
+        """Run by the scheduler after a step: new tokens, and the end of finished choices."""
+        with self.guard:
+            watched = list(self.watched.items())
+        batches: dict[asyncio.Queue, tuple[asyncio.AbstractEventLoop, list]] = {}
+        for handle, (index, loop, queue) in watched:
+            done, pairs = handle.take()
+            items = batches.setdefault(queue, (loop, []))[1]
+            if pairs:
+                items.append((index, pairs, None))
+            if done:
+                self.forget(handle)
+                items.append((index, None, handle.request.error))
+        for queue, (loop, items) in batches.items():
+            if items:
+                with contextlib.suppress(RuntimeError):  # the loop closed: nobody is listening
+                    loop.call_soon_threadsafe(queue.put_nowait, items)
