@@ -14,7 +14,7 @@ Request i asks strategy `large`, `speculative`, `relaygen`, `small` in turn, on 
   still running at --timeout.
 - Sequential: the same requests one at a time, not streamed, against the same server.
 - Direct (--direct): the same requests submitted at once to a fresh in-process `Scheduler`, no HTTP;
-  what the server could reach if HTTP, the event loop and the waiting threads cost nothing.
+  what the server could reach if HTTP and the event loop cost nothing.
 
 Throughput = completion tokens (from the usage the server returns) / seconds from the first send
 to the last completion. Everything is bounded by --timeout; the benchmark stops by itself.

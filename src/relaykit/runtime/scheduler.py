@@ -171,11 +171,6 @@ class Scheduler:
 
     # stepping
 
-    @property
-    def stepping(self) -> bool:
-        """Whether a background thread steps (`start`)."""
-        return self._thread is not None
-
     def wait_for_progress(self) -> None:
         """Step once, or, while a background thread steps, wait for its next step."""
         if self._thread is None:

@@ -52,7 +52,7 @@ def require_key(api_key: str):
 def create_app(models_or_scheduler: dict | Scheduler, *, kv_policy=None, api_key: str | None = None,
                max_concurrency: int | None = None) -> FastAPI:
     """The server over `models_or_scheduler` (role -> loaded model, or a Scheduler over them).
-    The scheduler starts stepping when the app starts and stops with it. With `api_key`, every
+    The scheduler steps in a background thread from the app's creation and stops with the app. With `api_key`, every
     endpoint but /health needs it; with `max_concurrency`, more requests get a 429."""
     given = models_or_scheduler
     scheduler = given if isinstance(given, Scheduler) else Scheduler(given, kv_policy)
