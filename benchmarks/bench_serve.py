@@ -25,23 +25,19 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import json
-import socket
-import threading
 import time
 from dataclasses import dataclass, field
 
 import httpx2
 import numpy as np
 import torch
-import uvicorn
 
 from relaykit import api
 from relaykit.decoding.stopping import StopConfig
 from relaykit.models.loading import load_model
 from relaykit.runtime import Scheduler
-from relaykit.serve import create_app
+from relaykit.serve import create_app, serving
 from relaykit.serve.service import Service
 from relaykit.toyworld import TOY_LARGE, TOY_SMALL, load_split
 
@@ -58,28 +54,6 @@ class Outcome:
     end_to_end: float | None = None
     finished_at: float | None = None  # perf_counter when the response ended
     error: str | None = None
-
-
-@contextlib.contextmanager
-def serving(app, start_within: float = 30.0):
-    """Serve `app` with uvicorn on a free loopback port in a daemon thread; yield its base URL."""
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
-    config = uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", timeout_graceful_shutdown=5)
-    server = uvicorn.Server(config)
-    thread = threading.Thread(target=server.run, name="bench-uvicorn", daemon=True)
-    thread.start()
-    deadline = time.monotonic() + start_within
-    while not server.started:
-        if time.monotonic() > deadline or not thread.is_alive():
-            raise RuntimeError("the server did not start")
-        time.sleep(0.02)
-    try:
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        server.should_exit = True
-        thread.join(15)
 
 
 def request_bodies(count: int, max_tokens: int) -> list[dict]:

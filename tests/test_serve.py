@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
-import socket
 import threading
 import time
 import urllib.error
@@ -19,37 +17,17 @@ from relaykit.decoding.prompt import encode_prompt  # noqa: E402
 from relaykit.decoding.stopping import StopConfig  # noqa: E402
 from relaykit.evals.datasets import load_dataset  # noqa: E402
 from relaykit.runtime import Scheduler  # noqa: E402
-from relaykit.serve import create_app  # noqa: E402
+from relaykit.serve import create_app, serving  # noqa: E402
 
 KEY = "test-key"
 QUESTION = "What is 41 * 7, then its last two digits * 3? Check it 2 times."
-
-
-@contextlib.contextmanager
-def running(app):
-    """The app served by uvicorn on a free loopback port, in a background thread; its base URL."""
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 20
-    while not server.started:
-        assert time.monotonic() < deadline, "the server did not start"
-        time.sleep(0.02)
-    try:
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        server.should_exit = True
-        thread.join(10)
 
 
 @pytest.fixture(scope="module")
 def server(shipped_pair):
     """(base URL, scheduler) of a server with an API key, for the whole module."""
     scheduler = Scheduler(shipped_pair)
-    with running(create_app(scheduler, api_key=KEY)) as url:
+    with serving(create_app(scheduler, api_key=KEY)) as url:
         yield url, scheduler
 
 
@@ -212,7 +190,7 @@ def test_metrics(server, client):
 
 
 def test_past_max_concurrency_is_429(shipped_pair):
-    with running(create_app(shipped_pair, max_concurrency=1)) as url:
+    with serving(create_app(shipped_pair, max_concurrency=1)) as url:
         client = openai.OpenAI(base_url=url + "/v1", api_key="none", max_retries=0)
         first = chat(client, "large", long_question(), temperature=0, stream=True)
         next(iter(first))
@@ -233,9 +211,9 @@ def test_a_relaykit_server_is_another_ones_large_model(shipped_pair):
     in_process = api.build_strategy(relaygen, shipped_pair, stop=StopConfig(max_new_tokens=256))
     questions = [problem.prompt for problem in load_dataset("toy:test", 10)]
     expected = in_process.generate([encode_prompt(shipped_pair["large"].tokenizer, q) for q in questions])
-    with running(create_app({"large": shipped_pair["large"]})) as first:
+    with serving(create_app({"large": shipped_pair["large"]})) as first:
         large = load_remote(f"{first}/v1#large", str(TOY_LARGE), name="large")
-        with running(create_app({"large": large, "small": shipped_pair["small"]})) as second:
+        with serving(create_app({"large": large, "small": shipped_pair["small"]})) as second:
             client = openai.OpenAI(base_url=second + "/v1", api_key="none", max_retries=0)
             for question, result in zip(questions, expected):
                 answer = client.chat.completions.create(model=relaygen, messages=[{"role": "user", "content": question}],

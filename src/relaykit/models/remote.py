@@ -17,9 +17,13 @@ import time
 import urllib.error
 import urllib.request
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from ..decoding.usage import Usage
 from ..errors import RelaykitError
+
+if TYPE_CHECKING:
+    from ..runtime.asks import Generated
 
 
 def is_remote(spec: str | None) -> bool:
