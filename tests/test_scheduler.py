@@ -206,3 +206,16 @@ def test_the_hf_engine_keeps_each_rows_cache_when_rows_leave(tmp_path):
     scheduler = Scheduler({"large": model})
     handles = [scheduler.submit(p, strategy, stop=stop) for p, stop in zip(prompts, budgets)]
     assert [r.token_ids for r in scheduler.run(handles)] == alone
+
+
+def test_n_requests_on_one_prompt_read_it_once(shipped_pair, questions):
+    """`submit_n`: the prompt is prefilled once and copied into each request's row."""
+    strategy = make(shipped_pair, "relaygen", budget=40)
+    alone = strategy.generate(questions[:1])[0]
+    scheduler = Scheduler(shipped_pair)
+    handles = scheduler.submit_n(questions[0], strategy, [strategy.sampling] * 4)
+    results = scheduler.run(handles)
+    assert all(r.token_ids == alone.token_ids for r in results)
+    large = scheduler.runners["large"].usage
+    assert large.prefill_tokens == sum(r.usage["large"]["prefill_tokens"] for r in results)
+    assert large.prefill_tokens == 4 * alone.usage["large"]["prefill_tokens"] - 3 * (len(questions[0]) - 1)

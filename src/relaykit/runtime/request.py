@@ -31,6 +31,8 @@ class Request:
         self.stop = StopChecker(stop, strategy.tokenizer, strategy.eos_token_ids)
         self.parent = parent
         self.index = 0  # its place among its parent's children
+        self.shared_prompt: Sequence | None = None  # see Scheduler.submit_n
+        self.inherited: dict = {}  # model usage it carries for others (the shared prompt's prefill)
         self.events: list[Event] = []
         self.sequences = [sequence]  # every sequence whose model usage this request owns
         self.ask: Any = None

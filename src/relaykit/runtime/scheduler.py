@@ -141,6 +141,16 @@ class Scheduler:
         self._wake()
         return Handle(self, request)
 
+    def submit_n(self, prompt: list[int], strategy, samplings: list[SamplingConfig], stop: StopConfig | None = None) -> list[Handle]:
+        """One request per sampling on one prompt, which each model reads once: when they join, the
+        prompt is prefilled and every request starts from a copy of it (fork). The first request's
+        usage carries that prefill. Thread-safe."""
+        prompt_sequence = Sequence(prompt)
+        handles = [self.submit(prompt_sequence.fork(), strategy, sampling, stop) for sampling in samplings]
+        for handle in handles:
+            handle.request.shared_prompt = prompt_sequence
+        return handles
+
     def cancel(self, handle: Handle) -> None:
         """Cancel at the next step (thread-safe; does not wait for a running step)."""
         with self.arrivals:
@@ -211,6 +221,7 @@ class Scheduler:
                 incoming, self.incoming = self.incoming, []
                 to_cancel, self.to_cancel = self.to_cancel, []
                 self._poke = False
+            self._read_shared_prompts(incoming)
             for request in incoming:
                 self.live[request.uid] = request
                 self._advance(request, None)
@@ -339,6 +350,20 @@ class Scheduler:
             return self._run_children(request, ask)
         raise RelaykitError(f"strategy {request.strategy.name!r} yielded {ask!r}, which is not an ask")
 
+    def _read_shared_prompts(self, incoming: list[Request]) -> None:
+        """For requests of `submit_n`: prefill their prompt once and copy it into each one's row."""
+        groups: dict[int, list[Request]] = {}
+        for request in incoming:
+            if request.shared_prompt is not None:
+                groups.setdefault(request.shared_prompt.uid, []).append(request)
+        for requests in groups.values():
+            prompt, first = requests[0].shared_prompt, requests[0]
+            for role in first.strategy.roles:
+                runner = self.runners[role]
+                runner.prefill([prompt])
+                runner.fork(prompt, [r.sequence for r in requests])
+                first.inherited.setdefault(role, Usage()).add(runner.release(prompt))
+
     def _fork(self, request: Request, ask: Fork) -> list[Sequence]:
         copies = [ask.sequence.fork() for _ in range(ask.n)]
         for role in ask.models:
@@ -372,6 +397,8 @@ class Scheduler:
     def _release(self, request: Request) -> dict[str, dict]:
         """Free the request's rows in every runner; its usage per model (children included)."""
         usage = {role: Usage() for role in request.strategy.roles}
+        for role, spent in request.inherited.items():
+            usage.setdefault(role, Usage()).add(spent)
         for role, runner in self.runners.items():
             for sequence in request.sequences:
                 spent = runner.release(sequence)

@@ -126,21 +126,24 @@ class Service:
 
     async def submit(self, strategy: Strategy, body: GenerationRequest, prompts: list[list[int]],
                      budgets: list[int]) -> list[Handle]:
-        """`body.n` choices per prompt, in OpenAI's order (prompt by prompt); with a seed, choice
-        j of a prompt samples with seed + j. Submitting waits for the scheduler's lock, so it runs
-        in a worker thread."""
+        """`body.n` choices per prompt, in OpenAI's order (prompt by prompt), which share the
+        prompt's reading (`Scheduler.submit_n`); with a seed, choice j of a prompt samples with
+        seed + j. Submitting never waits for a step."""
         temperature = body.temperature if body.temperature >= GREEDY_BELOW else 0.0
         try:
             sampling = SamplingConfig(temperature=temperature, top_k=body.top_k, top_p=body.top_p, seed=body.seed)
         except RelaykitError as error:
             raise APIError(400, str(error)) from error
-        requests = []
+        samplings = [sampling if sampling.seed is None else dataclasses.replace(sampling, seed=sampling.seed + j)
+                     for j in range(body.n)]
+        handles = []
         for prompt, budget in zip(prompts, budgets):
             stop = StopConfig(max_new_tokens=budget, stop_strings=body.stop_strings())
-            for j in range(body.n):
-                seeded = sampling if sampling.seed is None else dataclasses.replace(sampling, seed=sampling.seed + j)
-                requests.append((prompt, strategy, seeded, stop))
-        return [self.scheduler.submit(*request) for request in requests]  # never waits for a step
+            if body.n == 1:
+                handles.append(self.scheduler.submit(prompt, strategy, sampling, stop))
+            else:
+                handles += self.scheduler.submit_n(prompt, strategy, samplings, stop)
+        return handles
 
     async def tokens(self, handles: list[Handle]) -> AsyncIterator[tuple[int, list[tuple[int, str]] | None]]:
         """(choice index, new final (token, writer) pairs) as they come, then (index, None) when that
