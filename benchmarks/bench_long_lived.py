@@ -14,14 +14,13 @@ import time
 
 import torch
 
+from relaykit import api
 from relaykit.decoding.prompt import encode_prompt
 from relaykit.decoding.stopping import StopConfig
 from relaykit.models.loading import load_model
 from relaykit.runtime import Scheduler
-from relaykit.strategies.base import get_strategy
 from relaykit.toyworld import TOY_LARGE, TOY_SMALL, load_split
 
-CUES = str(TOY_LARGE.parent / "cues.json")
 
 
 def resident_bytes() -> int:
@@ -51,8 +50,7 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     pair = {"large": load_model(str(TOY_LARGE), name="large"), "small": load_model(str(TOY_SMALL), name="small")}
     stop = StopConfig(max_new_tokens=args.max_new_tokens)
-    strategies = [get_strategy("large")(pair, stop=stop), get_strategy("small")(pair, stop=stop),
-                  get_strategy("relaygen")(pair, get_strategy("relaygen").Config(cues=CUES), stop=stop)]
+    strategies = [api.build_strategy(name, pair, stop=stop) for name in ("large", "small", "relaygen")]  # shipped cues
     prompts = [encode_prompt(pair["large"].tokenizer, p.question) for p in load_split("test", 500)]
     scheduler = Scheduler(pair)
     live, submitted, finished, inexact, marks = [], 0, 0, 0, {}

@@ -32,22 +32,19 @@ from pathlib import Path
 
 import torch
 
+from relaykit import api
 from relaykit.decoding.prompt import encode_prompt
 from relaykit.decoding.stopping import StopConfig
 from relaykit.models.loading import load_model
 from relaykit.runtime import Scheduler
-from relaykit.strategies.base import get_strategy
 from relaykit.toyworld import TOY_LARGE, TOY_SMALL, load_split
 
-CUES = str(Path(TOY_LARGE).parent / "cues.json")
 ROOT = Path(__file__).resolve().parents[1]
 
 
 def build(pair, name: str, max_new_tokens: int, **options):
-    cls = get_strategy(name)
-    if name == "relaygen":
-        options.setdefault("cues", CUES)
-    return cls(pair, cls.Config(**options), stop=StopConfig(max_new_tokens=max_new_tokens))
+    """As the CLI builds it (the shipped pair's calibrated cues for relaygen)."""
+    return api.build_strategy(name, pair, options, stop=StopConfig(max_new_tokens=max_new_tokens))
 
 
 def continuous_over_static(pair, prompts, strategies, gap: float, seed: int) -> dict:

@@ -151,7 +151,7 @@ class RemoteRunner:
             answer = self.model.complete(text, min(room, size), stops, sampling.temperature, sampling.top_p, sampling.seed)
             before = len(sequence)
             sequence.extend(tokenizer(answer.text, add_special_tokens=False)["input_ids"], self.name)
-            sequence.truncate(min(len(sequence), before + room))  # the local tokenizer may count a few more tokens
+            sequence.truncate(before + room)  # the local tokenizer may count a few more tokens
             for u in (usage, self.usage):
                 u.prefill_tokens += answer.prompt_tokens
                 u.decode_tokens += answer.completion_tokens

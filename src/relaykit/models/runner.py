@@ -241,20 +241,29 @@ class Runner:
     def _groups(self, feed: list[list[int]]) -> list[list[int]]:
         """Fed rows in groups, one forward each: a forward pads every row to its longest feed, so
         rows of very different feed lengths (new prompts, verification chunks, single tokens) go
-        apart when the padding saved outweighs a forward's fixed cost (`overhead_tokens`)."""
-        order = sorted((len(tokens), i) for i, tokens in enumerate(feed) if tokens)
-        if order[0][0] == order[-1][0]:
-            return [[i for _, i in order]]
-        # best[j]: the cheapest cost of the j shortest rows; a group costs overhead + rows x longest
-        best, cut = [0.0] + [float("inf")] * len(order), [0] * (len(order) + 1)
-        for j in range(1, len(order) + 1):
+        apart when the padding saved outweighs a forward's fixed cost (`overhead_tokens`). Rows of
+        one length never split, so the search runs over the distinct lengths (a handful)."""
+        by_length: dict[int, list[int]] = {}
+        for i, tokens in enumerate(feed):
+            if tokens:
+                by_length.setdefault(len(tokens), []).append(i)
+        lengths = sorted(by_length)
+        if len(lengths) == 1:
+            return [by_length[lengths[0]]]
+        # best[j]: the cheapest cost of the rows of the j shortest lengths; a group costs
+        # overhead + its rows x its longest feed
+        before = [0]  # before[k]: rows of the k shortest lengths
+        for length in lengths:
+            before.append(before[-1] + len(by_length[length]))
+        best, cut = [0.0] + [float("inf")] * len(lengths), [0] * (len(lengths) + 1)
+        for j in range(1, len(lengths) + 1):
             for i in range(j):
-                cost = best[i] + self.overhead_tokens + (j - i) * order[j - 1][0]
+                cost = best[i] + self.overhead_tokens + (before[j] - before[i]) * lengths[j - 1]
                 if cost < best[j]:
                     best[j], cut[j] = cost, i
-        groups, j = [], len(order)
+        groups, j = [], len(lengths)
         while j:
-            groups.append(sorted(i for _, i in order[cut[j] : j]))
+            groups.append(sorted(row for length in lengths[cut[j] : j] for row in by_length[length]))
             j = cut[j]
         return groups[::-1]
 

@@ -76,17 +76,17 @@ class Handle:
     def _take(self) -> list[tuple[int, str]]:
         request = self.request
         if request.done:
-            tokens, writers = (request.result.token_ids, request.result.provenance) if request.result else ([], [])
+            result = request.result
+            new = list(zip(result.token_ids[self._sent :], result.provenance[self._sent :])) if result else []
         else:
             holdback = request.strategy.holdback()
             sequence = request.sequence
             if holdback is None or request.in_flight:  # an endpoint is writing on it
                 return []
-            end = max(len(sequence) - holdback, sequence.final)
-            sequence.final = end
-            tokens, writers = sequence.tokens[sequence.prompt_length : end], sequence.writers[sequence.prompt_length : end]
-        new = list(zip(tokens[self._sent :], writers[self._sent :]))
-        self._sent = len(tokens)
+            sequence.final = max(len(sequence) - holdback, sequence.final)
+            start = sequence.prompt_length + self._sent
+            new = list(zip(sequence.tokens[start : sequence.final], sequence.writers[start : sequence.final]))
+        self._sent += len(new)
         return new
 
 
@@ -358,20 +358,21 @@ class Scheduler:
                 groups.setdefault(request.shared_prompt.uid, []).append(request)
         for requests in groups.values():
             prompt, first = requests[0].shared_prompt, requests[0]
+            self._share(prompt, [r.sequence for r in requests], first.strategy.roles)
             for role in first.strategy.roles:
-                runner = self.runners[role]
-                runner.prefill([prompt])
-                runner.fork(prompt, [r.sequence for r in requests])
-                first.inherited.setdefault(role, Usage()).add(runner.release(prompt))
+                first.inherited.setdefault(role, Usage()).add(self.runners[role].release(prompt))
 
     def _fork(self, request: Request, ask: Fork) -> list[Sequence]:
         copies = [ask.sequence.fork() for _ in range(ask.n)]
-        for role in ask.models:
-            runner = self.runners[role]
-            runner.prefill([ask.sequence])
-            runner.fork(ask.sequence, copies)
+        self._share(ask.sequence, copies, ask.models)
         request.sequences += copies
         return copies
+
+    def _share(self, parent: Sequence, copies: list[Sequence], roles) -> None:
+        """`roles` read `parent` once (no logits) and give each copy a copy of its row."""
+        for role in roles:
+            self.runners[role].prefill([parent])
+            self.runners[role].fork(parent, copies)
 
     def _run_children(self, request: Request, ask: Run):
         if not ask.children:
@@ -444,10 +445,7 @@ class Scheduler:
         request.generator.close()
         if not request.sequence.finished:
             request.sequence.finish("cancelled")
-        usage = self._release(request)
-        result = make_result(request.sequence, request.strategy.tokenizer, usage,
-                             time.perf_counter() - request.submitted, request.events, request.uid)
-        self._leave(request, result)
+        self._complete(request, None)
 
     def _leave(self, request: Request, result: GenerationResult | None) -> None:
         request.result = result

@@ -16,6 +16,8 @@ class TextDeltas:
         self.tokens: list[int] = []
         self.decoded = ""  # the text of the first `read` tokens
         self.read = 0
+        self.searched = 0  # characters of `decoded` searched for stop strings
+        self.stop_at = 0  # where the text ends, once stopped
         self.sent = 0  # characters sent
         self.stopped = False
         self.matched: str | None = None  # the stop string that ended the text
@@ -36,13 +38,17 @@ class TextDeltas:
         self.read = len(self.tokens)
 
     def text(self) -> str:
-        """The whole text so far, cut before the first stop string."""
-        cuts = [(self.decoded.find(s), -len(s), s) for s in self.stop_strings if s in self.decoded]
-        if cuts:
-            cut, _, self.matched = min(cuts)
-            self.stopped, self.cut = True, self.decoded[cut:]
-            return self.decoded[:cut]
-        return self.decoded
+        """The whole text so far, cut before the first stop string (searched for only in the text
+        new since the last search, and the few characters before it that a stop string may span)."""
+        if not self.stopped:
+            start = max(0, self.searched - self.hold)
+            found = [(self.decoded.find(s, start), -len(s), s) for s in self.stop_strings]
+            cuts = [match for match in found if match[0] >= 0]
+            self.searched = len(self.decoded)
+            if cuts:
+                self.stop_at, _, self.matched = min(cuts)
+                self.stopped, self.cut = True, self.decoded[self.stop_at :]
+        return self.decoded[: self.stop_at] if self.stopped else self.decoded
 
     def add(self, tokens: list[int]) -> str:
         """The new text that is safe to send after `tokens`."""

@@ -109,22 +109,32 @@ class ChoiceExtras(BaseModel):
                                   "the rest of its token), so that a client can go on from exactly there")
 
 
-class CompletionChoice(BaseModel):
+class Choice(BaseModel):
+    """What a completion's and a chat completion's choices share."""
+
     index: int
-    text: str
     logprobs: None = None
     finish_reason: Literal["stop", "length"]
-    stop_reason: str | None = Field(None, description="the stop string that ended the text (left out of it), as vLLM names it")
     relaykit: ChoiceExtras | None = None
 
 
-class Completion(BaseModel):
+class CompletionChoice(Choice):
+    text: str
+    stop_reason: str | None = Field(None, description="the stop string that ended the text (left out of it), as vLLM names it")
+
+
+class Answer(BaseModel):
+    """What a completion and a chat completion share."""
+
     id: str
-    object: Literal["text_completion"] = "text_completion"
     created: int
     model: str
-    choices: list[CompletionChoice]
     usage: Usage
+
+
+class Completion(Answer):
+    object: Literal["text_completion"] = "text_completion"
+    choices: list[CompletionChoice]
 
 
 class AssistantMessage(BaseModel):
@@ -132,21 +142,13 @@ class AssistantMessage(BaseModel):
     content: str
 
 
-class ChatChoice(BaseModel):
-    index: int
+class ChatChoice(Choice):
     message: AssistantMessage
-    logprobs: None = None
-    finish_reason: Literal["stop", "length"]
-    relaykit: ChoiceExtras | None = None
 
 
-class ChatCompletion(BaseModel):
-    id: str
+class ChatCompletion(Answer):
     object: Literal["chat.completion"] = "chat.completion"
-    created: int
-    model: str
     choices: list[ChatChoice]
-    usage: Usage
 
 
 class ModelCard(BaseModel):

@@ -9,6 +9,7 @@ model's turns are speculative rounds instead (in-process only).
 
 from __future__ import annotations
 
+import functools
 import re
 from dataclasses import dataclass
 
@@ -95,12 +96,13 @@ class SegmentRelay(Strategy):
     def run(self, request):
         sequence = request.sequence
         turn = Turn(self.first_writer, "start", len(sequence))
+        rule = functools.partial(self._ends_turn, turn)  # the turn changes in place
         while not sequence.finished:
             room = self._room(request, turn)
             if room <= 0 and turn.thinking and self.config.answer_handoff:
                 self._close_thinking(request, turn)
                 continue
-            ends_turn = None if turn.reason == "answer" else (lambda s, end: self._ends_turn(turn, s, end))
+            ends_turn = None if turn.reason == "answer" else rule
             if turn.writer == "large" and self.config.speculative:
                 first = len(sequence)
                 # drafts past the end of the turn would be cut whatever the large model says
