@@ -210,6 +210,34 @@ def cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_train_relayllm(args: argparse.Namespace) -> int:
+    import dataclasses
+    import logging
+
+    from .train.relayllm import RelayLLMTrainConfig, train_relayllm
+
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    for flag in ("sft_steps", "grpo_steps", "warmup_problems", "prompts_per_step"):
+        if getattr(args, flag) is not None and getattr(args, flag) < 0:
+            raise RelaykitError(f"--{flag.replace('_', '-')} must be >= 0")
+    cfg = RelayLLMTrainConfig(seed=args.seed, calls=not args.no_calls)
+    changes = {}
+    if args.warmup_problems is not None:
+        changes["warmup_problems"] = args.warmup_problems
+    if args.prompts_per_step is not None:
+        changes["prompts_per_step"] = args.prompts_per_step
+    if args.sft_steps is not None:
+        changes["sft"] = dataclasses.replace(cfg.sft, steps=args.sft_steps)
+    if args.grpo_steps is not None:
+        changes["grpo"] = dataclasses.replace(cfg.grpo, steps=args.grpo_steps)
+    cfg = dataclasses.replace(cfg, **changes)
+    models = load_models_from_args(args, ("large", "small"))
+    report = train_relayllm(models["large"], models["small"], args.out, cfg)
+    print(json.dumps({k: v for k, v in report.items() if k != "config"}, indent=2))
+    print(f"small model written to {args.out}")
+    return 0
+
+
 def cmd_serve(args: argparse.Namespace) -> int:
     try:
         import uvicorn
@@ -348,6 +376,25 @@ def build_parser() -> argparse.ArgumentParser:
     toy.add_argument("--refine-large", metavar="DIR",
                      help="run only toy-large's second stage (training with hidden context) from this checkpoint")
     toy.set_defaults(run=cmd_train)
+    relayllm = what.add_parser(
+        "relayllm",
+        help="train a small model to call the large one with <call>N</call> (RelayLLM: warm-up SFT, then GRPO)",
+        description="Warm-up SFT on toy training problems with <call>N</call> inserted where the small model's "
+        "top-1 departs from the reference (the large model's tokens carry no loss), then GRPO whose rollouts are "
+        "real relayllm generations calling the large model (8 per question at temperature 1.0, KL 0.01, RelayLLM's "
+        "reward per question). Writes the small model, train_log.jsonl and report.json to --out. About 15 minutes "
+        "on 2 CPU cores with the shipped pair.",
+    )
+    relayllm.add_argument("--out", default="relaykit-relayllm", help="output folder (default ./relaykit-relayllm)")
+    relayllm.add_argument("--seed", type=int, default=0)
+    relayllm.add_argument("--sft-steps", type=int, help="warm-up steps (default 1500)")
+    relayllm.add_argument("--grpo-steps", type=int, help="GRPO steps, 0 = warm-up only (default 60)")
+    relayllm.add_argument("--warmup-problems", type=int, help="training problems turned into warm-up examples (default 4000)")
+    relayllm.add_argument("--prompts-per-step", type=int, help="questions per GRPO step, 8 rollouts each (default 8)")
+    relayllm.add_argument("--no-calls", action="store_true",
+                          help="the no-call baseline: GRPO of the small model alone (reward 1 when right), no warm-up")
+    add_model_options(relayllm)
+    relayllm.set_defaults(run=cmd_train_relayllm)
     return parser
 
 

@@ -16,6 +16,7 @@ class Event:
     direction: str | None  # "from->to" when the writer changes
     reason: str  # "cue", "sentence end", "answer", "budget", "margin", ...
     cue: str | None = None  # the text that triggered it, if any
+    detail: dict | None = None  # what a method adds (a call's tokens requested and delivered)
 
 
 @dataclass

@@ -44,6 +44,12 @@ class Sequence:
         for token in tokens:
             self.append(token, writer, hidden_from)
 
+    def hide(self, start: int, end: int, model: str) -> None:
+        """Hide tokens [start, end) from `model`; only tokens it has not read yet (runners catch
+        up on visibility as they read)."""
+        for index in range(start, end):
+            self.hidden[index] = self.hidden[index] | {model}
+
     def truncate(self, length: int) -> None:
         """Keep the first `length` tokens (never fewer than the prompt or the streamed tokens)."""
         if length < self.final:

@@ -147,7 +147,7 @@ class RemoteRunner:
             room = ask.max_tokens - (len(sequence) - ask.start)
             if room <= 0 or sequence.finished:
                 return Generated(len(sequence) - ask.start)
-            text = tokenizer.decode(sequence.tokens, skip_special_tokens=False)
+            text = tokenizer.decode(sequence.visible_to(self.name), skip_special_tokens=False)
             answer = self.model.complete(text, min(room, size), stops, sampling.temperature, sampling.top_p, sampling.seed)
             before = len(sequence)
             sequence.extend(tokenizer(answer.text, add_special_tokens=False)["input_ids"], self.name)

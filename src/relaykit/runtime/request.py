@@ -61,8 +61,10 @@ class Request:
         """Apply the stop conditions to the newest `appended` tokens (see `StopChecker.check`)."""
         return self.stop.check(sequence, appended)
 
-    def event(self, direction: str | None, reason: str, cue: str | None = None, sequence: Sequence | None = None) -> None:
-        self.events.append(Event(len((sequence or self.sequence).generated), direction, reason, cue))
+    def event(self, direction: str | None, reason: str, cue: str | None = None, sequence: Sequence | None = None) -> Event:
+        event = Event(len((sequence or self.sequence).generated), direction, reason, cue)
+        self.events.append(event)
+        return event
 
     def settle(self, sequence: Sequence, first: int, ends_turn: Callable[[Sequence, int], Any] | None = None) -> Any:
         """After tokens were appended from index `first` on: ask `ends_turn` of each, in order; the

@@ -1,0 +1,238 @@
+"""Train a small model to call a large one (RelayLLM, Huang et al. 2026) in two stages.
+
+1. Warm-up SFT: on training problems, the reference solution with `<call>N</call>` inserted
+   before each span where the small model's top-1 departs from the reference (teacher forcing);
+   the span itself is the large model's (no loss), everything else the small model's (loss,
+   commands included).
+2. GRPO: rollouts are real `relayllm` generations with real calls to the large model, batched on
+   the scheduler (8 per prompt at temperature 1.0); the reward is decided per question over its
+   group (`relayllm_rewards`); the large model's tokens carry no loss.
+
+`calls=False` trains the no-call baseline: GRPO of the plain small model, reward 1 when right.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import random
+import shutil
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+
+from ..decoding.prompt import encode_prompt
+from ..decoding.sampler import SamplingConfig
+from ..decoding.stopping import StopConfig
+from ..evals.answers import answers_match, extract_answer
+from ..models.loading import Model
+from ..runtime import Scheduler
+from ..strategies.base import get_strategy
+from ..strategies.relayllm import RelayLLMConfig
+from ..toyworld import Problem, load_split
+from .grpo import GRPOConfig, group_advantages, grpo_loss
+from .loop import TrainConfig, train
+from .sft import pad, sft_loss
+
+
+@dataclass(frozen=True)
+class RelayLLMTrainConfig:
+    seed: int = 0
+    calls: bool = True  # False: the no-call baseline (GRPO of the small model alone, no warm-up)
+    warmup_problems: int = 4000  # training problems turned into warm-up examples
+    sft_batch: int = 16  # examples per SFT step
+    sft: TrainConfig = TrainConfig(steps=1500, lr=1e-3, warmup=20, weight_decay=0.1)
+    merge_gap: int = 1  # departures this close join one span (one call)
+    grpo: TrainConfig = TrainConfig(steps=60, lr=2e-4, warmup=5, min_lr_ratio=1.0)
+    grpo_method: GRPOConfig = field(default_factory=GRPOConfig)
+    prompts_per_step: int = 8  # questions per GRPO step (x `grpo_method.group` rollouts)
+    max_new_tokens: int = 320
+    strategy: RelayLLMConfig = field(default_factory=RelayLLMConfig)
+
+
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "generation_config.json")
+
+
+# warm-up data
+
+
+@torch.no_grad()
+def departures(small, examples: list[tuple[list[int], int]], batch: int = 32) -> list[list[int]]:
+    """For each (ids, answer start): indices t >= start where the small model's top-1 after
+    ids[:t] is not ids[t] (teacher forcing)."""
+    out = []
+    for first in range(0, len(examples), batch):
+        chunk = examples[first : first + batch]
+        ids = pad([e[0] for e in chunk], 0)
+        predicted = small(input_ids=ids).logits[:, :-1].argmax(-1)
+        for row, (tokens, start) in enumerate(chunk):
+            out.append([t for t in range(start, len(tokens)) if int(predicted[row, t - 1]) != tokens[t]])
+    return out
+
+
+def spans(points: list[int], merge_gap: int) -> list[tuple[int, int]]:
+    """Sorted indices grouped into [first, last] spans; gaps of up to `merge_gap` tokens join."""
+    out: list[list[int]] = []
+    for p in points:
+        if out and p - out[-1][1] <= merge_gap + 1:
+            out[-1][1] = p
+        else:
+            out.append([p, p])
+    return [(a, b) for a, b in out]
+
+
+def with_calls(tokens: list[int], start: int, hard: list[tuple[int, int]], call_ids) -> tuple[list[int], list[bool]]:
+    """The example with `<call>N</call>` before each hard span; mask[t]: token t is the small
+    model's to learn (the answer's tokens outside spans, and the commands)."""
+    ids, mask = list(tokens[:start]), [False] * start
+    cursor = start
+    for first, last in hard:
+        ids += tokens[cursor:first]
+        mask += [True] * (first - cursor)
+        command = call_ids(last - first + 1)
+        ids += command + tokens[first : last + 1]
+        mask += [True] * len(command) + [False] * (last - first + 1)
+        cursor = last + 1
+    ids += tokens[cursor:]
+    mask += [True] * (len(tokens) - cursor)
+    return ids, mask
+
+
+def warmup_examples(small: Model, problems: list[Problem], merge_gap: int) -> tuple[list, list, dict]:
+    """Warm-up (ids, mask) pairs for `problems`, and figures of the hard spans found."""
+    tokenizer = small.tokenizer
+    encoded = []
+    for problem in problems:
+        prompt = encode_prompt(tokenizer, problem.question)
+        answer = tokenizer(problem.solution, add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
+        encoded.append((prompt + answer, len(prompt)))
+    call_ids = lambda n: tokenizer(f"<call>{n}</call>", add_special_tokens=False)["input_ids"]  # noqa: E731
+    ids, masks, n_spans, n_hard, n_answer = [], [], 0, 0, 0
+    for (tokens, start), points in zip(encoded, departures(small.hf, encoded)):
+        hard = spans(points, merge_gap)
+        example, mask = with_calls(tokens, start, hard, call_ids)
+        ids.append(example)
+        masks.append(mask)
+        n_spans += len(hard)
+        n_hard += sum(b - a + 1 for a, b in hard)
+        n_answer += len(tokens) - start
+    figures = {"examples": len(ids), "calls_per_example": n_spans / len(ids), "large_token_share": n_hard / n_answer}
+    return ids, masks, figures
+
+
+# rewards
+
+
+def relayllm_rewards(correct: list[bool], call_ratios: list[float]) -> list[float]:
+    """RelayLLM's reward for one question's group of rollouts. call_ratio: tokens requested from
+    the large model over response tokens (0: no call).
+    - some rollout is right without a call: right without 1.5, right with 1 - ratio, wrong 0;
+    - else some rollout is right with a call: right 1 - ratio, wrong without a call -1, wrong with 0;
+    - else: calling scores its ratio, not calling 0."""
+    called = [r > 0 for r in call_ratios]
+    if any(c and not k for c, k in zip(correct, called)):
+        return [(1.5 if not k else 1 - r) if c else 0.0 for c, k, r in zip(correct, called, call_ratios)]
+    if any(correct):
+        return [1 - r if c else (0.0 if k else -1.0) for c, k, r in zip(correct, called, call_ratios)]
+    return [r if k else 0.0 for k, r in zip(called, call_ratios)]
+
+
+def call_ratio(result) -> float:
+    """Tokens requested from the large model over the response's tokens, at most 1."""
+    requested = sum(e.detail["requested"] for e in result.events if e.reason == "call" and e.detail)
+    return min(1.0, requested / max(len(result.token_ids), 1))
+
+
+# GRPO
+
+
+class Rollouts:
+    """Each GRPO step's batch: `prompts_per_step` training questions, `group` sampled rollouts
+    each, generated together on one scheduler; rewards decided per question."""
+
+    def __init__(self, models: dict, cfg: RelayLLMTrainConfig):
+        self.cfg = cfg
+        name = "relayllm" if cfg.calls else "small"
+        options = cfg.strategy if cfg.calls else None
+        self.strategy = get_strategy(name)(models, options, stop=StopConfig(max_new_tokens=cfg.max_new_tokens))
+        self.scheduler = Scheduler(models)
+        self.tokenizer = models["small"].tokenizer
+        self.problems = load_split("train", cfg.prompts_per_step * cfg.grpo.steps + cfg.warmup_problems)[cfg.warmup_problems :]
+
+    def __call__(self, step: int) -> dict:
+        cfg, group = self.cfg, self.cfg.grpo_method.group
+        chosen = self.problems[step * cfg.prompts_per_step : (step + 1) * cfg.prompts_per_step]
+        handles = []
+        for i, problem in enumerate(chosen):
+            seeds = [cfg.seed * 1_000_003 + (step * cfg.prompts_per_step + i) * group + j for j in range(group)]
+            samplings = [SamplingConfig(temperature=cfg.grpo_method.temperature, seed=s) for s in seeds]
+            handles += self.scheduler.submit_n(encode_prompt(self.tokenizer, problem.question), self.strategy, samplings)
+        results = self.scheduler.run(handles)
+        ids, masks, rewards, correct, ratios = [], [], [], [], []
+        for i, problem in enumerate(chosen):
+            mine = results[i * group : (i + 1) * group]
+            right = [answers_match(extract_answer(r.text), problem.answer) for r in mine]
+            ratio = [call_ratio(r) for r in mine] if cfg.calls else [0.0] * group
+            rewards += relayllm_rewards(right, ratio) if cfg.calls else [float(c) for c in right]
+            correct += right
+            ratios += ratio
+        for handle, result in zip(handles, results):
+            prompt = handle.request.sequence.tokens[: handle.request.sequence.prompt_length]
+            ids.append(prompt + result.token_ids)
+            masks.append([False] * len(prompt) + [w == "small" for w in result.provenance])
+        large = sum(r.tokens_by("large") for r in results) / max(sum(len(r.token_ids) for r in results), 1)
+        figures = {"reward": sum(rewards) / len(rewards), "accuracy": sum(correct) / len(correct),
+                   "call_ratio": sum(ratios) / len(ratios), "large_token_share": large}
+        return {"ids": ids, "masks": masks, "advantages": group_advantages(rewards, group), "figures": figures}
+
+
+def train_relayllm(large: Model, small: Model, out: str | Path, cfg: RelayLLMTrainConfig | None = None) -> dict:
+    """Warm-up SFT then GRPO of `small` (in place) with `large` answering its calls; writes the
+    checkpoint, `train_log.jsonl` and `report.json` to `out`. Returns the report."""
+    cfg = cfg or RelayLLMTrainConfig()
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    log_path = out / "train_log.jsonl"
+    log_path.write_text("")
+    random.seed(cfg.seed)
+    torch.manual_seed(cfg.seed)
+    policy = small.hf
+    report: dict = {"config": asdict(cfg), "threads": torch.get_num_threads()}
+    if cfg.calls:
+        began = time.perf_counter()
+        problems = load_split("train", cfg.warmup_problems)
+        ids, masks, report["warmup_data"] = warmup_examples(small, problems, cfg.merge_gap)
+        order = random.Random(cfg.seed)
+
+        def sft_batch(step: int):
+            picked = order.sample(range(len(ids)), cfg.sft_batch)
+            return [ids[i] for i in picked], [masks[i] for i in picked]
+
+        records = train(policy, cfg.sft, sft_batch, lambda b: sft_loss(policy, *b), "warm-up", log_path)
+        report["warmup_minutes"] = (time.perf_counter() - began) / 60
+        report["warmup_final_loss"] = sum(r["loss"] for r in records[-20:]) / len(records[-20:])
+    if cfg.grpo.steps:
+        began = time.perf_counter()
+        reference = copy.deepcopy(policy).eval()
+        for p in reference.parameters():
+            p.requires_grad_(False)
+        rollouts = Rollouts({"large": large, "small": small}, cfg)
+        records = train(policy, cfg.grpo, rollouts,
+                        lambda b: _grpo_step(policy, reference, b, cfg.grpo_method), "grpo", log_path)
+        report["grpo_minutes"] = (time.perf_counter() - began) / 60
+        last = records[-10:]
+        report["grpo_last_10_steps"] = {k: sum(r[k] for r in last) / len(last)
+                                        for k in ("reward", "accuracy", "call_ratio", "large_token_share")}
+    small.hf.save_pretrained(str(out), safe_serialization=True)
+    for name in TOKENIZER_FILES:  # the small model's own tokenizer and generation settings, unchanged
+        if (Path(small.source) / name).is_file():
+            shutil.copy(Path(small.source) / name, out / name)
+    (out / "report.json").write_text(json.dumps(report, indent=2))
+    return report
+
+
+def _grpo_step(policy, reference, batch: dict, method: GRPOConfig) -> tuple[torch.Tensor, dict]:
+    loss, figures = grpo_loss(policy, reference, batch["ids"], batch["masks"], batch["advantages"], None, method)
+    return loss, {**figures, **batch["figures"]}
