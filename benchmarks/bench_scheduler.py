@@ -108,8 +108,8 @@ def mixed_forwards_saved(pair, prompts, max_new_tokens: int) -> dict:
 
 def fork_figures(pair, prompt: list[int], n: int, max_new_tokens: int, repeats: int) -> dict:
     """Best-of-n with fork against n independent requests of its child (`single`)."""
-    best_of = build(pair, "best-of", max_new_tokens, n=n, child="single")
-    child = best_of.child
+    best_of = build(pair, "best-of-n", max_new_tokens, n=n, inner="single")
+    child = best_of.inner
     walls = {"fork": [], "independent": []}
     read = {}
     for _ in range(repeats):

@@ -117,6 +117,27 @@ def test_calls_per_answer_are_limited(scripted):
     assert result.tokens_by("large") == 0 and read == []
 
 
+def test_the_shipped_pair_calls_with_its_trained_small_model(shipped_pair):
+    """On the shipped pair `relayllm` gets toy-small-relay by default; its calls reach the large
+    model without their commands."""
+    from relaykit import api
+    from relaykit.decoding.prompt import encode_prompt
+    from relaykit.toyworld import TOY_SMALL_RELAY, load_split
+
+    strategy = api.build_strategy("relayllm", shipped_pair, stop=StopConfig(max_new_tokens=256))
+    assert strategy.models["small"].source == str(TOY_SMALL_RELAY)
+    tokenizer = strategy.tokenizer
+    commands = set(tokenizer.convert_tokens_to_ids(["<call>", "</call>"]))
+    read: list[int] = []
+    engine = strategy.runners["large"].engine
+    forward = engine.forward
+    engine.forward = lambda tokens, positions, wanted: (read.extend(t for r in tokens for t in r), forward(tokens, positions, wanted))[1]
+    results = strategy.generate([encode_prompt(tokenizer, p.question) for p in load_split("test", 4)])
+    calls = [e.detail for r in results for e in r.events if e.reason == "call"]
+    assert calls and sum(c["delivered"] for c in calls) == sum(r.tokens_by("large") for r in results)
+    assert read and not commands & set(read)
+
+
 def test_reward_cases_are_decided_per_question():
     # some rollout right without a call
     assert relayllm_rewards([True, True, False, False], [0.0, 0.25, 0.0, 0.5]) == [1.5, 0.75, 0.0, 0.0]

@@ -20,7 +20,7 @@ from relaykit.models.loading import load_model
 from relaykit.models.remote import load_remote
 from relaykit.strategies.base import get_strategy
 from relaykit.strategies.relaygen import RelayGenConfig
-from relaykit.toyworld import TOY_LARGE, TOY_SMALL, load_split
+from relaykit.toyworld import TOY_LARGE, TOY_SMALL, TOY_SMALL_RELAY, load_split
 
 for module in ("fastapi", "uvicorn", "openai"):
     pytest.importorskip(module, reason="`transformers serve` needs transformers[serving]")
@@ -81,6 +81,24 @@ def test_relaygen_over_transformers_serve_matches_in_process(endpoint):
         if name == "relaygen":
             assert sum(r.tokens_by("small") for r in there) > 0
             assert all(r.usage["small"]["forward_calls"] > 0 for r in there)
+
+
+def test_relayllm_over_transformers_serve_matches_in_process(endpoint):
+    """Greedy, the shipped toy-small-relay calling toy-large: the same text, the same writers and
+    the same calls, with both models behind the endpoint."""
+    folders = {"large": TOY_LARGE, "small": TOY_SMALL_RELAY}
+    local = {role: load_model(str(folder), name=role) for role, folder in folders.items()}
+    remote = {role: load_remote(f"{endpoint}#{folder}", name=role) for role, folder in folders.items()}
+    prompts = [encode_prompt(local["large"].tokenizer, p.question) for p in load_split("test", 10)]
+    stop = StopConfig(max_new_tokens=256)
+    here = get_strategy("relayllm")(local, stop=stop).generate(prompts)
+    there = get_strategy("relayllm")(remote, stop=stop).generate(prompts)
+    tokenizer = local["large"].tokenizer
+    for a, b in zip(here, there):
+        assert b.text == a.text
+        assert b.segments(tokenizer) == a.segments(tokenizer)
+        assert [(e.position, e.cue, e.detail) for e in b.events] == [(e.position, e.cue, e.detail) for e in a.events]
+    assert sum(r.tokens_by("large") for r in there) > 0
 
 
 def test_budget_inside_thinking_still_answers_remotely(endpoint):

@@ -86,7 +86,7 @@ def test_contract(shipped_pair, questions, name, policy):
     scheduler.step()
     assert handles[1].result().finish_reason == "cancelled"
     request = handles[1].request
-    cancelled = {s.uid for r in (request, *request.children) for s in r.sequences}  # a best-of's children too
+    cancelled = {s.uid for r in (request, *request.children) for s in r.sequences}  # a best-of-n's samples too
     for runner in scheduler.runners.values():
         live = [row for row in runner.rows if row is not None]
         assert not cancelled & {row.sequence.uid for row in live}
@@ -96,7 +96,7 @@ def test_contract(shipped_pair, questions, name, policy):
     assert [r.token_ids for r in rest] == [r.token_ids for i, r in enumerate(alone) if i != 1]
 
 
-@pytest.mark.parametrize("name", ["large", "speculative", "relaygen", "speculative-thinking", "best-of"])
+@pytest.mark.parametrize("name", ["large", "speculative", "relaygen", "speculative-thinking", "best-of-n"])
 def test_streamed_tokens_are_final_and_add_up_to_the_result(shipped_pair, questions, name):
     """A streamed token is never cut afterwards (the sequence refuses it), and the stream is the text."""
     strategy = get_strategy(name)(shipped_pair, stop=StopConfig(max_new_tokens=80))
@@ -106,7 +106,7 @@ def test_streamed_tokens_are_final_and_add_up_to_the_result(shipped_pair, questi
     chunks = list(handle.stream())
     assert [token for chunk in chunks for token, _ in chunk] == handle.result().token_ids
     assert [writer for chunk in chunks for _, writer in chunk] == handle.result().provenance
-    assert len(chunks) > 1 or name == "best-of"
+    assert len(chunks) > 1 or name == "best-of-n"
 
 
 def test_fork_shares_what_was_read_and_survives_a_cut_into_it(models):
@@ -132,7 +132,7 @@ def test_fork_shares_what_was_read_and_survives_a_cut_into_it(models):
 
 
 def test_best_of_reads_the_prompt_once_and_rolls_up_its_children(shipped_pair, questions):
-    best_of = get_strategy("best-of")(shipped_pair, get_strategy("best-of").Config(n=5, child="large"),
+    best_of = get_strategy("best-of-n")(shipped_pair, get_strategy("best-of-n").Config(n=5, inner="large"),
                                       stop=StopConfig(max_new_tokens=20))
     result = best_of.generate(questions[:1])[0]
     single = make(shipped_pair, "large", budget=20).generate(questions[:1])[0]

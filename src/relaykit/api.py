@@ -157,13 +157,21 @@ def build_strategies(
     `models`. Each shared option in `options` goes to the strategies that have it; with
     `add_baseline`, the `large` strategy (speed-ups are measured against it) comes first.
     On the shipped toy pair, a strategy with a `cues` option (RelayGen) given none gets the
-    pair's calibrated cues."""
+    pair's calibrated cues, and one that ships its own trained model for a role (RelayLLM's
+    toy-small-relay) gets that model."""
     shipped = _is_shipped_pair(models)
-    strategies = {}
+    strategies, trained = {}, {}
     for label, (cls, values) in _variants(names, options, add_baseline).items():
-        if shipped and "cues" in _option_names(cls) and "cues" not in values:
-            values = {**values, "cues": str(SHIPPED_CUES)}
-        strategies[label] = cls(models, config_from_dict(cls, values), sampling, stop, kv_policy)
+        mine = models
+        if shipped:
+            if "cues" in _option_names(cls) and "cues" not in values:
+                values = {**values, "cues": str(SHIPPED_CUES)}
+            for role, folder in cls.shipped_models.items():
+                if folder not in trained:
+                    device = str(next(models[role].hf.parameters()).device)
+                    trained[folder] = load_model(str(CHECKPOINTS / folder), name=role, device=device)
+                mine = {**mine, role: trained[folder]}
+        strategies[label] = cls(mine, config_from_dict(cls, values), sampling, stop, kv_policy)
     return strategies
 
 

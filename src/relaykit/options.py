@@ -76,9 +76,12 @@ def add_strategy_options(parser: argparse.ArgumentParser, strategies: dict[str, 
     )
     for users, keys in sorted(groups.items(), key=lambda item: (len(item[0]) > 1, item[0])):
         title = f"{users[0]} options" if len(users) == 1 else f"options shared by {', '.join(users)}"
-        group = parser.add_argument_group(title)
+        taken = [key for key in keys if flag(key) in parser._option_string_actions]  # e.g. --stop
+        group = parser.add_argument_group(
+            title, f"set {', '.join(taken)} as NAME[{taken[0]}=...]: the flag is another option's" if taken else None)
         for key in keys:
-            _add_option(group, key, *fields[key])
+            if key not in taken:
+                _add_option(group, key, *fields[key])
 
 
 def _add_option(group, key: str, field: dataclasses.Field, kind: type, comment: str | None) -> None:
@@ -128,7 +131,7 @@ def options_from_text(cls: type, text: str) -> dict:
 
 def strategy_variant(text: str) -> tuple[type, dict]:
     """`relaygen[cues=none speculative=4]` -> (the relaygen class, {"cues": "none", "speculative": 4}):
-    a strategy and its own options, as written in `--strategy` lists, requests and `best-of[child=...]`."""
+    a strategy and its own options, as written in `--strategy` lists, requests and `best-of-n[inner=...]`."""
     import re
 
     from .strategies.base import get_strategy

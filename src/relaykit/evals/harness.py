@@ -51,6 +51,9 @@ def _records(strategy: Strategy, problems: list[EvalProblem], results: list, wal
                 "finish_reason": result.finish_reason,
             }
         )
+        calls = [{"position": e.position, **e.detail} for e in result.events if e.reason == "call" and e.detail]
+        if calls:  # RelayLLM: where the small model called, N requested, tokens the large model wrote
+            records[-1]["calls"] = calls
     tokens = sum(r["tokens"] for r in records)
     large_tokens = sum(r["tokens_by"].get("large", 0) for r in records)
     return {

@@ -26,7 +26,7 @@ _HTML_PALETTE = ("#caffbf", "#ffc6ff", "#fdffb6", "#9bf6ff", "#ffadad", "#bdb2ff
 _RICH_STYLES = {"small": "cyan", "large": "bold magenta", "prompt": "dim"}
 _RICH_PALETTE = ("green", "yellow", "blue", "red", "bright_cyan", "bright_magenta")
 _MARKER_AREA = 60  # of a plotted point, in points squared
-_NAME_WIDTH = 20  # the strategy column's width in an 80-column terminal
+_NAME_WIDTH = 21  # the strategy column's width in an 80-column terminal
 _COLUMNS = ("strategy", "accuracy", "large-token share", "switches/problem", "FLOPs", "wall s", "tokens/s", "speed-up vs large")
 
 
@@ -49,7 +49,7 @@ def rich_table(results: dict) -> Table:
     caption = Text(legend, no_wrap=True, overflow="ignore")  # one line, even under a narrow table
     table = Table(title=title, caption=caption, caption_justify="left", box=box.SIMPLE_HEAD, show_edge=False,
                   pad_edge=False, collapse_padding=True)
-    table.add_column(headers[0], overflow="fold")
+    table.add_column(headers[0], overflow="fold", max_width=_NAME_WIDTH)
     for header in headers[1:]:
         table.add_column(header, justify="right", no_wrap=True)
     for name in results["strategies"]:
@@ -58,9 +58,22 @@ def rich_table(results: dict) -> Table:
 
 
 def _wrappable(name: str) -> Text:
-    """A long variant label with its options on a line of their own: "relaygen[k=2 x=1]" wraps as
-    "relaygen" / "[k=2 x=1]" rather than inside a word. Text, so brackets are not read as markup."""
-    return Text(name.replace("[", "\n[", 1) if len(name) > _NAME_WIDTH else name)
+    """A long variant label broken where it reads well: the options on lines of their own, whole
+    options per line where they fit in `_NAME_WIDTH`, else broken after "=" ("uncertainty" /
+    "[margin_threshold=" / "0.4]"). Text, so brackets are not read as markup."""
+    if len(name) <= _NAME_WIDTH:
+        return Text(name)
+    base, bracket, options = name.partition("[")
+    pieces = []
+    for option in re.split(r"(?<= )", bracket + options):
+        pieces += [option] if len(option.rstrip()) <= _NAME_WIDTH else re.split(r"(?<==)", option)
+    lines, line = [base], ""
+    for piece in pieces:
+        if line and len(line) + len(piece.rstrip()) > _NAME_WIDTH:
+            lines.append(line.rstrip())
+            line = ""
+        line += piece
+    return Text("\n".join([*lines, line.rstrip()] if line else lines))
 
 
 def _terminal_row(results: dict, name: str, relative: bool) -> list[str]:

@@ -64,6 +64,14 @@ class Fork:
 
 
 @dataclass
+class Drop:
+    """The strategy is done with `sequence` (a copy from `Fork`): its KV rows are freed now and
+    what the models spent on it stays in the request's usage. Answered with None."""
+
+    sequence: Sequence
+
+
+@dataclass
 class Run:
     """Composition: run each (strategy, sequence) pair as a child request over the same runners;
     answered with their `GenerationResult`s (in order) once all have finished. A child's usage

@@ -37,7 +37,9 @@ class Request:
         self.sequences = [sequence]  # every sequence whose model usage this request owns
         self.ask: Any = None
         self.children: list["Request"] = []
-        self.child_results: list[GenerationResult | None] = []
+        self.children_started = 0  # over every `Run` of this request: seeds child samplings
+        self.child_results: list[GenerationResult | None] = []  # of the current `Run`
+        self.earlier_results: list[GenerationResult] = []  # of the request's earlier `Run`s
         self.result: GenerationResult | None = None
         self.error: BaseException | None = None
         self.in_flight = False  # an endpoint is answering its ask

@@ -24,7 +24,7 @@ from ..errors import RelaykitError
 from ..models.kv import KVPolicy
 from ..models.remote import RemoteModel, RemoteRunner
 from ..models.runner import Runner
-from .asks import Fork, Generate, Generated, Logits, Run
+from .asks import Drop, Fork, Generate, Generated, Logits, Run
 from .request import Request
 
 _WAITING = object()  # an ask that is not answered at once
@@ -346,6 +346,8 @@ class Scheduler:
             return _WAITING
         if isinstance(ask, Fork):
             return self._fork(request, ask)
+        if isinstance(ask, Drop):
+            return self._drop(request, ask.sequence)
         if isinstance(ask, Run):
             return self._run_children(request, ask)
         raise RelaykitError(f"strategy {request.strategy.name!r} yielded {ask!r}, which is not an ask")
@@ -368,6 +370,15 @@ class Scheduler:
         request.sequences += copies
         return copies
 
+    def _drop(self, request: Request, sequence: Sequence) -> None:
+        if sequence is request.sequence or sequence not in request.sequences:
+            raise RelaykitError(f"strategy {request.strategy.name!r} dropped a sequence it does not own")
+        request.sequences.remove(sequence)
+        for role, runner in self.runners.items():
+            spent = runner.release(sequence)
+            if spent.forward_calls or spent.prefill_tokens:
+                request.inherited.setdefault(role, Usage()).add(spent)
+
     def _share(self, parent: Sequence, copies: list[Sequence], roles) -> None:
         """`roles` read `parent` once (no logits) and give each copy a copy of its row."""
         for role in roles:
@@ -377,18 +388,20 @@ class Scheduler:
     def _run_children(self, request: Request, ask: Run):
         if not ask.children:
             return []
+        request.earlier_results += [r for r in request.child_results if r is not None]  # an earlier Run's
         request.children = []
         request.child_results = [None] * len(ask.children)
         for index, (strategy, sequence) in enumerate(ask.children):
             if sequence in request.sequences:
                 request.sequences.remove(sequence)  # the child owns its usage from here
             sampling = request.sampling
-            if sampling.seed is not None:
-                sampling = dataclasses.replace(sampling, seed=sampling.seed * 1000 + index + 1)
+            if sampling.seed is not None:  # each child of the request, in any `Run`, samples on its own
+                sampling = dataclasses.replace(sampling, seed=sampling.seed * 1000 + request.children_started + index + 1)
             child = Request(strategy, sequence, sampling, request.stop_config, parent=request)
             child.index = index
             request.children.append(child)
             self.live[child.uid] = child
+        request.children_started += len(ask.children)
         for child in list(request.children):
             self._advance(child, None)
         return _WAITING
@@ -405,7 +418,7 @@ class Scheduler:
                 spent = runner.release(sequence)
                 if role in usage or spent.forward_calls:
                     usage.setdefault(role, Usage()).add(spent)
-        for child in request.child_results:
+        for child in request.earlier_results + request.child_results:
             if child is not None:
                 for role, spent in child.usage.items():
                     usage.setdefault(role, Usage()).add(Usage(**spent))

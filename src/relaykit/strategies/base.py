@@ -47,6 +47,7 @@ class Strategy:
     roles: tuple[str, ...] = ("large",)
     Config: type = NoOptions
     in_demo = True  # `relaykit demo` runs it
+    shipped_models: dict[str, str] = {}  # role -> shipped checkpoint it uses on the shipped pair (e.g. a trained small)
 
     def __init__(
         self,

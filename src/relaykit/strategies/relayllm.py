@@ -58,6 +58,7 @@ class RelayLLM(Strategy):
 
     roles = ("large", "small")
     Config = RelayLLMConfig
+    shipped_models = {"small": "toy-small-relay"}  # toy-small trained to call (`relaykit train relayllm`)
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)

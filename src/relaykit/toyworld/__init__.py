@@ -7,5 +7,6 @@ from relaykit.toyworld.tasks import DOMAINS, Problem, fresh, load_split, make_pr
 CHECKPOINTS = Path(__file__).parent / "checkpoints"
 TOY_SMALL = CHECKPOINTS / "toy-small"
 TOY_LARGE = CHECKPOINTS / "toy-large"
+TOY_SMALL_RELAY = CHECKPOINTS / "toy-small-relay"  # toy-small trained to call toy-large (RelayLLM)
 
-__all__ = ["DOMAINS", "Problem", "fresh", "load_split", "make_problem", "split_of", "TOY_SMALL", "TOY_LARGE"]
+__all__ = ["DOMAINS", "Problem", "fresh", "load_split", "make_problem", "split_of", "TOY_SMALL", "TOY_LARGE", "TOY_SMALL_RELAY"]

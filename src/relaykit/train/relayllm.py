@@ -45,6 +45,10 @@ class RelayLLMTrainConfig:
     sft_batch: int = 16  # examples per SFT step
     sft: TrainConfig = TrainConfig(steps=1500, lr=1e-3, warmup=20, weight_decay=0.1)
     merge_gap: int = 1  # departures this close join one span (one call)
+    # rounds of warm-up: each finds the hard spans with the model as the previous round left it (the
+    # first with the untrained small model), then trains `sft` steps on them (ours)
+    warmup_rounds: int = 2
+    whole_numbers: bool = True  # a span inside a number runs to the number's end (the small model's next digit follows a wrong one)
     grpo: TrainConfig = TrainConfig(steps=60, lr=2e-4, warmup=5, min_lr_ratio=1.0)
     grpo_method: GRPOConfig = field(default_factory=GRPOConfig)
     prompts_per_step: int = 8  # questions per GRPO step (x `grpo_method.group` rollouts)
@@ -59,14 +63,17 @@ TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_ma
 
 
 @torch.no_grad()
-def departures(small, examples: list[tuple[list[int], int]], batch: int = 32) -> list[list[int]]:
+def departures(small, examples: list[tuple[list[int], int]], commands: list[int], batch: int = 32) -> list[list[int]]:
     """For each (ids, answer start): indices t >= start where the small model's top-1 after
-    ids[:t] is not ids[t] (teacher forcing)."""
+    ids[:t] is not ids[t] (teacher forcing), command tokens left out of the top-1: a model that
+    already calls there is asked what it would write itself."""
     out = []
     for first in range(0, len(examples), batch):
         chunk = examples[first : first + batch]
         ids = pad([e[0] for e in chunk], 0)
-        predicted = small(input_ids=ids).logits[:, :-1].argmax(-1)
+        logits = small(input_ids=ids).logits[:, :-1]
+        logits[..., commands] = float("-inf")
+        predicted = logits.argmax(-1)
         for row, (tokens, start) in enumerate(chunk):
             out.append([t for t in range(start, len(tokens)) if int(predicted[row, t - 1]) != tokens[t]])
     return out
@@ -81,6 +88,19 @@ def spans(points: list[int], merge_gap: int) -> list[tuple[int, int]]:
         else:
             out.append([p, p])
     return [(a, b) for a, b in out]
+
+
+def to_number_end(tokens: list[int], hard: list[tuple[int, int]], is_digit) -> list[tuple[int, int]]:
+    """Each span that ends on a digit runs on to the last digit of its number (spans that meet join)."""
+    out: list[tuple[int, int]] = []
+    for first, last in hard:
+        while is_digit(tokens[last]) and last + 1 < len(tokens) and is_digit(tokens[last + 1]):
+            last += 1
+        if out and first <= out[-1][1] + 1:
+            out[-1] = (out[-1][0], max(last, out[-1][1]))
+        else:
+            out.append((first, last))
+    return out
 
 
 def with_calls(tokens: list[int], start: int, hard: list[tuple[int, int]], call_ids) -> tuple[list[int], list[bool]]:
@@ -100,7 +120,7 @@ def with_calls(tokens: list[int], start: int, hard: list[tuple[int, int]], call_
     return ids, mask
 
 
-def warmup_examples(small: Model, problems: list[Problem], merge_gap: int) -> tuple[list, list, dict]:
+def warmup_examples(small: Model, problems: list[Problem], merge_gap: int, whole_numbers: bool) -> tuple[list, list, dict]:
     """Warm-up (ids, mask) pairs for `problems`, and figures of the hard spans found."""
     tokenizer = small.tokenizer
     encoded = []
@@ -108,10 +128,13 @@ def warmup_examples(small: Model, problems: list[Problem], merge_gap: int) -> tu
         prompt = encode_prompt(tokenizer, problem.question)
         answer = tokenizer(problem.solution, add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
         encoded.append((prompt + answer, len(prompt)))
-    call_ids = lambda n: tokenizer(f"<call>{n}</call>", add_special_tokens=False)["input_ids"]  # noqa: E731
+    call_ids = lambda n: tokenizer(f"<call>{n}</call>", add_special_tokens=False)["input_ids"]
     ids, masks, n_spans, n_hard, n_answer = [], [], 0, 0, 0
-    for (tokens, start), points in zip(encoded, departures(small.hf, encoded)):
+    commands = tokenizer.convert_tokens_to_ids(["<call>", "</call>"])
+    for (tokens, start), points in zip(encoded, departures(small.hf, encoded, commands)):
         hard = spans(points, merge_gap)
+        if whole_numbers:
+            hard = to_number_end(tokens, hard, lambda t: tokenizer.decode([t]).isdigit())
         example, mask = with_calls(tokens, start, hard, call_ids)
         ids.append(example)
         masks.append(mask)
@@ -200,19 +223,22 @@ def train_relayllm(large: Model, small: Model, out: str | Path, cfg: RelayLLMTra
     torch.manual_seed(cfg.seed)
     policy = small.hf
     report: dict = {"config": asdict(cfg), "threads": torch.get_num_threads()}
-    if cfg.calls:
+    if cfg.calls and cfg.sft.steps:
         began = time.perf_counter()
         problems = load_split("train", cfg.warmup_problems)
-        ids, masks, report["warmup_data"] = warmup_examples(small, problems, cfg.merge_gap)
         order = random.Random(cfg.seed)
+        report["warmup_rounds"] = []
+        for round_ in range(cfg.warmup_rounds):
+            ids, masks, figures = warmup_examples(small, problems, cfg.merge_gap, cfg.whole_numbers)
 
-        def sft_batch(step: int):
-            picked = order.sample(range(len(ids)), cfg.sft_batch)
-            return [ids[i] for i in picked], [masks[i] for i in picked]
+            def sft_batch(step: int, ids=ids, masks=masks):
+                picked = order.sample(range(len(ids)), cfg.sft_batch)
+                return [ids[i] for i in picked], [masks[i] for i in picked]
 
-        records = train(policy, cfg.sft, sft_batch, lambda b: sft_loss(policy, *b), "warm-up", log_path)
+            records = train(policy, cfg.sft, sft_batch, lambda b: sft_loss(policy, *b), f"warm-up {round_ + 1}", log_path)
+            figures["final_loss"] = sum(r["loss"] for r in records[-20:]) / len(records[-20:])
+            report["warmup_rounds"].append(figures)
         report["warmup_minutes"] = (time.perf_counter() - began) / 60
-        report["warmup_final_loss"] = sum(r["loss"] for r in records[-20:]) / len(records[-20:])
     if cfg.grpo.steps:
         began = time.perf_counter()
         reference = copy.deepcopy(policy).eval()

@@ -1,0 +1,92 @@
+"""Test-time compute on the shipped pair: stopping rules on hand-built answer streams, N = 1 and
+probes that never change the trace, early exit on long problems, and reranking."""
+
+from __future__ import annotations
+
+from collections import Counter
+
+import pytest
+
+from relaykit import api
+from relaykit.decoding.prompt import encode_prompt
+from relaykit.decoding.stopping import StopConfig
+from relaykit.evals.answers import extract_answer
+from relaykit.strategies.self_consistency import leader_beats_runner_up, should_stop
+from relaykit.toyworld import load_split
+
+
+def stops_after(rule: str, stream: list[str], window: int) -> int:
+    """Samples drawn from `stream` before `rule` stops (as `SelfConsistency.run` draws them)."""
+    size = {"adaptive": 1, "esc": window}[rule]
+    drawn: list[str] = []
+    while len(drawn) < len(stream):
+        new = stream[len(drawn) : len(drawn) + size]
+        drawn += new
+        if should_stop(rule, drawn, new, 0.95):
+            break
+    return len(drawn)
+
+
+def test_adaptive_consistency_beta_rule():
+    # Beta(v1 + 1, v2 + 1): four agreeing samples give 1 - 2**-5 = 0.969 >= 0.95, three 0.9375
+    assert leader_beats_runner_up(Counter(a=4)) == pytest.approx(1 - 2**-5)
+    assert leader_beats_runner_up(Counter(a=3)) == pytest.approx(1 - 2**-4)
+    assert leader_beats_runner_up(Counter(a=6, b=1)) == pytest.approx(1 - 9 / 256)
+    assert stops_after("adaptive", ["7"] * 40, 5) == 4
+    assert stops_after("adaptive", ["7", "9", "7", "7", "7", "7", "7", "7"], 5) == 7  # 6 against 1
+    assert stops_after("adaptive", ["7", "9"] * 20, 5) == 40
+
+
+def test_esc_stops_after_the_first_unanimous_window():
+    assert stops_after("esc", ["7"] * 40, 5) == 5
+    assert stops_after("esc", ["7", "9", "7", "7", "7"] + ["7"] * 35, 5) == 10
+    assert stops_after("esc", ["7", "9"] * 20, 5) == 40
+
+
+@pytest.fixture(scope="module")
+def questions(shipped_pair):
+    return [encode_prompt(shipped_pair["large"].tokenizer, p.question) for p in load_split("test", 3)]
+
+
+def _make(pair, name, budget=160, **options):
+    """As the CLI builds it (RelayGen with the pair's calibrated cues, inner or not)."""
+    return api.build_strategy(name, pair, options, stop=StopConfig(max_new_tokens=budget))
+
+
+@pytest.mark.parametrize("rerank", ["majority", "likelihood"])
+def test_best_of_one_equals_its_inner_strategy(shipped_pair, questions, rerank):
+    inner = _make(shipped_pair, "relaygen").generate(questions)
+    best = _make(shipped_pair, "best-of-n", n=1, inner="relaygen", rerank=rerank).generate(questions)
+    assert [r.token_ids for r in best] == [r.token_ids for r in inner]
+    assert [r.provenance for r in best] == [r.provenance for r in inner]
+
+
+def test_a_probe_never_changes_the_trace(shipped_pair, questions):
+    """With a threshold no probe reaches, early exit writes what its inner strategy writes, and
+    pays for its probes."""
+    for inner in ("large", "relaygen"):
+        plain = _make(shipped_pair, inner).generate(questions)
+        probed = _make(shipped_pair, "early-exit", inner=inner, threshold=1.01).generate(questions)
+        assert [r.token_ids for r in probed] == [r.token_ids for r in plain]
+        assert [r.provenance for r in probed] == [r.provenance for r in plain]
+        assert all(p.usage["large"]["forward_calls"] > q.usage["large"]["forward_calls"] for p, q in zip(probed, plain))
+
+
+def test_early_exit_answers_with_its_probe(shipped_pair):
+    """On long problems the first confident probe ends the answer: the trace up to the transition,
+    the inducer, then the probe's tokens."""
+    problems = load_split("test", 2, long=True)
+    prompts = [encode_prompt(shipped_pair["large"].tokenizer, p.question) for p in problems]
+    results = _make(shipped_pair, "early-exit", budget=2400).generate(prompts)
+    for result in results:
+        assert [e.reason for e in result.events] == ["early exit"]
+        assert len(result.token_ids) < 200  # the long variant writes about 1,600 tokens
+        thinking, _, answer = result.text.partition("</think>")
+        assert answer.startswith("The answer is") and answer.endswith(".")
+        assert thinking.endswith("\n") and "</think>" not in answer
+
+
+def test_self_consistency_draws_what_its_rule_allows(shipped_pair, questions):
+    results = _make(shipped_pair, "self-consistency", budget=256, inner="large", n=40, stop="esc").generate(questions[:1])
+    vote = [e for e in results[0].events if e.reason == "vote"][0]
+    assert vote.detail == {"samples": 5} and vote.cue == "5/5"  # greedy samples agree in the first window
