@@ -90,3 +90,20 @@ def test_self_consistency_draws_what_its_rule_allows(shipped_pair, questions):
     results = _make(shipped_pair, "self-consistency", budget=256, inner="large", n=40, stop="esc").generate(questions[:1])
     vote = [e for e in results[0].events if e.reason == "vote"][0]
     assert vote.detail == {"samples": 5} and vote.cue == "5/5"  # greedy samples agree in the first window
+
+
+def test_overthinking_metrics_on_check_rounds():
+    from relaykit.evals.overthinking import efficiency, solutions
+
+    text = ("<think>First, 47 * 6 = 272.\nSo the answer is 272.\nCheck 2. Wait, 47 * 6 = 282.\n"
+            "Check 1. Again, 47 * 6 = 282.\n</think>The answer is 282.")
+    thinking = text.split("<think>")[1].split("</think>")[0]
+    pieces = solutions(thinking)
+    assert pieces == ["First, 47 * 6 = 272.\nSo the answer is 272.\n", "Check 2. Wait, 47 * 6 = 282.\n",
+                      "Check 1. Again, 47 * 6 = 282.\n"]
+    outcome, process = efficiency(text, "282", len)
+    total = len(thinking)
+    assert outcome == pytest.approx((len(pieces[0]) + len(pieces[1])) / total)  # right from the second
+    assert process == pytest.approx((len(pieces[0]) + len(pieces[1])) / total)  # the third adds nothing
+    assert efficiency(text, "999", len)[0] == 0.0
+    assert efficiency("The answer is 282.", "282", len) is None  # no thinking

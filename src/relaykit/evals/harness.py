@@ -12,6 +12,7 @@ from ..decoding.stopping import StopConfig
 from ..strategies.base import Strategy
 from .answers import answers_match, extract_answer
 from .datasets import EvalProblem
+from .overthinking import efficiency
 
 # appended to benchmark prompts that do not already ask for a boxed answer (Qwen/DeepSeek style)
 BOXED_INSTRUCTION = "\nPlease reason step by step, and put your final answer within \\boxed{}."
@@ -33,6 +34,7 @@ def prompt_text(problem: EvalProblem) -> str:
 def _records(strategy: Strategy, problems: list[EvalProblem], results: list, wall: float) -> dict:
     """Accuracy, cost and per-problem records of one strategy's results on the problems."""
     tokenizer = strategy.tokenizer
+    count = lambda text: len(tokenizer(text, add_special_tokens=False)["input_ids"])  # noqa: E731
     records = []
     for problem, result in zip(problems, results):
         prediction = extract_answer(result.text)
@@ -51,6 +53,9 @@ def _records(strategy: Strategy, problems: list[EvalProblem], results: list, wal
                 "finish_reason": result.finish_reason,
             }
         )
+        measured = efficiency(result.text, problem.reference, count)
+        if measured is not None:  # overthinking (Chen et al. 2024), on traces with a <think> part
+            records[-1]["outcome_efficiency"], records[-1]["process_efficiency"] = measured
         calls = [{"position": e.position, **e.detail} for e in result.events if e.reason == "call" and e.detail]
         if calls:  # RelayLLM: where the small model called, N requested, tokens the large model wrote
             records[-1]["calls"] = calls
@@ -64,9 +69,18 @@ def _records(strategy: Strategy, problems: list[EvalProblem], results: list, wal
         "tokens": tokens,
         "tokens_per_second": tokens / wall if wall else 0.0,
         "switches_per_problem": sum(1 for r in records for e in r["events"] if e["direction"]) / max(len(records), 1),
+        # samples a test-time strategy drew (self-consistency's vote says how many), 1 for the others
+        "samples_per_problem": sum(max([(e["detail"] or {}).get("samples", 1) for e in r["events"]] or [1])
+                                   for r in records) / max(len(records), 1),
+        "outcome_efficiency": _mean([r["outcome_efficiency"] for r in records if "outcome_efficiency" in r]),
+        "process_efficiency": _mean([r["process_efficiency"] for r in records if "process_efficiency" in r]),
         "speedup_vs_large": None,
         "problems": records,
     }
+
+
+def _mean(values: list[float]) -> float | None:
+    return sum(values) / len(values) if values else None
 
 
 def evaluate(strategies: dict[str, Strategy], problems: list[EvalProblem], dataset: str, settings: EvalSettings) -> dict:

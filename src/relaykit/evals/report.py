@@ -4,7 +4,8 @@ The input is the harness's results dict::
 
     {"dataset": str, "n_problems": int,
      "strategies": {NAME: {"accuracy", "large_token_share", "switches_per_problem", "flops",
-                           "wall_seconds", "tokens_per_second", "speedup_vs_large", "problems": [...]}}}
+                           "wall_seconds", "tokens_per_second", "speedup_vs_large", "samples_per_problem",
+                           "outcome_efficiency", "process_efficiency", "problems": [...]}}}
 
 where each problem has id, prediction, reference, correct, text, segments ([text, writer]
 runs) and usage.
@@ -27,7 +28,8 @@ _RICH_STYLES = {"small": "cyan", "large": "bold magenta", "prompt": "dim"}
 _RICH_PALETTE = ("green", "yellow", "blue", "red", "bright_cyan", "bright_magenta")
 _MARKER_AREA = 60  # of a plotted point, in points squared
 _NAME_WIDTH = 21  # the strategy column's width in an 80-column terminal
-_COLUMNS = ("strategy", "accuracy", "large-token share", "switches/problem", "FLOPs", "wall s", "tokens/s", "speed-up vs large")
+_COLUMNS = ("strategy", "accuracy", "large-token share", "switches/problem", "FLOPs", "wall s", "tokens/s", "speed-up vs large",
+            "samples/problem", "outcome efficiency", "process efficiency")
 
 
 def markdown_table(results: dict) -> str:
@@ -113,6 +115,8 @@ def _row(results: dict, name: str) -> tuple[str, ...]:
         f"{s['wall_seconds']:.1f}",
         f"{s['tokens_per_second']:.1f}",
         "-" if speedup is None else f"{speedup:.2f}x",
+        f"{s.get('samples_per_problem', 1.0):.1f}",
+        *("-" if s.get(key) is None else f"{s[key]:.2f}" for key in ("outcome_efficiency", "process_efficiency")),
     )
 
 
