@@ -107,3 +107,27 @@ def test_overthinking_metrics_on_check_rounds():
     assert process == pytest.approx((len(pieces[0]) + len(pieces[1])) / total)  # the third adds nothing
     assert efficiency(text, "999", len)[0] == 0.0
     assert efficiency("The answer is 282.", "282", len) is None  # no thinking
+
+
+def test_beam_search_of_one_whole_answer_step_equals_best_of_n(shipped_pair, questions):
+    """One step (the whole answer) and beam width n: the same n samples, the same scorer, the same pick."""
+    from relaykit.decoding.sampler import SamplingConfig
+
+    sampling = SamplingConfig(temperature=1.0, seed=3)
+    built = {
+        name: api.build_strategy(name, shipped_pair, options, sampling=sampling, stop=StopConfig(max_new_tokens=200))
+        for name, options in (("best-of-n", dict(n=4, inner="small", rerank="likelihood")),
+                              ("beam-search", dict(n=4, beam_width=4, writer="small", step_end="")))
+    }
+    best, beam = (built[name].generate(questions[:2]) for name in ("best-of-n", "beam-search"))
+    assert [r.token_ids for r in beam] == [r.token_ids for r in best]
+    assert [r.provenance for r in beam] == [r.provenance for r in best]
+
+
+@pytest.mark.parametrize("name", ["beam-search", "dvts"])
+def test_step_search_keeps_n_beams_and_frees_pruned_rows(shipped_pair, questions, name):
+    strategy = api.build_strategy(name, shipped_pair, dict(n=8, beam_width=4, max_steps=3), stop=StopConfig(max_new_tokens=120))
+    results = strategy.generate(questions[:2])
+    assert all(r.token_ids and set(r.provenance) == {"small"} for r in results)
+    assert all(runner.rows == [] for runner in strategy.runners.values())  # every beam's row freed
+    assert [e.reason for e in results[0].events] == ["search"]

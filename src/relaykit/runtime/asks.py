@@ -75,6 +75,8 @@ class Drop:
 class Run:
     """Composition: run each (strategy, sequence) pair as a child request over the same runners;
     answered with their `GenerationResult`s (in order) once all have finished. A child's usage
-    rolls up into its parent's result."""
+    rolls up into its parent's result. `keep`: the children write on sequences the parent goes on
+    with (a search's beams): their rows stay and their usage is counted once, with the parent's."""
 
     children: list[tuple[Any, Sequence]]
+    keep: bool = False

@@ -392,13 +392,15 @@ class Scheduler:
         request.children = []
         request.child_results = [None] * len(ask.children)
         for index, (strategy, sequence) in enumerate(ask.children):
-            if sequence in request.sequences:
+            if sequence in request.sequences and not ask.keep:
                 request.sequences.remove(sequence)  # the child owns its usage from here
             sampling = request.sampling
             if sampling.seed is not None:  # each child of the request, in any `Run`, samples on its own
                 sampling = dataclasses.replace(sampling, seed=sampling.seed * 1000 + request.children_started + index + 1)
             child = Request(strategy, sequence, sampling, request.stop_config, parent=request)
             child.index = index
+            if ask.keep:
+                child.sequences = []  # rows and usage stay with the parent
             request.children.append(child)
             self.live[child.uid] = child
         request.children_started += len(ask.children)

@@ -1,0 +1,141 @@
+"""Step-level search (search-and-learn, Beeching et al. 2024; Snell et al. 2024): a writer model
+samples reasoning steps (a step ends at a line break), a scorer rates each new step, and the best
+beams are kept and branched again.
+
+- `beam-search`: n beams; after each step the best n // beam_width are kept and each is forked
+  into beam_width beams.
+- `dvts` (diverse verifier tree search): n // beam_width independent subtrees of beam_width beams;
+  each keeps its best beam and forks it beam_width ways, so the subtrees stay apart.
+
+Beams share their prefix's KV rows (fork); pruned beams are dropped at once. The scorer is the
+large model's mean log-probability of the step (`likelihood`). The answer is the finished beam
+with the best last-step score.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from ..decoding.sequence import Sequence
+from ..errors import RelaykitError
+from ..runtime.asks import Drop, Fork, Generate, Logits, Run
+from ..text import decoder
+from .base import Strategy, register
+
+
+@dataclass
+class TreeSearchConfig:
+    n: int = 8  # beams (search-and-learn: 4 to 256)
+    beam_width: int = 4  # beams forked from each kept one (search-and-learn: 4)
+    writer: str = "small"  # the model that writes the steps
+    step_end: str = "\n"  # a step ends at a token holding this; "" = the whole answer is one step
+    max_steps: int = 64  # steps per beam at most (search-and-learn: 40)
+
+    def __post_init__(self) -> None:
+        if self.beam_width < 1 or self.n < self.beam_width or self.n % self.beam_width:
+            raise RelaykitError(f"n must be a multiple of beam-width >= 1, got n={self.n} beam-width={self.beam_width}")
+
+
+class StepWriter(Strategy):
+    """Writes one step on its sequence (a child of a search)."""
+
+    def __init__(self, models: dict, writer: str, step_end: str, **kwargs):
+        self.roles = (writer,)
+        super().__init__(models, **kwargs)
+        self.writer, self.step_end, self.decode = writer, step_end, decoder(self.tokenizer)
+
+    @classmethod
+    def needs_logits(cls, config) -> tuple[str, ...]:
+        return ()
+
+    def _ends_step(self, sequence: Sequence, end: int) -> bool | None:
+        return True if self.step_end in self.decode(sequence.tokens[end - 1 : end]) else None
+
+    def run(self, request):
+        ends = self._ends_step if self.step_end else None
+        yield Generate(self.writer, request.sequence, request.remaining(), ends)
+
+
+class TreeSearch(Strategy):
+    """Subclasses set `subtrees(n, beam_width)`: how many independent groups the beams form."""
+
+    Config = TreeSearchConfig
+    in_demo = False
+
+    def __init__(self, models: dict, config=None, *args, **kwargs):
+        config = config if config is not None else TreeSearchConfig()
+        self.roles = tuple(dict.fromkeys((config.writer, "large")))
+        super().__init__(models, config, *args, **kwargs)
+        self.steps = StepWriter(self.models, config.writer, config.step_end, sampling=self.sampling, stop=self.stop_config)
+
+    @classmethod
+    def needs_logits(cls, config) -> tuple[str, ...]:
+        return ("large",)
+
+    def holdback(self) -> None:
+        return None  # the chosen beam is known only at the end
+
+    def groups(self) -> int:
+        raise NotImplementedError
+
+    def run(self, request):
+        cfg = self.config
+        groups = self.groups()
+        per_group = cfg.n // groups
+        keep = per_group // cfg.beam_width  # beams kept per group after each step
+        beams: list[list[Sequence]] = []
+        for _ in range(groups):
+            beams.append((yield Fork(request.sequence, per_group, self.roles)))
+        scores: dict[int, float] = {}
+        done: list[Sequence] = []
+        for _ in range(cfg.max_steps):
+            active = [b for group in beams for b in group]
+            if not active:
+                break
+            starts = {b.uid: len(b) for b in active}
+            yield Run([(self.steps, b) for b in active], keep=True)
+            for beam in active:
+                scores[beam.uid] = yield from self._score(beam, starts[beam.uid])
+            next_beams = []
+            for group in beams:
+                ranked = sorted(group, key=lambda b: -scores[b.uid])
+                kept, pruned = ranked[:keep], ranked[keep:]
+                for beam in pruned:
+                    yield Drop(beam)
+                grown = []
+                for beam in kept:
+                    if beam.finished:
+                        done.append(beam)
+                        continue
+                    branches = (yield Fork(beam, cfg.beam_width - 1, self.roles)) if cfg.beam_width > 1 else []
+                    grown += [beam, *branches]
+                next_beams.append(grown)
+            beams = next_beams
+        done += [b for group in beams for b in group]
+        best = max(done, key=lambda b: scores.get(b.uid, float("-inf")))
+        sequence = request.sequence
+        for token, writer in zip(best.tokens[len(sequence) :], best.writers[len(sequence) :]):
+            sequence.append(token, writer)
+        request.event(None, "search", f"{scores.get(best.uid, float('nan')):.3f}")
+        sequence.finish(best.finish_reason or "stop")
+
+    def _score(self, beam: Sequence, start: int):
+        """The large model's mean log-probability of the beam's newest step (tokens from `start`)."""
+        written = len(beam) - start
+        if written <= 0:
+            return float("-inf")
+        logits = (yield Logits("large", beam, written + 1))[:-1].float()
+        tokens = logits.new_tensor(beam.tokens[start:], dtype=int)[:, None]
+        return float(logits.log_softmax(-1).gather(1, tokens).mean())
+
+
+@register("beam-search")
+class BeamSearch(TreeSearch):
+    def groups(self) -> int:
+        return 1
+
+
+@register("dvts")
+class DVTS(TreeSearch):
+    def groups(self) -> int:
+        return self.config.n // self.config.beam_width
