@@ -122,6 +122,9 @@ def test_beam_search_of_one_whole_answer_step_equals_best_of_n(shipped_pair, que
     best, beam = (built[name].generate(questions[:2]) for name in ("best-of-n", "beam-search"))
     assert [r.token_ids for r in beam] == [r.token_ids for r in best]
     assert [r.provenance for r in beam] == [r.provenance for r in best]
+    work = lambda r: {k: r.usage["large"][k] for k in ("prefill_tokens", "forward_calls", "flops")}  # noqa: E731
+    assert [work(r) for r in beam] == [work(r) for r in best]  # scoring counted alike
+    assert all(runner.rows == [] for s in built.values() for runner in s.runners.values())
 
 
 @pytest.mark.parametrize("name", ["beam-search", "dvts"])

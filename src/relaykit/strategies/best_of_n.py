@@ -59,8 +59,9 @@ class BestOfN(Strategy):
         return None  # the chosen sample is known only at the end
 
     def run(self, request):
-        branches = yield Fork(request.sequence, self.config.n, self.inner.roles)
-        results = yield Run([(self.inner, branch) for branch in branches])
+        branches = yield Fork(request.sequence, self.config.n, self.roles)  # the scorer reads the prompt once too
+        # the samples stay this request's (keep): scoring reads them again, on rows still alive
+        results = yield Run([(self.inner, branch) for branch in branches], keep=True)
         if self.config.rerank == "likelihood":
             scores = []
             for branch, result in zip(branches, results):
