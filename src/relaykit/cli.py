@@ -380,10 +380,12 @@ def build_parser() -> argparse.ArgumentParser:
         "relayllm",
         help="train a small model to call the large one with <call>N</call> (RelayLLM: warm-up SFT, then GRPO)",
         description="Warm-up SFT on toy training problems with <call>N</call> inserted where the small model's "
-        "top-1 departs from the reference (the large model's tokens carry no loss), then GRPO whose rollouts are "
-        "real relayllm generations calling the large model (8 per question at temperature 1.0, KL 0.01, RelayLLM's "
-        "reward per question). Writes the small model, train_log.jsonl and report.json to --out. About 15 minutes "
-        "on 2 CPU cores with the shipped pair.",
+        "top-1 departs from the reference (two rounds, the second with the model the first left; the large model's "
+        "tokens carry no loss), then GRPO whose rollouts are real relayllm generations calling the large model "
+        "(8 per question at temperature 1.0, KL 0.01, RelayLLM's reward per question). Writes the small model, "
+        "train_log.jsonl and report.json to --out. On 2 CPU cores with the shipped pair: 3.4 minutes of warm-up, "
+        "about 3 seconds a GRPO step. The shipped toy-small-relay is the warm-up alone (--grpo-steps 0): GRPO "
+        "lowered its accuracy on the toy (benchmarks/RESULTS.md).",
     )
     relayllm.add_argument("--out", default="relaykit-relayllm", help="output folder (default ./relaykit-relayllm)")
     relayllm.add_argument("--seed", type=int, default=0)

@@ -15,7 +15,6 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import math
 import os
 import random
 import re
@@ -25,10 +24,10 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import torch
-from tqdm import tqdm
 from transformers import AutoModelForCausalLM, AutoTokenizer, GenerationConfig, LlamaConfig, LlamaForCausalLM
 
 from relaykit.toyworld.tasks import Problem, load_split, stream
+from relaykit.train.loop import TrainConfig, train
 from relaykit.toyworld.tokenizer import build_tokenizer, save_tokenizer
 
 log = logging.getLogger(__name__)
@@ -175,14 +174,6 @@ def hidden_context_mask(labels: torch.Tensor, share: float, generator: torch.Gen
     return masks[:, None]
 
 
-def lr_at(step: int, cfg: ToyTrainConfig) -> float:
-    """Linear warmup, then cosine decay to ``min_lr_ratio`` of the peak."""
-    if step < cfg.warmup:
-        return cfg.lr * (step + 1) / cfg.warmup
-    progress = (step - cfg.warmup) / max(1, cfg.steps - cfg.warmup)
-    return cfg.lr * (cfg.min_lr_ratio + (1 - cfg.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress)))
-
-
 def _compiled(model: LlamaForCausalLM):
     """``torch.compile(model)``, or the model itself on a CPU without a C++ compiler (Inductor's
     CPU backend needs one)."""
@@ -194,33 +185,16 @@ def _compiled(model: LlamaForCausalLM):
 
 
 def train_model(model: LlamaForCausalLM, tokenizer, cfg: ToyTrainConfig, seed: int, name: str) -> float:
-    """Train ``model`` in place; returns the mean loss of the last 50 steps."""
-    before = torch.are_deterministic_algorithms_enabled()
-    torch.use_deterministic_algorithms(cfg.deterministic)
-    try:
-        return _train(model, tokenizer, cfg, seed, name)
-    finally:
-        torch.use_deterministic_algorithms(before)
-
-
-def _train(model: LlamaForCausalLM, tokenizer, cfg: ToyTrainConfig, seed: int, name: str) -> float:
+    """Train ``model`` in place on the toy training stream with `relaykit.train`'s loop; returns
+    the mean loss of the last 50 steps."""
     torch.manual_seed(seed)
     packer = Packer(tokenizer, seed, cfg.drill_share)
-    decay = [p for p in model.parameters() if p.dim() >= 2]
-    no_decay = [p for p in model.parameters() if p.dim() < 2]
-    optimizer = torch.optim.AdamW(
-        [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
-        lr=cfg.lr,
-        betas=(0.9, 0.95),
-    )
     long_rows = max(1, cfg.rows * cfg.row_tokens // cfg.long_row_tokens)
     device = next(model.parameters()).device
-    model.train()
     forward = _compiled(model) if cfg.compile else model
-    losses: list[float] = []
     generator = torch.Generator().manual_seed(seed)  # hidden-context masks
-    bar = tqdm(range(cfg.steps), desc=f"train {name}", mininterval=10)
-    for step in bar:
+
+    def batch_at(step: int):
         lead_long = cfg.long_every > 0 and step % cfg.long_every == cfg.long_every - 1
         if lead_long:
             ids, labels = packer.batch(long_rows, cfg.long_row_tokens, lead_long=True)
@@ -228,19 +202,17 @@ def _train(model: LlamaForCausalLM, tokenizer, cfg: ToyTrainConfig, seed: int, n
             ids, labels = packer.batch(cfg.rows, cfg.row_tokens, lead_long=False)
         hidden = lead_long and cfg.hidden_context > 0
         mask = hidden_context_mask(labels, cfg.hidden_context, generator).to(device) if hidden else None
-        for group in optimizer.param_groups:
-            group["lr"] = lr_at(step, cfg)
+        return ids.to(device), labels.to(device), mask
+
+    def loss_of(batch):
+        ids, labels, mask = batch
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=cfg.bf16):
-            loss = forward(input_ids=ids.to(device), labels=labels.to(device), attention_mask=mask).loss
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
-        losses.append(loss.item())
-        if step % 50 == 49:
-            bar.set_postfix(loss=f"{sum(losses[-50:]) / 50:.4f}")
-    model.eval()
-    return sum(losses[-50:]) / len(losses[-50:])
+            return forward(input_ids=ids, labels=labels, attention_mask=mask).loss, {}
+
+    loop = TrainConfig(steps=cfg.steps, lr=cfg.lr, min_lr_ratio=cfg.min_lr_ratio, warmup=cfg.warmup,
+                       weight_decay=cfg.weight_decay, deterministic=cfg.deterministic, log_every=50)
+    records = train(model, loop, batch_at, loss_of, name)
+    return sum(r["loss"] for r in records[-50:]) / len(records[-50:])
 
 
 def save_checkpoint(model: LlamaForCausalLM, tokenizer, folder: Path) -> None:
