@@ -79,10 +79,12 @@ def models(checkpoints):
 
 @pytest.fixture(scope="session")
 def shipped_pair():
-    """The toy pair shipped in the package, through relaykit's generic loading path."""
-    from relaykit.toyworld import TOY_LARGE, TOY_SMALL
+    """The toy pair shipped in the package, through relaykit's generic loading path, with the
+    shipped step verifier that search strategies use."""
+    from relaykit.toyworld import TOY_LARGE, TOY_SMALL, TOY_VERIFIER
 
-    return {"large": load_model(str(TOY_LARGE), name="large"), "small": load_model(str(TOY_SMALL), name="small")}
+    return {"large": load_model(str(TOY_LARGE), name="large"), "small": load_model(str(TOY_SMALL), name="small"),
+            "verifier": load_model(str(TOY_VERIFIER), name="verifier")}
 
 
 def prompts(tokenizer, count: int, seed: int = 0) -> list[list[int]]:

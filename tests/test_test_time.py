@@ -117,7 +117,7 @@ def test_beam_search_of_one_whole_answer_step_equals_best_of_n(shipped_pair, que
     built = {
         name: api.build_strategy(name, shipped_pair, options, sampling=sampling, stop=StopConfig(max_new_tokens=200))
         for name, options in (("best-of-n", dict(n=4, inner="small", rerank="likelihood")),
-                              ("beam-search", dict(n=4, beam_width=4, writer="small", step_end="")))
+                              ("beam-search", dict(n=4, beam_width=4, writer="small", step_end="", scorer="likelihood")))
     }
     best, beam = (built[name].generate(questions[:2]) for name in ("best-of-n", "beam-search"))
     assert [r.token_ids for r in beam] == [r.token_ids for r in best]
@@ -129,8 +129,37 @@ def test_beam_search_of_one_whole_answer_step_equals_best_of_n(shipped_pair, que
 
 @pytest.mark.parametrize("name", ["beam-search", "dvts"])
 def test_step_search_keeps_n_beams_and_frees_pruned_rows(shipped_pair, questions, name):
-    strategy = api.build_strategy(name, shipped_pair, dict(n=8, beam_width=4, max_steps=3), stop=StopConfig(max_new_tokens=120))
+    strategy = api.build_strategy(name, shipped_pair, dict(n=8, beam_width=4, max_steps=3, scorer="likelihood"),
+                                  stop=StopConfig(max_new_tokens=120))
     results = strategy.generate(questions[:2])
     assert all(r.token_ids and set(r.provenance) == {"small"} for r in results)
     assert all(runner.rows == [] for runner in strategy.runners.values())  # every beam's row freed
     assert [e.reason for e in results[0].events] == ["search"]
+
+
+def test_verifier_data_marks_every_step_from_the_change_wrong(shipped_pair):
+    import random
+
+    from relaykit.train.verifier import corrupt, labelled
+
+    problem = load_split("test", 1)[0]
+    changed, index = corrupt(problem.solution, random.Random(0))
+    old_lines, new_lines = problem.solution.split("\n"), changed.split("\n")
+    assert old_lines[:index] == new_lines[:index] and old_lines[index] != new_lines[index]
+    ids, positions, verdicts = labelled(shipped_pair["small"].tokenizer, problem, changed, index)
+    assert verdicts == [i < index for i in range(len(new_lines))]
+    assert all(shipped_pair["small"].tokenizer.decode([ids[p]]) == "\n" for p in positions[:-1])
+
+
+@pytest.mark.parametrize("rerank", ["verifier", "weighted"])
+def test_verifier_reranking_picks_a_rated_sample(shipped_pair, questions, rerank):
+    from relaykit.decoding.sampler import SamplingConfig
+
+    strategy = api.build_strategy("best-of-n", shipped_pair, dict(n=3, inner="small", rerank=rerank),
+                                  sampling=SamplingConfig(temperature=1.0, seed=1), stop=StopConfig(max_new_tokens=200))
+    assert strategy.roles == ("small", "verifier")
+    results = strategy.generate(questions[:2])
+    for result in results:
+        assert [e.reason for e in result.events] == ["rerank"] and result.events[0].cue.startswith(rerank)
+        assert result.usage["verifier"]["forward_calls"] > 0 and set(result.provenance) == {"small"}
+    assert all(runner.rows == [] for runner in strategy.runners.values())

@@ -21,7 +21,7 @@ from .models.loading import Model, load_model
 from .models.remote import RemoteModel, is_remote, load_remote
 from .options import config_from_dict, flag, strategy_variant
 from .strategies.base import Strategy, get_strategy
-from .toyworld import CHECKPOINTS, TOY_LARGE, TOY_SMALL
+from .toyworld import CHECKPOINTS, TOY_LARGE, TOY_SMALL, TOY_VERIFIER
 
 __all__ = [
     "SHIPPED_CUES", "build_strategies", "build_strategy", "default_model", "evaluate_strategies", "kv_policy",
@@ -30,11 +30,12 @@ __all__ = [
 
 SHIPPED_CUES = CHECKPOINTS / "cues.json"  # RelayGen switch cues calibrated for the shipped toy pair
 _SHIPPED = {"large": TOY_LARGE, "small": TOY_SMALL}
+_SHIPPED_HELPERS = {"verifier": TOY_VERIFIER}  # models some strategies add (not part of the pair)
 
 
 def default_model(role: str) -> str | None:
     """The shipped toy checkpoint for `role` ("large" or "small"), when present."""
-    folder = _SHIPPED.get(role)
+    folder = _SHIPPED.get(role) or _SHIPPED_HELPERS.get(role)
     return str(folder) if folder is not None and (folder / "config.json").is_file() else None
 
 
@@ -134,7 +135,7 @@ def required_roles(names: list[str], options: dict | None = None, add_baseline: 
     """The models ("large", "small") that the strategy variants `names` need. Checks the names and
     the shared `options` as `build_strategies` does, so a mistake shows before any model loads."""
     variants = _variants(names, options, add_baseline)
-    return tuple(dict.fromkeys(role for cls, _ in variants.values() for role in cls.roles))
+    return tuple(dict.fromkeys(role for cls, values in variants.values() for role in cls.roles_of(config_from_dict(cls, values))))
 
 
 def _is_shipped_pair(models: dict) -> bool:

@@ -21,6 +21,7 @@ def add_model_options(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--large", help="large model: checkpoint folder, .gguf file, hub id or an OpenAI-compatible "
                        "endpoint URL#MODEL, e.g. http://localhost:8000/v1#Qwen/Qwen3-32B (default: the shipped toy-large)")
     group.add_argument("--small", help="small model, same forms (default: the shipped toy-small)")
+    group.add_argument("--verifier", help="step verifier for search and reranking (default: the shipped toy-verifier)")
     group.add_argument("--tokenizer", help="for endpoint models: the served model's tokenizer (default: the MODEL part of the URL)")
     group.add_argument("--dtype", default="auto", help="auto (float32 on CPU, bfloat16 on GPU), float32, bfloat16, float16")
     group.add_argument("--device", default="cpu", help="cpu (default), cuda, cuda:N or auto")
@@ -238,6 +239,23 @@ def cmd_train_relayllm(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_train_verifier(args: argparse.Namespace) -> int:
+    import dataclasses
+
+    from .train.verifier import VerifierTrainConfig, train_verifier
+
+    if args.steps is not None and args.steps < 1:
+        raise RelaykitError(f"--steps must be >= 1, got {args.steps}")
+    cfg = VerifierTrainConfig(seed=args.seed)
+    if args.steps is not None:
+        cfg = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, steps=args.steps))
+    base = load_models_from_args(args, ("small",))["small"]
+    report = train_verifier(base, args.out, cfg)
+    print(json.dumps({k: v for k, v in report.items() if k != "config"}, indent=2))
+    print(f"verifier written to {args.out}")
+    return 0
+
+
 def cmd_serve(args: argparse.Namespace) -> int:
     try:
         import uvicorn
@@ -397,6 +415,19 @@ def build_parser() -> argparse.ArgumentParser:
                           help="the no-call baseline: GRPO of the small model alone (reward 1 when right), no warm-up")
     add_model_options(relayllm)
     relayllm.set_defaults(run=cmd_train_relayllm)
+    verifier = what.add_parser(
+        "verifier",
+        help="train a step verifier (a process reward model) for search and reranking",
+        description="Fine-tune the small model (--small, default toy-small) to predict + or - at the end of each "
+        "reasoning step: toy training solutions and copies with one number changed, every step from the change on "
+        "labelled -. Used by best-of-n[rerank=verifier|weighted], beam-search[scorer=verifier] and "
+        "dvts[scorer=verifier]. About 2 minutes on 2 CPU cores.",
+    )
+    verifier.add_argument("--out", default="relaykit-verifier", help="output folder (default ./relaykit-verifier)")
+    verifier.add_argument("--seed", type=int, default=0)
+    verifier.add_argument("--steps", type=int, help="training steps (default 1500)")
+    add_model_options(verifier)
+    verifier.set_defaults(run=cmd_train_verifier)
     return parser
 
 

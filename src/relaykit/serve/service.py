@@ -50,10 +50,11 @@ class Service:
         those that run there."""
         if self.names is None:
             models = self.scheduler.models
+            roles = {name: cls.roles_of(cls.Config()) for name, cls in load_all().items()}
             self.names = [
                 name for name, cls in sorted(load_all().items())
-                if all(role in models for role in cls.roles)
-                and (cls.runs_over_endpoints() or not any(isinstance(models[role], RemoteModel) for role in cls.roles))
+                if all(role in models for role in roles[name])
+                and (cls.runs_over_endpoints() or not any(isinstance(models[role], RemoteModel) for role in roles[name]))
             ]
         return self.names
 

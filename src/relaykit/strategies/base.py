@@ -81,6 +81,11 @@ class Strategy:
         self._scheduler = None
 
     @classmethod
+    def roles_of(cls, config) -> tuple[str, ...]:
+        """The models this strategy needs with `config` (a composite's depend on its inner)."""
+        return cls.roles
+
+    @classmethod
     def needs_logits(cls, config) -> tuple[str, ...]:
         """Roles that this strategy, with `config`, asks for logits (they must be in-process)."""
         return cls.roles

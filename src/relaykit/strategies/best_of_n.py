@@ -1,7 +1,10 @@
 """Best-of-N: N samples of an inner strategy (`inner`, e.g. "relaygen" or "relaygen[speculative=8]")
 write on forks of the prompt, which is read once, and a reranker picks one:
 - `majority`: the answer given most often (self-consistency, Wang et al. 2023; ties: the earliest);
-- `likelihood`: the sample with the highest mean log-probability under the large model.
+- `likelihood`: the sample with the highest mean log-probability under the large model;
+- `verifier`: the sample a step verifier (`relaykit train verifier`) rates highest at its end;
+- `weighted`: verifier scores summed per answer (search-and-learn's weighted best-of-N); the best
+  rated sample of the winning answer.
 Every sample's work counts in the usage (scoring included); the text and provenance are the
 chosen sample's."""
 
@@ -15,14 +18,15 @@ from ..evals.answers import extract_answer
 from ..runtime.asks import Fork, Logits, Run
 from .base import Strategy, register
 
-RERANKERS = ("majority", "likelihood")
+RERANKERS = ("majority", "likelihood", "verifier", "weighted")
+SCORER = {"majority": (), "likelihood": ("large",), "verifier": ("verifier",), "weighted": ("verifier",)}
 
 
 @dataclass
 class BestOfNConfig:
     n: int = 4  # samples; Wang et al. 2023 sample up to 40 paths
     inner: str = "single"  # the strategy each sample runs: NAME or NAME[option=value ...]
-    rerank: str = "majority"  # majority or likelihood
+    rerank: str = "majority"  # majority, likelihood, verifier or weighted
 
     def __post_init__(self) -> None:
         if self.n < 1:
@@ -38,22 +42,29 @@ class BestOfN(Strategy):
 
     def __init__(self, models: dict, config=None, *args, **kwargs):
         from ..api import build_strategy
-        from ..options import strategy_variant
 
         config = config if config is not None else BestOfNConfig()
-        inner_class, _ = strategy_variant(config.inner)
-        scorer = ("large",) if config.rerank == "likelihood" else ()
-        self.roles = tuple(dict.fromkeys((*inner_class.roles, *scorer)))
+        self.roles = self.roles_of(config)
         super().__init__(models, config, *args, **kwargs)
         self.inner = build_strategy(config.inner, self.models, sampling=self.sampling, stop=self.stop_config, kv_policy=self.kv_policy)
+        if "verifier" in self.roles:
+            from ..train.verifier import verdict_ids
+
+            self.verdicts = verdict_ids(self.models["verifier"].tokenizer)
+
+    @classmethod
+    def roles_of(cls, config) -> tuple[str, ...]:
+        from ..options import strategy_variant
+
+        inner_class, options = strategy_variant(config.inner)
+        return tuple(dict.fromkeys((*inner_class.roles_of(inner_class.Config(**options)), *SCORER[config.rerank])))
 
     @classmethod
     def needs_logits(cls, config) -> tuple[str, ...]:
         from ..options import strategy_variant
 
         inner_class, options = strategy_variant(config.inner)
-        scorer = ("large",) if config.rerank == "likelihood" else ()
-        return tuple(dict.fromkeys((*inner_class.needs_logits(inner_class.Config(**options)), *scorer)))
+        return tuple(dict.fromkeys((*inner_class.needs_logits(inner_class.Config(**options)), *SCORER[config.rerank])))
 
     def holdback(self) -> None:
         return None  # the chosen sample is known only at the end
@@ -62,22 +73,44 @@ class BestOfN(Strategy):
         branches = yield Fork(request.sequence, self.config.n, self.roles)  # the scorer reads the prompt once too
         # the samples stay this request's (keep): scoring reads them again, on rows still alive
         results = yield Run([(self.inner, branch) for branch in branches], keep=True)
-        if self.config.rerank == "likelihood":
-            scores = []
-            for branch, result in zip(branches, results):
-                written = len(result.token_ids)
-                if not written:
-                    scores.append(float("-inf"))
-                    continue
-                logits = (yield Logits("large", branch, written + 1))[:-1].float()
-                chosen = logits.log_softmax(-1).gather(1, logits.new_tensor(result.token_ids, dtype=int)[:, None])
-                scores.append(float(chosen.mean()))
-            best = max(range(len(results)), key=lambda i: scores[i])
-            request.event(None, "rerank", f"likelihood {scores[best]:.3f}")
-            return results[best]
         answers = [extract_answer(r.text) for r in results]
-        votes = Counter(a for a in answers if a is not None)
-        winner = votes.most_common(1)[0][0] if votes else None
-        chosen = answers.index(winner) if winner is not None else 0
-        request.event(None, "vote", f"{votes[winner] if winner is not None else 0}/{len(results)}")
-        return results[chosen]
+        if self.config.rerank == "majority":
+            votes = Counter(a for a in answers if a is not None)
+            winner = votes.most_common(1)[0][0] if votes else None
+            chosen = answers.index(winner) if winner is not None else 0
+            request.event(None, "vote", f"{votes[winner] if winner is not None else 0}/{len(results)}")
+            return results[chosen]
+        scores = []
+        for branch, result in zip(branches, results):
+            if self.config.rerank == "likelihood":
+                scores.append((yield from likelihood(branch, len(result.token_ids))))
+            else:
+                scores.append((yield from verified(branch, self.verdicts, self.eos_token_ids)))
+        candidates = range(len(results))
+        if self.config.rerank == "weighted":
+            totals: dict = {}
+            for answer, score in zip(answers, scores):
+                totals[answer] = totals.get(answer, 0.0) + score
+            best_answer = max((a for a in totals if a is not None), key=lambda a: totals[a], default=None)
+            candidates = [i for i in candidates if answers[i] == best_answer] or list(candidates)
+        best = max(candidates, key=lambda i: scores[i])
+        request.event(None, "rerank", f"{self.config.rerank} {scores[best]:.3f}")
+        return results[best]
+
+
+def likelihood(sequence, written: int):
+    """The large model's mean log-probability of the last `written` tokens of `sequence`."""
+    if written <= 0:
+        return float("-inf")
+    logits = (yield Logits("large", sequence, written + 1))[:-1].float()
+    tokens = logits.new_tensor(sequence.tokens[len(sequence) - written :], dtype=int)[:, None]
+    return float(logits.log_softmax(-1).gather(1, tokens).mean())
+
+
+def verified(sequence, verdicts: tuple[int, int], eos_token_ids) -> float:
+    """The verifier's P("+") at the sequence's last token (before a final end of sequence)."""
+    from ..train.verifier import step_scores
+
+    ends = sequence.tokens[-1] in eos_token_ids and len(sequence) > sequence.prompt_length + 1
+    logits = yield Logits("verifier", sequence, 2 if ends else 1)
+    return float(step_scores(logits[0], *verdicts))

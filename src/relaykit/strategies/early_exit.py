@@ -56,7 +56,7 @@ class EarlyExit(Strategy):
             raise RelaykitError("early-exit cannot wrap early-exit")
         if inner_class.needs_logits(inner_class.Config(**options)):
             raise RelaykitError(f"early-exit needs a text-level inner strategy; {config.inner!r} asks for logits")
-        self.roles = tuple(dict.fromkeys((*inner_class.roles, config.probe_model)))
+        self.roles = self.roles_of(config)
         super().__init__(models, config, *args, **kwargs)
         self.inner = build_strategy(config.inner, self.models, sampling=self.sampling, stop=self.stop_config, kv_policy=self.kv_policy)
         self.decode = decoder(self.tokenizer)
@@ -64,6 +64,13 @@ class EarlyExit(Strategy):
         self.cue = re.compile(r"^\s*(?:" + "|".join(words) + r")\W$")
         self.after_thought = re.compile(r"[.!?\n]\s*$")
         self.probe_end = re.compile(config.probe_end)
+
+    @classmethod
+    def roles_of(cls, config) -> tuple[str, ...]:
+        from ..options import strategy_variant
+
+        inner_class, options = strategy_variant(config.inner)
+        return tuple(dict.fromkeys((*inner_class.roles_of(inner_class.Config(**options)), config.probe_model)))
 
     @classmethod
     def needs_logits(cls, config) -> tuple[str, ...]:

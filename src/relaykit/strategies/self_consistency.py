@@ -63,13 +63,18 @@ class SelfConsistency(Strategy):
 
     def __init__(self, models: dict, config=None, *args, **kwargs):
         from ..api import build_strategy
-        from ..options import strategy_variant
 
         config = config if config is not None else SelfConsistencyConfig()
-        inner_class, _ = strategy_variant(config.inner)
-        self.roles = inner_class.roles
+        self.roles = self.roles_of(config)
         super().__init__(models, config, *args, **kwargs)
         self.inner = build_strategy(config.inner, self.models, sampling=self.sampling, stop=self.stop_config, kv_policy=self.kv_policy)
+
+    @classmethod
+    def roles_of(cls, config) -> tuple[str, ...]:
+        from ..options import strategy_variant
+
+        inner_class, options = strategy_variant(config.inner)
+        return inner_class.roles_of(inner_class.Config(**options))
 
     @classmethod
     def needs_logits(cls, config) -> tuple[str, ...]:

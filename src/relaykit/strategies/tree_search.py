@@ -7,9 +7,10 @@ beams are kept and branched again.
 - `dvts` (diverse verifier tree search): n // beam_width independent subtrees of beam_width beams;
   each keeps its best beam and forks it beam_width ways, so the subtrees stay apart.
 
-Beams share their prefix's KV rows (fork); pruned beams are dropped at once. The scorer is the
-large model's mean log-probability of the step (`likelihood`). The answer is the finished beam
-with the best last-step score.
+Beams share their prefix's KV rows (fork); pruned beams are dropped at once. The scorer is a
+step verifier's P("+") at the step's end (`verifier`, `relaykit train verifier`; search-and-learn
+scores with a PRM) or the large model's mean log-probability of the step (`likelihood`). The
+answer is the finished beam with the best last-step score (search-and-learn's "last").
 """
 
 from __future__ import annotations
@@ -18,9 +19,11 @@ from dataclasses import dataclass
 
 from ..decoding.sequence import Sequence
 from ..errors import RelaykitError
-from ..runtime.asks import Drop, Fork, Generate, Logits, Run
+from ..runtime.asks import Drop, Fork, Generate, Run
 from ..text import decoder
+from ..train.verifier import verdict_ids
 from .base import Strategy, register
+from .best_of_n import likelihood, verified
 
 
 @dataclass
@@ -30,8 +33,11 @@ class TreeSearchConfig:
     writer: str = "small"  # the model that writes the steps
     step_end: str = "\n"  # a step ends at a token holding this; "" = the whole answer is one step
     max_steps: int = 64  # steps per beam at most (search-and-learn: 40)
+    scorer: str = "verifier"  # verifier or likelihood (the large model's)
 
     def __post_init__(self) -> None:
+        if self.scorer not in ("verifier", "likelihood"):
+            raise RelaykitError(f"scorer must be verifier or likelihood, got {self.scorer!r}")
         if self.beam_width < 1 or self.n < self.beam_width or self.n % self.beam_width:
             raise RelaykitError(f"n must be a multiple of beam-width >= 1, got n={self.n} beam-width={self.beam_width}")
 
@@ -64,13 +70,19 @@ class TreeSearch(Strategy):
 
     def __init__(self, models: dict, config=None, *args, **kwargs):
         config = config if config is not None else TreeSearchConfig()
-        self.roles = tuple(dict.fromkeys((config.writer, "large")))
+        self.roles = self.roles_of(config)
         super().__init__(models, config, *args, **kwargs)
         self.steps = StepWriter(self.models, config.writer, config.step_end, sampling=self.sampling, stop=self.stop_config)
+        if config.scorer == "verifier":
+            self.verdicts = verdict_ids(self.models["verifier"].tokenizer)
+
+    @classmethod
+    def roles_of(cls, config) -> tuple[str, ...]:
+        return tuple(dict.fromkeys((config.writer, scorer_role(config))))
 
     @classmethod
     def needs_logits(cls, config) -> tuple[str, ...]:
-        return ("large",)
+        return (scorer_role(config),)
 
     def holdback(self) -> None:
         return None  # the chosen beam is known only at the end
@@ -120,13 +132,16 @@ class TreeSearch(Strategy):
         sequence.finish(best.finish_reason or "stop")
 
     def _score(self, beam: Sequence, start: int):
-        """The large model's mean log-probability of the beam's newest step (tokens from `start`)."""
-        written = len(beam) - start
-        if written <= 0:
+        """The newest step's score (tokens from `start`)."""
+        if len(beam) <= start:
             return float("-inf")
-        logits = (yield Logits("large", beam, written + 1))[:-1].float()
-        tokens = logits.new_tensor(beam.tokens[start:], dtype=int)[:, None]
-        return float(logits.log_softmax(-1).gather(1, tokens).mean())
+        if self.config.scorer == "likelihood":
+            return (yield from likelihood(beam, len(beam) - start))
+        return (yield from verified(beam, self.verdicts, self.eos_token_ids))
+
+
+def scorer_role(config: TreeSearchConfig) -> str:
+    return "large" if config.scorer == "likelihood" else "verifier"
 
 
 @register("beam-search")

@@ -8,5 +8,6 @@ CHECKPOINTS = Path(__file__).parent / "checkpoints"
 TOY_SMALL = CHECKPOINTS / "toy-small"
 TOY_LARGE = CHECKPOINTS / "toy-large"
 TOY_SMALL_RELAY = CHECKPOINTS / "toy-small-relay"  # toy-small trained to call toy-large (RelayLLM)
+TOY_VERIFIER = CHECKPOINTS / "toy-verifier"  # toy-small trained to rate reasoning steps (search)
 
-__all__ = ["DOMAINS", "Problem", "fresh", "load_split", "make_problem", "split_of", "TOY_SMALL", "TOY_LARGE", "TOY_SMALL_RELAY"]
+__all__ = ["DOMAINS", "Problem", "fresh", "load_split", "make_problem", "split_of", "TOY_SMALL", "TOY_LARGE", "TOY_SMALL_RELAY", "TOY_VERIFIER"]
