@@ -286,6 +286,15 @@ def add_evaluation_options(parser: argparse.ArgumentParser, strategies: dict) ->
     add_strategy_options(parser, strategies, note=CUES_NOTE)
 
 
+def add_training(what, name: str, run, help: str, description: str) -> argparse.ArgumentParser:
+    """A `relaykit train NAME` parser with the options every trainer has (--out, --seed)."""
+    parser = what.add_parser(name, help=help, description=description)
+    parser.add_argument("--out", default=f"relaykit-{name}", help=f"output folder (default ./relaykit-{name})")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.set_defaults(run=run)
+    return parser
+
+
 def build_parser() -> argparse.ArgumentParser:
     from .strategies.base import STRATEGIES, load_all
 
@@ -376,10 +385,11 @@ def build_parser() -> argparse.ArgumentParser:
     add_kv_options(serve)
     serve.set_defaults(run=cmd_serve)
 
-    train = commands.add_parser("train", help="train models (the toy pair)", description="Train models.")
+    train = commands.add_parser("train", help="train models (the toy pair, RelayLLM's small model, a step verifier)",
+                                description="Train models.")
     what = train.add_subparsers(dest="what", required=True, metavar="WHAT")
-    toy = what.add_parser(
-        "toy",
+    toy = add_training(
+        what, "toy", cmd_train,
         help="train toy-small and toy-large from scratch (about 61 minutes on 2 CPU cores)",
         description="Train the toy pair from a seed and measure it (accuracies, parameter and speed ratios, "
         "hard-token share). toy-large trains in two stages: 2,200 steps, then 300 in which its long rows are "
@@ -388,14 +398,11 @@ def build_parser() -> argparse.ArgumentParser:
         "toy-small and toy-large's first stage were made just before training became deterministic; toy-large's "
         "second stage was run from it with --refine-large.",
     )
-    toy.add_argument("--out", default="relaykit-toy", help="output folder (default ./relaykit-toy)")
-    toy.add_argument("--seed", type=int, default=0)
     toy.add_argument("--measure", type=int, default=200, help="test problems to measure on (0 = skip)")
     toy.add_argument("--refine-large", metavar="DIR",
                      help="run only toy-large's second stage (training with hidden context) from this checkpoint")
-    toy.set_defaults(run=cmd_train)
-    relayllm = what.add_parser(
-        "relayllm",
+    relayllm = add_training(
+        what, "relayllm", cmd_train_relayllm,
         help="train a small model to call the large one with <call>N</call> (RelayLLM: warm-up SFT, then GRPO)",
         description="Warm-up SFT on toy training problems with <call>N</call> inserted where the small model's "
         "top-1 departs from the reference (two rounds, the second with the model the first left; the large model's "
@@ -405,8 +412,6 @@ def build_parser() -> argparse.ArgumentParser:
         "about 3 seconds a GRPO step. The shipped toy-small-relay is the warm-up alone (--grpo-steps 0): GRPO "
         "lowered its accuracy on the toy (benchmarks/RESULTS.md).",
     )
-    relayllm.add_argument("--out", default="relaykit-relayllm", help="output folder (default ./relaykit-relayllm)")
-    relayllm.add_argument("--seed", type=int, default=0)
     relayllm.add_argument("--sft-steps", type=int, help="warm-up steps (default 1500)")
     relayllm.add_argument("--grpo-steps", type=int, help="GRPO steps, 0 = warm-up only (default 60)")
     relayllm.add_argument("--warmup-problems", type=int, help="training problems turned into warm-up examples (default 4000)")
@@ -414,20 +419,16 @@ def build_parser() -> argparse.ArgumentParser:
     relayllm.add_argument("--no-calls", action="store_true",
                           help="the no-call baseline: GRPO of the small model alone (reward 1 when right), no warm-up")
     add_model_options(relayllm)
-    relayllm.set_defaults(run=cmd_train_relayllm)
-    verifier = what.add_parser(
-        "verifier",
+    verifier = add_training(
+        what, "verifier", cmd_train_verifier,
         help="train a step verifier (a process reward model) for search and reranking",
         description="Fine-tune the small model (--small, default toy-small) to predict + or - at the end of each "
         "reasoning step: toy training solutions and copies with one number changed, every step from the change on "
         "labelled -. Used by best-of-n[rerank=verifier|weighted], beam-search[scorer=verifier] and "
         "dvts[scorer=verifier]. About 2 minutes on 2 CPU cores.",
     )
-    verifier.add_argument("--out", default="relaykit-verifier", help="output folder (default ./relaykit-verifier)")
-    verifier.add_argument("--seed", type=int, default=0)
     verifier.add_argument("--steps", type=int, help="training steps (default 1500)")
     add_model_options(verifier)
-    verifier.set_defaults(run=cmd_train_verifier)
     return parser
 
 
