@@ -17,7 +17,6 @@ import json
 import logging
 import os
 import random
-import re
 import shutil
 import time
 from dataclasses import asdict, dataclass, field
@@ -31,7 +30,6 @@ from relaykit.train.loop import TrainConfig, train
 from relaykit.toyworld.tokenizer import build_tokenizer, save_tokenizer
 
 log = logging.getLogger(__name__)
-ANSWER = re.compile(r"</think>\s*The answer is (-?\d+)\.")
 
 
 @dataclass(frozen=True)
@@ -256,35 +254,16 @@ def teacher_forced(model, tokenizer, problems: list[Problem], batch: int = 32) -
     return exact / len(problems), wrong / total
 
 
-@torch.no_grad()
-def generate_answers(model, tokenizer, problems: list[Problem], max_new_tokens: int, batch: int = 16) -> list[str]:
-    """Greedy completions (HF generate, left padding) of the problems' prompts."""
-    tokenizer.padding_side = "left"
-    texts = []
-    for start in range(0, len(problems), batch):
-        prompts = [
-            tokenizer.apply_chat_template([{"role": "user", "content": p.question}], add_generation_prompt=True, tokenize=False)
-            for p in problems[start : start + batch]
-        ]
-        inputs = tokenizer(prompts, return_tensors="pt", padding=True, add_special_tokens=False)
-        out = model.generate(**inputs, do_sample=False, max_new_tokens=max_new_tokens)
-        texts += tokenizer.batch_decode(out[:, inputs["input_ids"].shape[1] :], skip_special_tokens=False)
-    return texts
-
-
-def extract_answer(completion: str) -> str | None:
-    """The number in ``</think>The answer is N.``, or None."""
-    match = ANSWER.search(completion)
-    return match.group(1) if match else None
-
-
 def evaluate(model_dir: str | Path, n: int = 200, long: bool = False) -> float:
-    """Greedy accuracy of a checkpoint on the first ``n`` test problems (or their long variant)."""
-    torch.set_num_threads(1)
-    model, tokenizer = _load(model_dir)
-    problems = load_split("test", n, long=long)
-    completions = generate_answers(model, tokenizer, problems, max_new_tokens=2400 if long else 320)
-    return sum(extract_answer(c) == p.answer for c, p in zip(completions, problems)) / len(problems)
+    """Greedy accuracy of a checkpoint on the first ``n`` toy test problems (or their long
+    variant), measured by relaykit's evaluation harness."""
+    from relaykit import api
+    from relaykit.decoding.stopping import StopConfig
+
+    models = api.load_models({"large": str(model_dir)})
+    strategy = api.build_strategy("single", models, stop=StopConfig(max_new_tokens=2400 if long else 320))
+    results, _ = api.evaluate_strategies({"single": strategy}, "toy:long:test" if long else "toy:test", limit=n, batch_size=16)
+    return results["strategies"]["single"]["accuracy"]
 
 
 @torch.no_grad()
