@@ -6,12 +6,16 @@ from __future__ import annotations
 
 import json
 import math
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
 import torch
 from tqdm import tqdm
+
+
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "generation_config.json")
 
 
 @dataclass(frozen=True)
@@ -89,3 +93,12 @@ def train(
         if log:
             log.close()
     return records
+
+
+def save_model(model: torch.nn.Module, source: str | Path, out: str | Path) -> None:
+    """Write a trained model as safetensors into `out`, with the tokenizer and generation
+    settings of the checkpoint folder it was trained from (unchanged)."""
+    model.save_pretrained(str(out), safe_serialization=True)
+    for name in TOKENIZER_FILES:
+        if (Path(source) / name).is_file():
+            shutil.copy(Path(source) / name, Path(out) / name)

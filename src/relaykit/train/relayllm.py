@@ -16,7 +16,6 @@ from __future__ import annotations
 import copy
 import json
 import random
-import shutil
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -33,7 +32,7 @@ from ..strategies.base import get_strategy
 from ..strategies.relayllm import RelayLLMConfig
 from ..toyworld import Problem, load_split
 from .grpo import GRPOConfig, group_advantages, grpo_loss
-from .loop import TrainConfig, train
+from .loop import TrainConfig, save_model, train
 from .sft import pad, sft_loss
 
 
@@ -54,9 +53,6 @@ class RelayLLMTrainConfig:
     prompts_per_step: int = 8  # questions per GRPO step (x `grpo_method.group` rollouts)
     max_new_tokens: int = 320
     strategy: RelayLLMConfig = field(default_factory=RelayLLMConfig)
-
-
-TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "generation_config.json")
 
 
 # warm-up data
@@ -251,10 +247,7 @@ def train_relayllm(large: Model, small: Model, out: str | Path, cfg: RelayLLMTra
         last = records[-10:]
         report["grpo_last_10_steps"] = {k: sum(r[k] for r in last) / len(last)
                                         for k in ("reward", "accuracy", "call_ratio", "large_token_share")}
-    small.hf.save_pretrained(str(out), safe_serialization=True)
-    for name in TOKENIZER_FILES:  # the small model's own tokenizer and generation settings, unchanged
-        if (Path(small.source) / name).is_file():
-            shutil.copy(Path(small.source) / name, out / name)
+    save_model(small.hf, small.source, out)
     (out / "report.json").write_text(json.dumps(report, indent=2))
     return report
 

@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 import random
 import re
-import shutil
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -21,12 +20,11 @@ import torch.nn.functional as F
 from ..decoding.prompt import encode_prompt
 from ..models.loading import Model
 from ..toyworld import Problem, load_split
-from .loop import TrainConfig, train
+from .loop import TrainConfig, save_model, train
 from .sft import pad
 
 GOOD, BAD = "+", "-"
 NUMBER = re.compile(r"\d+")
-TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "generation_config.json")
 
 
 @dataclass(frozen=True)
@@ -128,9 +126,6 @@ def train_verifier(base: Model, out: str | Path, cfg: VerifierTrainConfig | None
     report = {"config": asdict(cfg), "threads": torch.get_num_threads(), "minutes": (time.perf_counter() - began) / 60,
               "final_loss": sum(r["loss"] for r in records[-20:]) / len(records[-20:]),
               "dev_step_accuracy": figures["step_accuracy"]}
-    model.save_pretrained(str(out), safe_serialization=True)
-    for name in TOKENIZER_FILES:
-        if (Path(base.source) / name).is_file():
-            shutil.copy(Path(base.source) / name, out / name)
+    save_model(model, base.source, out)
     (out / "report.json").write_text(json.dumps(report, indent=2))
     return report
