@@ -90,6 +90,20 @@ def test_provenance(client):
     assert streamed == writers
 
 
+def test_strategy_options_in_the_request(client):
+    """`relaykit.options` is NAME[option=value ...] in the body: the same text as the variant."""
+    variant = chat(client, "relaygen[speculative=4]", temperature=0, max_tokens=80).choices[0].message.content
+    optioned = chat(client, "relaygen", temperature=0, max_tokens=80,
+                    extra_body={"relaykit": {"options": {"speculative": 4}}}).choices[0].message.content
+    assert optioned == variant
+    with pytest.raises(openai.BadRequestError, match="no chosen strategy") as error:
+        chat(client, "large", extra_body={"relaykit": {"options": {"speculative": 4}}})
+    assert error.value.body["param"] == "relaykit.options"
+    for wrong in ({"speculative": "abc"}, {"cues": 5}, {"min_large_tokens": 1.5}):  # a 400 naming the type, never a 500
+        with pytest.raises(openai.BadRequestError, match="takes"):
+            chat(client, "relaygen", extra_body={"relaykit": {"options": wrong}})
+
+
 def test_streaming_with_usage_and_stop(client):
     whole = chat(client, "speculative[k=2]", temperature=0, max_tokens=40)
     chunks = list(chat(client, "speculative[k=2]", temperature=0, max_tokens=40, stream=True,

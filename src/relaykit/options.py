@@ -101,15 +101,34 @@ def options_from_args(args: argparse.Namespace) -> dict:
 
 
 def config_from_dict(cls: type, values: dict):
-    """Build `cls.Config` from a mapping (CLI flags, a request body); unknown keys are errors."""
+    """Build `cls.Config` from a mapping (CLI flags, a request body); unknown keys and values of
+    the wrong type are errors."""
     own = {f.name for f in dataclasses.fields(cls.Config)}
     unknown = sorted(set(values) - own)
     if unknown:
         raise RelaykitError(f"strategy {cls.name!r} has no option(s) {', '.join(unknown)}; it has: {', '.join(sorted(own)) or 'none'}")
+    hints = typing.get_type_hints(cls.Config)
     try:
-        return cls.Config(**values)
-    except TypeError as error:
+        return cls.Config(**{key: _typed(cls, key, value, hints[key]) for key, value in values.items()})
+    except (TypeError, ValueError) as error:
         raise RelaykitError(f"bad options for strategy {cls.name!r}: {error}") from error
+
+
+def _typed(cls: type, key: str, value, hint):
+    """`value` as the option's type: text is parsed (as in NAME[key=value]); a number, a flag or
+    text of another type is an error."""
+    kind = next((t for t in typing.get_args(hint) if t is not type(None)), hint)
+    if isinstance(value, str) and kind is not str:
+        try:
+            return value.lower() in ("1", "true", "yes", "on") if kind is bool else kind(value) if kind in (int, float) else value
+        except ValueError:
+            raise RelaykitError(f"{cls.name}: {key} takes {kind.__name__} values, got {value!r}") from None
+    fits = isinstance(value, kind) and not (kind in (int, float) and isinstance(value, bool))
+    if kind is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if not fits and not isinstance(value, (list, tuple)):  # a list is a parsed value (cues)
+        raise RelaykitError(f"{cls.name}: {key} takes {kind.__name__} values, got {value!r}")
+    return value
 
 
 def options_from_text(cls: type, text: str) -> dict:
@@ -121,11 +140,7 @@ def options_from_text(cls: type, text: str) -> dict:
         key = key.replace("-", "_")
         if key not in hints:
             raise RelaykitError(f"strategy {cls.name!r} has no option {key!r}; it has: {', '.join(sorted(hints)) or 'none'}")
-        kind = next((t for t in typing.get_args(hints[key]) if t is not type(None)), hints[key])
-        try:
-            options[key] = value.lower() in ("1", "true", "yes", "on") if kind is bool else kind(value) if kind in (int, float) else value
-        except ValueError:
-            raise RelaykitError(f"{cls.name}: {key} takes {kind.__name__} values, got {value!r}") from None
+        options[key] = _typed(cls, key, value, hints[key])
     return options
 
 

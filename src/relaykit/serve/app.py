@@ -90,14 +90,14 @@ def create_app(models_or_scheduler: dict | Scheduler, *, kv_policy=None, api_key
 
     @app.post("/v1/completions", response_model=None, dependencies=guard, responses=_documented(Completion))
     async def completions(body: CompletionRequest, request: Request):
-        strategy = service.strategy(body.model)
+        strategy = service.strategy(body.model, body.options)
         request.state.strategy = body.model
         prompts = [service.text_prompt(strategy, text) for text in body.prompts()]
         return await answer(body, strategy, prompts, body.max_tokens, COMPLETIONS_DEFAULT_MAX_TOKENS, chat=False)
 
     @app.post("/v1/chat/completions", response_model=None, dependencies=guard, responses=_documented(ChatCompletion))
     async def chat_completions(body: ChatCompletionRequest, request: Request):
-        strategy = service.strategy(body.model)
+        strategy = service.strategy(body.model, body.options)
         request.state.strategy = body.model
         prompt = service.chat_prompt(strategy, [message.for_template() for message in body.messages])
         return await answer(body, strategy, [prompt], body.token_budget(), None, chat=True)

@@ -21,6 +21,8 @@ class RelaykitOptions(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     provenance: bool = False  # each choice also carries the writer ("large", "small") of every token
+    options: dict[str, str | int | float | bool] = Field(
+        default_factory=dict, description="strategy options, as NAME[option=value ...] gives them: {\"speculative\": 8}")
 
 
 class GenerationRequest(BaseModel):
@@ -39,11 +41,15 @@ class GenerationRequest(BaseModel):
     stream_options: StreamOptions | None = None
     user: str | None = None
     max_tokens: int | None = Field(None, ge=1)
-    relaykit: RelaykitOptions | None = Field(None, description="relaykit extra: {\"provenance\": true}")
+    relaykit: RelaykitOptions | None = Field(None, description="relaykit extra: {\"provenance\": true, \"options\": {...}}")
 
     @property
     def provenance(self) -> bool:
         return self.relaykit is not None and self.relaykit.provenance
+
+    @property
+    def options(self) -> dict:
+        return self.relaykit.options if self.relaykit is not None else {}
 
     def stop_strings(self) -> list[str]:
         stops = [self.stop] if isinstance(self.stop, str) else list(self.stop or [])

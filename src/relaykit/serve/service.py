@@ -7,6 +7,7 @@ import asyncio
 import concurrent.futures
 import contextlib
 import dataclasses
+import json
 import threading
 from collections.abc import AsyncIterator
 
@@ -21,6 +22,7 @@ from ..strategies.base import Strategy, load_all
 from .errors import APIError
 from .schemas import GenerationRequest
 
+STRATEGIES_KEPT = 256  # built strategies cached per (model, options); the oldest goes first
 GREEDY_BELOW = 1e-5  # temperatures below this sample greedily (dividing logits by them overflows)
 
 
@@ -58,19 +60,25 @@ class Service:
             ]
         return self.names
 
-    def strategy(self, spec: str) -> Strategy:
-        """The strategy named by `model` (NAME or NAME[option=value ...]), built once per spec."""
+    def strategy(self, spec: str, options: dict | None = None) -> Strategy:
+        """The strategy named by `model` (NAME or NAME[option=value ...]) with the request's
+        `relaykit.options`, built once per spec and options (the last `STRATEGIES_KEPT` kept)."""
         spec = spec.strip()
-        if spec not in self.strategies:
+        key = spec + json.dumps(options or {}, sort_keys=True)
+        if key not in self.strategies:
             name = spec.split("[", 1)[0].strip()
             if name not in self.available():
                 raise APIError(404, f"The model {spec!r} does not exist; available: {', '.join(self.available())} "
                                "(or NAME[option=value ...])", param="model", code="model_not_found")
             try:
-                self.strategies[spec] = api.build_strategy(spec, self.scheduler.models, kv_policy=self.kv_policy)
+                built = api.build_strategy(spec, self.scheduler.models, options, kv_policy=self.kv_policy)
             except RelaykitError as error:
-                raise APIError(400, f"model {spec!r}: {error}", param="model") from error
-        return self.strategies[spec]
+                param = "relaykit.options" if options and "option" in str(error) else "model"
+                raise APIError(400, f"model {spec!r}: {error}", param=param) from error
+            if len(self.strategies) >= STRATEGIES_KEPT:
+                del self.strategies[next(iter(self.strategies))]  # the oldest; requests using it keep theirs
+            self.strategies[key] = built
+        return self.strategies[key]
 
     def admit(self) -> None:
         """Count a request in (`release` counts it out); a 429 with Retry-After when
