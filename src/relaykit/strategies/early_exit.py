@@ -63,7 +63,10 @@ class EarlyExit(Strategy):
         words = [re.escape(w.strip()) for w in config.transitions.split("|") if w.strip()]
         self.cue = re.compile(r"^\s*(?:" + "|".join(words) + r")\W$")
         self.after_thought = re.compile(r"[.!?\n]\s*$")
-        self.probe_end = re.compile(config.probe_end)
+        try:
+            self.probe_end = re.compile(config.probe_end)
+        except re.error as error:
+            raise RelaykitError(f"early-exit probe-end is not a regular expression: {error}") from None
 
     @classmethod
     def roles_of(cls, config) -> tuple[str, ...]:
