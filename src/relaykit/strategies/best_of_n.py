@@ -78,7 +78,7 @@ class BestOfN(Strategy):
             votes = Counter(a for a in answers if a is not None)
             winner = votes.most_common(1)[0][0] if votes else None
             chosen = answers.index(winner) if winner is not None else 0
-            request.event(None, "vote", f"{votes[winner] if winner is not None else 0}/{len(results)}")
+            request.event(None, "vote", f"{votes[winner] if winner is not None else 0}/{len(results)}").detail = {"samples": len(results)}
             return results[chosen]
         scores = []
         for branch, result in zip(branches, results):
@@ -94,7 +94,7 @@ class BestOfN(Strategy):
             best_answer = max((a for a in totals if a is not None), key=lambda a: totals[a], default=None)
             candidates = [i for i in candidates if answers[i] == best_answer] or list(candidates)
         best = max(candidates, key=lambda i: scores[i])
-        request.event(None, "rerank", f"{self.config.rerank} {scores[best]:.3f}")
+        request.event(None, "rerank", f"{self.config.rerank} {scores[best]:.3f}").detail = {"samples": len(results)}
         return results[best]
 
 

@@ -128,7 +128,7 @@ class TreeSearch(Strategy):
         sequence = request.sequence
         for token, writer in zip(best.tokens[len(sequence) :], best.writers[len(sequence) :]):
             sequence.append(token, writer)
-        request.event(None, "search", f"{scores.get(best.uid, float('nan')):.3f}")
+        request.event(None, "search", f"{scores.get(best.uid, float('nan')):.3f}").detail = {"samples": cfg.n}
         sequence.finish(best.finish_reason or "stop")
 
     def _score(self, beam: Sequence, start: int):
