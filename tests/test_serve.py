@@ -104,6 +104,14 @@ def test_strategy_options_in_the_request(client):
             chat(client, "relaygen", extra_body={"relaykit": {"options": wrong}})
 
 
+def test_a_strategy_with_its_own_trained_model_says_how_to_serve_it(client):
+    """On the shipped pair `relayllm` needs toy-small-relay as the small model: not listed, and a
+    request says how to start the server for it."""
+    assert "relayllm" not in [m.id for m in client.models.list().data]
+    with pytest.raises(openai.BadRequestError, match="--small .*toy-small-relay"):
+        chat(client, "relayllm")
+
+
 def test_streaming_with_usage_and_stop(client):
     whole = chat(client, "speculative[k=2]", temperature=0, max_tokens=40)
     chunks = list(chat(client, "speculative[k=2]", temperature=0, max_tokens=40, stream=True,

@@ -138,6 +138,14 @@ def required_roles(names: list[str], options: dict | None = None, add_baseline: 
     return tuple(dict.fromkeys(role for cls, values in variants.values() for role in cls.roles_of(config_from_dict(cls, values))))
 
 
+def shipped_swaps(cls: type[Strategy], models: dict) -> dict[str, Path]:
+    """role -> the shipped checkpoint a strategy uses instead of `models[role]` on the shipped pair
+    (RelayLLM's trained toy-small-relay); empty elsewhere."""
+    if not cls.shipped_models or not _is_shipped_pair(models):
+        return {}
+    return {role: CHECKPOINTS / folder for role, folder in cls.shipped_models.items()}
+
+
 def _is_shipped_pair(models: dict) -> bool:
     """Whether the large and small models are the shipped toy checkpoints."""
     return all(
@@ -164,14 +172,13 @@ def build_strategies(
     strategies, trained = {}, {}
     for label, (cls, values) in _variants(names, options, add_baseline).items():
         mine = models
-        if shipped:
-            if "cues" in _option_names(cls) and "cues" not in values:
-                values = {**values, "cues": str(SHIPPED_CUES)}
-            for role, folder in cls.shipped_models.items():
-                if folder not in trained:
-                    device = str(next(models[role].hf.parameters()).device)
-                    trained[folder] = load_model(str(CHECKPOINTS / folder), name=role, device=device)
-                mine = {**mine, role: trained[folder]}
+        if shipped and "cues" in _option_names(cls) and "cues" not in values:
+            values = {**values, "cues": str(SHIPPED_CUES)}
+        for role, folder in shipped_swaps(cls, models).items():
+            if folder not in trained:
+                device = str(next(models[role].hf.parameters()).device)
+                trained[folder] = load_model(str(folder), name=role, device=device)
+            mine = {**mine, role: trained[folder]}
         strategies[label] = cls(mine, config_from_dict(cls, values), sampling, stop, kv_policy)
     return strategies
 

@@ -18,7 +18,7 @@ from ..decoding.stopping import StopConfig
 from ..errors import RelaykitError
 from ..models.remote import RemoteModel
 from ..runtime.scheduler import Handle, Scheduler
-from ..strategies.base import Strategy, load_all
+from ..strategies.base import STRATEGIES, Strategy, load_all
 from .errors import APIError
 from .schemas import GenerationRequest
 
@@ -49,7 +49,8 @@ class Service:
 
     def available(self) -> list[str]:
         """Strategies the loaded models allow: all their roles loaded; over an endpoint, only
-        those that run there."""
+        those that run there; not those that would need other models than the scheduler's (on
+        the shipped pair, RelayLLM's trained small model)."""
         if self.names is None:
             models = self.scheduler.models
             roles = {name: cls.roles_of(cls.Config()) for name, cls in load_all().items()}
@@ -57,6 +58,7 @@ class Service:
                 name for name, cls in sorted(load_all().items())
                 if all(role in models for role in roles[name])
                 and (cls.runs_over_endpoints() or not any(isinstance(models[role], RemoteModel) for role in roles[name]))
+                and not api.shipped_swaps(cls, models)
             ]
         return self.names
 
@@ -67,6 +69,11 @@ class Service:
         key = spec + json.dumps(options or {}, sort_keys=True)
         if key not in self.strategies:
             name = spec.split("[", 1)[0].strip()
+            swaps = api.shipped_swaps(STRATEGIES[name], self.scheduler.models) if name in STRATEGIES else {}
+            if swaps:
+                needs = ", ".join(f"--{role} {folder}" for role, folder in swaps.items())
+                raise APIError(400, f"{name} runs with its own trained models; serve them: relaykit serve {needs}",
+                               param="model")
             if name not in self.available():
                 raise APIError(404, f"The model {spec!r} does not exist; available: {', '.join(self.available())} "
                                "(or NAME[option=value ...])", param="model", code="model_not_found")
