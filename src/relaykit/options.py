@@ -156,3 +156,10 @@ def strategy_variant(text: str) -> tuple[type, dict]:
         raise RelaykitError(f"bad strategy {text!r}; write NAME or NAME[option=value option=value]")
     cls = get_strategy(match.group(1))
     return cls, options_from_text(cls, match.group(2)) if match.group(2) is not None else {}
+
+
+def variant_config(text: str) -> tuple[type, object]:
+    """`relaygen[speculative=4]` -> (the relaygen class, its config): what a composite strategy
+    asks of the strategy it runs inside."""
+    cls, options = strategy_variant(text)
+    return cls, cls.Config(**options)

@@ -15,7 +15,9 @@ from dataclasses import dataclass
 
 from ..errors import RelaykitError
 from ..evals.answers import extract_answer
+from ..options import variant_config
 from ..runtime.asks import Fork, Logits, Run
+from ..train.verifier import step_scores, verdict_ids
 from .base import Strategy, register
 
 RERANKERS = ("majority", "likelihood", "verifier", "weighted")
@@ -48,23 +50,17 @@ class BestOfN(Strategy):
         super().__init__(models, config, *args, **kwargs)
         self.inner = build_strategy(config.inner, self.models, sampling=self.sampling, stop=self.stop_config, kv_policy=self.kv_policy)
         if "verifier" in self.roles:
-            from ..train.verifier import verdict_ids
-
             self.verdicts = verdict_ids(self.models["verifier"].tokenizer)
 
     @classmethod
     def roles_of(cls, config) -> tuple[str, ...]:
-        from ..options import strategy_variant
-
-        inner_class, options = strategy_variant(config.inner)
-        return tuple(dict.fromkeys((*inner_class.roles_of(inner_class.Config(**options)), *SCORER[config.rerank])))
+        inner_class, inner_config = variant_config(config.inner)
+        return tuple(dict.fromkeys((*inner_class.roles_of(inner_config), *SCORER[config.rerank])))
 
     @classmethod
     def needs_logits(cls, config) -> tuple[str, ...]:
-        from ..options import strategy_variant
-
-        inner_class, options = strategy_variant(config.inner)
-        return tuple(dict.fromkeys((*inner_class.needs_logits(inner_class.Config(**options)), *SCORER[config.rerank])))
+        inner_class, inner_config = variant_config(config.inner)
+        return tuple(dict.fromkeys((*inner_class.needs_logits(inner_config), *SCORER[config.rerank])))
 
     def holdback(self) -> None:
         return None  # the chosen sample is known only at the end
@@ -75,10 +71,8 @@ class BestOfN(Strategy):
         results = yield Run([(self.inner, branch) for branch in branches], keep=True)
         answers = [extract_answer(r.text) for r in results]
         if self.config.rerank == "majority":
-            votes = Counter(a for a in answers if a is not None)
-            winner = votes.most_common(1)[0][0] if votes else None
-            chosen = answers.index(winner) if winner is not None else 0
-            request.event(None, "vote", f"{votes[winner] if winner is not None else 0}/{len(results)}").detail = {"samples": len(results)}
+            chosen, tally = majority(answers)
+            request.event(None, "vote", tally).detail = {"samples": len(results)}
             return results[chosen]
         scores = []
         for branch, result in zip(branches, results):
@@ -98,6 +92,13 @@ class BestOfN(Strategy):
         return results[best]
 
 
+def majority(answers: list) -> tuple[int, str]:
+    """The first sample giving the most frequent answer (0 when none has one), and "votes/samples"."""
+    votes = Counter(a for a in answers if a is not None)
+    winner = votes.most_common(1)[0][0] if votes else None
+    return (answers.index(winner) if winner is not None else 0), f"{votes[winner] if winner is not None else 0}/{len(answers)}"
+
+
 def likelihood(sequence, written: int):
     """The large model's mean log-probability of the last `written` tokens of `sequence`."""
     if written <= 0:
@@ -109,8 +110,6 @@ def likelihood(sequence, written: int):
 
 def verified(sequence, verdicts: tuple[int, int], eos_token_ids) -> float:
     """The verifier's P("+") at the sequence's last token (before a final end of sequence)."""
-    from ..train.verifier import step_scores
-
     ends = sequence.tokens[-1] in eos_token_ids and len(sequence) > sequence.prompt_length + 1
     logits = yield Logits("verifier", sequence, 2 if ends else 1)
     return float(step_scores(logits[0], *verdicts))

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 
 from ..decoding.sequence import PROMPT, Sequence
 from ..errors import RelaykitError
+from ..options import variant_config
 from ..runtime.asks import Drop, Fork, Generate, Generated, Logits
 from ..text import THINK_END, decoder
 from .base import Strategy, register
@@ -48,13 +49,12 @@ class EarlyExit(Strategy):
 
     def __init__(self, models: dict, config=None, *args, **kwargs):
         from ..api import build_strategy
-        from ..options import strategy_variant
 
         config = config if config is not None else EarlyExitConfig()
-        inner_class, options = strategy_variant(config.inner)
+        inner_class, inner_config = variant_config(config.inner)
         if inner_class is EarlyExit:
             raise RelaykitError("early-exit cannot wrap early-exit")
-        if inner_class.needs_logits(inner_class.Config(**options)):
+        if inner_class.needs_logits(inner_config):
             raise RelaykitError(f"early-exit needs a text-level inner strategy; {config.inner!r} asks for logits")
         self.roles = self.roles_of(config)
         super().__init__(models, config, *args, **kwargs)
@@ -63,6 +63,7 @@ class EarlyExit(Strategy):
         words = [re.escape(w.strip()) for w in config.transitions.split("|") if w.strip()]
         self.cue = re.compile(r"^\s*(?:" + "|".join(words) + r")\W$")
         self.after_thought = re.compile(r"[.!?\n]\s*$")
+        self.completing: dict[int, bool] = {}
         try:
             self.probe_end = re.compile(config.probe_end)
         except re.error as error:
@@ -70,10 +71,8 @@ class EarlyExit(Strategy):
 
     @classmethod
     def roles_of(cls, config) -> tuple[str, ...]:
-        from ..options import strategy_variant
-
-        inner_class, options = strategy_variant(config.inner)
-        return tuple(dict.fromkeys((*inner_class.roles_of(inner_class.Config(**options)), config.probe_model)))
+        inner_class, inner_config = variant_config(config.inner)
+        return tuple(dict.fromkeys((*inner_class.roles_of(inner_config), config.probe_model)))
 
     @classmethod
     def needs_logits(cls, config) -> tuple[str, ...]:
@@ -119,7 +118,10 @@ class EarlyExit(Strategy):
         return ends_turn
 
     def _transition(self, sequence: Sequence, end: int) -> Transition | None:
-        """Whether token `end - 1` completes a cue that opens a line or sentence of the thinking."""
+        """Whether token `end - 1` completes a cue that opens a line or sentence of the thinking
+        (a cue completes on a non-word character, so other tokens are not decoded further)."""
+        if not self._may_complete(sequence.tokens[end - 1]):
+            return None
         first = max(sequence.prompt_length, end - TAIL_TOKENS)
         for start in range(end - 1, first, -1):
             if self.cue.match(self.decode(sequence.tokens[start:end])):
@@ -128,6 +130,13 @@ class EarlyExit(Strategy):
                 thinking_over = THINK_END in self.decode(sequence.tokens[sequence.prompt_length : start])
                 return None if thinking_over else Transition(start)
         return None
+
+    def _may_complete(self, token: int) -> bool:
+        """Whether a token's text ends on a non-word character; cached per token id."""
+        flag = self.completing.get(token)
+        if flag is None:
+            flag = self.completing[token] = bool(re.search(r"\W$", self.decode([token])))
+        return flag
 
     def _probe(self, request, start: int):
         """Probe the answer after the thought ending at token `start`; exit when confident."""

@@ -17,8 +17,10 @@ from dataclasses import dataclass
 
 from ..errors import RelaykitError
 from ..evals.answers import extract_answer
+from ..options import variant_config
 from ..runtime.asks import Fork, Run
 from .base import Strategy, register
+from .best_of_n import majority
 
 
 @dataclass
@@ -71,17 +73,13 @@ class SelfConsistency(Strategy):
 
     @classmethod
     def roles_of(cls, config) -> tuple[str, ...]:
-        from ..options import strategy_variant
-
-        inner_class, options = strategy_variant(config.inner)
-        return inner_class.roles_of(inner_class.Config(**options))
+        inner_class, inner_config = variant_config(config.inner)
+        return inner_class.roles_of(inner_config)
 
     @classmethod
     def needs_logits(cls, config) -> tuple[str, ...]:
-        from ..options import strategy_variant
-
-        inner_class, options = strategy_variant(config.inner)
-        return inner_class.needs_logits(inner_class.Config(**options))
+        inner_class, inner_config = variant_config(config.inner)
+        return inner_class.needs_logits(inner_config)
 
     def holdback(self) -> None:
         return None  # the chosen sample is known only at the end
@@ -98,9 +96,6 @@ class SelfConsistency(Strategy):
             answers += window
             if should_stop(cfg.stop, answers, window, cfg.confidence):
                 break
-        votes = Counter(a for a in answers if a is not None)
-        winner = votes.most_common(1)[0][0] if votes else None
-        chosen = answers.index(winner) if winner is not None else 0
-        event = request.event(None, "vote", f"{votes[winner] if winner is not None else 0}/{len(results)}")
-        event.detail = {"samples": len(results)}
+        chosen, tally = majority(answers)
+        request.event(None, "vote", tally).detail = {"samples": len(results)}
         return results[chosen]
