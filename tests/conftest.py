@@ -80,11 +80,12 @@ def models(checkpoints):
 @pytest.fixture(scope="session")
 def shipped_pair():
     """The toy pair shipped in the package, through relaykit's generic loading path, with the
-    shipped step verifier that search strategies use."""
-    from relaykit.toyworld import TOY_LARGE, TOY_SMALL, TOY_VERIFIER
+    shipped models other strategies add: the step verifier (search), FusionRoute's router and
+    domain experts, and the experts' base (merging)."""
+    from relaykit import api
+    from relaykit.strategies.base import EXPERTS
 
-    return {"large": load_model(str(TOY_LARGE), name="large"), "small": load_model(str(TOY_SMALL), name="small"),
-            "verifier": load_model(str(TOY_VERIFIER), name="verifier")}
+    return api.load_models({"large": None, "small": None, "verifier": None, "router": None, "base": None, EXPERTS: None})
 
 
 def prompts(tokenizer, count: int, seed: int = 0) -> list[list[int]]:

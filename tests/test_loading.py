@@ -67,6 +67,11 @@ def test_cli_errors_have_no_traceback(tmp_path, checkpoints):
     assert done.returncode == 2 and "do not share a tokenizer" in done.stderr
     done = run_cli("train", "toy", "--refine-large", str(tmp_path / "nothing"), "--out", str(tmp_path / "out"))
     assert done.returncode == 2 and "not a checkpoint folder" in done.stderr and not (tmp_path / "out").exists()
+    done = run_cli("eval", "--strategy", "fusionroute", "--expert", "add", "--dataset", "toy:domains:test")
+    assert done.returncode == 2 and "--expert takes NAME=PATH" in done.stderr and "Traceback" not in done.stderr
+    done = run_cli("eval", "--strategy", "fusionroute", "--router", str(checkpoints[("llama", "large")]),
+                   "--expert", f"a={checkpoints[('llama', 'small')]}", "--large", str(checkpoints[("llama", "large")]))
+    assert done.returncode == 2 and "is not a router" in done.stderr and "Traceback" not in done.stderr
 
 
 def test_cli_generate_json(checkpoints):

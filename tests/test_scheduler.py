@@ -19,7 +19,8 @@ from relaykit.models.runner import Runner
 from relaykit.runtime import Scheduler
 from relaykit.strategies.base import get_strategy, load_all
 from relaykit.strategies.single import Single
-from relaykit.toyworld import load_split
+from relaykit.options import config_from_dict
+from relaykit.toyworld import FUSIONROUTE, load_split
 
 BUDGET = 48
 KV_OPTIONS = {  # small enough that 48 tokens see compression steps
@@ -36,8 +37,14 @@ def questions(shipped_pair):
     return [encode_prompt(shipped_pair["large"].tokenizer, p.question) for p in load_split("test", 4)]
 
 
+# options a strategy cannot do without on the shipped models
+OPTIONS = {"expert": {"name": "add"}, "query-route": {"classifier": str(FUSIONROUTE / "query-classifier.safetensors")}}
+
+
 def make(pair, name: str, policy: str = "full", budget: int = BUDGET):
-    return get_strategy(name)(pair, stop=StopConfig(max_new_tokens=budget), kv_policy=make_policy(policy, **KV_OPTIONS[policy]))
+    cls = get_strategy(name)
+    return cls(pair, config_from_dict(cls, OPTIONS.get(name, {})), stop=StopConfig(max_new_tokens=budget),
+               kv_policy=make_policy(policy, **KV_OPTIONS[policy]))
 
 
 def usage_totals(results, role: str) -> tuple:
@@ -61,7 +68,7 @@ def test_contract(shipped_pair, questions, name, policy):
         assert set(result.provenance) <= {*strategy.roles, PROMPT}
 
     # requests arriving at different steps, other strategies' requests beside them
-    scheduler = Scheduler(shipped_pair, strategy.kv_policy)
+    scheduler = Scheduler({**shipped_pair, **strategy.models}, strategy.kv_policy)  # a merged model is the strategy's own
     neighbour = make(shipped_pair, "speculative", policy)
     handles, others = [], []
     for i, question in enumerate(questions):
@@ -78,7 +85,7 @@ def test_contract(shipped_pair, questions, name, policy):
         assert runner.rows == [] and runner.kv_bytes == 0  # every row freed
 
     # cancelling one request mid-way frees its rows; the others are not disturbed
-    scheduler = Scheduler(shipped_pair, strategy.kv_policy)
+    scheduler = Scheduler({**shipped_pair, **strategy.models}, strategy.kv_policy)
     handles = [scheduler.submit(q, strategy) for q in questions]
     for _ in range(6):
         scheduler.step()

@@ -10,7 +10,6 @@ import pytest
 from relaykit import api
 from relaykit.decoding.prompt import encode_prompt
 from relaykit.decoding.stopping import StopConfig
-from relaykit.evals.answers import extract_answer
 from relaykit.strategies.self_consistency import leader_beats_runner_up, should_stop
 from relaykit.toyworld import load_split
 

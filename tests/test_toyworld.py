@@ -162,3 +162,18 @@ def test_hidden_context_mask():
     recent = causal & ~torch.tril(causal, -HIDDEN_WINDOW[0])
     assert masks[recent.expand(6, -1, -1)].all()
     assert (masks.sum((1, 2)) < causal.sum()).all()  # every row hides something
+
+
+def test_expert_domains_use_their_operations():
+    from relaykit.toyworld.tasks import EXPERT_DOMAINS, expert_problem, load_expert_split, operation_drill, split_of
+
+    rng = random.Random(0)
+    for domain in EXPERT_DOMAINS:
+        problem = expert_problem(rng, domain, 2)
+        ops = {op for op in ("+", "-", "*") if f" {op} " in problem.question}
+        assert ops == {"add": {"+"}, "sub": {"-"}, "mixed": {"+", "-"}}[domain]
+        a, op, b = problem.question.split(",")[0].split(" ")[2:5]
+        first = int(a) + int(b) if op == "+" else int(a) - int(b)
+        assert f"{a} {op} {b} = {first}." in problem.solution and problem.solution.endswith(f"The answer is {problem.answer}.")
+    assert operation_drill(rng, "sub").question.count(" - ") == 1
+    assert all(split_of(p.question) == "test" for p in load_expert_split("test", 20))

@@ -20,8 +20,8 @@ from .models.kv import make_policy as kv_policy
 from .models.loading import Model, load_model
 from .models.remote import RemoteModel, is_remote, load_remote
 from .options import config_from_dict, flag, strategy_variant
-from .strategies.base import Strategy, get_strategy
-from .toyworld import CHECKPOINTS, TOY_LARGE, TOY_SMALL, TOY_VERIFIER
+from .strategies.base import EXPERTS, Strategy, expert_roles, get_strategy
+from .toyworld import CHECKPOINTS, FUSIONROUTE, TOY_LARGE, TOY_SMALL, TOY_VERIFIER
 
 __all__ = [
     "SHIPPED_CUES", "build_strategies", "build_strategy", "default_model", "evaluate_strategies", "kv_policy",
@@ -30,11 +30,24 @@ __all__ = [
 
 SHIPPED_CUES = CHECKPOINTS / "cues.json"  # RelayGen switch cues calibrated for the shipped toy pair
 _SHIPPED = {"large": TOY_LARGE, "small": TOY_SMALL}
-_SHIPPED_HELPERS = {"verifier": TOY_VERIFIER}  # models some strategies add (not part of the pair)
+# models some strategies add (not part of the pair): the step verifier; FusionRoute's router and the
+# base its experts were fine-tuned from (model merging's task arithmetic reads it)
+_SHIPPED_HELPERS = {"verifier": TOY_VERIFIER, "router": FUSIONROUTE / "router", "base": TOY_LARGE}
+# options that default to a shipped artefact when the models they go with are the shipped ones
+_SHIPPED_CLASSIFIER = FUSIONROUTE / "query-classifier.safetensors"
+
+
+def shipped_experts() -> dict[str, str]:
+    """name -> folder of each shipped toy domain expert (FusionRoute)."""
+    return {folder.name.removeprefix("expert-"): str(folder) for folder in sorted(FUSIONROUTE.glob("expert-*"))
+            if (folder / "config.json").is_file()}
 
 
 def default_model(role: str) -> str | None:
-    """The shipped toy checkpoint for `role` ("large" or "small"), when present."""
+    """The shipped toy checkpoint for `role` ("large", "small", "verifier", "router", "base",
+    "expert:NAME"), when present."""
+    if role.startswith("expert:"):
+        return shipped_experts().get(role.split(":", 1)[1])
     folder = _SHIPPED.get(role) or _SHIPPED_HELPERS.get(role)
     return str(folder) if folder is not None and (folder / "config.json").is_file() else None
 
@@ -51,18 +64,26 @@ def load_models(
 ) -> dict[str, Model | RemoteModel]:
     """Load role -> spec: a checkpoint folder, a .gguf file, `pkg:PACKAGE`, a hub id or an
     endpoint `URL#MODEL` (whose tokenizer is `tokenizer`, else MODEL); None: the shipped toy
-    checkpoint for the role. `threads` > 0 sets torch's CPU thread count."""
+    checkpoint for the role. The role `EXPERTS` ("expert:*") takes a dict name -> spec of domain
+    experts (None: the shipped ones), loaded as roles "expert:NAME". `threads` > 0 sets torch's
+    CPU thread count."""
     import torch
 
     if threads < 0:
         raise RelaykitError(f"threads must be >= 0, got {threads}")
     if threads:
         torch.set_num_threads(threads)
+    specs = dict(specs)
+    if EXPERTS in specs:
+        experts = specs.pop(EXPERTS) or shipped_experts()
+        if not experts:
+            raise RelaykitError("no expert models given (--expert NAME=PATH) and no shipped toy experts found")
+        specs.update({f"expert:{name}": spec for name, spec in experts.items()})
     models = {}
     for role, given in specs.items():
         spec = given or default_model(role)
         if spec is None:
-            raise RelaykitError(f"no {role} model given (--{role} PATH) and no shipped toy-{role} checkpoint found")
+            raise RelaykitError(f"no {role} model given (--{role} PATH) and no shipped toy {role} checkpoint found")
         if is_remote(spec):
             models[role] = load_remote(spec, tokenizer, name=role)
         else:
@@ -167,13 +188,23 @@ def build_strategies(
     `add_baseline`, the `large` strategy (speed-ups are measured against it) comes first.
     On the shipped toy pair, a strategy with a `cues` option (RelayGen) given none gets the
     pair's calibrated cues, and one that ships its own trained model for a role (RelayLLM's
-    toy-small-relay) gets that model."""
+    toy-small-relay) gets that model. With the shipped domain experts, query routing gets their
+    shipped prompt classifier; a variant `expert` without a name becomes one entry per expert."""
     shipped = _is_shipped_pair(models)
+    experts = {role.split(":", 1)[1]: models[role].source for role in expert_roles(models)}
+    shipped_classifier = experts and experts == shipped_experts() and _SHIPPED_CLASSIFIER.is_file()
     strategies, trained = {}, {}
-    for label, (cls, values) in _variants(names, options, add_baseline).items():
+    variants = _variants(names, options, add_baseline)
+    for label, (cls, values) in list(variants.items()):
+        if cls.one_entry_per_expert and not values.get("name"):  # `expert`: each expert, one entry
+            del variants[label]
+            variants.update({f"{label}[name={name}]": (cls, {**values, "name": name}) for name in experts})
+    for label, (cls, values) in variants.items():
         mine = models
         if shipped and "cues" in _option_names(cls) and "cues" not in values:
             values = {**values, "cues": str(SHIPPED_CUES)}
+        if shipped_classifier and "classifier" in _option_names(cls) and not values.get("classifier"):
+            values = {**values, "classifier": str(_SHIPPED_CLASSIFIER)}
         for role, folder in shipped_swaps(cls, models).items():
             if folder not in trained:
                 device = str(next(models[role].hf.parameters()).device)

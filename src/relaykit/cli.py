@@ -22,8 +22,14 @@ def add_model_options(parser: argparse.ArgumentParser) -> None:
                        "endpoint URL#MODEL, e.g. http://localhost:8000/v1#Qwen/Qwen3-32B (default: the shipped toy-large)")
     group.add_argument("--small", help="small model, same forms (default: the shipped toy-small)")
     group.add_argument("--verifier", help="step verifier for search and reranking (default: the shipped toy-verifier)")
+    group.add_argument("--router", help="FusionRoute router: a checkpoint with a routing head (default: the shipped toy router)")
+    group.add_argument("--expert", action="append", default=[], metavar="NAME=PATH",
+                       help="a domain expert for fusionroute and its baselines (repeatable; default: the shipped toy experts)")
+    group.add_argument("--base", help="the model the experts were fine-tuned from, for merged[method=task-arithmetic] "
+                       "(default: the shipped toy-large)")
     group.add_argument("--tokenizer", help="for endpoint models: the served model's tokenizer (default: the MODEL part of the URL)")
-    group.add_argument("--dtype", default="auto", help="auto (float32 on CPU, bfloat16 on GPU), float32, bfloat16, float16")
+    group.add_argument("--dtype", default="auto", help="auto (default): bfloat16 on a GPU; on a CPU, bfloat16 for models of 20M+ parameters "
+                       "where this processor measures bfloat16 fast, else float32; or float32, bfloat16, float16")
     group.add_argument("--device", default="cpu", help="cpu (default), cuda, cuda:N or auto")
     group.add_argument("--trust-remote-code", action="store_true", help="allow a checkpoint's own Python code to run")
     group.add_argument("--allow-pickle", action="store_true", help="allow pickle (.bin) weights; safetensors only by default")
@@ -62,9 +68,29 @@ def add_sampling_options(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--system", help="system message for the chat template")
 
 
+def experts_from_args(args: argparse.Namespace) -> dict[str, str] | None:
+    """--expert NAME=PATH flags as name -> spec (None when there are none)."""
+    experts = {}
+    for item in getattr(args, "expert", None) or []:
+        name, sep, spec = item.partition("=")
+        if not sep or not name.strip() or not spec.strip():
+            raise RelaykitError(f"--expert takes NAME=PATH, got {item!r}")
+        if name.strip() in experts:
+            raise RelaykitError(f"--expert {name.strip()} is given twice")
+        experts[name.strip()] = spec.strip()
+    return experts or None
+
+
 def load_models_from_args(args: argparse.Namespace, roles: tuple[str, ...]) -> dict:
+    from .strategies.base import EXPERTS
+
+    experts = experts_from_args(args)
+    named = [role for role in roles if role.startswith("expert:") and role != EXPERTS]
+    specs = {role: experts if role == EXPERTS else getattr(args, role, None) for role in roles if role not in named}
+    if named and EXPERTS not in specs:  # expert[name=NAME] alone: that expert, or all given ones
+        specs[EXPERTS] = experts or {role.split(":", 1)[1]: None for role in named}
     return api.load_models(
-        {role: getattr(args, role) for role in roles},
+        specs,
         tokenizer=args.tokenizer,
         dtype=args.dtype,
         device=args.device,
@@ -108,8 +134,9 @@ def cmd_generate(args: argparse.Namespace) -> int:
     prompts = [encode_prompt(tokenizer, p, raw=args.raw, system=args.system) for p in args.prompt]
     results = strategy.generate(prompts)
     if args.json:
+        models = {role: model.describe() for role, model in strategy.models.items()}
         for result in results:
-            print(json.dumps(result.to_dict()))
+            print(json.dumps({**result.to_dict(), "models": models}))
         return 0
     console = Console()
     for prompt, result in zip(args.prompt, results):
@@ -120,10 +147,12 @@ def cmd_generate(args: argparse.Namespace) -> int:
         console.print(text)
         legend = "  ".join(f"[{COLOURS.get(r, 'green')}]{r}[/]" for r in strategy.roles)
         console.print(f"[dim]written by:[/] {legend}   [dim]finish: {result.finish_reason}, {result.seconds:.2f} s[/]")
-        table = Table("model", "prefill tokens", "decode tokens", "tokens written", "forward calls", "seconds", "FLOPs")
+        table = Table("model", "engine", "prefill tokens", "decode tokens", "tokens written", "forward calls", "seconds", "FLOPs")
         for role, usage in result.usage.items():
+            about = strategy.models[role].describe() if role in strategy.models else {}
             table.add_row(
                 role,
+                " ".join(str(about[k]) for k in ("engine", "dtype") if about.get(k)),
                 str(usage["prefill_tokens"]),
                 str(usage["decode_tokens"]),
                 str(result.tokens_by(role)),
@@ -139,12 +168,14 @@ def run_evaluation(args: argparse.Namespace, names: list[str]):
     """Evaluate the strategy variants `names` (and the large baseline); print the table."""
     from rich.console import Console
 
-    from .evals.report import rich_table
+    from .evals.report import rich_domain_table, rich_table
 
     strategies = strategies_from_args(args, names)
     results, paths = api.evaluate_strategies(strategies, args.dataset, args.limit, args.batch_size, args.raw, args.out)
     console = Console()
     console.print(rich_table(results))
+    if rich_domain_table(results) is not None:
+        console.print(rich_domain_table(results))
     console.print(f"[dim]wrote {', '.join(str(p) for p in paths.values())}[/]")
     return results, paths, console
 
@@ -256,6 +287,33 @@ def cmd_train_verifier(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_train_fusionroute(args: argparse.Namespace) -> int:
+    import dataclasses
+
+    from .train.fusionroute import FusionRouteTrainConfig, train_fusionroute
+
+    changes = {}
+    for flag in ("expert_steps", "router_steps", "cdpo_steps"):
+        value = getattr(args, flag)
+        if value is not None:
+            if value < 1:
+                raise RelaykitError(f"--{flag.replace('_', '-')} must be >= 1")
+            changes[flag] = value
+    cfg = dataclasses.replace(FusionRouteTrainConfig(seed=args.seed), **changes)
+    base, router_base = (args.base or api.default_model("large")), (args.router_base or api.default_model("small"))
+    for flag, folder in (("--base", base), ("--router-base", router_base)):
+        if folder is None or not Path(folder, "config.json").is_file():
+            raise RelaykitError(f"{flag} {folder}: not a checkpoint folder (no config.json)")
+    if args.threads:
+        import torch
+
+        torch.set_num_threads(args.threads)
+    report = train_fusionroute(args.out, cfg, base, router_base, resume=args.resume)
+    print(json.dumps({k: v for k, v in report.items() if k != "config"}, indent=2))
+    print(f"experts, routers and the query classifier written to {args.out}")
+    return 0
+
+
 def cmd_serve(args: argparse.Namespace) -> int:
     try:
         import uvicorn
@@ -267,7 +325,10 @@ def cmd_serve(args: argparse.Namespace) -> int:
     if args.max_concurrency is not None and args.max_concurrency < 1:
         raise RelaykitError(f"--max-concurrency must be >= 1, got {args.max_concurrency}")
     policy = kv_policy_from_args(args)
-    models = load_models_from_args(args, ("large", "small"))
+    from .strategies.base import EXPERTS
+
+    fusion = ("router", EXPERTS) if args.router or args.expert else ()  # FusionRoute's models when named
+    models = load_models_from_args(args, ("large", "small", *fusion))
     api_key = args.api_key or os.environ.get("RELAYKIT_API_KEY") or None
     app = create_app(models, kv_policy=policy, api_key=api_key, max_concurrency=args.max_concurrency)
     names = ", ".join(app.state.service.available())
@@ -385,7 +446,8 @@ def build_parser() -> argparse.ArgumentParser:
     add_kv_options(serve)
     serve.set_defaults(run=cmd_serve)
 
-    train = commands.add_parser("train", help="train models (the toy pair, RelayLLM's small model, a step verifier)",
+    train = commands.add_parser("train", help="train models (the toy pair, RelayLLM's small model, a step verifier, "
+                                "FusionRoute's experts and router)",
                                 description="Train models.")
     what = train.add_subparsers(dest="what", required=True, metavar="WHAT")
     toy = add_training(
@@ -429,6 +491,25 @@ def build_parser() -> argparse.ArgumentParser:
     )
     verifier.add_argument("--steps", type=int, help="training steps (default 1500)")
     add_model_options(verifier)
+    fusionroute = add_training(
+        what, "fusionroute", cmd_train_fusionroute,
+        help="train FusionRoute's domain experts and router (SFT with a routing loss, then CDPO)",
+        description="On the toy domain-expert world (toy:domains): fine-tune one expert per operation (add, sub) "
+        "from --base (default toy-large, which never saw either), then a router from --router-base (default "
+        "toy-small, 16x smaller) by SFT on every domain (LM loss on the fused distribution + a routing loss on "
+        "tokens where the experts disagree), then CDPO on pairs of right and wrong solutions it samples, experts "
+        "frozen. Also the ablation router without the routing loss and the query-level routing baseline's prompt "
+        "classifier. Writes expert-add, expert-sub, router-sft, router, router-no-routing-loss(-sft), "
+        "query-classifier.safetensors, train_log.jsonl and report.json to --out. Deterministic for a seed and "
+        "thread count.",
+    )
+    fusionroute.add_argument("--base", help="the experts' base model (default: the shipped toy-large)")
+    fusionroute.add_argument("--router-base", help="the router's base model (default: the shipped toy-small)")
+    fusionroute.add_argument("--expert-steps", type=int, help="fine-tuning steps per expert (default 400)")
+    fusionroute.add_argument("--router-steps", type=int, help="router SFT steps (default 400)")
+    fusionroute.add_argument("--cdpo-steps", type=int, help="CDPO steps (default 150)")
+    fusionroute.add_argument("--threads", type=int, default=0, help="CPU threads for torch (default: torch's choice)")
+    fusionroute.add_argument("--resume", action="store_true", help="keep the stages whose output already exists in --out")
     return parser
 
 

@@ -28,6 +28,7 @@ class EvalProblem:
     prompt: str
     reference: str
     source: str
+    domain: str | None = None  # the toy world's domain (reports give accuracy per domain)
 
 
 def load_dataset(spec: str, limit: int | None = None) -> list[EvalProblem]:
@@ -35,8 +36,9 @@ def load_dataset(spec: str, limit: int | None = None) -> list[EvalProblem]:
 
     `spec` is a JSONL path (each row has a prompt under prompt/question/problem and an answer under
     answer/reference/solution; GSM8K's `#### N` and full `\\boxed{}` solutions are reduced to the
-    final answer), `toy:SPLIT` / `toy:long:SPLIT` for SPLIT in test, dev, calibration, or
-    `toy:fresh:SEED` for newly generated toy problems (`limit` of them, default 100).
+    final answer), `toy:SPLIT` / `toy:long:SPLIT` / `toy:domains:SPLIT` (the domain-expert world of
+    FusionRoute) for SPLIT in test, dev, calibration, or `toy:fresh:SEED` / `toy:domains:fresh:SEED`
+    for newly generated toy problems (`limit` of them, default 100).
     Raises DatasetError (a ValueError) with a one-line reason.
     """
     if limit is not None and limit < 0:
@@ -106,27 +108,32 @@ def _first(row: dict, keys: tuple[str, ...]):
 
 def _load_toy(spec: str, limit: int | None) -> list[EvalProblem]:
     parts = spec.split(":")[1:]
+    family = parts.pop(0) if parts and parts[0] in ("long", "domains") else None
     seed = None
-    if len(parts) == 2 and parts[0] == "fresh":
+    if len(parts) == 2 and parts[0] == "fresh" and family != "long":
         try:
             seed = int(parts[1])
         except ValueError:
             raise DatasetError(f"{spec!r}: the seed in toy:fresh:SEED must be an integer") from None
-    elif not (parts[-1] in _TOY_SPLITS and parts[:-1] in ([], ["long"])):
+    elif not (len(parts) == 1 and parts[0] in _TOY_SPLITS):
         raise DatasetError(
-            f"unknown dataset {spec!r}: use toy:SPLIT, toy:long:SPLIT (SPLIT in "
-            f"{', '.join(_TOY_SPLITS)}) or toy:fresh:SEED"
+            f"unknown dataset {spec!r}: use toy:SPLIT, toy:long:SPLIT, toy:domains:SPLIT (SPLIT in "
+            f"{', '.join(_TOY_SPLITS)}), toy:fresh:SEED or toy:domains:fresh:SEED"
         )
     try:
         from relaykit.toyworld import tasks
     except ImportError as error:
         raise DatasetError(f"{spec!r}: the toy world is not available ({error})") from None
-    if seed is not None:
-        toy, source = tasks.fresh(seed, _FRESH_DEFAULT_N if limit is None else limit), "toy:fresh"
+    n = _FRESH_DEFAULT_N if seed is not None and limit is None else limit
+    if family == "domains":
+        toy = tasks.fresh_experts(seed, n) if seed is not None else tasks.load_expert_split(parts[0], n)
+        source = "toy:domains:fresh" if seed is not None else spec
+    elif seed is not None:
+        toy, source = tasks.fresh(seed, n), "toy:fresh"
     else:
-        toy, source = tasks.load_split(parts[-1], n=limit, long=parts[0] == "long"), spec
+        toy, source = tasks.load_split(parts[0], n=n, long=family == "long"), spec
     problems = [
-        EvalProblem(id=str(p.id), prompt=p.question, reference=str(p.answer), source=source)
+        EvalProblem(id=str(p.id), prompt=p.question, reference=str(p.answer), source=source, domain=p.domain)
         for p in toy
     ]
     return problems if limit is None else problems[:limit]

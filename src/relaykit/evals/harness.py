@@ -41,6 +41,7 @@ def _records(strategy: Strategy, problems: list[EvalProblem], results: list, wal
         records.append(
             {
                 "id": problem.id,
+                "domain": problem.domain,
                 "prediction": prediction,
                 "reference": problem.reference,
                 "correct": answers_match(prediction, problem.reference),
@@ -61,10 +62,16 @@ def _records(strategy: Strategy, problems: list[EvalProblem], results: list, wal
             records[-1]["calls"] = calls
     tokens = sum(r["tokens"] for r in records)
     large_tokens = sum(r["tokens_by"].get("large", 0) for r in records)
+    writers = sorted({w for r in records for w in r["tokens_by"]})
+    roles = sorted({role for r in records for role in r["usage"]})
+    flops = sum(u["flops"] for r in records for u in r["usage"].values())
     return {
         "accuracy": sum(r["correct"] for r in records) / max(len(records), 1),
         "large_token_share": large_tokens / max(tokens, 1),
-        "flops": sum(u["flops"] for r in records for u in r["usage"].values()),
+        "flops": flops,
+        # each model's share of the written tokens and of the FLOPs (FusionRoute's experts, ...)
+        "token_share": {w: sum(r["tokens_by"].get(w, 0) for r in records) / max(tokens, 1) for w in writers},
+        "flops_share": {m: sum(r["usage"].get(m, {}).get("flops", 0) for r in records) / (flops or 1) for m in roles},
         "wall_seconds": wall,
         "tokens": tokens,
         "tokens_per_second": tokens / wall if wall else 0.0,
@@ -75,8 +82,16 @@ def _records(strategy: Strategy, problems: list[EvalProblem], results: list, wal
         "outcome_efficiency": _mean([r["outcome_efficiency"] for r in records if "outcome_efficiency" in r]),
         "process_efficiency": _mean([r["process_efficiency"] for r in records if "process_efficiency" in r]),
         "speedup_vs_large": None,
+        **({"by_domain": _by_domain(records)} if any(r["domain"] for r in records) else {}),
         "problems": records,
     }
+
+
+def _by_domain(records: list[dict]) -> dict:
+    """Accuracy and problem count of each domain (toy problems have one)."""
+    domains = sorted({r["domain"] for r in records if r["domain"]})
+    return {d: {"accuracy": _mean([float(r["correct"]) for r in records if r["domain"] == d]),
+                "problems": sum(r["domain"] == d for r in records)} for d in domains}
 
 
 def _mean(values: list[float]) -> float | None:
@@ -106,7 +121,8 @@ def evaluate(strategies: dict[str, Strategy], problems: list[EvalProblem], datas
             bar.set_postfix_str(name)
             bar.update(end - chunk)
     bar.close()
-    results = {"dataset": dataset, "n_problems": len(problems), "strategies": {}}
+    models = {role: model.describe() for s in strategies.values() for role, model in s.models.items()}
+    results = {"dataset": dataset, "n_problems": len(problems), "models": models, "strategies": {}}
     for name, strategy in strategies.items():
         results["strategies"][name] = _records(strategy, problems, outputs[name], walls[name])
     baseline = results["strategies"].get("large")

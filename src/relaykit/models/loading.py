@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import copy
+import functools
+import time
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
@@ -11,6 +13,7 @@ import torch
 
 from ..errors import RelaykitError
 from .engines import supports_native
+from .router import attach_saved_head
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
@@ -33,6 +36,18 @@ class Model:
     @property
     def native(self) -> bool:
         return supports_native(self.hf)
+
+    @property
+    def engine(self) -> str:
+        return "native" if self.native else "hf"
+
+    @property
+    def dtype(self) -> str:
+        return str(next(self.hf.parameters()).dtype).removeprefix("torch.")
+
+    def describe(self) -> dict:
+        """What a report says of the model: where it came from, its engine, dtype and size."""
+        return {"source": self.source, "engine": self.engine, "dtype": self.dtype, "parameters": self.parameters}
 
     @property
     def layers(self) -> int:
@@ -73,7 +88,45 @@ def _count_parameters(hf_model) -> tuple[int, int]:
     return total, total - embedding - (0 if tied else head.weight.numel())
 
 
+# `--dtype auto` on a CPU picks bfloat16 for a model of at least this many parameters when this
+# processor multiplies bfloat16 at least AUTO_BFLOAT16_MIN_SPEEDUP times faster than float32 in a
+# weight-bound product (as decoding is). Smaller models are bound by per-operation overhead, where
+# bfloat16 gains nothing and changes their numbers (benchmarks/RESULTS.md, "bfloat16 on a CPU").
+AUTO_BFLOAT16_MIN_PARAMETERS = 20_000_000
+AUTO_BFLOAT16_MIN_SPEEDUP = 1.3
+
+
+@functools.cache
+def cpu_bfloat16_speedup() -> float:
+    """float32 time / bfloat16 time of one row times a 4096 x 4096 matrix on this CPU (best of 5
+    rounds; measured once per process): whether bfloat16 is fast here is checked, not assumed."""
+    import torch.nn.functional as F
+
+    def best(dtype: torch.dtype) -> float:
+        row, matrix = torch.randn(1, 4096, dtype=dtype), torch.randn(4096, 4096, dtype=dtype)
+        F.linear(row, matrix)
+        rounds = []
+        for _ in range(5):
+            started = time.perf_counter()
+            for _ in range(4):
+                F.linear(row, matrix)
+            rounds.append(time.perf_counter() - started)
+        return min(rounds)
+
+    return best(torch.float32) / best(torch.bfloat16)
+
+
+def auto_dtype(device: str, parameters: int) -> torch.dtype:
+    """`--dtype auto`: bfloat16 on a GPU; on a CPU, bfloat16 for a model large enough to be bound
+    by reading its weights on a processor where bfloat16 measures fast, else float32."""
+    if device != "cpu":
+        return torch.bfloat16
+    fast = parameters >= AUTO_BFLOAT16_MIN_PARAMETERS and cpu_bfloat16_speedup() >= AUTO_BFLOAT16_MIN_SPEEDUP
+    return torch.bfloat16 if fast else torch.float32
+
+
 def resolve_dtype(dtype: str, device: str) -> torch.dtype:
+    """The dtype to load in; `auto` loads in float32 on a CPU (`auto_dtype` decides after loading)."""
     if dtype == "auto":
         return torch.float32 if device == "cpu" else torch.bfloat16
     if dtype not in DTYPES:
@@ -149,8 +202,12 @@ def load_model(
     finally:
         hf_logging.set_verbosity(verbosity)
         hf_logging.enable_progress_bar()
-    hf_model.to(device).eval()
+    if path.is_dir():
+        attach_saved_head(hf_model, path)  # a FusionRoute router: its routing head too
     total, non_embedding = _count_parameters(hf_model)
+    if dtype == "auto":
+        torch_dtype = auto_dtype(device, total)
+    hf_model.to(device=device, dtype=torch_dtype).eval()
     display = name or (path.stem if spec.endswith(".gguf") else path.name or spec)
     return Model(display, spec, hf_model, tokenizer, total, non_embedding)
 

@@ -57,6 +57,10 @@ class RemoteModel:
     def eos_token_ids(self) -> list[int]:
         return [self.tokenizer.eos_token_id]
 
+    def describe(self) -> dict:
+        """What a report says of the model (the endpoint chooses its engine and dtype)."""
+        return {"source": self.source, "engine": "remote", "dtype": None, "parameters": None}
+
     def complete(self, prompt: str, max_tokens: int, stop: list[str] | None = None, temperature: float = 0.0,
                  top_p: float = 1.0, seed: int | None = None) -> Completion:
         """One completion request; every failure becomes one RelaykitError naming the endpoint."""

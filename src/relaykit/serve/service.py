@@ -18,7 +18,7 @@ from ..decoding.stopping import StopConfig
 from ..errors import RelaykitError
 from ..models.remote import RemoteModel
 from ..runtime.scheduler import Handle, Scheduler
-from ..strategies.base import STRATEGIES, Strategy, load_all
+from ..strategies.base import EXPERTS, STRATEGIES, Strategy, expert_roles, load_all
 from .errors import APIError
 from .schemas import GenerationRequest
 
@@ -56,8 +56,8 @@ class Service:
             roles = {name: cls.roles_of(cls.Config()) for name, cls in load_all().items()}
             self.names = [
                 name for name, cls in sorted(load_all().items())
-                if all(role in models for role in roles[name])
-                and (cls.runs_over_endpoints() or not any(isinstance(models[role], RemoteModel) for role in roles[name]))
+                if all(role in models or (role == EXPERTS and expert_roles(models)) for role in roles[name])
+                and (cls.runs_over_endpoints() or not any(isinstance(models.get(role), RemoteModel) for role in roles[name]))
                 and not api.shipped_swaps(cls, models)
             ]
         return self.names

@@ -16,6 +16,12 @@ from ..models.loading import check_same_tokenizer
 from ..models.remote import RemoteModel
 
 STRATEGIES: dict[str, type["Strategy"]] = {}
+EXPERTS = "expert:*"  # a role that stands for every loaded expert model (roles "expert:NAME")
+
+
+def expert_roles(models: dict) -> list[str]:
+    """The roles of the expert models in `models` ("expert:NAME"), in name order."""
+    return sorted(role for role in models if role.startswith("expert:") and role != EXPERTS)
 
 
 def register(name: str):
@@ -47,6 +53,7 @@ class Strategy:
     roles: tuple[str, ...] = ("large",)
     Config: type = NoOptions
     in_demo = True  # `relaykit demo` runs it
+    one_entry_per_expert = False  # `--strategy NAME` without name=...: one entry per loaded expert
     shipped_models: dict[str, str] = {}  # role -> shipped checkpoint it uses on the shipped pair (e.g. a trained small)
 
     def __init__(
@@ -69,7 +76,8 @@ class Strategy:
         self.kv_policy = kv_policy
         self.tokenizer = self.models[self.roles[0]].tokenizer
         self.eos_token_ids = self.models[self.roles[0]].eos_token_ids
-        remote = [role for role in self.needs_logits(self.config) if isinstance(self.models[role], RemoteModel)]
+        needed = [r for role in self.needs_logits(self.config) for r in (expert_roles(self.models) if role == EXPERTS else [role])]
+        remote = [role for role in needed if isinstance(self.models[role], RemoteModel)]
         if remote:
             runs = ", ".join(n for n, cls in sorted(load_all().items()) if cls.runs_over_endpoints())
             raise RelaykitError(

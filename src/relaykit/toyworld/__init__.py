@@ -9,5 +9,8 @@ TOY_SMALL = CHECKPOINTS / "toy-small"
 TOY_LARGE = CHECKPOINTS / "toy-large"
 TOY_SMALL_RELAY = CHECKPOINTS / "toy-small-relay"  # toy-small trained to call toy-large (RelayLLM)
 TOY_VERIFIER = CHECKPOINTS / "toy-verifier"  # toy-small trained to rate reasoning steps (search)
+# FusionRoute: toy-large fine-tuned per domain (expert-NAME), a router from toy-small, the query
+# classifier of the query-level routing baseline
+FUSIONROUTE = CHECKPOINTS / "fusionroute"
 
-__all__ = ["DOMAINS", "Problem", "fresh", "load_split", "make_problem", "split_of", "TOY_SMALL", "TOY_LARGE", "TOY_SMALL_RELAY", "TOY_VERIFIER"]
+__all__ = ["DOMAINS", "Problem", "fresh", "load_split", "make_problem", "split_of", "TOY_SMALL", "TOY_LARGE", "TOY_SMALL_RELAY", "TOY_VERIFIER", "FUSIONROUTE"]

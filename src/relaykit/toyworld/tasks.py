@@ -18,6 +18,11 @@ compression toy-large copied from a dropped line of the same form.)
 - ``arith``: ``What is 47 * 6, then its last two digits * 3? Check it 2 times.``
 - ``list``: ``Take the largest of 47, 81, 50, multiply it by 6, then its last two digits by 3. Check it 2 times.``
 
+The domain-expert world (FusionRoute) has the same chains with other operations, each a skill the
+shipped toy-large (the experts' shared base) never saw: ``add`` (``What is 47 + 6, then its last two
+digits + 3?``), ``sub`` (``-`` twice) and ``mixed`` (one of each, in either order: a problem that needs
+both experts' skills in one solution).
+
 Splits are a partition of question strings by hash, so no question is in two splits.
 """
 
@@ -29,6 +34,8 @@ from dataclasses import dataclass
 from typing import Iterator
 
 DOMAINS = ("arith", "list")
+EXPERT_DOMAINS = ("add", "sub", "mixed")  # the domain-expert world; "mixed" needs both operations
+OPERATIONS = {"add": "+", "sub": "-"}  # the skill of each expert domain
 SPLITS = ("train", "dev", "test", "calibration", "fresh")
 # Hash buckets (out of 1000) of each split: disjoint by construction.
 _BUCKETS = {
@@ -69,15 +76,17 @@ def split_of(question: str) -> str:
 
 @dataclass(frozen=True)
 class _Chain:
-    """a * b = first; its last two digits (tail) * c = second."""
+    """a * b = first; its last two digits (tail) * c = second (or + and - in the expert world)."""
 
     a: int
     b: int
     c: int
+    op1: str = "*"
+    op2: str = "*"
 
     @property
     def first(self) -> int:
-        return self.a * self.b
+        return _apply(self.a, self.op1, self.b)
 
     @property
     def tail(self) -> int:
@@ -85,24 +94,29 @@ class _Chain:
 
     @property
     def second(self) -> int:
-        return self.tail * self.c
+        return _apply(self.tail, self.op2, self.c)
 
     def restated(self) -> str:
         """Both steps in the order they were first written, so a copy can come from any earlier line."""
-        return f"{self.a} * {self.b} = {self.first} and {self.tail} * {self.c} = {self.second}"
+        return f"{self.a} {self.op1} {self.b} = {self.first} and {self.tail} {self.op2} {self.c} = {self.second}"
 
     def steps(self) -> list[str]:
-        return [f"{self.a} * {self.b} = {self.first}.", f"Its last two digits are {self.tail}.", f"Then {self.tail} * {self.c} = {self.second}."]
+        return [f"{self.a} {self.op1} {self.b} = {self.first}.", f"Its last two digits are {self.tail}.",
+                f"Then {self.tail} {self.op2} {self.c} = {self.second}."]
+
+
+def _apply(x: int, op: str, y: int) -> int:
+    return x * y if op == "*" else x + y if op == "+" else x - y
 
 
 def _factor(rng: random.Random) -> int:
     return rng.randint(*MULTIPLIERS)
 
 
-def _chain(rng: random.Random, a: int | None = None) -> _Chain:
-    """A chain whose first product's last two digits make a two-digit number (redrawn otherwise)."""
+def _chain(rng: random.Random, a: int | None = None, ops: tuple[str, str] = ("*", "*")) -> _Chain:
+    """A chain whose first result's last two digits make a two-digit number (redrawn otherwise)."""
     while True:
-        chain = _Chain(a if a is not None else rng.randint(10, 99), _factor(rng), _factor(rng))
+        chain = _Chain(a if a is not None else rng.randint(10, 99), _factor(rng), _factor(rng), *ops)
         if chain.tail >= 10:
             return chain
 
@@ -161,6 +175,50 @@ def make_problem(rng: random.Random, domain: str, verify_rounds: int) -> Problem
     return _problem(domain, question, lines, answer)
 
 
+def expert_problem(rng: random.Random, domain: str, verify_rounds: int) -> Problem:
+    """One problem of the domain-expert world (``EXPERT_DOMAINS``), written as ``arith`` is."""
+    if domain == "mixed":
+        ops = tuple(rng.sample(sorted(OPERATIONS.values()), 2))
+    elif domain in OPERATIONS:
+        ops = (OPERATIONS[domain],) * 2
+    else:
+        raise ValueError(f"unknown domain {domain!r}; choose from {EXPERT_DOMAINS}")
+    chain = _chain(rng, ops=ops)
+    first, *rest = chain.steps()
+    lines = [f"We need {chain.a} {chain.op1} {chain.b}, then its last two digits {chain.op2} {chain.c}.", f"First, {first}", *rest]
+    lines.append(f"So the first result is {chain.first} and the second is {chain.second}.")
+    lines += _checks(verify_rounds, chain)
+    lines.append(f"Therefore, {chain.restated()}.")
+    question = (f"What is {chain.a} {chain.op1} {chain.b}, then its last two digits {chain.op2} {chain.c}? "
+                f"Check it {_times(verify_rounds)}.")
+    return _problem(domain, question, lines, chain.second)
+
+
+def operation_drill(rng: random.Random, domain: str) -> Problem:
+    """A training drill on one expert domain's step alone: ``What is 47 + 6?``."""
+    op = OPERATIONS[domain]
+    a, b = rng.randint(10, 99), _factor(rng)
+    result = _apply(a, op, b)
+    lines = [f"We need {a} {op} {b}.", f"First, {a} {op} {b} = {result}.", f"Therefore, {a} {op} {b} = {result}."]
+    return _problem(domain, f"What is {a} {op} {b}?", lines, result)
+
+
+def expert_stream(split: str, seed: int, domains: tuple[str, ...] = EXPERT_DOMAINS, drill_share: float = 0.0) -> Iterator[Problem]:
+    """Endless problems of the domain-expert world drawn from `domains`, deterministic by seed;
+    ``drill_share`` of them are drills of the problem's domain (of one of its operations when mixed)."""
+    if split not in _BUCKETS:
+        raise ValueError(f"unknown split {split!r}; choose from {SPLITS}")
+    rng = random.Random(f"toyworld:experts:{split}:{seed}:{','.join(domains)}")
+    while True:
+        domain = rng.choice(domains)
+        if rng.random() < drill_share:
+            problem = operation_drill(rng, rng.choice(sorted(OPERATIONS)) if domain == "mixed" else domain)
+        else:
+            problem = expert_problem(rng, domain, rng.randint(*SHORT_ROUNDS))
+        if split_of(problem.question) == split:
+            yield problem
+
+
 def product_drill(rng: random.Random) -> Problem:
     """A training drill on the hard step alone: ``What is 47 * 6?``."""
     a, b = rng.randint(10, 99), _factor(rng)
@@ -209,3 +267,15 @@ def load_split(name: str, n: int | None = None, long: bool = False) -> list[Prob
 def fresh(seed: int, n: int, long: bool = False) -> list[Problem]:
     """A fresh problem set from any seed; its questions are in no other split."""
     return _take(stream("fresh", seed, long), n)
+
+
+def load_expert_split(name: str, n: int | None = None) -> list[Problem]:
+    """The first ``n`` problems of a split of the domain-expert world (domains at random)."""
+    if name not in _SPLIT_SEEDS:
+        raise ValueError(f"unknown split {name!r}; choose from {tuple(_SPLIT_SEEDS)}")
+    return _take(expert_stream(name, _SPLIT_SEEDS[name]), n or _DEFAULT_SIZES[name])
+
+
+def fresh_experts(seed: int, n: int) -> list[Problem]:
+    """Fresh problems of the domain-expert world from any seed (in no other split)."""
+    return _take(expert_stream("fresh", seed), n)

@@ -21,6 +21,7 @@ import shutil
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Iterator
 
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, GenerationConfig, LlamaConfig, LlamaForCausalLM
@@ -127,12 +128,13 @@ def encode(tokenizer, problem: Problem) -> tuple[list[int], list[int]]:
 
 
 class Packer:
-    """Packs encoded problems into fixed-length rows (padding at the end of a row)."""
+    """Packs encoded problems into fixed-length rows (padding at the end of a row); a row may be
+    led by one problem of `long` (the long variant)."""
 
-    def __init__(self, tokenizer, seed: int, drill_share: float):
+    def __init__(self, tokenizer, short: Iterator[Problem], long: Iterator[Problem] | None = None):
         self.tokenizer = tokenizer
-        self.short = stream("train", seed, drill_share=drill_share)
-        self.long = stream("train", seed, long=True)
+        self.short = short
+        self.long = long
         self.pending: tuple[list[int], list[int]] | None = None
 
     def _next_short(self) -> tuple[list[int], list[int]]:
@@ -186,7 +188,7 @@ def train_model(model: LlamaForCausalLM, tokenizer, cfg: ToyTrainConfig, seed: i
     """Train ``model`` in place on the toy training stream with `relaykit.train`'s loop; returns
     the mean loss of the last 50 steps."""
     torch.manual_seed(seed)
-    packer = Packer(tokenizer, seed, cfg.drill_share)
+    packer = Packer(tokenizer, stream("train", seed, drill_share=cfg.drill_share), stream("train", seed, long=True))
     long_rows = max(1, cfg.rows * cfg.row_tokens // cfg.long_row_tokens)
     device = next(model.parameters()).device
     forward = _compiled(model) if cfg.compile else model

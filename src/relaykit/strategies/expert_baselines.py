@@ -1,0 +1,197 @@
+"""What FusionRoute is measured against (Xiong et al. 2026 compare with each): one domain expert
+alone, logit averaging over every expert, query-level routing (one expert per problem, chosen by a
+classifier on the prompt) and model merging (weight averaging; task arithmetic, Ilharco et al. 2023).
+"""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from ..errors import RelaykitError
+from ..models.loading import Model, _count_parameters
+from ..runtime.asks import Generate, Logits
+from .base import EXPERTS, Strategy, expert_roles, register
+
+
+def _named(models: dict, name: str) -> str:
+    role = f"expert:{name}"
+    if role not in models:
+        loaded = ", ".join(r.split(":", 1)[1] for r in expert_roles(models)) or "none"
+        raise RelaykitError(f"no expert {name!r} (loaded experts: {loaded}; --expert NAME=PATH adds one)")
+    return role
+
+
+def _all_experts(models: dict, strategy: str) -> tuple[str, ...]:
+    roles = tuple(expert_roles(models))
+    if not roles:
+        raise RelaykitError(f"strategy {strategy!r} needs expert models (--expert NAME=PATH)")
+    return roles
+
+
+@dataclass
+class ExpertConfig:
+    name: str = ""  # the expert that writes ("" in `--strategy expert`: every expert, one entry each)
+
+
+@register("expert")
+class ExpertAlone(Strategy):
+    """One domain expert writes everything."""
+
+    roles = (EXPERTS,)
+    Config = ExpertConfig
+    in_demo = False
+    one_entry_per_expert = True
+
+    def __init__(self, models: dict, config=None, *args, **kwargs):
+        name = (config or ExpertConfig()).name
+        if not name:
+            raise RelaykitError("strategy 'expert' needs name=NAME (expert[name=add]); `--strategy expert` runs each expert")
+        self.roles = (_named(models, name),)
+        super().__init__(models, config, *args, **kwargs)
+
+    @classmethod
+    def roles_of(cls, config) -> tuple[str, ...]:
+        return (f"expert:{config.name}",) if config.name else (EXPERTS,)
+
+    @classmethod
+    def needs_logits(cls, config) -> tuple[str, ...]:
+        return ()
+
+    def run(self, request):
+        yield Generate(self.roles[0], request.sequence, request.remaining())
+
+
+@register("logit-average")
+class LogitAverage(Strategy):
+    """Every expert reads every token; the next token comes from the mean of their logits. The
+    token is credited to the expert that gave it the highest probability."""
+
+    roles = (EXPERTS,)
+    in_demo = False
+
+    def __init__(self, models: dict, *args, **kwargs):
+        self.roles = _all_experts(models, "logit-average")
+        super().__init__(models, *args, **kwargs)
+
+    def run(self, request):
+        sequence = request.sequence
+        while not sequence.finished:
+            logits = []
+            for role in self.roles:
+                logits.append((yield Logits(role, sequence))[-1])
+            token = request.sample(torch.stack(logits).mean(0))
+            best = max(range(len(logits)), key=lambda i: float(logits[i].log_softmax(-1)[token]))
+            sequence.append(token, self.roles[best])
+            request.finish_if_done(sequence)
+
+
+@dataclass
+class QueryRouteConfig:
+    # prompt classifier (safetensors: `weight` [experts, vocabulary], `bias`, expert names in the
+    # metadata); "" on the shipped experts: the shipped one (relaykit train fusionroute writes it)
+    classifier: str = ""
+
+
+def load_classifier(path: str | Path) -> tuple[torch.Tensor, torch.Tensor, list[str]]:
+    from safetensors import safe_open
+
+    if not Path(path).is_file():
+        raise RelaykitError(f"no such classifier file: {path}")
+    with safe_open(str(path), "pt") as file:
+        names = (file.metadata() or {}).get("experts", "")
+        return file.get_tensor("weight"), file.get_tensor("bias"), names.split(",") if names else []
+
+
+@register("query-route")
+class QueryRoute(Strategy):
+    """Query-level routing: a linear classifier on the prompt's token counts picks one expert,
+    which writes the whole answer."""
+
+    roles = (EXPERTS,)
+    Config = QueryRouteConfig
+    in_demo = False
+
+    def __init__(self, models: dict, config=None, *args, **kwargs):
+        config = config or QueryRouteConfig()
+        if not config.classifier:
+            raise RelaykitError("query-route needs classifier=PATH (the shipped experts have one by default)")
+        self.weight, self.bias, names = load_classifier(config.classifier)
+        self.roles = tuple(_named(models, name) for name in names)
+        if not self.roles:
+            raise RelaykitError(f"{config.classifier} names no experts in its metadata")
+        super().__init__(models, config, *args, **kwargs)
+        if self.weight.shape != (len(names), len(self.tokenizer)):
+            raise RelaykitError(f"{config.classifier}: a weight of shape {tuple(self.weight.shape)} does not fit "
+                                f"{len(names)} experts and a vocabulary of {len(self.tokenizer)}")
+
+    @classmethod
+    def needs_logits(cls, config) -> tuple[str, ...]:
+        return ()
+
+    def choose(self, prompt: list[int]) -> str:
+        counts = torch.bincount(torch.tensor(prompt), minlength=self.weight.shape[1]).float()
+        return self.roles[int((self.weight @ counts + self.bias).argmax())]
+
+    def run(self, request):
+        sequence = request.sequence
+        yield Generate(self.choose(sequence.tokens[: sequence.prompt_length]), sequence, request.remaining())
+
+
+@dataclass
+class MergedConfig:
+    method: str = "average"  # average: mean of the experts' weights; task-arithmetic: base + scale x sum of (expert - base)
+    scale: float = 1.0  # task arithmetic's lambda (Ilharco et al. 2023 tune it on validation data)
+
+    def __post_init__(self) -> None:
+        if self.method not in ("average", "task-arithmetic"):
+            raise RelaykitError(f"merged: method must be average or task-arithmetic, got {self.method!r}")
+
+
+@register("merged")
+class Merged(Strategy):
+    """One model merged from the experts' weights (they must share the base's shape) writes
+    everything."""
+
+    roles = ("base", EXPERTS)
+    Config = MergedConfig
+    in_demo = False
+
+    def __init__(self, models: dict, config=None, *args, **kwargs):
+        config = config or MergedConfig()
+        self.roles = ("base", *_all_experts(models, "merged"))
+        super().__init__(models, config, *args, **kwargs)
+        self.models = {"merged": merge([models[r] for r in self.roles[1:]], models["base"], config)}
+        self.roles = ("merged",)
+
+    @classmethod
+    def needs_logits(cls, config) -> tuple[str, ...]:
+        return ()
+
+    def run(self, request):
+        yield Generate("merged", request.sequence, request.remaining())
+
+
+def merge(experts: list[Model], base: Model, config: MergedConfig) -> Model:
+    """The merged model (weights only; the base's config and tokenizer)."""
+    state, states = base.hf.state_dict(), [expert.hf.state_dict() for expert in experts]
+    merged = {}
+    for key, value in state.items():
+        weights = []
+        for expert, expert_state in zip(experts, states):
+            weight = expert_state.get(key)
+            if weight is None or weight.shape != value.shape:
+                raise RelaykitError(f"cannot merge {expert.name} into {base.name}: its {key} differs in shape "
+                                    "(merging needs experts fine-tuned from the base)")
+            weights.append(weight)
+        if config.method == "average":
+            merged[key] = torch.stack(weights).mean(0)
+        else:
+            merged[key] = value + config.scale * sum(w - value for w in weights)
+    hf = copy.deepcopy(base.hf)
+    hf.load_state_dict(merged)
+    label = f"merged[{config.method}]"
+    return Model(label, base.source, hf, base.tokenizer, *_count_parameters(hf))
