@@ -20,7 +20,7 @@ from relaykit.models.router import make_router, router_experts, save_router
 from relaykit.strategies.base import get_strategy
 from relaykit.strategies.single import Single
 from relaykit.train.dpo import dpo_loss
-from relaykit.train.fusionroute import _chosen_expert_logits, fused_logprobs, router_sft_loss, save_model_files
+from relaykit.train.fusionroute import _expert_view, fused_logprobs, router_outputs, router_sft_loss, save_model_files
 
 from conftest import build_checkpoint, prompts
 
@@ -122,10 +122,10 @@ def test_cdpo_loss_is_dpo_on_fused_log_probabilities_and_trains_only_the_router(
     prompt = prompts(world["router"].tokenizer, 1, seed=3)[0]
     chosen, rejected = prompt + [5, 6, 7, 8], prompt + [9, 10, 11]
     chosen_experts, rejected_experts = [0, 2, 2, 1], [1, 1, 0]
-    logits_c = _chosen_expert_logits(experts, chosen, len(prompt), chosen_experts)
-    logits_r = _chosen_expert_logits(experts, rejected, len(prompt), rejected_experts)
+    logits_c = _expert_view(experts, chosen, len(prompt), chosen_experts)[0]
+    logits_r = _expert_view(experts, rejected, len(prompt), rejected_experts)[0]
     reference = torch.tensor([-3.0, -4.5])
-    policy = fused_logprobs(router, [chosen, rejected], [len(prompt)] * 2, [logits_c, logits_r])
+    policy = fused_logprobs(router_outputs(router, [chosen, rejected]), [chosen, rejected], [len(prompt)] * 2, [logits_c, logits_r])
     loss = dpo_loss(policy[:1], policy[1:], reference[:1], reference[1:], beta=0.1)
 
     def by_hand(ids, which):

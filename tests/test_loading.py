@@ -5,9 +5,11 @@ import subprocess
 import sys
 
 import pytest
+import torch
 
 from conftest import build_checkpoint
 from relaykit.errors import RelaykitError
+from relaykit.models.engines import HFEngine
 from relaykit.models.loading import check_same_tokenizer, load_model
 from relaykit.strategies.base import get_strategy
 
@@ -86,3 +88,24 @@ def test_cli_generate_json(checkpoints):
         assert len(result["token_ids"]) == len(result["provenance"]) <= 12
         for role in ("large", "small"):
             assert set(result["usage"][role]) >= {"prefill_tokens", "decode_tokens", "forward_calls", "seconds", "flops"}
+
+
+def test_engine_and_dtype_choices(checkpoints, tmp_path):
+    from relaykit.models.kv import make_policy
+    from relaykit.models.loading import auto_dtype
+    from relaykit.models.runner import Runner
+
+    folder = str(checkpoints[("llama", "large")])
+    tiny = load_model(folder)
+    assert tiny.engine == "native" and tiny.dtype == "float32"  # auto: a tiny model stays in float32
+    assert auto_dtype("cpu", 1_000) == torch.float32 and auto_dtype("cuda", 1_000) == torch.bfloat16
+    forced = load_model(folder, engine="hf")
+    assert forced.engine == "hf" and isinstance(Runner(forced).engine, HFEngine)
+    with pytest.raises(RelaykitError, match="native engine"):
+        Runner(forced, policy=make_policy("rpc"))
+    with pytest.raises(RelaykitError, match="reads .gguf files"):
+        load_model(folder, engine="llamacpp")
+    with pytest.raises(RelaykitError, match="unknown engine"):
+        load_model(folder, engine="vllm")
+    assert load_model(folder, dtype="bfloat16").describe() == {"source": folder, "engine": "native", "dtype": "bfloat16",
+                                                                "parameters": tiny.parameters}

@@ -61,12 +61,13 @@ def load_models(
     trust_remote_code: bool = False,
     allow_pickle: bool = False,
     threads: int = 0,
+    engine: str = "auto",
 ) -> dict[str, Model | RemoteModel]:
     """Load role -> spec: a checkpoint folder, a .gguf file, `pkg:PACKAGE`, a hub id or an
     endpoint `URL#MODEL` (whose tokenizer is `tokenizer`, else MODEL); None: the shipped toy
     checkpoint for the role. The role `EXPERTS` ("expert:*") takes a dict name -> spec of domain
     experts (None: the shipped ones), loaded as roles "expert:NAME". `threads` > 0 sets torch's
-    CPU thread count."""
+    CPU thread count (and llama.cpp's). `engine`: see `relaykit.models.loading.load_model`."""
     import torch
 
     if threads < 0:
@@ -87,7 +88,7 @@ def load_models(
         if is_remote(spec):
             models[role] = load_remote(spec, tokenizer, name=role)
         else:
-            models[role] = load_model(spec, name=role, dtype=dtype, device=device,
+            models[role] = load_model(spec, name=role, dtype=dtype, device=device, engine=engine,
                                       trust_remote_code=trust_remote_code, allow_pickle=allow_pickle)
     return models
 

@@ -31,6 +31,10 @@ def add_model_options(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--dtype", default="auto", help="auto (default): bfloat16 on a GPU; on a CPU, bfloat16 for models of 20M+ parameters "
                        "where this processor measures bfloat16 fast, else float32; or float32, bfloat16, float16")
     group.add_argument("--device", default="cpu", help="cpu (default), cuda, cuda:N or auto")
+    group.add_argument("--engine", default="auto", choices=["auto", "native", "hf", "llamacpp"],
+                       help="auto (default): llama.cpp for .gguf files when llama-cpp-python is installed "
+                       "(pip install 'relaykit[llamacpp]'), relaykit's native engine for Llama-family models, "
+                       "else the model's own forward (hf)")
     group.add_argument("--trust-remote-code", action="store_true", help="allow a checkpoint's own Python code to run")
     group.add_argument("--allow-pickle", action="store_true", help="allow pickle (.bin) weights; safetensors only by default")
     group.add_argument("--threads", type=int, default=0, help="CPU threads for torch (default: torch's choice)")
@@ -97,6 +101,7 @@ def load_models_from_args(args: argparse.Namespace, roles: tuple[str, ...]) -> d
         trust_remote_code=args.trust_remote_code,
         allow_pickle=args.allow_pickle,
         threads=args.threads,
+        engine=args.engine,
     )
 
 
@@ -293,7 +298,7 @@ def cmd_train_fusionroute(args: argparse.Namespace) -> int:
     from .train.fusionroute import FusionRouteTrainConfig, train_fusionroute
 
     changes = {}
-    for flag in ("expert_steps", "router_steps", "cdpo_steps"):
+    for flag in ("expert_steps", "router_steps", "cdpo_epochs"):
         value = getattr(args, flag)
         if value is not None:
             if value < 1:
@@ -507,7 +512,7 @@ def build_parser() -> argparse.ArgumentParser:
     fusionroute.add_argument("--router-base", help="the router's base model (default: the shipped toy-small)")
     fusionroute.add_argument("--expert-steps", type=int, help="fine-tuning steps per expert (default 400)")
     fusionroute.add_argument("--router-steps", type=int, help="router SFT steps (default 400)")
-    fusionroute.add_argument("--cdpo-steps", type=int, help="CDPO steps (default 150)")
+    fusionroute.add_argument("--cdpo-epochs", type=int, help="CDPO passes over its preference pairs (default 2)")
     fusionroute.add_argument("--threads", type=int, default=0, help="CPU threads for torch (default: torch's choice)")
     fusionroute.add_argument("--resume", action="store_true", help="keep the stages whose output already exists in --out")
     return parser

@@ -16,6 +16,7 @@ from .engines import supports_native
 from .router import attach_saved_head
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+ENGINES = ("auto", "native", "hf", "llamacpp")
 
 
 @dataclass
@@ -28,6 +29,7 @@ class Model:
     tokenizer: object
     parameters: int
     non_embedding_parameters: int
+    force_hf: bool = False  # run through the model's own forward even where the native engine could
 
     @property
     def config(self):
@@ -35,7 +37,7 @@ class Model:
 
     @property
     def native(self) -> bool:
-        return supports_native(self.hf)
+        return supports_native(self.hf) and not self.force_hf
 
     @property
     def engine(self) -> str:
@@ -150,21 +152,37 @@ def load_model(
     device: str = "cpu",
     trust_remote_code: bool = False,
     allow_pickle: bool = False,
+    engine: str = "auto",
 ) -> Model:
     """Load a causal LM from a checkpoint folder, a `.gguf` file, `pkg:PACKAGE` (a model shipped
     inside an installed Python package) or a hub id (network needed).
 
-    Only safetensors weights are read unless `allow_pickle`; remote code runs only with
-    `trust_remote_code`. Every failure becomes one `RelaykitError` naming the source.
+    `engine`: native (relaykit's own Llama-family forward), hf (the model's own forward), llamacpp
+    (a .gguf file's weights as shipped, through llama.cpp) or auto: llamacpp for a .gguf file when
+    llama-cpp-python is installed (else its weights are dequantised for the native engine), native
+    for the models it supports, else hf. Only safetensors weights are read unless `allow_pickle`;
+    remote code runs only with `trust_remote_code`. Every failure becomes one `RelaykitError`
+    naming the source.
     """
+    from . import llamacpp
+
     from transformers import AutoModelForCausalLM, AutoTokenizer
     from transformers.utils import logging as hf_logging
 
+    if engine not in ENGINES:
+        raise RelaykitError(f"unknown engine {engine!r}; choose from {', '.join(ENGINES)}")
     device = resolve_device(device)
     torch_dtype = resolve_dtype(dtype, device)
     if spec.startswith("pkg:"):
         spec = packaged_model(spec[4:])
     path = Path(spec).expanduser()
+    gguf = spec.endswith(".gguf")
+    if engine == "llamacpp" and not gguf:
+        raise RelaykitError(f"the llama.cpp engine reads .gguf files; {spec} is not one")
+    use_llamacpp = gguf and (engine == "llamacpp" or (engine == "auto" and llamacpp.available()))
+    if use_llamacpp and (device != "cpu" or dtype != "auto"):
+        raise RelaykitError("the llama.cpp engine runs a .gguf file's own weights on the CPU: "
+                            "leave --dtype and --device at their defaults, or pick --engine native")
     kwargs: dict = {"trust_remote_code": trust_remote_code}
     if spec.endswith(".gguf"):
         if not path.is_file():
@@ -192,6 +210,8 @@ def load_model(
     hf_logging.disable_progress_bar()
     try:
         tokenizer = AutoTokenizer.from_pretrained(folder, **kwargs)
+        if use_llamacpp:
+            return llamacpp.load_llamacpp(path, name or path.stem, tokenizer, torch.get_num_threads())
         model_kwargs = {k: v for k, v in kwargs.items() if k != "use_safetensors" or v is not None}
         hf_model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch_dtype, **model_kwargs)
     except RelaykitError:
@@ -209,7 +229,10 @@ def load_model(
         torch_dtype = auto_dtype(device, total)
     hf_model.to(device=device, dtype=torch_dtype).eval()
     display = name or (path.stem if spec.endswith(".gguf") else path.name or spec)
-    return Model(display, spec, hf_model, tokenizer, total, non_embedding)
+    if engine == "native" and not supports_native(hf_model):
+        raise RelaykitError(f"the native engine runs Llama-family models; {spec} is a {hf_model.config.model_type!r} "
+                            "model (use --engine hf)")
+    return Model(display, spec, hf_model, tokenizer, total, non_embedding, force_hf=engine == "hf")
 
 
 def packaged_model(package: str) -> str:

@@ -52,12 +52,19 @@ class Runner:
         self._new_engine()
 
     def _new_engine(self) -> None:
-        if not self.model.native and self.policy.name != "full":
+        engine = self.model.engine
+        if engine != "native" and self.policy.name != "full":
             raise RelaykitError(
-                f"KV policy {self.policy.name!r} needs a Llama-family model (Llama, Qwen2/3, Mistral, SmolLM); "
-                f"{self.model.name} is a {self.model.config.model_type!r} model"
+                f"KV policy {self.policy.name!r} needs the model's attention, which relaykit's native engine "
+                f"computes for Llama-family models (Llama, Qwen2/3, Mistral, SmolLM); {self.model.name} runs on the "
+                f"{engine} engine" + (" (--engine native loads a .gguf file's weights for it)" if engine == "llamacpp" else "")
             )
-        self.engine = NativeEngine(self.model.hf, self.policy) if self.model.native else HFEngine(self.model.hf)
+        if engine == "llamacpp":
+            from .llamacpp import LlamaCppEngine
+
+            self.engine = LlamaCppEngine(self.model)
+        else:
+            self.engine = NativeEngine(self.model.hf, self.policy) if engine == "native" else HFEngine(self.model.hf)
         self.rows: list[_Row | None] = []  # the live rows first, then free ones (None)
         self.index: dict[int, int] = {}
         self.live = 0

@@ -12,7 +12,8 @@ language-modelling loss (and is not left untrained by the "no routing loss" abla
 takes the arg-max expert. The routing loss is the cross-entropy of the routing weights towards the
 expert that gives the reference token the highest probability, on the tokens where the experts'
 arg-max predictions disagree. CDPO is DPO on the fused log-probabilities with the experts frozen and
-each token's expert fixed to the one the SFT router chose, so only the router's logits learn.
+each token's expert fixed to the one the SFT router chose, so only the router learns; a routing
+term keeps those choices on the informative tokens (CDPO moves the body the routing head reads).
 """
 
 from __future__ import annotations
@@ -49,9 +50,11 @@ class FusionRouteTrainConfig:
     # steps (the LM loss dominates the shared body's updates); at 10 it routes every informative token
     # right by step 120 of 200
     routing_weight: float = 10.0
-    cdpo_questions: int = 192  # training questions sampled for preference pairs
+    cdpo_questions: int = 512  # training questions sampled for preference pairs
     cdpo_samples: int = 4  # solutions per question (at temperature 1.0)
-    cdpo_steps: int = 150
+    # passes over the pairs: with 150 steps over 50 pairs (24 passes) CDPO overfitted and, moving the
+    # shared body, broke the routing (99.7% -> 37.9% on toy:domains:test)
+    cdpo_epochs: int = 2
     cdpo_lr: float = 2e-4
     cdpo_batch: int = 8  # pairs per step
     beta: float = 0.1  # DPO's KL strength (Rafailov et al. 2023 use 0.1)
@@ -208,17 +211,24 @@ def sample_pairs(router_dir: str | Path, experts: dict[str, str | Path], cfg: Fu
 
 
 @torch.no_grad()
-def _chosen_expert_logits(frozen: list, ids: list[int], start: int, chosen: list[int]) -> torch.Tensor:
-    """[solution tokens, V]: at each solution token, the logits of the expert that wrote it."""
+def _expert_view(frozen: list, ids: list[int], start: int, chosen: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
+    """At each solution token: the logits of the expert that wrote it [L, V], and whether the
+    experts' arg-max predictions disagree there (an informative token) [L]."""
     tokens = torch.tensor([ids])
     logits = torch.stack([expert(input_ids=tokens).logits[0, start - 1 : len(ids) - 1].float() for expert in frozen])
-    return logits[torch.tensor(chosen), torch.arange(len(chosen))]
+    predicted = logits.argmax(-1)
+    return logits[torch.tensor(chosen), torch.arange(len(chosen))], (predicted != predicted[:1]).any(0)
 
 
-def fused_logprobs(router, sequences: list[list[int]], starts: list[int], expert_logits: list[torch.Tensor]) -> torch.Tensor:
+def router_outputs(router, sequences: list[list[int]]) -> torch.Tensor:
+    """The router's head over right-padded sequences: [B, T, V + E]."""
+    return router(input_ids=pad(sequences, 0)).logits.float()
+
+
+def fused_logprobs(out: torch.Tensor, sequences: list[list[int]], starts: list[int], expert_logits: list[torch.Tensor]) -> torch.Tensor:
     """Summed log-probability of each sequence's solution under softmax(the chosen expert's logits
-    + the router's logits): the CDPO policy (gradients reach only the router)."""
-    out = router(input_ids=pad(sequences, 0)).logits.float()
+    + the router's logits), from the router's outputs `out`: the CDPO policy (gradients reach only
+    the router)."""
     totals = []
     for row, (ids, start, experts) in enumerate(zip(sequences, starts, expert_logits)):
         vocab = experts.shape[-1]
@@ -227,10 +237,33 @@ def fused_logprobs(router, sequences: list[list[int]], starts: list[int], expert
     return torch.stack(totals)
 
 
+def kept_routing_loss(out: torch.Tensor, sequences: list[list[int]], starts: list[int], routes: list[torch.Tensor],
+                      informative: list[torch.Tensor], count: int) -> torch.Tensor:
+    """Cross-entropy of the routing weights (the last `count` outputs) towards the experts the SFT
+    router chose, on the informative tokens: CDPO moves the router's body, which the routing head
+    reads."""
+    weights = torch.cat([out[row, start - 1 : len(ids) - 1, -count:][mask]
+                         for row, (ids, start, mask) in enumerate(zip(sequences, starts, informative))])
+    targets = torch.cat([route[mask] for route, mask in zip(routes, informative)])
+    return F.cross_entropy(weights, targets) if len(targets) else out.new_zeros(())
+
+
+@dataclass
+class Prepared:
+    """A pair with what CDPO needs of the frozen experts and the SFT router (chosen, rejected)."""
+
+    sequences: tuple[list[int], list[int]]
+    start: int
+    expert_logits: tuple[torch.Tensor, torch.Tensor]
+    routes: tuple[torch.Tensor, torch.Tensor]
+    informative: tuple[torch.Tensor, torch.Tensor]
+    reference: torch.Tensor  # [2]: the SFT router's fused log-probabilities
+
+
 def train_cdpo(router_dir: str | Path, experts: dict[str, str | Path], out: str | Path, cfg: FusionRouteTrainConfig,
-               log_path=None) -> dict:
-    """Complemented DPO from an SFT router: pairs sampled from it, experts frozen, the reference
-    is the SFT router itself."""
+               routing_weight: float, log_path=None) -> dict:
+    """Complemented DPO from an SFT router: pairs sampled from it, experts frozen, the reference is
+    the SFT router itself; `routing_weight` x `kept_routing_loss` keeps its routing."""
     from ..models.loading import load_model
 
     pairs, report = sample_pairs(router_dir, experts, cfg)
@@ -241,32 +274,39 @@ def train_cdpo(router_dir: str | Path, experts: dict[str, str | Path], out: str 
     reference = load_model(str(router_dir)).hf.eval().requires_grad_(False)
     prepared = []
     for pair in pairs:
-        logits_c = _chosen_expert_logits(frozen, pair.chosen, pair.prompt_length, pair.chosen_experts)
-        logits_r = _chosen_expert_logits(frozen, pair.rejected, pair.prompt_length, pair.rejected_experts)
+        views = [_expert_view(frozen, ids, pair.prompt_length, chosen)
+                 for ids, chosen in ((pair.chosen, pair.chosen_experts), (pair.rejected, pair.rejected_experts))]
+        sequences = (pair.chosen, pair.rejected)
         with torch.no_grad():
-            ref = fused_logprobs(reference, [pair.chosen, pair.rejected], [pair.prompt_length] * 2, [logits_c, logits_r])
-        prepared.append((pair, logits_c, logits_r, ref))
+            ref = fused_logprobs(router_outputs(reference, list(sequences)), list(sequences), [pair.prompt_length] * 2,
+                                 [v[0] for v in views])
+        prepared.append(Prepared(sequences, pair.prompt_length, (views[0][0], views[1][0]),
+                                 (torch.tensor(pair.chosen_experts), torch.tensor(pair.rejected_experts)),
+                                 (views[0][1], views[1][1]), ref))
     order = random.Random(cfg.seed).sample(range(len(prepared)), len(prepared))
+    steps = max(1, cfg.cdpo_epochs * len(prepared) // cfg.cdpo_batch)
 
     def batch_at(step):
-        picks = [order[(step * cfg.cdpo_batch + i) % len(order)] for i in range(cfg.cdpo_batch)]
-        return [prepared[i] for i in picks]
+        return [prepared[order[(step * cfg.cdpo_batch + i) % len(order)]] for i in range(cfg.cdpo_batch)]
 
     def loss_of(batch):
-        sequences = [p.chosen for p, *_ in batch] + [p.rejected for p, *_ in batch]
-        starts = [p.prompt_length for p, *_ in batch] * 2
-        policy = fused_logprobs(router, sequences, starts, [c for _, c, _, _ in batch] + [r for _, _, r, _ in batch])
-        ref = torch.stack([r for *_, r in batch])
+        sequences = [p.sequences[0] for p in batch] + [p.sequences[1] for p in batch]
+        starts = [p.start for p in batch] * 2
+        outputs = router_outputs(router, sequences)
+        policy = fused_logprobs(outputs, sequences, starts, [p.expert_logits[0] for p in batch] + [p.expert_logits[1] for p in batch])
+        ref = torch.stack([p.reference for p in batch])
         n = len(batch)
-        loss = dpo_loss(policy[:n], policy[n:], ref[:, 0], ref[:, 1], cfg.beta)
+        preference = dpo_loss(policy[:n], policy[n:], ref[:, 0], ref[:, 1], cfg.beta)
+        routing = kept_routing_loss(outputs, sequences, starts, [p.routes[0] for p in batch] + [p.routes[1] for p in batch],
+                                    [p.informative[0] for p in batch] + [p.informative[1] for p in batch], len(experts))
         won = ((policy[:n] - ref[:, 0]) > (policy[n:] - ref[:, 1])).float().mean()
-        return loss, {"reward_accuracy": float(won)}
+        return preference + routing_weight * routing, {"dpo": preference.item(), "routing": routing.item(), "reward_accuracy": won.item()}
 
-    loop = TrainConfig(steps=cfg.cdpo_steps, lr=cfg.cdpo_lr, warmup=10, log_every=10)
+    loop = TrainConfig(steps=steps, lr=cfg.cdpo_lr, warmup=max(1, steps // 10), log_every=5)
     records = train(router, loop, batch_at, loss_of, "router CDPO", log_path)
     save_router(router, out)
     save_model_files(router_dir, out)
-    report["cdpo_final_loss"] = sum(r["loss"] for r in records[-10:]) / len(records[-10:])
+    report.update(cdpo_steps=steps, cdpo_final_dpo_loss=sum(r["dpo"] for r in records[-5:]) / len(records[-5:]))
     return report
 
 
@@ -318,10 +358,11 @@ def train_fusionroute(out_dir: str | Path, cfg: FusionRouteTrainConfig, base: st
     for domain, folder in experts.items():
         stage(f"expert_{domain}_loss", folder, lambda: train_expert(base, domain, folder, cfg, log))
     stage("router_sft_loss", out / "router-sft", lambda: train_router(router_base, experts, out / "router-sft", cfg, True, log))
-    stage("router_cdpo", out / "router", lambda: train_cdpo(out / "router-sft", experts, out / "router", cfg, log))
+    stage("router_cdpo", out / "router", lambda: train_cdpo(out / "router-sft", experts, out / "router", cfg, cfg.routing_weight, log))
     ablation = out / "router-no-routing-loss-sft"
     stage("ablation_sft_loss", ablation, lambda: train_router(router_base, experts, ablation, cfg, False, log))
-    stage("ablation_cdpo", out / "router-no-routing-loss", lambda: train_cdpo(ablation, experts, out / "router-no-routing-loss", cfg, log))
+    stage("ablation_cdpo", out / "router-no-routing-loss",
+          lambda: train_cdpo(ablation, experts, out / "router-no-routing-loss", cfg, 0.0, log))
     classifier = out / "query-classifier.safetensors"
     stage("query_classifier_accuracy", classifier, lambda: train_query_classifier(_load(router_base)[1], list(experts), classifier, cfg))
     report["minutes"] = (time.perf_counter() - began) / 60
