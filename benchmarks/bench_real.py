@@ -3,10 +3,12 @@ greedy, 128 new tokens forced, one process, interleaved rounds, best of each.
 
 - llama.cpp's own `create_completion` (llama-cpp-python's `Llama`) on the same file;
 - relaykit `single` on the llama.cpp engine, at batch 1 and batch 8;
-- relaykit `single` on the native engine in float32 and with `--dtype auto`.
+- relaykit `single` on the native engine in float32, with `--dtype auto` and with `--dtype int8`
+  (weight-only int8, bfloat16 activations).
 
 Ratios: llamacpp_over_create_completion (>= 0.9), auto_over_float32 (>= 2 on a CPU with fast
-bfloat16), llamacpp_batch8_over_batch1 (>= 3, tokens per second).
+bfloat16), int8_over_auto (int8 is worth having where > 1), llamacpp_batch8_over_batch1 (>= 3,
+tokens per second).
 """
 
 from __future__ import annotations
@@ -40,11 +42,13 @@ def main() -> None:
         "llamacpp": load_model(path, name="large", engine="llamacpp"),
         "float32": load_model(path, name="large", engine="native", dtype="float32"),
         "auto": load_model(path, name="large", engine="native", dtype="auto"),
+        "int8": load_model(path, name="large", engine="native", dtype="int8"),
     }
     prompt = encode_prompt(models["llamacpp"].tokenizer, QUESTION)
     runs = {name: (get_strategy("single")({"large": model}, stop=stop), 1) for name, model in models.items()}
     runs["llamacpp_batch8"] = (runs["llamacpp"][0], 8)
-    reference = Llama(model_path=path, n_ctx=1024, n_threads=args.threads, n_threads_batch=args.threads, verbose=False)
+    reference = Llama(model_path=path, n_ctx=1024, n_threads=args.threads, n_threads_batch=args.threads, flash_attn=True,
+                      verbose=False)  # relaykit's llama.cpp engine uses flash attention too
     text = models["llamacpp"].tokenizer.decode(prompt)
 
     def create_completion() -> int:
@@ -69,6 +73,7 @@ def main() -> None:
     ratios = {
         "llamacpp_over_create_completion": best["llamacpp"] / best["create_completion"],
         "auto_over_float32": best["auto"] / best["float32"],
+        "int8_over_auto": best["int8"] / best["auto"],
         "llamacpp_batch8_over_batch1": best["llamacpp_batch8"] / best["llamacpp"],
     }
     print(json.dumps({k: round(v, 3) for k, v in ratios.items()}))

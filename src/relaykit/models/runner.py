@@ -64,7 +64,8 @@ class Runner:
 
             self.engine = LlamaCppEngine(self.model)
         else:
-            self.engine = NativeEngine(self.model.hf, self.policy) if engine == "native" else HFEngine(self.model.hf)
+            native = engine == "native"
+            self.engine = NativeEngine(self.model.hf, self.policy, self.model.int8) if native else HFEngine(self.model.hf)
         self.rows: list[_Row | None] = []  # the live rows first, then free ones (None)
         self.index: dict[int, int] = {}
         self.live = 0

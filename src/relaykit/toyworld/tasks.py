@@ -194,13 +194,16 @@ def expert_problem(rng: random.Random, domain: str, verify_rounds: int) -> Probl
     return _problem(domain, question, lines, chain.second)
 
 
-def operation_drill(rng: random.Random, domain: str) -> Problem:
-    """A training drill on one expert domain's step alone: ``What is 47 + 6?``."""
-    op = OPERATIONS[domain]
+def _drill(rng: random.Random, domain: str, op: str) -> Problem:
     a, b = rng.randint(10, 99), _factor(rng)
     result = _apply(a, op, b)
     lines = [f"We need {a} {op} {b}.", f"First, {a} {op} {b} = {result}.", f"Therefore, {a} {op} {b} = {result}."]
     return _problem(domain, f"What is {a} {op} {b}?", lines, result)
+
+
+def operation_drill(rng: random.Random, domain: str) -> Problem:
+    """A training drill on one expert domain's step alone: ``What is 47 + 6?``."""
+    return _drill(rng, domain, OPERATIONS[domain])
 
 
 def expert_stream(split: str, seed: int, domains: tuple[str, ...] = EXPERT_DOMAINS, drill_share: float = 0.0) -> Iterator[Problem]:
@@ -221,9 +224,7 @@ def expert_stream(split: str, seed: int, domains: tuple[str, ...] = EXPERT_DOMAI
 
 def product_drill(rng: random.Random) -> Problem:
     """A training drill on the hard step alone: ``What is 47 * 6?``."""
-    a, b = rng.randint(10, 99), _factor(rng)
-    lines = [f"We need {a} * {b}.", f"First, {a} * {b} = {a * b}.", f"Therefore, {a} * {b} = {a * b}."]
-    return _problem("arith", f"What is {a} * {b}?", lines, a * b)
+    return _drill(rng, "arith", "*")
 
 
 def stream(split: str, seed: int, long: bool = False, drill_share: float = 0.0) -> Iterator[Problem]:
