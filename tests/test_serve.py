@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import threading
 import time
 import urllib.error
@@ -147,6 +148,30 @@ def test_request_errors(client):
     with pytest.raises(openai.APIStatusError, match="over 4194304 bytes") as error:
         chat(client, "large", "x" * 5_000_000)
     assert error.value.status_code == 413
+
+
+def test_a_chunked_body_past_the_limit_gets_a_413_and_a_small_one_is_served(server):
+    import http.client
+    import urllib.parse
+
+    address = urllib.parse.urlparse(server[0])
+    headers = {"Authorization": f"Bearer {KEY}", "Content-Type": "application/json"}
+
+    def post_chunked(body: bytes) -> tuple[int, dict]:
+        """POST with Transfer-Encoding: chunked (no Content-Length), 64 KiB a chunk."""
+        connection = http.client.HTTPConnection(address.hostname, address.port, timeout=60)
+        chunks = (body[start : start + 65536] for start in range(0, len(body), 65536))
+        try:
+            connection.request("POST", "/v1/completions", body=chunks, headers=headers, encode_chunked=True)
+        except (BrokenPipeError, ConnectionResetError):  # the server answered before the body ended
+            pass
+        response = connection.getresponse()
+        return response.status, json.loads(response.read())
+
+    status, answer = post_chunked(json.dumps({"model": "large", "prompt": "x" * 5_000_000, "max_tokens": 1}).encode())
+    assert status == 413 and answer["error"]["code"] == "request_too_large"
+    status, answer = post_chunked(json.dumps({"model": "large", "prompt": "What is 2 * 3?", "max_tokens": 4}).encode())
+    assert status == 200 and answer["choices"][0]["text"]
 
 
 @pytest.mark.parametrize("name", ["large", "relaygen"])

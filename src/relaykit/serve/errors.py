@@ -68,16 +68,40 @@ def install_error_handlers(app: FastAPI) -> None:
 
 
 class BodyLimit:
-    """ASGI middleware: a request whose Content-Length is over `max_bytes` gets a 413."""
+    """ASGI middleware: a request body over `max_bytes` gets a 413: at once when its Content-Length
+    says so, else (a chunked body) as soon as that many bytes have arrived; such a body is read here
+    and handed on whole."""
 
     def __init__(self, app, max_bytes: int):
         self.app = app
         self.max_bytes = max_bytes
 
     async def __call__(self, scope, receive, send):
-        if scope["type"] == "http":
-            length = dict(scope["headers"]).get(b"content-length", b"0")
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        too_large = APIError(413, f"the request body is over {self.max_bytes} bytes", code="request_too_large")
+        length = dict(scope["headers"]).get(b"content-length")
+        if length is not None:
             if not length.isdigit() or int(length) > self.max_bytes:
-                error = APIError(413, f"the request body is over {self.max_bytes} bytes", code="request_too_large")
-                return await error.response()(scope, receive, send)
-        await self.app(scope, receive, send)
+                return await too_large.response()(scope, receive, send)
+            return await self.app(scope, receive, send)
+        chunks, size, more = [], 0, True
+        while more:
+            message = await receive()
+            if message["type"] != "http.request":  # the client left
+                return
+            chunks.append(message.get("body", b""))
+            size += len(chunks[-1])
+            more = message.get("more_body", False)
+            if size > self.max_bytes:
+                return await too_large.response()(scope, receive, send)
+        body, handed = b"".join(chunks), False
+
+        async def replay():
+            nonlocal handed
+            if handed:
+                return await receive()  # e.g. a disconnect while a response streams
+            handed = True
+            return {"type": "http.request", "body": body, "more_body": False}
+
+        await self.app(scope, replay, send)
