@@ -195,7 +195,7 @@ def test_bad_files_raise_clear_value_errors(tmp_path, content, message):
         load_dataset(str(path))
 
 
-@pytest.mark.parametrize("spec", ["toy:bogus", "toy:", "toy:long", "toy:fresh:abc", "toy:long:test:x", "toy:long:fresh:3",
+@pytest.mark.parametrize("spec", ["toy:bogus", "toy:", "toy:long", "toy:fresh:abc", "toy:long:test:x", "toy:long:fresh:x",
                                   "toy:domains", "toy:domains:fresh:x"])
 def test_unknown_toy_specs_raise(spec):
     with pytest.raises(ValueError, match="toy"):
@@ -208,6 +208,8 @@ def test_toy_specs_load_the_toy_world():
     assert len(test) == 5 and all(p.source == "toy:test" and p.reference for p in test)
     fresh = load_dataset("toy:fresh:7", limit=3)
     assert len(fresh) == 3 and fresh == load_dataset("toy:fresh:7", limit=3)
+    long = load_dataset("toy:long:fresh:7", limit=2)
+    assert long[0].source == "toy:long:fresh" and len(long[0].prompt) > 0 and long != fresh[:2]
     domains = load_dataset("toy:domains:test", limit=30)
     assert {p.domain for p in domains} == {"add", "sub", "mixed"}
     unseen = load_dataset("toy:domains:fresh:7", limit=30)

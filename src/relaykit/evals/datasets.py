@@ -37,8 +37,8 @@ def load_dataset(spec: str, limit: int | None = None) -> list[EvalProblem]:
     `spec` is a JSONL path (each row has a prompt under prompt/question/problem and an answer under
     answer/reference/solution; GSM8K's `#### N` and full `\\boxed{}` solutions are reduced to the
     final answer), `toy:SPLIT` / `toy:long:SPLIT` / `toy:domains:SPLIT` (the domain-expert world of
-    FusionRoute) for SPLIT in test, dev, calibration, or `toy:fresh:SEED` / `toy:domains:fresh:SEED`
-    for newly generated toy problems (`limit` of them, default 100).
+    FusionRoute) for SPLIT in test, dev, calibration, or `toy:fresh:SEED` / `toy:long:fresh:SEED` /
+    `toy:domains:fresh:SEED` for newly generated toy problems (`limit` of them, default 100).
     Raises DatasetError (a ValueError) with a one-line reason.
     """
     if limit is not None and limit < 0:
@@ -110,7 +110,7 @@ def _load_toy(spec: str, limit: int | None) -> list[EvalProblem]:
     parts = spec.split(":")[1:]
     family = parts.pop(0) if parts and parts[0] in ("long", "domains") else None
     seed = None
-    if len(parts) == 2 and parts[0] == "fresh" and family != "long":
+    if len(parts) == 2 and parts[0] == "fresh":
         try:
             seed = int(parts[1])
         except ValueError:
@@ -118,7 +118,7 @@ def _load_toy(spec: str, limit: int | None) -> list[EvalProblem]:
     elif not (len(parts) == 1 and parts[0] in _TOY_SPLITS):
         raise DatasetError(
             f"unknown dataset {spec!r}: use toy:SPLIT, toy:long:SPLIT, toy:domains:SPLIT (SPLIT in "
-            f"{', '.join(_TOY_SPLITS)}), toy:fresh:SEED or toy:domains:fresh:SEED"
+            f"{', '.join(_TOY_SPLITS)}), toy:fresh:SEED, toy:long:fresh:SEED or toy:domains:fresh:SEED"
         )
     try:
         from relaykit.toyworld import tasks
@@ -129,7 +129,7 @@ def _load_toy(spec: str, limit: int | None) -> list[EvalProblem]:
         toy = tasks.fresh_experts(seed, n) if seed is not None else tasks.load_expert_split(parts[0], n)
         source = "toy:domains:fresh" if seed is not None else spec
     elif seed is not None:
-        toy, source = tasks.fresh(seed, n), "toy:fresh"
+        toy, source = tasks.fresh(seed, n, long=family == "long"), "toy:long:fresh" if family == "long" else "toy:fresh"
     else:
         toy, source = tasks.load_split(parts[0], n=n, long=family == "long"), spec
     problems = [
