@@ -13,6 +13,7 @@ from .errors import RelaykitError
 from .options import add_strategy_options, options_from_args
 
 COLOURS = {"large": "bold magenta", "small": "cyan", "prompt": "dim"}
+SHORT_DTYPES = {"float32": "f32", "bfloat16": "bf16", "float16": "f16"}  # the usage table's engine column
 CUES_NOTE = "With the shipped toy pair (the default models), --cues defaults to the pair's calibrated cues."
 
 
@@ -153,12 +154,13 @@ def cmd_generate(args: argparse.Namespace) -> int:
         console.print(text)
         legend = "  ".join(f"[{COLOURS.get(r, 'green')}]{r}[/]" for r in strategy.roles)
         console.print(f"[dim]written by:[/] {legend}   [dim]finish: {result.finish_reason}, {result.seconds:.2f} s[/]")
-        table = Table("model", "engine", "prefill tokens", "decode tokens", "tokens written", "forward calls", "seconds", "FLOPs")
+        table = Table("model", "engine", "prefill tokens", "decode tokens", "tokens written", "forward calls", "seconds")
+        table.add_column("FLOPs", no_wrap=True)
         for role, usage in result.usage.items():
             about = strategy.models[role].describe() if role in strategy.models else {}
             table.add_row(
                 role,
-                " ".join(str(about[k]) for k in ("engine", "dtype") if about.get(k)),
+                " ".join(SHORT_DTYPES.get(str(about[k]), str(about[k])) for k in ("engine", "dtype") if about.get(k)),
                 str(usage["prefill_tokens"]),
                 str(usage["decode_tokens"]),
                 str(result.tokens_by(role)),
