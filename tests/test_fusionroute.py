@@ -20,7 +20,8 @@ from relaykit.models.router import make_router, router_experts, save_router
 from relaykit.strategies.base import get_strategy
 from relaykit.strategies.single import Single
 from relaykit.train.dpo import dpo_loss
-from relaykit.train.fusionroute import _expert_view, fused_logprobs, router_outputs, router_sft_loss, save_model_files
+from relaykit.train.fusionroute import _expert_view, fused_logprobs, router_outputs, router_sft_loss
+from relaykit.train.loop import copy_tokenizer_files
 
 from conftest import build_checkpoint, prompts
 
@@ -41,7 +42,7 @@ def world(tmp_path_factory):
     with torch.no_grad():
         head.routing.weight.normal_(0, 1.0)
     save_router(hf, root / "router")
-    save_model_files(base, root / "router")
+    copy_tokenizer_files(base, root / "router")
     router = load_model(str(root / "router"), name="router")
     return {"router": router, **{f"expert:{n}": m for n, m in experts.items()}, "root": root}
 

@@ -10,7 +10,6 @@ treats the router as one more model.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import torch
@@ -63,11 +62,12 @@ def router_experts(hf_model) -> list[str] | None:
 
 
 def attach_saved_head(hf_model, folder: str | Path) -> None:
-    """If `folder` is a router checkpoint, give the loaded base model its routing head."""
-    config = json.loads((Path(folder) / "config.json").read_text()) if (Path(folder) / "config.json").is_file() else {}
-    if ROUTER_KEY not in config:
+    """If `folder` is a router checkpoint (its config, loaded with the model, names experts), give
+    the loaded base model its routing head."""
+    saved = getattr(hf_model.config, ROUTER_KEY, None)
+    if saved is None:
         return
-    experts = config[ROUTER_KEY].get("experts") if isinstance(config[ROUTER_KEY], dict) else None
+    experts = saved.get("experts") if isinstance(saved, dict) else None
     path = Path(folder) / HEAD_FILE
     if not isinstance(experts, list) or not path.is_file():
         raise RelaykitError(f"{folder} is a router checkpoint without its expert names or {HEAD_FILE}")

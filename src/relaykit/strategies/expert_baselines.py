@@ -15,6 +15,7 @@ from ..errors import RelaykitError
 from ..models.loading import Model, _count_parameters
 from ..runtime.asks import Generate, Logits
 from .base import EXPERTS, Strategy, expert_roles, register
+from .single import Single
 
 
 def _named(models: dict, name: str) -> str:
@@ -38,7 +39,7 @@ class ExpertConfig:
 
 
 @register("expert")
-class ExpertAlone(Strategy):
+class ExpertAlone(Single):
     """One domain expert writes everything."""
 
     roles = (EXPERTS,)
@@ -56,13 +57,6 @@ class ExpertAlone(Strategy):
     @classmethod
     def roles_of(cls, config) -> tuple[str, ...]:
         return (f"expert:{config.name}",) if config.name else (EXPERTS,)
-
-    @classmethod
-    def needs_logits(cls, config) -> tuple[str, ...]:
-        return ()
-
-    def run(self, request):
-        yield Generate(self.roles[0], request.sequence, request.remaining())
 
 
 @register("logit-average")
@@ -83,9 +77,9 @@ class LogitAverage(Strategy):
             logits = []
             for role in self.roles:
                 logits.append((yield Logits(role, sequence))[-1])
-            token = request.sample(torch.stack(logits).mean(0))
-            best = max(range(len(logits)), key=lambda i: float(logits[i].log_softmax(-1)[token]))
-            sequence.append(token, self.roles[best])
+            logits = torch.stack(logits)
+            token = request.sample(logits.mean(0))
+            sequence.append(token, self.roles[int(logits.log_softmax(-1)[:, token].argmax())])
             request.finish_if_done(sequence)
 
 
@@ -152,7 +146,7 @@ class MergedConfig:
 
 
 @register("merged")
-class Merged(Strategy):
+class Merged(Single):
     """One model merged from the experts' weights (they must share the base's shape) writes
     everything."""
 
@@ -166,13 +160,6 @@ class Merged(Strategy):
         super().__init__(models, config, *args, **kwargs)
         self.models = {"merged": merge([models[r] for r in self.roles[1:]], models["base"], config)}
         self.roles = ("merged",)
-
-    @classmethod
-    def needs_logits(cls, config) -> tuple[str, ...]:
-        return ()
-
-    def run(self, request):
-        yield Generate("merged", request.sequence, request.remaining())
 
 
 def merge(experts: list[Model], base: Model, config: MergedConfig) -> Model:

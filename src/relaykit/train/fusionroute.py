@@ -32,7 +32,7 @@ from ..errors import RelaykitError
 from ..models.router import make_router, save_router
 from ..toyworld.tasks import EXPERT_DOMAINS, OPERATIONS, expert_stream
 from .dpo import dpo_loss
-from .loop import TrainConfig, save_model, train
+from .loop import TrainConfig, copy_tokenizer_files, save_model, train
 from .sft import pad
 
 
@@ -59,12 +59,6 @@ class FusionRouteTrainConfig:
     cdpo_batch: int = 8  # pairs per step
     beta: float = 0.1  # DPO's KL strength (Rafailov et al. 2023 use 0.1)
     classifier_steps: int = 200  # the query-level routing baseline's prompt classifier
-
-
-def _encode(tokenizer, problem) -> tuple[list[int], list[int]]:
-    from ..toyworld.train import encode
-
-    return encode(tokenizer, problem)
 
 
 def _packer(tokenizer, domains: tuple[str, ...], seed: int, drill_share: float):
@@ -156,17 +150,8 @@ def train_router(router_base: str | Path, experts: dict[str, str | Path], out: s
     loop = TrainConfig(steps=cfg.router_steps, lr=cfg.router_lr, warmup=20, weight_decay=0.1, log_every=20)
     records = train(router, loop, batch_at, loss_of, name, log_path)
     save_router(router, out)
-    save_model_files(router_base, out)
+    copy_tokenizer_files(router_base, out)
     return sum(r["loss"] for r in records[-20:]) / len(records[-20:])
-
-
-def save_model_files(source: str | Path, out: str | Path) -> None:
-    from .loop import TOKENIZER_FILES
-    import shutil
-
-    for name in TOKENIZER_FILES:
-        if (Path(source) / name).is_file():
-            shutil.copy(Path(source) / name, Path(out) / name)
 
 
 @dataclass
@@ -305,7 +290,7 @@ def train_cdpo(router_dir: str | Path, experts: dict[str, str | Path], out: str 
     loop = TrainConfig(steps=steps, lr=cfg.cdpo_lr, warmup=max(1, steps // 10), log_every=5)
     records = train(router, loop, batch_at, loss_of, "router CDPO", log_path)
     save_router(router, out)
-    save_model_files(router_dir, out)
+    copy_tokenizer_files(router_dir, out)
     report.update(cdpo_steps=steps, cdpo_final_dpo_loss=sum(r["dpo"] for r in records[-5:]) / len(records[-5:]))
     return report
 

@@ -99,6 +99,11 @@ def save_model(model: torch.nn.Module, source: str | Path, out: str | Path) -> N
     """Write a trained model as safetensors into `out`, with the tokenizer and generation
     settings of the checkpoint folder it was trained from (unchanged)."""
     model.save_pretrained(str(out), safe_serialization=True)
+    copy_tokenizer_files(source, out)
+
+
+def copy_tokenizer_files(source: str | Path, out: str | Path) -> None:
+    """Copy the tokenizer and generation settings of checkpoint folder `source` into `out`."""
     for name in TOKENIZER_FILES:
         if (Path(source) / name).is_file():
             shutil.copy(Path(source) / name, Path(out) / name)
