@@ -9,6 +9,8 @@ asked. `HFEngine` is the generic fallback: the model's own forward with one Dyna
 from __future__ import annotations
 
 import copy
+from collections.abc import Callable
+from functools import partial
 from typing import NamedTuple
 
 import torch
@@ -39,9 +41,10 @@ def supports_native(hf_model) -> bool:
     )
 
 
-def _rotate_half(x: torch.Tensor) -> torch.Tensor:
-    half = x.shape[-1] // 2
-    return torch.cat((-x[..., half:], x[..., :half]), dim=-1)
+def _rotate(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """RoPE: x * cos + rotate_half(x) * sin, with rotate_half's sign moved into `sin` (its first
+    half negated), so that the halves swap in one op (exactly the same products)."""
+    return x * cos + x.roll(x.shape[-1] // 2, -1) * sin
 
 
 def _fuse(linears: list[torch.nn.Linear]) -> tuple[torch.Tensor, torch.Tensor | None]:
@@ -90,14 +93,34 @@ def _linear(x: torch.Tensor, weight, bias: torch.Tensor | None = None) -> torch.
     if not isinstance(weight, Int8Weight):
         return F.linear(x, weight, bias)
     out = torch._weight_int8pack_mm(x.reshape(-1, x.shape[-1]), weight.weight, weight.scales)
-    out = out.view(*x.shape[:-1], -1)
+    out = out.view(*x.shape[:-1], out.shape[-1])  # not -1: a prefill asks for no positions
     return out if bias is None else out + bias
 
 
-def _rms_norm(module, x: torch.Tensor) -> torch.Tensor:
-    if x.dtype == torch.float32:  # the fused kernel computes exactly the module's float32 math
-        return F.rms_norm(x, module.weight.shape, module.weight, module.variance_epsilon)
-    return module(x)
+def _norm(module, dtype: torch.dtype):
+    """An RMS norm module as a function: in float32 the fused kernel, which computes exactly the
+    module's math, else the module itself."""
+    if dtype == torch.float32:
+        weight = module.weight
+        return partial(F.rms_norm, normalized_shape=weight.shape, weight=weight, eps=module.variance_epsilon)
+    return module
+
+
+class _Layer(NamedTuple):
+    """What a forward uses of one decoder layer, looked up once (weights may be `Int8Weight`s)."""
+
+    input_norm: Callable
+    qkv: torch.Tensor | Int8Weight
+    qkv_bias: torch.Tensor | None
+    q_norm: Callable | None  # Qwen3's per-head norms of q and k
+    k_norm: Callable | None
+    scaling: float
+    o: torch.Tensor | Int8Weight
+    o_bias: torch.Tensor | None
+    post_norm: Callable
+    gate_up: torch.Tensor | Int8Weight
+    down: torch.Tensor | Int8Weight
+    down_bias: torch.Tensor | None
 
 
 class NativeEngine:
@@ -119,31 +142,42 @@ class NativeEngine:
         param = next(hf_model.parameters())
         self.cache = KVCache(len(self.body.layers), self.kv_heads, self.head_dim, param.dtype, param.device, self.heads)
         self.policy.attach(self.cache)
-        self.device = param.device
-        fused = fused_projections(hf_model)
-        # per layer (q/k/v, its bias, gate/up, o, down) and the output head: int8 copies when asked
-        layers = hf_model.model.layers
-        weights = [(qkv, bias, gate_up, layer.self_attn.o_proj.weight, layer.mlp.down_proj.weight)
-                   for (qkv, bias, gate_up), layer in zip(fused, layers)]
+        self.device, self.dtype = param.device, param.dtype
         self.head = None  # the model's own output head (a router's adds its routing weights)
-        if int8:
-            weights = [(quantize_int8(qkv), bias, quantize_int8(gate_up), quantize_int8(o), quantize_int8(down))
-                       for qkv, bias, gate_up, o, down in weights]
-            if type(hf_model.lm_head) is torch.nn.Linear and hf_model.lm_head.bias is None:
-                self.head = quantize_int8(hf_model.lm_head.weight)
-        self.weights = weights
-        self.qk_norm = hasattr(attention, "q_norm")
+        quantized = quantize_int8 if int8 else lambda weight: weight
+        if int8 and type(hf_model.lm_head) is torch.nn.Linear and hf_model.lm_head.bias is None:
+            self.head = quantize_int8(hf_model.lm_head.weight)
+        qk_norm = hasattr(attention, "q_norm")
+        self.layers = [
+            _Layer(
+                input_norm=_norm(layer.input_layernorm, param.dtype),
+                qkv=quantized(qkv), qkv_bias=qkv_bias,
+                q_norm=_norm(layer.self_attn.q_norm, param.dtype) if qk_norm else None,
+                k_norm=_norm(layer.self_attn.k_norm, param.dtype) if qk_norm else None,
+                scaling=layer.self_attn.scaling,
+                o=quantized(layer.self_attn.o_proj.weight), o_bias=layer.self_attn.o_proj.bias,
+                post_norm=_norm(layer.post_attention_layernorm, param.dtype),
+                gate_up=quantized(gate_up),
+                down=quantized(layer.mlp.down_proj.weight), down_bias=layer.mlp.down_proj.bias,
+            )
+            for (qkv, qkv_bias, gate_up), layer in zip(fused_projections(hf_model), self.body.layers)
+        ]
+        self.final_norm = _norm(self.body.norm, param.dtype)
         self.activation = F.silu if config.hidden_act == "silu" else self.body.layers[0].mlp.act_fn
         self.rope_cos = self.rope_sin = None
 
-    def _rope(self, hidden: torch.Tensor, position_ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """cos/sin [B, 1, n, head_dim] from a table grown on demand (the model's own rotary module)."""
-        needed = int(position_ids.max()) + 1
-        if self.rope_cos is None or self.rope_cos.shape[0] < needed:
-            size = max(needed, 2 * (0 if self.rope_cos is None else self.rope_cos.shape[0]), 256)
-            table = torch.arange(size, device=self.device)[None]
-            cos, sin = self.body.rotary_emb(hidden, table)
-            self.rope_cos, self.rope_sin = cos[0], sin[0]
+    def _rope(self, hidden: torch.Tensor, position_ids: torch.Tensor, end: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """cos and sign-folded sin (see `_rotate`) at `position_ids` [B, n] (all below `end`):
+        [n, head_dim] for a single row of ids (they end at `end`), else [B, 1, n, head_dim]; from
+        a table grown on demand (the model's own rotary module)."""
+        if self.rope_cos is None or self.rope_cos.shape[0] < end:
+            size = max(end, 2 * (0 if self.rope_cos is None else self.rope_cos.shape[0]), 256)
+            cos, sin = self.body.rotary_emb(hidden, torch.arange(size, device=self.device)[None])
+            half = self.head_dim // 2
+            self.rope_cos, self.rope_sin = cos[0], torch.cat((-sin[0, :, :half], sin[0, :, half:]), dim=-1)
+        if position_ids.shape[0] == 1:  # a slice of the table instead of a gather
+            start = end - position_ids.shape[1]
+            return self.rope_cos[start:end], self.rope_sin[start:end]
         return self.rope_cos[position_ids][:, None], self.rope_sin[position_ids][:, None]
 
     @property
@@ -203,14 +237,21 @@ class NativeEngine:
         cache.reserve(max(starts) + width)
         same_start = min(starts) == max(starts)
         ids = torch.tensor([t + [0] * (width - len(t)) for t in tokens], dtype=torch.long, device=self.device)
-        position_ids = torch.tensor([range(p, p + width) for p in positions], dtype=torch.long, device=self.device)
+        shared = min(positions) == max(positions)  # then one row of position ids serves every row
+        position_ids = torch.tensor([range(p, p + width) for p in positions[: 1 if shared else batch]], device=self.device)
         span = max(starts) + width  # slots attended by any row
-        starts_t = None if same_start and width == 1 else torch.tensor(starts, dtype=torch.long, device=self.device)
-        mask = None
-        if starts_t is not None:
+        starts_t = None if same_start else torch.tensor(starts, dtype=torch.long, device=self.device)
+        mask = None  # [B or 1, 1, width, span]: the slots each query sees; None: all of [0, span)
+        if not same_start:
             slot = torch.arange(span, device=self.device)
             limit = starts_t[:, None] + torch.arange(width, device=self.device) + 1
-            mask = (slot[None, None, :] < limit[:, :, None])[:, None]  # [B, 1, width, span]
+            mask = (slot[None, None, :] < limit[:, :, None])[:, None]
+        elif width > 1:
+            mask = torch.ones(width, span, dtype=torch.bool, device=self.device).tril_(starts[0])[None, None]
+        additive = mask  # what SDPA would convert a boolean mask to in every layer, made once
+        if mask is not None and policy_attention is None:
+            additive = torch.zeros(mask.shape, dtype=self.dtype, device=self.device)
+            additive.masked_fill_(~mask, float("-inf"))
         cache.write_positions(starts[0] if same_start else starts_t, position_ids, rows)
         if not isinstance(rows, slice):  # flat indices into a layer's [rows * kv_heads * capacity, head_dim]
             if starts_t is None:
@@ -223,22 +264,17 @@ class NativeEngine:
             write_index = write_slots[:, None, :, None].expand(batch, self.kv_heads, width, self.head_dim)
 
         hidden = self.body.embed_tokens(ids)
-        cos, sin = self._rope(hidden, position_ids)
+        cos, sin = self._rope(hidden, position_ids, max(positions) + width)
         q_width, kv_width = self.heads, self.kv_heads
-        for index, layer in enumerate(self.body.layers):
-            attention, mlp = layer.self_attn, layer.mlp
-            qkv_weight, qkv_bias, gate_up, o_weight, down_weight = self.weights[index]
-            x = _rms_norm(layer.input_layernorm, hidden)
-            qkv = _linear(x, qkv_weight, qkv_bias).view(batch, width, q_width + 2 * kv_width, self.head_dim)
-            if self.qk_norm:  # Qwen3 normalises q and k per head before rotation
-                q = attention.q_norm(qkv[:, :, :q_width]).transpose(1, 2)
-                k = attention.k_norm(qkv[:, :, q_width : q_width + kv_width]).transpose(1, 2)
-                q, k = q * cos + _rotate_half(q) * sin, k * cos + _rotate_half(k) * sin
+        for index, layer in enumerate(self.layers):
+            qkv = _linear(layer.input_norm(hidden), layer.qkv, layer.qkv_bias)
+            qkv = qkv.view(batch, width, q_width + 2 * kv_width, self.head_dim).transpose(1, 2)
+            if layer.q_norm is not None:  # Qwen3 normalises q and k per head before rotation
+                q, k, v = qkv.split([q_width, kv_width, kv_width], 1)
+                q, k = _rotate(layer.q_norm(q), cos, sin), _rotate(layer.k_norm(k), cos, sin)
             else:  # rotate q and k in one go
-                qk = qkv[:, :, : q_width + kv_width].transpose(1, 2)
-                qk = qk * cos + _rotate_half(qk) * sin
-                q, k = qk[:, :q_width], qk[:, q_width:]
-            v = qkv[:, :, q_width + kv_width :].transpose(1, 2)
+                qk, v = qkv.split([q_width + kv_width, kv_width], 1)
+                q, k = _rotate(qk, cos, sin).split([q_width, kv_width], 1)
             keys, values = cache.layer_keys[index], cache.layer_values[index]
             if not isinstance(rows, slice):
                 keys.view(-1, self.head_dim).index_copy_(0, flat, k.reshape(-1, self.head_dim))
@@ -258,18 +294,18 @@ class NativeEngine:
                 # decoding under GQA: each KV head's query group attends as one block of queries,
                 # which avoids SDPA's repeat of keys and values per query head
                 grouped = q.reshape(batch, self.kv_heads, self.heads // self.kv_heads, self.head_dim)
-                out = F.scaled_dot_product_attention(grouped, keys, values, attn_mask=mask, scale=attention.scaling)
+                out = F.scaled_dot_product_attention(grouped, keys, values, attn_mask=additive, scale=layer.scaling)
                 out = out.reshape(batch, self.heads, 1, self.head_dim)
             elif policy_attention is None:
                 out = F.scaled_dot_product_attention(
-                    q, keys, values, attn_mask=mask, scale=attention.scaling, enable_gqa=self.heads != self.kv_heads
+                    q, keys, values, attn_mask=additive, scale=layer.scaling, enable_gqa=self.heads != self.kv_heads
                 )
             else:
-                out = policy_attention.attend(index, q, mask, span, attention.scaling)
+                out = policy_attention.attend(index, q, mask, span, layer.scaling)
             out = out.transpose(1, 2).reshape(batch, width, -1)
-            hidden = hidden + _linear(out, o_weight, attention.o_proj.bias)
-            gate, up = _linear(_rms_norm(layer.post_attention_layernorm, hidden), gate_up).chunk(2, dim=-1)
-            hidden = hidden + _linear(self.activation(gate) * up, down_weight, mlp.down_proj.bias)
+            hidden = hidden + _linear(out, layer.o, layer.o_bias)
+            gate, up = _linear(layer.post_norm(hidden), layer.gate_up).chunk(2, dim=-1)
+            hidden = hidden + _linear(self.activation(gate) * up, layer.down, layer.down_bias)
 
         cache.lengths += torch.tensor(fed_counts, dtype=cache.lengths.dtype)
         cache.note_usage()
@@ -283,8 +319,8 @@ class NativeEngine:
             pick = (fed[:, None] - last_k + torch.arange(last_k, device=self.device)).clamp(min=0)
             chosen = hidden.gather(1, pick[:, :, None].expand(len(counts), last_k, hidden.shape[-1]))
         if self.head is not None:
-            return _linear(self.body.norm(chosen), self.head).float()
-        return self.model.lm_head(self.body.norm(chosen)).float()
+            return _linear(self.final_norm(chosen), self.head).float()
+        return self.model.lm_head(self.final_norm(chosen)).float()
 
 
 class HFEngine:

@@ -35,6 +35,7 @@ class KVCache:
         self.prompt_lengths = torch.zeros(0, dtype=torch.long)  # tokens read before the first prediction
         self.pending = torch.zeros(0, dtype=torch.bool)  # rows with deferred drops
         self.capacity = 0
+        self.compacted = False  # whether a compaction ever moved slots (until then slot == position)
         self.slot_state: dict[str, torch.Tensor] = {}  # [layers, rows, kv_heads, capacity]
         self.slot_fill: dict[str, float] = {}
         self.row_state: dict[str, torch.Tensor] = {}  # [layers, rows, ...]
@@ -143,12 +144,13 @@ class KVCache:
         current = int(self.lengths[row])
         if length >= current:
             return
-        positions = self.positions[:, row, :, [max(length, 0), current - 1]]
-        if bool(((positions[..., 1] - positions[..., 0]) != current - 1 - max(length, 0)).any()):
-            raise RelaykitError(
-                f"cannot roll back {current - length} tokens: the KV policy already dropped some of them "
-                "(use a recent window longer than the longest rollback, e.g. the draft length + 1)"
-            )
+        if self.compacted:  # else every slot still holds its own position
+            positions = self.positions[:, row, :, [max(length, 0), current - 1]]
+            if bool(((positions[..., 1] - positions[..., 0]) != current - 1 - max(length, 0)).any()):
+                raise RelaykitError(
+                    f"cannot roll back {current - length} tokens: the KV policy already dropped some of them "
+                    "(use a recent window longer than the longest rollback, e.g. the draft length + 1)"
+                )
         self.lengths[row] = length
         if self.pending[row]:
             drops = self.slot_state["drop_at"][:, row]
@@ -181,6 +183,7 @@ class KVCache:
         for state in self.slot_state.values():
             state[:, row, :, :count] = state[:, row].gather(2, keep)
         self.lengths[row] = count
+        self.compacted = True
 
     def slot_bytes(self) -> int:
         """Key/value bytes of one slot of a row, all layers."""
