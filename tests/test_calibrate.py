@@ -1,4 +1,4 @@
-"""RelayGen cue calibration: statistics on hand-made margins, teacher-forced margins, files."""
+"""RelayGen calibration: cue statistics on hand-made margins, teacher-forced margins, files; the check threshold."""
 
 import json
 import math
@@ -6,11 +6,14 @@ import math
 import pytest
 import torch
 
-from relaykit.calibrate import calibrate, cue_statistics, run_calibrate_command, write_calibration
+from relaykit.calibrate import calibrate, calibrate_check, cue_statistics, run_calibrate_command, summary, write_calibration
+from relaykit.calibrate.check import THRESHOLDS
 from relaykit.calibrate.cues import small_margins, token_pieces
 from relaykit.decoding.prompt import encode_prompt
 from relaykit.models.runner import Runner
-from relaykit.strategies.relaygen import RelayGenConfig
+from relaykit.errors import RelaykitError
+from relaykit.evals.datasets import load_dataset
+from relaykit.strategies.relaygen import RelayGen, RelayGenConfig
 from relaykit.text import load_cues
 from test_relaygen import QUESTIONS, run, toy_pair, words_of  # noqa: F401 (toy_pair is a fixture)
 
@@ -63,7 +66,7 @@ def test_margins_are_the_small_models_teacher_forced_top2_gap(toy_pair):
 def test_calibrate_writes_files_relaygen_reads(toy_pair, tmp_path):
     _, words = words_of(toy_pair, max_new_tokens=30)
     result, paths = run_calibrate_command(
-        toy_pair, QUESTIONS, tmp_path / "cues.json", cues=words, min_occurrences=1, max_new_tokens=30, batch_size=4
+        toy_pair, QUESTIONS, tmp_path / "cues.json", check=False, cues=words, min_occurrences=1, max_new_tokens=30, batch_size=4
     )
     assert result["problems"] == len(QUESTIONS) and result["traces"] == len(QUESTIONS)
     assert any(s["occurrences"] for s in result["cues"].values())
@@ -77,3 +80,19 @@ def test_calibrate_writes_files_relaygen_reads(toy_pair, tmp_path):
     assert again["cues"] == result["cues"]  # batching does not change the traces
     empty = dict(result, selected=[], cues={})
     write_calibration(empty, tmp_path / "empty.json")
+
+
+def test_the_check_threshold_is_calibrated_and_relaygen_takes_it(shipped_pair, tmp_path):
+    problems = load_dataset("toy:calibration", 6)
+    pair = {role: shipped_pair[role] for role in ("large", "small")}
+    result, paths = run_calibrate_command(pair, problems, tmp_path / "cues.json", max_new_tokens=300)
+    sweep = result["check_sweep"]
+    assert set(sweep) == {f"{t:g}" for t in THRESHOLDS} and result["check"] in THRESHOLDS
+    assert sweep[f"{result['check']:g}"]["accuracy"] >= sweep["0"]["accuracy"]
+    assert all(m >= 0 for m in result["check_cut_margins"])
+    assert "check threshold" in summary(result)
+    strategy = RelayGen(pair, RelayGenConfig(cues=str(paths["json"])))
+    assert strategy.config.check == result["check"] and strategy.check == result["check"]
+    assert RelayGen(pair, RelayGenConfig(cues=str(paths["json"]), check=float("inf"))).check is None
+    with pytest.raises(RelaykitError, match="references"):
+        calibrate_check(pair, QUESTIONS, result["selected"])

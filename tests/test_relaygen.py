@@ -11,6 +11,7 @@ from relaykit.decoding.result import Event
 from relaykit.decoding.sampler import SamplingConfig
 from relaykit.decoding.sequence import PROMPT
 from relaykit.decoding.stopping import StopConfig
+from relaykit.errors import RelaykitError
 from relaykit.models.loading import load_model
 from relaykit.strategies.base import get_strategy
 from relaykit.strategies.random_switch import RandomSwitchConfig
@@ -181,6 +182,70 @@ def test_a_budget_ending_inside_think_still_gets_the_small_models_answer(toy_pai
         inserted = result.provenance.index(PROMPT)  # "\n" may come before </think>
         assert result.token_ids[:inserted] == alone.token_ids[:inserted]
     assert checked
+
+
+# the segment check (issue 20)
+
+
+@pytest.mark.parametrize("speculative", [0, 3])
+def test_a_check_above_every_margin_keeps_the_plain_relay(toy_pair, speculative):
+    _, words = words_of(toy_pair)
+    plain = run(toy_pair, "relaygen", RelayGenConfig(cues=words, min_large_tokens=2, speculative=speculative))
+    lenient = run(toy_pair, "relaygen", RelayGenConfig(cues=words, min_large_tokens=2, speculative=speculative, check=1e9))
+    assert [(r.token_ids, r.provenance) for r in lenient] == [(r.token_ids, r.provenance) for r in plain]
+    assert any(w == "small" for r in plain for w in r.provenance)
+    assert not any(e.reason == "check" for r in lenient for e in r.events)
+
+
+@pytest.mark.parametrize("speculative", [0, 3])
+def test_a_strict_check_without_answer_handoff_equals_large_greedy(toy_pair, shipped_pair, speculative):
+    """On random models (every segment is cut) and on the shipped pair (segments stay)."""
+    _, words = words_of(toy_pair)
+    config = RelayGenConfig(cues=words, min_large_tokens=2, answer_handoff=False, check=0.0, speculative=speculative)
+    results = run(toy_pair, "relaygen", config)
+    assert [r.token_ids for r in results] == [r.token_ids for r in run(toy_pair, "single")]
+    assert any(e.reason == "check" and e.detail["margin"] > 0 for r in results for e in r.events)
+    pair = {role: shipped_pair[role] for role in ("large", "small")}
+    batch = [encode_prompt(pair["large"].tokenizer, p.question) for p in load_split("test", 4)]
+    config = RelayGenConfig(cues="all", answer_handoff=False, check=0.0, speculative=speculative)
+    results = run(pair, "relaygen", config, max_new_tokens=200, batch=batch)
+    assert [r.token_ids for r in results] == [r.token_ids for r in run(pair, "single", max_new_tokens=200, batch=batch)]
+    assert sum(w == "small" for r in results for w in r.provenance) > 100
+
+
+def test_the_answer_check_leaves_the_large_models_answer(toy_pair):
+    """The budget closes the thinking and the small model answers; a strict check makes the answer
+    the large model's greedy one after the same text."""
+    results = run(toy_pair, "relaygen", RelayGenConfig(cues="", answer_reserve=8, check=0.0), max_new_tokens=30)
+    checked = 0
+    for prompt, result in zip(toy_prompts(toy_pair), results):
+        if "budget" not in [e.reason for e in result.events]:
+            continue
+        at = len(result.provenance) - result.provenance[::-1].index(PROMPT)  # after the inserted </think>
+        alone = run(toy_pair, "single", batch=[prompt + result.token_ids[:at]], max_new_tokens=30 - at)[0]
+        assert result.token_ids[at:] == alone.token_ids
+        checked += 1
+        assert ("large" in result.provenance[at:]) == any(e.reason == "check" for e in result.events)  # large tokens: cuts
+
+
+def test_a_checked_relay_streams_only_tokens_it_keeps(toy_pair):
+    _, words = words_of(toy_pair)
+    strategy = get_strategy("relaygen")(toy_pair, RelayGenConfig(cues=words, min_large_tokens=2, check=0.0), stop=StopConfig(max_new_tokens=40))
+    cuts = 0
+    for prompt in toy_prompts(toy_pair):
+        handle = strategy.scheduler.submit(prompt, strategy)
+        chunks = list(handle.stream())  # a streamed token that is cut later would raise here
+        result = handle.result()
+        assert [token for chunk in chunks for token, _ in chunk] == result.token_ids
+        cuts += sum(e.reason == "check" for e in result.events)
+    assert cuts
+
+
+def test_a_check_needs_the_large_models_logits():
+    assert get_strategy("relaygen").needs_logits(RelayGenConfig(check=2.0)) == ("large",)
+    assert get_strategy("relaygen").needs_logits(RelayGenConfig(check=float("inf"))) == ()
+    with pytest.raises(RelaykitError, match="check"):
+        RelayGenConfig(check=-1.0)
 
 
 # baselines

@@ -229,6 +229,7 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
         min_occurrences=args.min_occurrences,
         max_new_tokens=args.max_new_tokens,
         batch_size=args.batch_size,
+        check=args.check,
     )
     print(summary(result))
     print(f"wrote {paths['json']} and {paths['plot']}")
@@ -422,10 +423,13 @@ def build_parser() -> argparse.ArgumentParser:
 
     calibrate = commands.add_parser(
         "calibrate",
-        help="select RelayGen switch cues for a large/small pair",
+        help="select RelayGen switch cues and the segment check's threshold for a large/small pair",
         description="The large model writes traces on the dataset; the small model reads them and its "
         "top-1 minus top-2 probability margin is compared after each candidate cue and elsewhere. "
-        "Cues whose margin delta is above the threshold (with enough occurrences) are selected.",
+        "Cues whose margin delta is above the threshold (with enough occurrences) are selected. Then "
+        "RelayGen runs on the same problems under each candidate check threshold (0, 1, 2, 4, 8 logits) "
+        "and, of those that lose no problem against threshold 0, the one leaving the large model the fewest "
+        "tokens (the strictest on a tie) is written beside the cues.",
     )
     calibrate.add_argument("--dataset", default="toy:calibration", help="dataset spec (default toy:calibration)")
     calibrate.add_argument("--limit", type=int, default=100, help="problems to trace (default 100)")
@@ -435,6 +439,8 @@ def build_parser() -> argparse.ArgumentParser:
     calibrate.add_argument("--min-occurrences", type=int, default=5)
     calibrate.add_argument("--batch-size", type=int, default=8)
     calibrate.add_argument("--max-new-tokens", type=int, default=512)
+    calibrate.add_argument("--check", action=argparse.BooleanOptionalAction, default=True,
+                           help="also calibrate the segment check's threshold (default: yes)")
     add_model_options(calibrate)
     calibrate.set_defaults(run=cmd_calibrate)
 

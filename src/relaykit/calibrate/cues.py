@@ -160,7 +160,7 @@ def _cue_entry(regions: list[list[float]], outside: list[float]) -> dict:
 
 def write_calibration(result: dict, out_path: str | Path) -> dict[str, Path]:
     """Write the result as JSON (`out_path`, e.g. cues.json; RelayGen's `cues` option reads its
-    "selected" list) and a plot of delta per cue with +-1 standard error next to it (.png)."""
+    "selected" list and its "check" threshold) and a plot of delta per cue with +-1 standard error next to it (.png)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -193,11 +193,20 @@ def summary(result: dict) -> str:
         if s["delta"] is not None:
             lines.append(f"{cue!r:<16}{s['occurrences']:>6}{s['mean_margin']:>9.3f}{s['delta']:>9.3f}{s['stderr']:>8.3f}")
     lines.append(f"selected ({len(result['selected'])}): {', '.join(map(repr, result['selected'])) or 'none'}")
+    if "check" in result:
+        sweep = ", ".join(f"{t}: {e['accuracy']:.1%}" for t, e in result["check_sweep"].items())
+        lines.append(f"check threshold: {result['check']:g} logits (accuracy by threshold: {sweep})")
     return "\n".join(lines)
 
 
-def run_calibrate_command(models: dict[str, Model], problems: list, out: str | Path, **options) -> tuple[dict, dict[str, Path]]:
+def run_calibrate_command(models: dict[str, Model], problems: list, out: str | Path, check: bool = True, **options) -> tuple[dict, dict[str, Path]]:
     """What `relaykit calibrate` does: `calibrate(models["large"], models["small"], problems, **options)`,
+    then, with `check`, the segment check's threshold for the selected cues (`calibrate_check`),
     then `write_calibration` to `out`. Returns the result and the written paths."""
+    from .check import calibrate_check
+
     result = calibrate(models["large"], models["small"], problems, **options)
+    if check:
+        result.update(calibrate_check(models, problems, result["selected"], max_new_tokens=result["max_new_tokens"],
+                                      batch_size=options.get("batch_size", 8)))
     return result, write_calibration(result, out)

@@ -87,3 +87,7 @@ class Sequence:
     def finish(self, reason: str) -> None:
         self.finished = True
         self.finish_reason = reason
+
+    def reopen(self) -> None:
+        """Undo `finish`: a strategy cut back the tokens that finished the sequence."""
+        self.finished, self.finish_reason = False, None

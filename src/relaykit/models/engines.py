@@ -270,11 +270,11 @@ class NativeEngine:
             qkv = _linear(layer.input_norm(hidden), layer.qkv, layer.qkv_bias)
             qkv = qkv.view(batch, width, q_width + 2 * kv_width, self.head_dim).transpose(1, 2)
             if layer.q_norm is not None:  # Qwen3 normalises q and k per head before rotation
-                q, k, v = qkv.split([q_width, kv_width, kv_width], 1)
+                q, k, v = qkv.split_with_sizes([q_width, kv_width, kv_width], 1)
                 q, k = _rotate(layer.q_norm(q), cos, sin), _rotate(layer.k_norm(k), cos, sin)
             else:  # rotate q and k in one go
-                qk, v = qkv.split([q_width + kv_width, kv_width], 1)
-                q, k = _rotate(qk, cos, sin).split([q_width, kv_width], 1)
+                qk, v = qkv.split_with_sizes([q_width + kv_width, kv_width], 1)
+                q, k = _rotate(qk, cos, sin).split_with_sizes([q_width, kv_width], 1)
             keys, values = cache.layer_keys[index], cache.layer_values[index]
             if not isinstance(rows, slice):
                 keys.view(-1, self.head_dim).index_copy_(0, flat, k.reshape(-1, self.head_dim))

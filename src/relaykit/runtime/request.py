@@ -17,8 +17,8 @@ class Request:
     """What the scheduler keeps for one submitted generation (or a child of one).
 
     A strategy's `run(request)` reads `sequence`, samples with `sample` / `sampler`, applies the
-    stop conditions with `finish_if_done` and records `event`s; everything else is the
-    scheduler's business.
+    stop conditions with `finish_if_done`, records `event`s and sets `open_from` while tokens it
+    may still cut are waiting for a check; everything else is the scheduler's business.
     """
 
     def __init__(self, strategy, sequence: Sequence, sampling: SamplingConfig, stop: StopConfig, parent: "Request | None" = None):
@@ -34,6 +34,7 @@ class Request:
         self.shared_prompt: Sequence | None = None  # see Scheduler.submit_n
         self.inherited: dict = {}  # model usage it carries for others (the shared prompt's prefill)
         self.events: list[Event] = []
+        self.open_from: int | None = None  # the strategy may still cut the sequence back to here (a check to come)
         self.sequences = [sequence]  # every sequence whose model usage this request owns
         self.ask: Any = None
         self.children: list["Request"] = []

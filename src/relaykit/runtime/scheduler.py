@@ -68,8 +68,8 @@ class Handle:
 
     def take(self) -> tuple[bool, list[tuple[int, str]]]:
         """(whether the request is done, the (token id, writer) pairs that became final since the
-        last take). A strategy may still cut its last `holdback` tokens; one with no bound on that
-        gives everything at the end."""
+        last take). A strategy may still cut its last `holdback` tokens, and those from the request's
+        `open_from` on; one with no bound on that gives everything at the end."""
         with self.scheduler.lock:
             return self.done, self._take()
 
@@ -83,7 +83,8 @@ class Handle:
             sequence = request.sequence
             if holdback is None or request.in_flight:  # an endpoint is writing on it
                 return []
-            sequence.final = max(len(sequence) - holdback, sequence.final)
+            end = len(sequence) - holdback if request.open_from is None else min(len(sequence) - holdback, request.open_from)
+            sequence.final = max(end, sequence.final)
             start = sequence.prompt_length + self._sent
             new = list(zip(sequence.tokens[start : sequence.final], sequence.writers[start : sequence.final]))
         self._sent += len(new)

@@ -1,12 +1,17 @@
 """RelayGen (Song, Kim and Kim 2026): the large model reasons; when its text ends with a
 calibrated switch cue ("Therefore,", "Wait," ...) the small model writes until the sentence
-ends, then the large model resumes. After `</think>` the small model writes the answer."""
+ends, then the large model resumes. After `</think>` the small model writes the answer. A
+calibration file may also carry the threshold of the segment check (see `segments`)."""
 
 from __future__ import annotations
 
+import dataclasses
+import json
 from dataclasses import dataclass
+from pathlib import Path
 
 from ..decoding.sequence import Sequence
+from ..models.remote import RemoteModel
 from ..text import Tail, cue_pattern, ends_sentence, find_cue, load_cues
 from .base import register
 from .segments import Decision, SegmentConfig, SegmentRelay, Turn
@@ -17,7 +22,11 @@ class RelayGenConfig(SegmentConfig):
     # None: every candidate cue (uncalibrated); else a cues.json from `relaykit calibrate`, a file of
     # one cue per line, or "Wait,|Therefore,|So".
     cues: str | list[str] | None = None
-    min_large_tokens: int = 5  # large-model tokens in a turn before a cue may fire (public RelayGen code)
+    # large-model tokens in a turn before a cue may fire: the public RelayGen code waits 5; with the
+    # check, a cue may fire at once (same accuracy, +0.15x on fresh toy seeds; issue 20)
+    min_large_tokens: int = 1
+    # check (see SegmentConfig): None takes the threshold a cues.json was calibrated with, if any
+    # and the large model is in-process; inf: no check
 
 
 @register("relaygen")
@@ -29,6 +38,8 @@ class RelayGen(SegmentRelay):
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
         self.cues = load_cues(self.config.cues)
+        if self.config.check is None and not isinstance(self.models["large"], RemoteModel):
+            self.config = dataclasses.replace(self.config, check=calibrated_check(self.config.cues))
         self.pattern = cue_pattern(self.cues)
         self.window = max(self.window, 2 * max((len(c) for c in self.cues), default=0) + 8)
 
@@ -48,3 +59,10 @@ class RelayGen(SegmentRelay):
         if turn.thinking and end - turn.start >= self.config.min_large_tokens:
             return find_cue(tail.text, self.pattern, tail.new_from, tail.turn_from)
         return None
+
+
+def calibrated_check(cues) -> float | None:
+    """The check threshold a cues.json from `relaykit calibrate` carries, else None."""
+    if isinstance(cues, str) and cues.endswith(".json") and Path(cues).is_file():
+        return json.loads(Path(cues).read_text()).get("check")
+    return None

@@ -5,20 +5,29 @@ says (a cue, a sentence end, a reflection word). Shared by RelayGen and its base
 A turn is one `Generate` ask whose `ends_turn` is the method's rule, so a turn runs token by
 token in-process and in one request per pause over an endpoint; with `speculative=K` the large
 model's turns are speculative rounds instead (in-process only).
+
+With `check=T` (ours; issue 20), the large model's catch-up forward over a segment the small
+model wrote also checks it: at the first token the large model ranks below its own top one by at
+least T logits, the segment is cut and the large model writes on. The answer after `</think>`,
+which no large turn follows, is checked by one forward once written (the small model writes on
+after a cut). T = 0 keeps exactly the large model's greedy text; no check keeps the paper's
+plain hand-off.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import re
 from dataclasses import dataclass
 
+from ..decoding.result import Event
 from ..decoding.sequence import PROMPT, Sequence
 from ..errors import RelaykitError
-from ..runtime.asks import Generate
+from ..runtime.asks import Generate, Logits
 from ..text import THINK_END, Tail, decode_tail, decoder, ends_thinking
 from .base import Strategy
-from .speculative import speculative_round
+from .speculative import check_drafts, draft, lenient_cut
 
 NON_WORD = re.compile(r"\W")
 # Where an endpoint pauses so that a sentence end can be checked ("3.5" does not end one).
@@ -33,10 +42,14 @@ class SegmentConfig:
     answer_reserve: int = 32  # tokens kept for the answer when the budget ends inside <think> (ours)
     speculative: int = 0  # K > 0: the large model's turns use speculative decoding, K drafts (ours)
     draft_confidence: float = 0.0  # stop drafting once a draft token is below this (HF assisted generation: 0.4)
+    # the large model cuts a small segment where it disagrees by >= this many logits (ours; None: no check)
+    check: float | None = None
 
     def __post_init__(self) -> None:
         if self.speculative < 0 or self.answer_reserve < 0:
             raise RelaykitError("speculative and answer-reserve must be >= 0")
+        if self.check is not None and not self.check >= 0:
+            raise RelaykitError(f"check must be a margin in logits >= 0 (inf: no check), got {self.check}")
 
 
 @dataclass
@@ -78,7 +91,14 @@ class SegmentRelay(Strategy):
 
     @classmethod
     def needs_logits(cls, config) -> tuple[str, ...]:
-        return cls.roles if config.speculative else ()
+        if config.speculative:
+            return cls.roles
+        return ("large",) if checking(config.check) else ()
+
+    @property
+    def check(self) -> float | None:
+        """The check's threshold, None when segments are not checked."""
+        return self.config.check if checking(self.config.check) else None
 
     def holdback(self) -> int:
         return self.config.speculative
@@ -97,24 +117,93 @@ class SegmentRelay(Strategy):
         sequence = request.sequence
         turn = Turn(self.first_writer, "start", len(sequence))
         rule = functools.partial(self._ends_turn, turn)  # the turn changes in place
-        while not sequence.finished:
-            room = self._room(request, turn)
-            if room <= 0 and turn.thinking and self.config.answer_handoff:
-                self._close_thinking(request, turn)
-                continue
-            ends_turn = None if turn.reason == "answer" else rule
-            if turn.writer == "large" and self.config.speculative:
-                first = len(sequence)
-                # drafts past the end of the turn would be cut whatever the large model says
-                drafting_ends = ends_turn and (lambda s: ends_turn(s, len(s)) is not None)
-                k = max(0, min(self.config.speculative, room - 1))
-                yield from speculative_round(request, sequence, k, self.config.draft_confidence, drafting_ends)
-                decision = request.settle(sequence, first, ends_turn)
-            else:
-                pauses = () if ends_turn is None else (*self.pauses(turn), THINK_END)
-                decision = (yield Generate(turn.writer, sequence, room, ends_turn, pauses)).ended_by
-            if decision is not None and not sequence.finished:
-                self._switch(request, turn, decision)
+        if self.check is not None and turn.writer == "small":
+            request.open_from = turn.start
+        deferred = None  # (the large turn, where its drafts end): drafts checked strictly with the segment after them
+        while True:
+            while not sequence.finished:
+                room = self._room(request, turn)
+                if room <= 0 and turn.thinking and self.config.answer_handoff:
+                    self._close_thinking(request, turn)
+                    continue
+                ends_turn = None if turn.reason == "answer" else rule
+                if turn.writer == "large" and (self.config.speculative or request.open_from is not None):
+                    # drafts past the end of the turn would be cut whatever the large model says
+                    drafting_ends = ends_turn and (lambda s: ends_turn(s, len(s)) is not None)
+                    k = max(0, min(self.config.speculative, room - 1))
+                    start = len(sequence)
+                    draft_probs = yield from draft(request, sequence, k, self.config.draft_confidence, drafting_ends)
+                    if self._defers(request) and len(sequence) > start and drafting_ends(sequence):
+                        # the drafts end the turn (a cue): one forward checks them with the segment that follows
+                        request.open_from, deferred = start, (dataclasses.replace(turn), len(sequence))
+                        decision = request.settle(sequence, start, ends_turn)
+                    else:
+                        threshold = self._thresholds(request.open_from, start, deferred)
+                        first, _, _, cut = yield from check_drafts(request, sequence, start, draft_probs, request.open_from, threshold)
+                        request.open_from = None
+                        if cut is not None:
+                            self._after_cut(request, turn, first, cut[2], deferred)
+                        deferred = None
+                        decision = request.settle(sequence, first, ends_turn)
+                else:
+                    pauses = () if ends_turn is None else (*self.pauses(turn), THINK_END)
+                    decision = (yield Generate(turn.writer, sequence, room, ends_turn, pauses)).ended_by
+                if decision is not None and not sequence.finished:
+                    self._switch(request, turn, decision)
+            if request.open_from is None or request.open_from >= len(sequence):
+                return
+            first = yield from self._check_tail(request, turn, deferred)
+            deferred = None
+            if first is not None:
+                decision = request.settle(sequence, first, None if turn.reason == "answer" else rule)
+                if decision is not None and not sequence.finished:
+                    self._switch(request, turn, decision)
+
+    def _defers(self, request) -> bool:
+        """Whether drafts that end a large turn may wait for the next check (greedy only: deferred
+        drafts are checked as greedy speculative decoding checks them)."""
+        return self.check is not None and request.sampler.greedy and request.open_from is None
+
+    def _thresholds(self, start: int | None, end: int, deferred) -> float | list[float]:
+        """The check's threshold for each token of [start, end): 0 for deferred drafts."""
+        if deferred is None or start is None:
+            return self.check or 0.0
+        return [0.0 if i < deferred[1] else self.check for i in range(start, end)]
+
+    def _check_tail(self, request, turn: Turn, deferred):
+        """The sequence finished with unchecked small-model tokens (the answer, or a segment the
+        budget ended): the large model reads them in one forward. After a cut the sequence reopens
+        with the large model's token; returns its index (None: no cut)."""
+        sequence, start = request.sequence, request.open_from
+        logits = (yield Logits("large", sequence, len(sequence) - start + 1))[:-1]
+        cut = lenient_cut(request, logits, sequence.tokens[start:], self._thresholds(start, len(sequence), deferred))
+        request.open_from = None
+        if cut is None:
+            return None
+        sequence.truncate(start + cut[0])
+        sequence.reopen()
+        sequence.append(cut[1], "large")
+        self._after_cut(request, turn, start + cut[0], cut[2], deferred)
+        return start + cut[0]
+
+    def _after_cut(self, request, turn: Turn, index: int, margin: float, deferred) -> None:
+        """The check cut the sequence at `index` and the large model wrote its token there; events
+        after the cut never happened. A rejected deferred draft resumes its large turn (as if checked
+        at once); a cut in the answer leaves the small model writing it; one in the thinking starts
+        a large turn."""
+        sequence = request.sequence
+        position = index - sequence.prompt_length
+        request.events = [e for e in request.events if e.position <= position]
+        if deferred is not None and index < deferred[1]:  # a rejected draft, not a cut segment
+            vars(turn).update(vars(deferred[0]))
+            return
+        request.events.append(Event(position, "small->large", "check", detail={"margin": round(margin, 3)}))
+        thinking = THINK_END not in self.decode(sequence.generated[:position])
+        if not thinking and turn.reason == "answer":
+            turn.writer, turn.start, turn.thinking = "small", index + 1, False
+            request.open_from = index + 1
+        else:
+            turn.writer, turn.reason, turn.start, turn.thinking = "large", "check", index, thinking
 
     # turns
 
@@ -168,3 +257,10 @@ class SegmentRelay(Strategy):
             return
         request.event(f"{turn.writer}->{decision.writer}", decision.reason, decision.cue)
         turn.writer, turn.reason, turn.start = decision.writer, decision.reason, len(request.sequence)
+        if turn.writer == "small" and self.check is not None and request.open_from is None:
+            request.open_from = turn.start
+
+
+def checking(threshold: float | None) -> bool:
+    """Whether a check threshold checks anything (None and inf do not)."""
+    return threshold is not None and threshold != float("inf")

@@ -52,13 +52,29 @@ def verify(sampler, drafts: list[int], draft_probs, target) -> tuple[int, int]:
     return len(drafts), int(sampler.draw(target[len(drafts)]))
 
 
-def speculative_round(request, sequence: Sequence, k: int, draft_confidence: float = 0.0,
-                      drafting_ends: Callable[[Sequence], bool] | None = None):
-    """One round on one sequence (use with `yield from`): the small model drafts up to k tokens
-    (fewer once a draft is below `draft_confidence` or `drafting_ends` says the turn would end
-    there), the large model scores them in one forward, and the accepted drafts plus the large
-    model's own token stay. Returns (tokens added, drafts accepted, drafts written)."""
-    sampler, start, draft_probs = request.sampler, len(sequence), []
+def lenient_cut(request, logits: torch.Tensor, tokens: list[int], threshold: float | list[float]) -> tuple[int, int, float] | None:
+    """The lenient check of tokens another model wrote (`logits` [n, V]: the large model's before
+    each of the n `tokens`): the first token the large model ranks below its own top one by at least
+    `threshold` logits (one, or one per token; 0: any disagreement, as greedy speculative decoding),
+    the large model's token there (sampled without the rejected one) and the margin; None when
+    every token stays."""
+    chosen = torch.tensor(tokens, device=logits.device)
+    top = logits.max(-1)
+    margin = top.values - logits.gather(-1, chosen[:, None])[:, 0]
+    disagreements = ((margin >= torch.as_tensor(threshold)) & (top.indices != chosen)).nonzero()
+    if not len(disagreements):
+        return None
+    i = int(disagreements[0])
+    token = int(top.indices[i]) if request.sampler.greedy else request.sample(logits[i].index_fill(0, chosen[i : i + 1], float("-inf")))
+    return i, token, float(margin[i])
+
+
+def draft(request, sequence: Sequence, k: int, draft_confidence: float = 0.0,
+          drafting_ends: Callable[[Sequence], bool] | None = None):
+    """The small model drafts up to k tokens (use with `yield from`), fewer once a draft is below
+    `draft_confidence` or `drafting_ends` says the turn would end there. Returns the drafts'
+    distributions when sampling (else [])."""
+    sampler, draft_probs = request.sampler, []
     for _ in range(k):
         logits = (yield Logits("small", sequence))[-1]
         if sampler.greedy:
@@ -72,13 +88,40 @@ def speculative_round(request, sequence: Sequence, k: int, draft_confidence: flo
             break
         if drafting_ends is not None and drafting_ends(sequence):
             break
-    drafts = sequence.tokens[start:]
-    target_logits = yield Logits("large", sequence, len(drafts) + 1)
+    return draft_probs
+
+
+def check_drafts(request, sequence: Sequence, start: int, draft_probs: list, checked_from: int | None = None,
+                 threshold: float | list[float] = 0.0):
+    """The large model scores the drafts from `start` in one forward (use with `yield from`); the
+    accepted drafts plus its own token stay. With `checked_from`, the tokens from there to the
+    drafts (written by the small model on its own) are read in the same forward and pass the
+    lenient check (`lenient_cut` at `threshold`) first; a cut there ends the round.
+    Returns (index of the first token added, drafts accepted, drafts written, the check's cut)."""
+    sampler, drafts = request.sampler, sequence.tokens[start:]
+    head = start if checked_from is None else checked_from
+    target_logits = yield Logits("large", sequence, len(sequence) - head + 1)
+    if head < start:
+        cut = lenient_cut(request, target_logits[: start - head], sequence.tokens[head:start], threshold)
+        if cut is not None:
+            sequence.truncate(head + cut[0])
+            sequence.append(cut[1], "large")
+            return head + cut[0], 0, len(drafts), cut
+        target_logits = target_logits[start - head :]
     target = target_logits.argmax(-1).tolist() if sampler.greedy else sampler.probs(target_logits)
     accepted, token = verify(sampler, drafts, torch.stack(draft_probs) if draft_probs else None, target)
     sequence.truncate(start + accepted)
     sequence.append(token, "large")
-    return accepted + 1, accepted, len(drafts)
+    return start, accepted, len(drafts), None
+
+
+def speculative_round(request, sequence: Sequence, k: int, draft_confidence: float = 0.0,
+                      drafting_ends: Callable[[Sequence], bool] | None = None):
+    """One round on one sequence (use with `yield from`): `draft`, then `check_drafts`.
+    Returns (index of the first token added, drafts accepted, drafts written, None)."""
+    start = len(sequence)
+    draft_probs = yield from draft(request, sequence, k, draft_confidence, drafting_ends)
+    return (yield from check_drafts(request, sequence, start, draft_probs))
 
 
 @register("speculative")
@@ -93,8 +136,8 @@ class Speculative(Strategy):
         sequence, config, k = request.sequence, self.config, self.config.k
         while not sequence.finished:
             draft_length = max(0, min(k, request.remaining() - 1))
-            added, accepted, drafted = yield from speculative_round(request, sequence, draft_length, config.draft_confidence)
-            request.finish_if_done(sequence, added)
+            first, accepted, drafted, _ = yield from speculative_round(request, sequence, draft_length, config.draft_confidence)
+            request.finish_if_done(sequence, len(sequence) - first)
             if config.adaptive and drafted:
                 rate = accepted / drafted
                 k = min(k + 1, config.max_k) if rate == 1.0 else max(1, k - 1) if rate < 0.5 else k

@@ -1,0 +1,82 @@
+"""Benchmark (issue 20): RelayGen on problems it has never seen, against the large model alone and
+speculative decoding, with its ablations; one `relaykit eval` run per fresh toy seed, pooled.
+
+Each seed's run has every strategy on the same `toy:fresh:SEED` problems at batch 1 (per-request
+latency, as the RelayGen paper reports), one thread, strategies taking turns problem by problem.
+Pooled accuracy counts every problem of every seed; the pooled speed-up is the large model's
+summed wall time over the strategy's. RelayGen runs with the shipped pair's calibration (cues and
+check threshold) unless a variant says otherwise; `check=inf` is the paper's plain hand-off.
+Ends with one JSON line: per strategy, accuracy minus the large model's, speed-up, the large
+model's token share and the check's cuts per problem.
+
+    python benchmarks/bench_relaygen_fresh.py --seeds 11,12,13 --limit 140
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+from relaykit.cli import main as relaykit
+
+STRATEGIES = [
+    "relaygen",  # defaults: calibrated cues and check, a cue may fire at once
+    "relaygen[check=inf]",  # the paper's plain hand-off
+    "relaygen[check=inf min_large_tokens=5]",  # as shipped before issue 20 (public code's wait)
+    "relaygen[cues=all]",
+    "relaygen[cues=all check=inf]",
+    "relaygen[cues=none]",  # answer hand-off only
+    "relaygen[cues=none check=inf]",
+    "speculative",
+    "speculative[k=8 draft_confidence=0.4]",
+    "speculative[k=16 draft_confidence=0.4]",
+    "relaygen[speculative=8 draft_confidence=0.4]",
+    "relaygen[speculative=16 draft_confidence=0.4]",
+    "relaygen[speculative=16 draft_confidence=0.4 check=inf]",
+]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--seeds", required=True, help="comma-separated fresh seeds (never used before)")
+    parser.add_argument("--limit", type=int, default=140, help="problems per seed")
+    parser.add_argument("--threads", default="1")
+    parser.add_argument("--out", default="runs/bench-relaygen-fresh")
+    args = parser.parse_args()
+    pooled: dict[str, dict] = {}
+    for seed in args.seeds.split(","):
+        out = Path(args.out) / f"seed-{seed}"
+        code = relaykit(["eval", "--strategy", ",".join(STRATEGIES), "--dataset", f"toy:fresh:{seed}",
+                         "--limit", str(args.limit), "--batch-size", "1", "--threads", args.threads, "--out", str(out)])
+        if code:
+            raise SystemExit(f"relaykit eval on seed {seed} failed with exit code {code}")
+        for name, entry in json.loads((out / "results.json").read_text())["strategies"].items():
+            total = pooled.setdefault(name, {"correct": 0, "problems": 0, "wall": 0.0, "tokens": 0, "large_tokens": 0, "cuts": 0})
+            total["problems"] += len(entry["problems"])
+            total["correct"] += sum(p["correct"] for p in entry["problems"])
+            total["wall"] += entry["wall_seconds"]
+            total["tokens"] += sum(p["tokens"] for p in entry["problems"])
+            total["large_tokens"] += sum(p["tokens_by"].get("large", 0) for p in entry["problems"])
+            total["cuts"] += sum(e["reason"] == "check" for p in entry["problems"] for e in p["events"])
+    large = pooled["large"]
+    figures = {
+        name: {
+            "accuracy": round(t["correct"] / t["problems"], 4),
+            "accuracy_minus_large": round((t["correct"] - large["correct"]) / t["problems"], 4),
+            "speedup": round(large["wall"] / t["wall"], 3),
+            "large_token_share": round(t["large_tokens"] / max(t["tokens"], 1), 3),
+            "cuts_per_problem": round(t["cuts"] / t["problems"], 3),
+        }
+        for name, t in pooled.items()
+    }
+    print(f"\npooled over seeds {args.seeds} ({large['problems']} problems)")
+    print(f"{'strategy':<58}{'acc':>7}{'vs large':>9}{'speed-up':>9}{'large %':>8}{'cuts/pb':>8}")
+    for name, f in figures.items():
+        print(f"{name:<58}{f['accuracy']:>7.1%}{f['accuracy_minus_large'] * 100:>+8.1f}p{f['speedup']:>8.2f}x"
+              f"{f['large_token_share']:>8.1%}{f['cuts_per_problem']:>8.2f}")
+    print(json.dumps({"benchmark": "relaygen_fresh", "seeds": args.seeds, "problems": large["problems"], "strategies": figures}))
+
+
+if __name__ == "__main__":
+    main()
