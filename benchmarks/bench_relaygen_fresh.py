@@ -7,9 +7,10 @@ Pooled accuracy counts every problem of every seed; the pooled speed-up is the l
 summed wall time over the strategy's. RelayGen runs with the shipped pair's calibration (cues and
 check threshold) unless a variant says otherwise; `check=inf` is the paper's plain hand-off.
 Ends with one JSON line: per strategy, accuracy minus the large model's, speed-up, the large
-model's token share and the check's cuts per problem.
+model's token share, the check's cuts per problem and each model's forwards per problem (what
+the speed-up would follow on a pair whose small model is cheaper than this one's).
 
-    python benchmarks/bench_relaygen_fresh.py --seeds 11,12,13 --limit 140
+    python benchmarks/bench_relaygen_fresh.py --seeds 11,12,13 --limit 140 [--reuse]
 """
 
 from __future__ import annotations
@@ -43,22 +44,27 @@ def main() -> None:
     parser.add_argument("--limit", type=int, default=140, help="problems per seed")
     parser.add_argument("--threads", default="1")
     parser.add_argument("--out", default="runs/bench-relaygen-fresh")
+    parser.add_argument("--reuse", action="store_true", help="pool the seeds' results.json already in --out")
     args = parser.parse_args()
     pooled: dict[str, dict] = {}
     for seed in args.seeds.split(","):
         out = Path(args.out) / f"seed-{seed}"
-        code = relaykit(["eval", "--strategy", ",".join(STRATEGIES), "--dataset", f"toy:fresh:{seed}",
-                         "--limit", str(args.limit), "--batch-size", "1", "--threads", args.threads, "--out", str(out)])
-        if code:
-            raise SystemExit(f"relaykit eval on seed {seed} failed with exit code {code}")
+        if not args.reuse:
+            code = relaykit(["eval", "--strategy", ",".join(STRATEGIES), "--dataset", f"toy:fresh:{seed}", "--limit",
+                             str(args.limit), "--batch-size", "1", "--threads", args.threads, "--out", str(out)])
+            if code:
+                raise SystemExit(f"relaykit eval on seed {seed} failed with exit code {code}")
         for name, entry in json.loads((out / "results.json").read_text())["strategies"].items():
-            total = pooled.setdefault(name, {"correct": 0, "problems": 0, "wall": 0.0, "tokens": 0, "large_tokens": 0, "cuts": 0})
+            total = pooled.setdefault(name, {"correct": 0, "problems": 0, "wall": 0.0, "tokens": 0, "large_tokens": 0, "cuts": 0,
+                                             "large_forwards": 0, "small_forwards": 0})
             total["problems"] += len(entry["problems"])
             total["correct"] += sum(p["correct"] for p in entry["problems"])
             total["wall"] += entry["wall_seconds"]
             total["tokens"] += sum(p["tokens"] for p in entry["problems"])
             total["large_tokens"] += sum(p["tokens_by"].get("large", 0) for p in entry["problems"])
             total["cuts"] += sum(e["reason"] == "check" for p in entry["problems"] for e in p["events"])
+            for role in ("large", "small"):
+                total[f"{role}_forwards"] += sum(p["usage"].get(role, {}).get("forward_calls", 0) for p in entry["problems"])
     large = pooled["large"]
     figures = {
         name: {
@@ -67,14 +73,17 @@ def main() -> None:
             "speedup": round(large["wall"] / t["wall"], 3),
             "large_token_share": round(t["large_tokens"] / max(t["tokens"], 1), 3),
             "cuts_per_problem": round(t["cuts"] / t["problems"], 3),
+            "large_forwards_per_problem": round(t["large_forwards"] / t["problems"], 2),
+            "small_forwards_per_problem": round(t["small_forwards"] / t["problems"], 2),
         }
         for name, t in pooled.items()
     }
     print(f"\npooled over seeds {args.seeds} ({large['problems']} problems)")
-    print(f"{'strategy':<58}{'acc':>7}{'vs large':>9}{'speed-up':>9}{'large %':>8}{'cuts/pb':>8}")
+    print(f"{'strategy':<58}{'acc':>7}{'vs large':>9}{'speed-up':>9}{'large %':>8}{'cuts/pb':>8}{'fwd L/S':>12}")
     for name, f in figures.items():
         print(f"{name:<58}{f['accuracy']:>7.1%}{f['accuracy_minus_large'] * 100:>+8.1f}p{f['speedup']:>8.2f}x"
-              f"{f['large_token_share']:>8.1%}{f['cuts_per_problem']:>8.2f}")
+              f"{f['large_token_share']:>8.1%}{f['cuts_per_problem']:>8.2f}"
+              f"{f['large_forwards_per_problem']:>6.1f}/{f['small_forwards_per_problem']:<5.0f}")
     print(json.dumps({"benchmark": "relaygen_fresh", "seeds": args.seeds, "problems": large["problems"], "strategies": figures}))
 
 

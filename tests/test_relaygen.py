@@ -241,6 +241,20 @@ def test_a_checked_relay_streams_only_tokens_it_keeps(toy_pair):
     assert cuts
 
 
+def test_the_shipped_pair_takes_its_calibration_by_default(shipped_pair, toy_pair):
+    from relaykit import api
+    from relaykit.toyworld import SHIPPED_CUES
+
+    pair = {role: shipped_pair[role] for role in ("large", "small")}
+    for strategy in (get_strategy("relaygen")(pair), api.build_strategy("relaygen", pair)):
+        assert strategy.config.cues == str(SHIPPED_CUES) and strategy.cues == load_cues(str(SHIPPED_CUES))
+        assert strategy.check == 0.0  # the threshold calibrated with those cues
+    assert get_strategy("relaygen")(pair, RelayGenConfig(cues="all")).check == 0.0  # other cues: the pair's check
+    assert get_strategy("relaygen")(pair, RelayGenConfig(cues="all", check=float("inf"))).check is None
+    mine = get_strategy("relaygen")(toy_pair)  # another pair: every candidate cue, no check
+    assert mine.cues == load_cues("all") and mine.check is None
+
+
 def test_a_check_needs_the_large_models_logits():
     assert get_strategy("relaygen").needs_logits(RelayGenConfig(check=2.0)) == ("large",)
     assert get_strategy("relaygen").needs_logits(RelayGenConfig(check=float("inf"))) == ()

@@ -21,14 +21,13 @@ from .models.loading import Model, load_model
 from .models.remote import RemoteModel, is_remote, load_remote
 from .options import config_from_dict, flag, strategy_variant
 from .strategies.base import EXPERTS, Strategy, expert_roles, get_strategy
-from .toyworld import CHECKPOINTS, FUSIONROUTE, TOY_LARGE, TOY_SMALL, TOY_VERIFIER
+from .toyworld import CHECKPOINTS, FUSIONROUTE, SHIPPED_CUES, TOY_LARGE, TOY_SMALL, TOY_VERIFIER, is_shipped_pair
 
 __all__ = [
     "SHIPPED_CUES", "build_strategies", "build_strategy", "default_model", "evaluate_strategies", "kv_policy",
     "load_models", "parse_variant", "required_roles", "sampling_and_stop", "split_variants",
 ]
 
-SHIPPED_CUES = CHECKPOINTS / "cues.json"  # RelayGen switch cues calibrated for the shipped toy pair
 _SHIPPED = {"large": TOY_LARGE, "small": TOY_SMALL}
 # models some strategies add (not part of the pair): the step verifier; FusionRoute's router and the
 # base its experts were fine-tuned from (model merging's task arithmetic reads it)
@@ -163,16 +162,9 @@ def required_roles(names: list[str], options: dict | None = None, add_baseline: 
 def shipped_swaps(cls: type[Strategy], models: dict) -> dict[str, Path]:
     """role -> the shipped checkpoint a strategy uses instead of `models[role]` on the shipped pair
     (RelayLLM's trained toy-small-relay); empty elsewhere."""
-    if not cls.shipped_models or not _is_shipped_pair(models):
+    if not cls.shipped_models or not is_shipped_pair(models):
         return {}
     return {role: CHECKPOINTS / folder for role, folder in cls.shipped_models.items()}
-
-
-def _is_shipped_pair(models: dict) -> bool:
-    """Whether the large and small models are the shipped toy checkpoints."""
-    return all(
-        role in models and Path(models[role].source).resolve() == folder.resolve() for role, folder in _SHIPPED.items()
-    )
 
 
 def build_strategies(
@@ -187,11 +179,9 @@ def build_strategies(
     """label -> strategy for the variants `names` (NAME or NAME[option=value ...]), sharing
     `models`. Each shared option in `options` goes to the strategies that have it; with
     `add_baseline`, the `large` strategy (speed-ups are measured against it) comes first.
-    On the shipped toy pair, a strategy with a `cues` option (RelayGen) given none gets the
-    pair's calibrated cues, and one that ships its own trained model for a role (RelayLLM's
-    toy-small-relay) gets that model. With the shipped domain experts, query routing gets their
+    On the shipped toy pair, a strategy that ships its own trained model for a role (RelayLLM's
+    toy-small-relay) gets that model (RelayGen takes the pair's calibrated cues by itself). With the shipped domain experts, query routing gets their
     shipped prompt classifier; a variant `expert` without a name becomes one entry per expert."""
-    shipped = _is_shipped_pair(models)
     experts = {role.split(":", 1)[1]: models[role].source for role in expert_roles(models)}
     shipped_classifier = experts and experts == shipped_experts() and _SHIPPED_CLASSIFIER.is_file()
     strategies, trained = {}, {}
@@ -202,8 +192,6 @@ def build_strategies(
             variants.update({f"{label}[name={name}]": (cls, {**values, "name": name}) for name in experts})
     for label, (cls, values) in variants.items():
         mine = models
-        if shipped and "cues" in _option_names(cls) and "cues" not in values:
-            values = {**values, "cues": str(SHIPPED_CUES)}
         if shipped_classifier and "classifier" in _option_names(cls) and not values.get("classifier"):
             values = {**values, "classifier": str(_SHIPPED_CLASSIFIER)}
         for role, folder in shipped_swaps(cls, models).items():

@@ -14,7 +14,8 @@ from .options import add_strategy_options, options_from_args
 
 COLOURS = {"large": "bold magenta", "small": "cyan", "prompt": "dim"}
 SHORT_DTYPES = {"float32": "f32", "bfloat16": "bf16", "float16": "f16"}  # the usage table's engine column
-CUES_NOTE = "With the shipped toy pair (the default models), --cues defaults to the pair's calibrated cues."
+CUES_NOTE = ("With the shipped toy pair (the default models), --cues defaults to the pair's calibrated cues and "
+             "--check to the threshold calibrated with them (--check inf: no check).")
 
 
 def add_model_options(parser: argparse.ArgumentParser) -> None:

@@ -13,20 +13,21 @@ from pathlib import Path
 from ..decoding.sequence import Sequence
 from ..models.remote import RemoteModel
 from ..text import Tail, cue_pattern, ends_sentence, find_cue, load_cues
+from ..toyworld import SHIPPED_CUES, is_shipped_pair
 from .base import register
 from .segments import Decision, SegmentConfig, SegmentRelay, Turn
 
 
 @dataclass
 class RelayGenConfig(SegmentConfig):
-    # None: every candidate cue (uncalibrated); else a cues.json from `relaykit calibrate`, a file of
-    # one cue per line, or "Wait,|Therefore,|So".
+    # None: the shipped pair's calibrated cues.json on the shipped toy pair, else every candidate cue
+    # ("all"); or a cues.json from `relaykit calibrate`, a file of one cue per line, "Wait,|So", "none"
     cues: str | list[str] | None = None
     # large-model tokens in a turn before a cue may fire: the public RelayGen code waits 5; with the
     # check, a cue may fire at once (same accuracy, +0.15x on fresh toy seeds; issue 20)
     min_large_tokens: int = 1
-    # check (see SegmentConfig): None takes the threshold a cues.json was calibrated with, if any
-    # and the large model is in-process; inf: no check
+    # check (see SegmentConfig): None takes the threshold a cues.json was calibrated with (on the
+    # shipped pair, its calibration's whatever the cues), if the large model is in-process; inf: none
 
 
 @register("relaygen")
@@ -37,11 +38,17 @@ class RelayGen(SegmentRelay):
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
+        if self.config.cues is None and is_shipped_pair(self.models):
+            self.config = dataclasses.replace(self.config, cues=str(SHIPPED_CUES))
         self.cues = load_cues(self.config.cues)
         if self.config.check is None and not isinstance(self.models["large"], RemoteModel):
-            self.config = dataclasses.replace(self.config, check=calibrated_check(self.config.cues))
+            calibrated = calibrated_check(self.config.cues)
+            if calibrated is None and is_shipped_pair(self.models):
+                calibrated = calibrated_check(str(SHIPPED_CUES))
+            self.config = dataclasses.replace(self.config, check=calibrated)
         self.pattern = cue_pattern(self.cues)
-        self.window = max(self.window, 2 * max((len(c) for c in self.cues), default=0) + 8)
+        self.longest = max((len(c) for c in self.cues), default=0)
+        self.window = max(self.window, self.longest + 4)
 
     def hand_off(self, sequence: Sequence, turn: Turn, tail: Tail, end: int) -> Decision | None:
         if turn.writer == "large":
@@ -57,7 +64,8 @@ class RelayGen(SegmentRelay):
     def _cue(self, turn: Turn, tail: Tail, end: int) -> str | None:
         """The cue that ends the large model's text at token `end - 1`, if one may fire there."""
         if turn.thinking and end - turn.start >= self.config.min_large_tokens:
-            return find_cue(tail.text, self.pattern, tail.new_from, tail.turn_from)
+            # a cue completing with the newest token starts at most its length before it
+            return find_cue(tail.text, self.pattern, tail.new_from, max(tail.turn_from, tail.new_from - self.longest - 1))
         return None
 
 

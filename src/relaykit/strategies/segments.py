@@ -27,7 +27,7 @@ from ..errors import RelaykitError
 from ..runtime.asks import Generate, Logits
 from ..text import THINK_END, Tail, decode_tail, decoder, ends_thinking
 from .base import Strategy
-from .speculative import check_drafts, draft, lenient_cut
+from .speculative import Cut, check_drafts, draft, lenient_cut
 
 NON_WORD = re.compile(r"\W")
 # Where an endpoint pauses so that a sentence end can be checked ("3.5" does not end one).
@@ -42,7 +42,8 @@ class SegmentConfig:
     answer_reserve: int = 32  # tokens kept for the answer when the budget ends inside <think> (ours)
     speculative: int = 0  # K > 0: the large model's turns use speculative decoding, K drafts (ours)
     draft_confidence: float = 0.0  # stop drafting once a draft token is below this (HF assisted generation: 0.4)
-    # the large model cuts a small segment where it disagrees by >= this many logits (ours; None: no check)
+    # the large model cuts a small segment where it disagrees by >= this many logits (ours; None: none,
+    # or for RelayGen the threshold its cues.json was calibrated with; inf: none)
     check: float | None = None
 
     def __post_init__(self) -> None:
@@ -85,7 +86,7 @@ class SegmentRelay(Strategy):
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
         self.close_ids = self.tokenizer(THINK_END, add_special_tokens=False)["input_ids"]
-        self.window = 2 * len(THINK_END) + 8
+        self.window = len(THINK_END) + 4  # tokens decoded for a rule: every token has a character at least
         self.decode = decoder(self.tokenizer)
         self.completing: dict[int, bool] = {}
 
@@ -138,11 +139,12 @@ class SegmentRelay(Strategy):
                         request.open_from, deferred = start, (dataclasses.replace(turn), len(sequence))
                         decision = request.settle(sequence, start, ends_turn)
                     else:
-                        threshold = self._thresholds(request.open_from, start, deferred)
-                        first, _, _, cut = yield from check_drafts(request, sequence, start, draft_probs, request.open_from, threshold)
+                        checked = request.open_from
+                        threshold = self._thresholds(sequence, checked, start, deferred) if checked is not None else 0.0
+                        first, _, _, cut = yield from check_drafts(request, sequence, start, draft_probs, checked, threshold)
                         request.open_from = None
                         if cut is not None:
-                            self._after_cut(request, turn, first, cut[2], deferred)
+                            self._after_cut(request, turn, first, cut, deferred)
                         deferred = None
                         decision = request.settle(sequence, first, ends_turn)
                 else:
@@ -164,11 +166,12 @@ class SegmentRelay(Strategy):
         drafts are checked as greedy speculative decoding checks them)."""
         return self.check is not None and request.sampler.greedy and request.open_from is None
 
-    def _thresholds(self, start: int | None, end: int, deferred) -> float | list[float]:
-        """The check's threshold for each token of [start, end): 0 for deferred drafts."""
-        if deferred is None or start is None:
-            return self.check or 0.0
-        return [0.0 if i < deferred[1] else self.check for i in range(start, end)]
+    def _thresholds(self, sequence: Sequence, start: int | None, end: int, deferred) -> list[float]:
+        """The check's threshold for each token of [start, end): 0 for deferred drafts, none for
+        text neither model wrote (a `</think>` the budget inserted)."""
+        strict_until = deferred[1] if deferred is not None else start
+        return [float("inf") if sequence.writers[i] != "small" else 0.0 if i < strict_until else self.check
+                for i in range(start, end)]
 
     def _check_tail(self, request, turn: Turn, deferred):
         """The sequence finished with unchecked small-model tokens (the answer, or a segment the
@@ -176,17 +179,17 @@ class SegmentRelay(Strategy):
         with the large model's token; returns its index (None: no cut)."""
         sequence, start = request.sequence, request.open_from
         logits = (yield Logits("large", sequence, len(sequence) - start + 1))[:-1]
-        cut = lenient_cut(request, logits, sequence.tokens[start:], self._thresholds(start, len(sequence), deferred))
+        cut = lenient_cut(request, logits, sequence.tokens[start:], self._thresholds(sequence, start, len(sequence), deferred))
         request.open_from = None
         if cut is None:
             return None
-        sequence.truncate(start + cut[0])
+        sequence.truncate(start + cut.index)
         sequence.reopen()
-        sequence.append(cut[1], "large")
-        self._after_cut(request, turn, start + cut[0], cut[2], deferred)
-        return start + cut[0]
+        sequence.append(cut.token, "large")
+        self._after_cut(request, turn, start + cut.index, cut, deferred)
+        return start + cut.index
 
-    def _after_cut(self, request, turn: Turn, index: int, margin: float, deferred) -> None:
+    def _after_cut(self, request, turn: Turn, index: int, cut: Cut, deferred) -> None:
         """The check cut the sequence at `index` and the large model wrote its token there; events
         after the cut never happened. A rejected deferred draft resumes its large turn (as if checked
         at once); a cut in the answer leaves the small model writing it; one in the thinking starts
@@ -197,7 +200,8 @@ class SegmentRelay(Strategy):
         if deferred is not None and index < deferred[1]:  # a rejected draft, not a cut segment
             vars(turn).update(vars(deferred[0]))
             return
-        request.events.append(Event(position, "small->large", "check", detail={"margin": round(margin, 3)}))
+        detail = {"margin": round(cut.margin, 3), "small": self.decode([cut.rejected]), "large": self.decode([cut.token])}
+        request.events.append(Event(position, "small->large", "check", detail=detail))
         thinking = THINK_END not in self.decode(sequence.generated[:position])
         if not thinking and turn.reason == "answer":
             turn.writer, turn.start, turn.thinking = "small", index + 1, False

@@ -5,6 +5,7 @@ distributed exactly as the large model's. Greedy: the output equals large-only g
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import NamedTuple
 from dataclasses import dataclass
 
 import torch
@@ -52,12 +53,22 @@ def verify(sampler, drafts: list[int], draft_probs, target) -> tuple[int, int]:
     return len(drafts), int(sampler.draw(target[len(drafts)]))
 
 
-def lenient_cut(request, logits: torch.Tensor, tokens: list[int], threshold: float | list[float]) -> tuple[int, int, float] | None:
+class Cut(NamedTuple):
+    """Where a check cut tokens another model wrote: their `index`, the large model's `token`
+    there, the `rejected` one and the large model's `margin` (logits) of its top over it."""
+
+    index: int
+    token: int
+    rejected: int
+    margin: float
+
+
+def lenient_cut(request, logits: torch.Tensor, tokens: list[int], threshold: float | list[float]) -> Cut | None:
     """The lenient check of tokens another model wrote (`logits` [n, V]: the large model's before
     each of the n `tokens`): the first token the large model ranks below its own top one by at least
     `threshold` logits (one, or one per token; 0: any disagreement, as greedy speculative decoding),
-    the large model's token there (sampled without the rejected one) and the margin; None when
-    every token stays."""
+    with the large model's token there (sampled without the rejected one); None when every token
+    stays."""
     chosen = torch.tensor(tokens, device=logits.device)
     top = logits.max(-1)
     margin = top.values - logits.gather(-1, chosen[:, None])[:, 0]
@@ -66,7 +77,7 @@ def lenient_cut(request, logits: torch.Tensor, tokens: list[int], threshold: flo
         return None
     i = int(disagreements[0])
     token = int(top.indices[i]) if request.sampler.greedy else request.sample(logits[i].index_fill(0, chosen[i : i + 1], float("-inf")))
-    return i, token, float(margin[i])
+    return Cut(i, token, tokens[i], float(margin[i]))
 
 
 def draft(request, sequence: Sequence, k: int, draft_confidence: float = 0.0,
@@ -104,9 +115,9 @@ def check_drafts(request, sequence: Sequence, start: int, draft_probs: list, che
     if head < start:
         cut = lenient_cut(request, target_logits[: start - head], sequence.tokens[head:start], threshold)
         if cut is not None:
-            sequence.truncate(head + cut[0])
-            sequence.append(cut[1], "large")
-            return head + cut[0], 0, len(drafts), cut
+            sequence.truncate(head + cut.index)
+            sequence.append(cut.token, "large")
+            return head + cut.index, 0, len(drafts), cut
         target_logits = target_logits[start - head :]
     target = target_logits.argmax(-1).tolist() if sampler.greedy else sampler.probs(target_logits)
     accepted, token = verify(sampler, drafts, torch.stack(draft_probs) if draft_probs else None, target)

@@ -12,5 +12,14 @@ TOY_VERIFIER = CHECKPOINTS / "toy-verifier"  # toy-small trained to rate reasoni
 # FusionRoute: toy-large fine-tuned per domain (expert-NAME), a router from toy-small, the query
 # classifier of the query-level routing baseline
 FUSIONROUTE = CHECKPOINTS / "fusionroute"
+SHIPPED_CUES = CHECKPOINTS / "cues.json"  # RelayGen's switch cues and check threshold calibrated for the pair
 
-__all__ = ["DOMAINS", "Problem", "fresh", "load_split", "make_problem", "split_of", "TOY_SMALL", "TOY_LARGE", "TOY_SMALL_RELAY", "TOY_VERIFIER", "FUSIONROUTE"]
+
+def is_shipped_pair(models: dict) -> bool:
+    """Whether the large and small models are the shipped toy checkpoints."""
+    return all(
+        role in models and Path(getattr(models[role], "source", "")).resolve() == folder.resolve()
+        for role, folder in (("large", TOY_LARGE), ("small", TOY_SMALL))
+    )
+
+__all__ = ["DOMAINS", "Problem", "fresh", "load_split", "make_problem", "split_of", "TOY_SMALL", "TOY_LARGE", "TOY_SMALL_RELAY", "TOY_VERIFIER", "FUSIONROUTE", "SHIPPED_CUES", "is_shipped_pair"]
