@@ -5,8 +5,8 @@ distributed exactly as the large model's. Greedy: the output equals large-only g
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import NamedTuple
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import torch
 
