@@ -1,7 +1,8 @@
 """Benchmark: `relaykit serve` on loopback, on the shipped toy pair, under concurrent streaming
 clients against the same requests one at a time.
 
-The app runs in this process, served by uvicorn on a free 127.0.0.1 port in a background thread.
+The app runs in a process of its own (as a deployed server would: the clients' parsing does not
+share its interpreter), served by uvicorn on a free 127.0.0.1 port; the clients run in this one.
 Request i asks strategy `large`, `speculative`, `relaygen`, `small` in turn, on the i-th distinct
 `toy:test` question, through `/v1/chat/completions` with temperature 0 and --max-tokens.
 
@@ -26,6 +27,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import multiprocessing
 import time
 from dataclasses import dataclass, field
 
@@ -54,6 +56,18 @@ class Outcome:
     end_to_end: float | None = None
     finished_at: float | None = None  # perf_counter when the response ended
     error: str | None = None
+
+
+def shipped_pair() -> dict:
+    return {"large": load_model(str(TOY_LARGE), name="large"), "small": load_model(str(TOY_SMALL), name="small")}
+
+
+def serve_in_child(threads: int, channel) -> None:
+    """The server's process: the shipped pair behind the app; sends its URL, serves until told."""
+    torch.set_num_threads(threads)
+    with serving(create_app(shipped_pair())) as url:
+        channel.send(url)
+        channel.recv()
 
 
 def request_bodies(count: int, max_tokens: int) -> list[dict]:
@@ -185,14 +199,20 @@ def main() -> None:
     args = parser.parse_args()
     deadline = time.perf_counter() + args.timeout
     torch.set_num_threads(args.threads)
-    pair = {"large": load_model(str(TOY_LARGE), name="large"), "small": load_model(str(TOY_SMALL), name="small")}
+    pair = shipped_pair()
     tokenizer = pair["large"].tokenizer
 
     def count_tokens(text: str) -> int:
         return len(tokenizer(text, add_special_tokens=False)["input_ids"])
 
     bodies = request_bodies(args.clients, args.max_tokens)
-    with serving(create_app(pair)) as url:
+    channel, child_end = multiprocessing.get_context("spawn").Pipe()
+    server = multiprocessing.get_context("spawn").Process(target=serve_in_child, args=(args.threads, child_end), daemon=True)
+    server.start()
+    try:
+        if not channel.poll(min(180.0, args.timeout)):
+            raise SystemExit("the server did not start")
+        url = channel.recv()
         with httpx2.Client(timeout=max(1.0, deadline - time.perf_counter())) as client:  # warm-up: builds each strategy
             for name in STRATEGIES:
                 client.post(url + "/v1/chat/completions", json={**bodies[0], "model": name, "max_tokens": 8})
@@ -201,6 +221,9 @@ def main() -> None:
         tokens, rate = throughput(concurrent, started)
         sequential, started = run_sequential(url, bodies, deadline)
         sequential_tokens, sequential_rate = throughput(sequential, started)
+    finally:
+        channel.send("stop")
+        server.join(30)
 
     succeeded = [o for o in concurrent if o.error is None]
     errors = [o.error for o in concurrent + sequential if o.error is not None]
