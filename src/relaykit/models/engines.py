@@ -252,7 +252,8 @@ class NativeEngine:
         if mask is not None and policy_attention is None:
             additive = torch.zeros(mask.shape, dtype=self.dtype, device=self.device)
             additive.masked_fill_(~mask, float("-inf"))
-        cache.write_positions(starts[0] if same_start else starts_t, position_ids, rows)
+        if self.policy.name != "full":  # positions are read only once a policy has moved slots
+            cache.write_positions(starts[0] if same_start else starts_t, position_ids, rows)
         if not isinstance(rows, slice):  # flat indices into a layer's [rows * kv_heads * capacity, head_dim]
             if starts_t is None:
                 starts_t = torch.tensor(starts, dtype=torch.long, device=self.device)
