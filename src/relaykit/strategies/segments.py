@@ -166,7 +166,7 @@ class SegmentRelay(Strategy):
         drafts are checked as greedy speculative decoding checks them)."""
         return self.check is not None and request.sampler.greedy and request.open_from is None
 
-    def _thresholds(self, sequence: Sequence, start: int | None, end: int, deferred) -> list[float]:
+    def _thresholds(self, sequence: Sequence, start: int, end: int, deferred) -> list[float]:
         """The check's threshold for each token of [start, end): 0 for deferred drafts, none for
         text neither model wrote (a `</think>` the budget inserted)."""
         strict_until = deferred[1] if deferred is not None else start
