@@ -24,7 +24,7 @@ class RelayGenConfig(SegmentConfig):
     # ("all"); or a cues.json from `relaykit calibrate`, a file of one cue per line, "Wait,|So", "none"
     cues: str | list[str] | None = None
     # large-model tokens in a turn before a cue may fire: the public RelayGen code waits 5; with the
-    # check, a cue may fire at once (same accuracy, +0.15x on fresh toy seeds; issue 20)
+    # check, a cue may fire at once (same accuracy, +0.13x on fresh toy seeds; issue 20)
     min_large_tokens: int = 1
     # check (see SegmentConfig): None takes the threshold a cues.json was calibrated with (on the
     # shipped pair, its calibration's whatever the cues), if the large model is in-process; inf: none
