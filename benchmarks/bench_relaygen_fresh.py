@@ -21,8 +21,11 @@ from pathlib import Path
 
 from relaykit.cli import main as relaykit
 
+# the cues calibration selects from the paper's candidates alone (relaykit calibrate --no-discover)
+PAPER_CUES = "Again|Again,|Wait|Wait,|Also|Also,|Alternatively|Alternatively,|So|Hence|Hence,|Therefore|Therefore,"
 STRATEGIES = [
     "relaygen",  # defaults: calibrated cues and check, a cue may fire at once
+    f"relaygen[cues={PAPER_CUES}]",
     "relaygen[check=inf]",  # the paper's plain hand-off
     "relaygen[check=inf min_large_tokens=5]",  # as shipped before issue 20 (public code's wait)
     "relaygen[cues=all]",

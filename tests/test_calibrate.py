@@ -96,3 +96,13 @@ def test_the_check_threshold_is_calibrated_and_relaygen_takes_it(shipped_pair, t
     assert RelayGen(pair, RelayGenConfig(cues=str(paths["json"]), check=float("inf"))).check is None
     with pytest.raises(RelaykitError, match="references"):
         calibrate_check(pair, QUESTIONS, result["selected"])
+
+
+def test_sentence_openings_are_candidates_when_frequent():
+    from relaykit.calibrate.cues import sentence_openings
+
+    trace = "<think>We need 3 * 4.\nFirst, 3 * 4 = 12. Check 2. Wait, 12.\nCheck 1. So 12.\n</think>The answer is 12."
+    openings = sentence_openings([trace] * 3, min_occurrences=3)
+    assert openings[:2] == ["Check", "Check,"]  # twice a trace: the most frequent first
+    assert {"We", "First", "First,", "Wait,", "So"} <= set(openings) and "The" not in openings  # thinking only
+    assert sentence_openings([trace] * 2, min_occurrences=3) == ["Check", "Check,"]

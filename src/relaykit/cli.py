@@ -231,6 +231,7 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
         max_new_tokens=args.max_new_tokens,
         batch_size=args.batch_size,
         check=args.check,
+        discover=args.discover,
     )
     print(summary(result))
     print(f"wrote {paths['json']} and {paths['plot']}")
@@ -436,6 +437,9 @@ def build_parser() -> argparse.ArgumentParser:
     calibrate.add_argument("--limit", type=int, default=100, help="problems to trace (default 100)")
     calibrate.add_argument("--out", default="cues.json", help="output JSON (a PNG plot is written beside it)")
     calibrate.add_argument("--candidates", help="'|'-separated cues or a file of cues (default: the built-in list)")
+    calibrate.add_argument("--discover", action=argparse.BooleanOptionalAction, default=True,
+                           help="also try the words that open sentences in the traces at least --min-occurrences times "
+                           "(default: yes; not with --candidates)")
     calibrate.add_argument("--threshold", type=float, default=0.0, help="minimum margin delta (default 0)")
     calibrate.add_argument("--min-occurrences", type=int, default=5)
     calibrate.add_argument("--batch-size", type=int, default=8)

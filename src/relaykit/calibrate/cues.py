@@ -6,12 +6,19 @@ p(top1) - p(top2). For every candidate cue, the region after each occurrence (to
 sentence end) is what the small model would write at run time. A cue's score is the mean margin
 inside its regions minus the mean margin elsewhere; cues scoring above `threshold` with at least
 `min_occurrences` regions are selected. Only the thinking part (before `</think>`) is used.
+
+Besides the paper's candidates, the words that open sentences in the large model's traces at
+least `min_occurrences` times are candidates too (ours; `discover=False` keeps the paper's list):
+a pair's own easy openings ("Its last two digits are ...") then qualify by the same statistic,
+and the segment check (`check.py`) guards what they hand over.
 """
 
 from __future__ import annotations
 
 import json
 import math
+import re
+from collections import Counter
 from pathlib import Path
 
 
@@ -23,6 +30,9 @@ from ..models.loading import Model, check_same_tokenizer
 from ..models.runner import Runner
 from ..text import CANDIDATE_CUES, THINK_END, cue_pattern, cue_regions
 
+# a capitalised word opening a sentence or a line (or the thinking), with its comma if it has one
+SENTENCE_OPENING = re.compile(r"(?:^|[.!?]\s+|\n|>)[ \t]*([A-Z][A-Za-z]*)(,?)(?=\W)")
+
 
 def calibrate(
     large: Model,
@@ -33,11 +43,13 @@ def calibrate(
     min_occurrences: int = 5,
     max_new_tokens: int = 512,
     batch_size: int = 8,
+    discover: bool = True,
 ) -> dict:
     """Cue statistics for `large`'s traces on `problems` as read by `small` (see `cue_statistics`).
 
     `problems`: prompt strings, token-id lists, evaluation problems (`.prompt`) or toy problems
-    (`.question`). `cues`: the candidates (default: `relaykit.text.CANDIDATE_CUES`).
+    (`.question`). `cues`: the candidates (default: `relaykit.text.CANDIDATE_CUES`, plus the
+    traces' frequent sentence openings with `discover`).
     """
     from ..strategies.single import LargeOnly
 
@@ -55,9 +67,20 @@ def calibrate(
         if trace:
             scored.append((token_pieces(small.tokenizer, prompt, trace), small_margins(reader, prompt, trace)))
             reader.reset()
-    result = cue_statistics(scored, cues if cues is not None else CANDIDATE_CUES, threshold, min_occurrences)
-    result.update(large=large.source, small=small.source, problems=len(prompts), max_new_tokens=max_new_tokens)
+    candidates = list(cues) if cues is not None else list(CANDIDATE_CUES)
+    discovered = sentence_openings(["".join(pieces) for pieces, _ in scored], min_occurrences) if cues is None and discover else []
+    result = cue_statistics(scored, list(dict.fromkeys(candidates + discovered)), threshold, min_occurrences)
+    result.update(large=large.source, small=small.source, problems=len(prompts), max_new_tokens=max_new_tokens,
+                  discovered=[c for c in discovered if c not in candidates])
     return result
+
+
+def sentence_openings(texts: list[str], min_occurrences: int) -> list[str]:
+    """Words opening a sentence of the thinking at least `min_occurrences` times in `texts`, each
+    with and without a comma (as the paper's candidates), most frequent first."""
+    counts = Counter(match.group(1) for text in texts for match in SENTENCE_OPENING.finditer(text.split(THINK_END)[0]))
+    words = [word for word, n in counts.most_common() if n >= min_occurrences]
+    return [cue for word in words for cue in (word, word + ",")]
 
 
 def _prompt_ids(tokenizer, problem) -> list[int]:
