@@ -206,8 +206,9 @@ def main() -> None:
         return len(tokenizer(text, add_special_tokens=False)["input_ids"])
 
     bodies = request_bodies(args.clients, args.max_tokens)
-    channel, child_end = multiprocessing.get_context("spawn").Pipe()
-    server = multiprocessing.get_context("spawn").Process(target=serve_in_child, args=(args.threads, child_end), daemon=True)
+    spawn = multiprocessing.get_context("spawn")
+    channel, child_end = spawn.Pipe()
+    server = spawn.Process(target=serve_in_child, args=(args.threads, child_end), daemon=True)
     server.start()
     try:
         if not channel.poll(min(180.0, args.timeout)):

@@ -190,7 +190,7 @@ def load_model(
         raise RelaykitError("the llama.cpp engine runs a .gguf file's own weights on the CPU: "
                             "leave --dtype and --device at their defaults, or pick --engine native")
     kwargs: dict = {"trust_remote_code": trust_remote_code}
-    if spec.endswith(".gguf"):
+    if gguf:
         if not path.is_file():
             raise RelaykitError(f"no such GGUF file: {spec}")
         folder, kwargs["gguf_file"] = str(path.parent), path.name
@@ -234,7 +234,7 @@ def load_model(
     if dtype == "auto":
         torch_dtype = auto_dtype(device, total)
     hf_model.to(device=device, dtype=torch_dtype).eval()
-    display = name or (path.stem if spec.endswith(".gguf") else path.name or spec)
+    display = name or (path.stem if gguf else path.name or spec)
     if (engine == "native" or dtype == "int8") and (engine == "hf" or not supports_native(hf_model)):
         raise RelaykitError(f"the native engine (which int8 weights need) runs Llama-family models; {spec} is a "
                             f"{hf_model.config.model_type!r} model on the {engine} engine")

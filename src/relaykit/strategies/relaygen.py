@@ -38,14 +38,16 @@ class RelayGen(SegmentRelay):
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
-        if self.config.cues is None and is_shipped_pair(self.models):
-            self.config = dataclasses.replace(self.config, cues=str(SHIPPED_CUES))
-        self.cues = load_cues(self.config.cues)
-        if self.config.check is None and not isinstance(self.models["large"], RemoteModel):
-            calibrated = calibrated_check(self.config.cues)
-            if calibrated is None and is_shipped_pair(self.models):
-                calibrated = calibrated_check(str(SHIPPED_CUES))
-            self.config = dataclasses.replace(self.config, check=calibrated)
+        shipped = is_shipped_pair(self.models)
+        cues, check = self.config.cues, self.config.check
+        if cues is None and shipped:
+            cues = str(SHIPPED_CUES)
+        self.cues = load_cues(cues)
+        if check is None and not isinstance(self.models["large"], RemoteModel):
+            check = calibrated_check(cues)
+            if check is None and shipped:
+                check = calibrated_check(str(SHIPPED_CUES))
+        self.config = dataclasses.replace(self.config, cues=cues, check=check)
         self.pattern = cue_pattern(self.cues)
         self.longest = max((len(c) for c in self.cues), default=0)
         self.window = max(self.window, self.longest + 4)

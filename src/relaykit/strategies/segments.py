@@ -134,7 +134,7 @@ class SegmentRelay(Strategy):
                     k = max(0, min(self.config.speculative, room - 1))
                     start = len(sequence)
                     draft_probs = yield from draft(request, sequence, k, self.config.draft_confidence, drafting_ends)
-                    if self._defers(request) and len(sequence) > start and drafting_ends(sequence):
+                    if drafting_ends and self._defers(request) and len(sequence) > start and drafting_ends(sequence):
                         # the drafts end the turn (a cue): one forward checks them with the segment that follows
                         request.open_from, deferred = start, (dataclasses.replace(turn), len(sequence))
                         decision = request.settle(sequence, start, ends_turn)
