@@ -109,3 +109,22 @@ def test_engine_and_dtype_choices(checkpoints, tmp_path):
         load_model(folder, engine="vllm")
     assert load_model(folder, dtype="bfloat16").describe() == {"source": folder, "engine": "native", "dtype": "bfloat16",
                                                                 "parameters": tiny.parameters}
+
+
+def test_packed_bfloat16_products_equal_f_linear_row_by_row(checkpoints):
+    """bfloat16 weights are packed for oneDNN once (F.linear reorders them on every call): the same
+    numbers as F.linear, and each row's the same alone as in a batch."""
+    from relaykit.models.engines import PackedWeight, _linear, fused_projections, packs_bfloat16
+    from relaykit.models.runner import Runner
+
+    if not packs_bfloat16(torch.bfloat16, torch.device("cpu")):
+        pytest.skip("this CPU's oneDNN has no bfloat16")
+    engine = Runner(load_model(str(checkpoints[("llama", "large")]), dtype="bfloat16")).engine
+    layer = engine.layers[0]
+    assert isinstance(layer.gate_up, PackedWeight) and isinstance(engine.head, PackedWeight)
+    weight = fused_projections(engine.model)[0][2]  # the gate/up weight the layer packed
+    x = torch.randn(3, 5, weight.shape[1], generator=torch.Generator().manual_seed(0)).bfloat16()
+    with torch.inference_mode():
+        product = _linear(x, layer.gate_up)
+        assert torch.equal(product, torch.nn.functional.linear(x, weight))
+        assert torch.equal(product[1:2, 2:3], _linear(x[1:2, 2:3], layer.gate_up))

@@ -213,6 +213,22 @@ def test_a_strict_check_without_answer_handoff_equals_large_greedy(toy_pair, shi
     assert sum(w == "small" for r in results for w in r.provenance) > 100
 
 
+def test_drafts_at_cues_wait_for_the_next_check_and_keep_the_text(toy_pair, shipped_pair):
+    """Drafts that end a large turn wait, even behind other unchecked tokens (`max_unchecked`):
+    the same text as checking them at once, in fewer large forwards; on random models (every
+    segment cut) still the large model's greedy text."""
+    _, words = words_of(toy_pair)
+    config = RelayGenConfig(cues=words, min_large_tokens=2, answer_handoff=False, check=0.0, speculative=3, max_unchecked=1000)
+    assert [r.token_ids for r in run(toy_pair, "relaygen", config)] == [r.token_ids for r in run(toy_pair, "single")]
+    pair = {role: shipped_pair[role] for role in ("large", "small")}
+    batch = [encode_prompt(pair["large"].tokenizer, p.question) for p in load_split("test", 4)]
+    results = {m: run(pair, "relaygen", RelayGenConfig(speculative=8, draft_confidence=0.8, max_unchecked=m), max_new_tokens=200, batch=batch)
+               for m in (0, 1000)}
+    assert [r.token_ids for r in results[0]] == [r.token_ids for r in results[1000]]
+    forwards = {m: sum(r.usage["large"]["forward_calls"] for r in rs) for m, rs in results.items()}
+    assert forwards[1000] < forwards[0]
+
+
 def test_the_answer_check_leaves_the_large_models_answer(toy_pair):
     """The budget closes the thinking and the small model answers; a strict check makes the answer
     the large model's greedy one after the same text."""

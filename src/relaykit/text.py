@@ -7,6 +7,7 @@ arrives, so "now" never fires inside "know" and "3." is no sentence end until a 
 
 from __future__ import annotations
 
+import functools
 import json
 import re
 from pathlib import Path
@@ -15,6 +16,7 @@ from typing import Callable, NamedTuple
 from .errors import RelaykitError
 
 THINK_END = "</think>"
+WORD_END = re.compile(r"\w$")  # a cue ending in a word character completes at the next character
 # A sentence ends at . ! or ? (closing quotes/brackets allowed) followed by white space, or at a
 # blank line. Requiring the white space keeps "3.5" in one sentence.
 SENTENCE_END = re.compile(r"[.!?][\"')\]]*\s|\n[ \t]*\n")
@@ -34,14 +36,14 @@ def cue_pattern(cues: list[str]) -> re.Pattern | None:
     parts = []
     for cue in sorted(set(cues), key=len, reverse=True):
         left = r"(?<!\w)" if re.match(r"\w", cue) else ""
-        right = r"(?=\W)" if re.search(r"\w$", cue) else ""
+        right = r"(?=\W)" if WORD_END.search(cue) else ""
         parts.append(left + re.escape(cue) + right)
     return re.compile("|".join(parts))
 
 
 def _completion(match: re.Match) -> int:
     """Index just after the character that decides a cue match."""
-    return match.end() + (1 if re.search(r"\w$", match.group()) else 0)
+    return match.end() + (1 if WORD_END.search(match.group()) else 0)
 
 
 def find_cue(text: str, pattern: re.Pattern | None, since: int, start: int = 0) -> str | None:
@@ -85,20 +87,33 @@ class Tail(NamedTuple):
     turn_from: int
 
 
+PIECES_MAX_VOCAB = 512  # vocabularies small enough to check every pair of tokens for `decoder`'s pieces
+
+
 def decoder(tokenizer) -> Callable[[list[int]], str]:
     """`tokenizer.decode(ids, skip_special_tokens=False)`, calling a fast tokenizer's backend directly
-    when that gives the same text (no clean-up of spaces): the wrapper costs 3x the decoding."""
+    when that gives the same text (no clean-up of spaces): the wrapper costs 3x the decoding. Where
+    every token's text is the same whatever its neighbours (checked on every pair of a small
+    vocabulary, as the toy tokenizer's), it joins the tokens' texts instead: a rule asked after
+    every forward finds the tokenizer's tables out of the CPU's caches, and a join costs a third."""
     backend = getattr(tokenizer, "_tokenizer", None)
-    if backend is not None and hasattr(backend, "decode") and getattr(tokenizer, "clean_up_tokenization_spaces", True) is False:
-        return lambda ids: backend.decode(ids, skip_special_tokens=False)
-    return lambda ids: tokenizer.decode(ids, skip_special_tokens=False)
+    if backend is None or not hasattr(backend, "decode") or getattr(tokenizer, "clean_up_tokenization_spaces", True) is not False:
+        return lambda ids: tokenizer.decode(ids, skip_special_tokens=False)
+    decode = functools.partial(backend.decode, skip_special_tokens=False)
+    size = backend.get_vocab_size(with_added_tokens=True)
+    if size <= PIECES_MAX_VOCAB:
+        pieces = [decode([token]) for token in range(size)]
+        if all(decode([a, b]) == pieces[a] + pieces[b] for a in range(size) for b in range(size)):
+            return lambda ids: "".join([pieces[token] for token in ids])
+    return decode
 
 
 def decode_tail(decode: Callable[[list[int]], str], tokens: list[int], end: int, turn_start: int, floor: int, window: int) -> Tail:
-    """Decode (with `decode`, see `decoder`) tokens[start:end] for a window of about `window` tokens,
-    with one token of context before the turn so that a word boundary at its start is visible.
-    `floor`: the first index allowed."""
-    start = max(floor, min(end - window, turn_start - 1))
+    """Decode (with `decode`, see `decoder`) the last `window` tokens before `end`, with one token of
+    context before the turn when it starts in the window, so that a word boundary at its start is
+    visible. `floor`: the first index allowed. Every rule reads only the last few characters, so a
+    long turn is not decoded whole for each of its tokens."""
+    start = max(floor, end - window - (end - window == turn_start))
 
     def text(stop: int) -> str:
         return decode(tokens[start:stop]) if stop > start else ""

@@ -27,7 +27,7 @@ class StopChecker:
         self.tail_tokens = 2 * max((len(s) for s in self.stop_strings), default=0) + 4
 
     def remaining(self, seq: Sequence) -> int:
-        return self.config.max_new_tokens - len(seq.generated)
+        return self.config.max_new_tokens - (len(seq) - seq.prompt_length)
 
     def check(self, seq: Sequence, count: int = 1) -> bool:
         """Check the last `count` appended tokens in order; at the first that ends the generation,

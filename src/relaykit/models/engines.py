@@ -88,8 +88,29 @@ def quantize_int8(weight: torch.Tensor) -> Int8Weight:
     return Int8Weight(quantized, scales.to(weight.dtype))
 
 
+class PackedWeight(NamedTuple):
+    """A bfloat16 matrix in oneDNN's blocked layout, reordered once. F.linear reorders a bfloat16
+    weight on every call, which costs as much as the product itself; the packed product computes
+    the same numbers (tests/test_loading.py), row by row whatever the batch."""
+
+    weight: torch.Tensor  # torch._mkldnn layout
+
+
+def packs_bfloat16(dtype: torch.dtype, device: torch.device) -> bool:
+    """Whether bfloat16 weights on `device` are packed for oneDNN (CPUs whose oneDNN does bfloat16)."""
+    return (dtype == torch.bfloat16 and device.type == "cpu" and torch.backends.mkldnn.is_available()
+            and torch.ops.mkldnn._is_mkldnn_bf16_supported())
+
+
+def pack_bfloat16(weight: torch.Tensor) -> PackedWeight:
+    return PackedWeight(torch.ops.mkldnn._reorder_linear_weight(weight, 1))
+
+
 def _linear(x: torch.Tensor, weight, bias: torch.Tensor | None = None) -> torch.Tensor:
-    """F.linear, or PyTorch's int8 weight-only kernel for an `Int8Weight`."""
+    """F.linear, or oneDNN's product with a `PackedWeight`, or PyTorch's int8 weight-only kernel
+    for an `Int8Weight`."""
+    if isinstance(weight, PackedWeight):
+        return torch.ops.mkldnn._linear_pointwise(x, weight.weight, bias, "none", [], "")
     if not isinstance(weight, Int8Weight):
         return F.linear(x, weight, bias)
     out = torch._weight_int8pack_mm(x.reshape(-1, x.shape[-1]), weight.weight, weight.scales)
@@ -107,19 +128,20 @@ def _norm(module, dtype: torch.dtype):
 
 
 class _Layer(NamedTuple):
-    """What a forward uses of one decoder layer, looked up once (weights may be `Int8Weight`s)."""
+    """What a forward uses of one decoder layer, looked up once (weights may be `Int8Weight`s or
+    `PackedWeight`s)."""
 
     input_norm: Callable
-    qkv: torch.Tensor | Int8Weight
+    qkv: torch.Tensor | Int8Weight | PackedWeight
     qkv_bias: torch.Tensor | None
     q_norm: Callable | None  # Qwen3's per-head norms of q and k
     k_norm: Callable | None
     scaling: float
-    o: torch.Tensor | Int8Weight
+    o: torch.Tensor | Int8Weight | PackedWeight
     o_bias: torch.Tensor | None
     post_norm: Callable
-    gate_up: torch.Tensor | Int8Weight
-    down: torch.Tensor | Int8Weight
+    gate_up: torch.Tensor | Int8Weight | PackedWeight
+    down: torch.Tensor | Int8Weight | PackedWeight
     down_bias: torch.Tensor | None
 
 
@@ -144,9 +166,10 @@ class NativeEngine:
         self.policy.attach(self.cache)
         self.device, self.dtype = param.device, param.dtype
         self.head = None  # the model's own output head (a router's adds its routing weights)
-        quantized = quantize_int8 if int8 else lambda weight: weight
-        if int8 and type(hf_model.lm_head) is torch.nn.Linear and hf_model.lm_head.bias is None:
-            self.head = quantize_int8(hf_model.lm_head.weight)
+        packed = not int8 and packs_bfloat16(param.dtype, param.device)
+        quantized = quantize_int8 if int8 else pack_bfloat16 if packed else lambda weight: weight
+        if (int8 or packed) and type(hf_model.lm_head) is torch.nn.Linear and hf_model.lm_head.bias is None:
+            self.head = quantized(hf_model.lm_head.weight)
         qk_norm = hasattr(attention, "q_norm")
         self.layers = [
             _Layer(

@@ -69,13 +69,15 @@ class Request:
         self.events.append(event)
         return event
 
-    def settle(self, sequence: Sequence, first: int, ends_turn: Callable[[Sequence, int], Any] | None = None) -> Any:
-        """After tokens were appended from index `first` on: ask `ends_turn` of each, in order; the
-        first that ends the turn cuts the sequence after it (or at the answer's `cut`). Then apply
-        the stop conditions to the new tokens that remain. Returns what ends the turn, or None."""
+    def settle(self, sequence: Sequence, first: int, ends_turn: Callable[[Sequence, int], Any] | None = None,
+               asked: int = 0) -> Any:
+        """After tokens were appended from index `first` on: ask `ends_turn` of each, in order (but
+        of those before `asked`, which the caller knows do not end the turn); the first that ends
+        the turn cuts the sequence after it (or at the answer's `cut`). Then apply the stop
+        conditions to the new tokens that remain. Returns what ends the turn, or None."""
         ended = None
         if ends_turn is not None:
-            for end in range(first + 1, len(sequence) + 1):
+            for end in range(max(first, asked) + 1, len(sequence) + 1):
                 ended = ends_turn(sequence, end)
                 if ended is not None:
                     cut = getattr(ended, "cut", None)

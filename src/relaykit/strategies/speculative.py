@@ -84,7 +84,8 @@ def draft(request, sequence: Sequence, k: int, draft_confidence: float = 0.0,
           drafting_ends: Callable[[Sequence], bool] | None = None):
     """The small model drafts up to k tokens (use with `yield from`), fewer once a draft is below
     `draft_confidence` or `drafting_ends` says the turn would end there. Returns the drafts'
-    distributions when sampling (else [])."""
+    distributions when sampling (else []) and whether `drafting_ends` ended the drafting (it said
+    no to every other draft)."""
     sampler, draft_probs = request.sampler, []
     for _ in range(k):
         logits = (yield Logits("small", sequence))[-1]
@@ -95,11 +96,11 @@ def draft(request, sequence: Sequence, k: int, draft_confidence: float = 0.0,
             draft_probs.append(probs)
             token = int(sampler.draw(probs))
         sequence.append(token, "small")
+        if drafting_ends is not None and drafting_ends(sequence):
+            return draft_probs, True
         if draft_confidence and float(logits.softmax(-1).max()) < draft_confidence:
             break
-        if drafting_ends is not None and drafting_ends(sequence):
-            break
-    return draft_probs
+    return draft_probs, False
 
 
 def check_drafts(request, sequence: Sequence, start: int, draft_probs: list, checked_from: int | None = None,
@@ -131,7 +132,7 @@ def speculative_round(request, sequence: Sequence, k: int, draft_confidence: flo
     """One round on one sequence (use with `yield from`): `draft`, then `check_drafts`.
     Returns (index of the first token added, drafts accepted, drafts written, None)."""
     start = len(sequence)
-    draft_probs = yield from draft(request, sequence, k, draft_confidence, drafting_ends)
+    draft_probs, _ = yield from draft(request, sequence, k, draft_confidence, drafting_ends)
     return (yield from check_drafts(request, sequence, start, draft_probs))
 
 
