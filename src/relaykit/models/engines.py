@@ -20,6 +20,7 @@ from .kv import KVCache, KVPolicy
 
 NATIVE_MODEL_TYPES = {"llama", "qwen2", "qwen3", "mistral"}
 STATIC_ROPE_TYPES = {"default", "linear", "llama3", "yarn"}  # rotary tables that do not depend on length
+EXACT_CHUNK = 32  # longest chunk a low-precision forward attends position by position (see NativeEngine)
 
 
 def supports_native(hf_model) -> bool:
@@ -91,7 +92,9 @@ def quantize_int8(weight: torch.Tensor) -> Int8Weight:
 class PackedWeight(NamedTuple):
     """A bfloat16 matrix in oneDNN's blocked layout, reordered once. F.linear reorders a bfloat16
     weight on every call, which costs as much as the product itself; the packed product computes
-    the same numbers (tests/test_loading.py), row by row whatever the batch."""
+    the same numbers (tests/test_loading.py). A lone row is multiplied as two: oneDNN sums one row
+    in another order than several, and rows of 2-33 agree (measured), so that a verification
+    chunk's rows equal decoding them one by one."""
 
     weight: torch.Tensor  # torch._mkldnn layout
 
@@ -110,6 +113,9 @@ def _linear(x: torch.Tensor, weight, bias: torch.Tensor | None = None) -> torch.
     """F.linear, or oneDNN's product with a `PackedWeight`, or PyTorch's int8 weight-only kernel
     for an `Int8Weight`."""
     if isinstance(weight, PackedWeight):
+        if x.numel() == x.shape[-1]:  # a lone row: oneDNN would sum it in another order than a chunk's rows
+            return torch.ops.mkldnn._linear_pointwise(x.expand(*x.shape[:-2], 2, x.shape[-1]).contiguous(), weight.weight,
+                                                      bias, "none", [], "")[..., :1, :]
         return torch.ops.mkldnn._linear_pointwise(x, weight.weight, bias, "none", [], "")
     if not isinstance(weight, Int8Weight):
         return F.linear(x, weight, bias)
@@ -188,6 +194,10 @@ class NativeEngine:
         self.final_norm = _norm(self.body.norm, param.dtype)
         self.activation = F.silu if config.hidden_act == "silu" else self.body.layers[0].mlp.act_fn
         self.rope_cos = self.rope_sin = None
+        # a chunk of positions rounds differently than each position alone: in float32 by ~1e-7 (no
+        # flipped choice seen), in low precision enough to flip near-ties, so there a verification
+        # chunk is computed as decoding would (see `forward`): speculative greedy equals greedy
+        self.exact_positions = self.dtype != torch.float32
 
     def _rope(self, hidden: torch.Tensor, position_ids: torch.Tensor, end: int) -> tuple[torch.Tensor, torch.Tensor]:
         """cos and sign-folded sin (see `_rotate`) at `position_ids` [B, n] (all below `end`):
@@ -202,6 +212,15 @@ class NativeEngine:
             start = end - position_ids.shape[1]
             return self.rope_cos[start:end], self.rope_sin[start:end]
         return self.rope_cos[position_ids][:, None], self.rope_sin[position_ids][:, None]
+
+    def _attend_one(self, q: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, mask, scaling: float) -> torch.Tensor:
+        """Attention of one new token per row. Under GQA each KV head's query group attends as one
+        block of queries, which avoids SDPA's repeat of keys and values per query head."""
+        if self.heads == self.kv_heads:
+            return F.scaled_dot_product_attention(q, keys, values, attn_mask=mask, scale=scaling)
+        grouped = q.reshape(q.shape[0], self.kv_heads, self.heads // self.kv_heads, self.head_dim)
+        out = F.scaled_dot_product_attention(grouped, keys, values, attn_mask=mask, scale=scaling)
+        return out.reshape(q.shape[0], self.heads, 1, self.head_dim)
 
     @property
     def lengths(self) -> list[int]:
@@ -237,7 +256,16 @@ class NativeEngine:
 
         Only the fed rows are computed (a block of rows is read in place, scattered rows have their
         keys and values gathered), unless a policy takes over this forward's attention: policies
-        work on every row of the cache."""
+        work on every row of the cache.
+
+        In low precision (`exact_positions`), one row's wanted positions (a verification) are fed
+        apart from the tokens before them, so that both parts are computed as when decoding them."""
+        if self.exact_positions and self.policy.name == "full" and sum(map(bool, tokens)) == 1:
+            b = next(b for b, t in enumerate(tokens) if t)
+            k = wanted[b]
+            if 0 < k <= EXACT_CHUNK and k < len(tokens[b]):
+                self.forward([t[:-k] for t in tokens], positions, [0] * len(tokens))
+                return self.forward([t[-k:] for t in tokens], [p + len(t) - k for p, t in zip(positions, tokens)], wanted)
         cache = self.cache
         fed_counts = [len(t) for t in tokens]
         for row, (start, count, k) in enumerate(zip(cache.lengths.tolist(), fed_counts, wanted)):
@@ -287,6 +315,8 @@ class NativeEngine:
             write_slots = starts_t[:, None] + torch.arange(width, device=self.device)
             write_index = write_slots[:, None, :, None].expand(batch, self.kv_heads, width, self.head_dim)
 
+        # a short chunk of one row in low precision: each position attends as decoding it would
+        one_by_one = policy_attention is None and self.exact_positions and batch == 1 and 1 < width == last_k <= EXACT_CHUNK
         hidden = self.body.embed_tokens(ids)
         cos, sin = self._rope(hidden, position_ids, max(positions) + width)
         q_width, kv_width = self.heads, self.kv_heads
@@ -314,18 +344,18 @@ class NativeEngine:
                     keys.scatter_(2, write_index, k)
                     values.scatter_(2, write_index, v)
                 keys, values = keys[:, :, :span], values[:, :, :span]
-            if policy_attention is None and width == 1 and self.heads != self.kv_heads:
-                # decoding under GQA: each KV head's query group attends as one block of queries,
-                # which avoids SDPA's repeat of keys and values per query head
-                grouped = q.reshape(batch, self.kv_heads, self.heads // self.kv_heads, self.head_dim)
-                out = F.scaled_dot_product_attention(grouped, keys, values, attn_mask=additive, scale=layer.scaling)
-                out = out.reshape(batch, self.heads, 1, self.head_dim)
-            elif policy_attention is None:
+            if policy_attention is not None:
+                out = policy_attention.attend(index, q, mask, span, layer.scaling)
+            elif width == 1:
+                out = self._attend_one(q, keys, values, additive, layer.scaling)
+            elif one_by_one:
+                out = torch.cat([self._attend_one(q[:, :, j : j + 1], keys[:, :, : span - width + j + 1],
+                                                  values[:, :, : span - width + j + 1], None, layer.scaling)
+                                 for j in range(width)], dim=2)
+            else:
                 out = F.scaled_dot_product_attention(
                     q, keys, values, attn_mask=additive, scale=layer.scaling, enable_gqa=self.heads != self.kv_heads
                 )
-            else:
-                out = policy_attention.attend(index, q, mask, span, layer.scaling)
             out = out.transpose(1, 2).reshape(batch, width, -1)
             hidden = hidden + _linear(out, layer.o, layer.o_bias)
             gate, up = _linear(layer.post_norm(hidden), layer.gate_up).chunk(2, dim=-1)
