@@ -104,7 +104,14 @@ def decoder(tokenizer) -> Callable[[list[int]], str]:
     if size <= PIECES_MAX_VOCAB:
         pieces = [decode([token]) for token in range(size)]
         if all(decode([a, b]) == pieces[a] + pieces[b] for a in range(size) for b in range(size)):
-            return lambda ids: "".join([pieces[token] for token in ids])
+
+            def join(ids: list[int]) -> str:
+                try:
+                    return "".join([pieces[token] for token in ids])
+                except IndexError:  # an id past the tokenizer's (a model's padded vocabulary)
+                    return decode(ids)
+
+            return join
     return decode
 
 
