@@ -180,8 +180,9 @@ def build_strategies(
     `models`. Each shared option in `options` goes to the strategies that have it; with
     `add_baseline`, the `large` strategy (speed-ups are measured against it) comes first.
     On the shipped toy pair, a strategy that ships its own trained model for a role (RelayLLM's
-    toy-small-relay) gets that model (RelayGen takes the pair's calibrated cues by itself). With the shipped domain experts, query routing gets their
-    shipped prompt classifier; a variant `expert` without a name becomes one entry per expert."""
+    toy-small-relay) gets that model (RelayGen takes the pair's calibrated cues by itself). With
+    the shipped domain experts, query routing gets their shipped prompt classifier; a variant
+    `expert` without a name becomes one entry per expert."""
     experts = {role.split(":", 1)[1]: models[role].source for role in expert_roles(models)}
     shipped_classifier = experts and experts == shipped_experts() and _SHIPPED_CLASSIFIER.is_file()
     strategies, trained = {}, {}

@@ -120,7 +120,10 @@ def decode_tail(decode: Callable[[list[int]], str], tokens: list[int], end: int,
     context before the turn when it starts in the window, so that a word boundary at its start is
     visible. `floor`: the first index allowed. Every rule reads only the last few characters, so a
     long turn is not decoded whole for each of its tokens."""
-    start = max(floor, end - window - (end - window == turn_start))
+    start = end - window
+    if start == turn_start:  # the turn starts at the window's edge: one token of context before it
+        start -= 1
+    start = max(floor, start)
 
     def text(stop: int) -> str:
         return decode(tokens[start:stop]) if stop > start else ""

@@ -27,7 +27,7 @@ class RelayGenConfig(SegmentConfig):
     # check, a cue may fire at once (same accuracy, +0.13x on fresh toy seeds; issue 20)
     min_large_tokens: int = 1
     # check (see SegmentConfig): None takes the threshold a cues.json was calibrated with (on the
-    # shipped pair, its calibration's whatever the cues), if the large model is in-process; inf: none
+    # shipped pair, the shipped one for any cues), if the large model is in-process; inf: none
 
 
 @register("relaygen")

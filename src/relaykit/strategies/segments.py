@@ -183,7 +183,7 @@ class SegmentRelay(Strategy):
         """Whether drafts from `start` that end a large turn may wait for the next check (greedy
         only: deferred drafts are checked as greedy speculative decoding checks them), so long as
         fewer than `max_unchecked` tokens then wait."""
-        waiting = start - (start if request.open_from is None else request.open_from)
+        waiting = 0 if request.open_from is None else start - request.open_from
         return self.check is not None and request.sampler.greedy and waiting < self.config.max_unchecked
 
     def _thresholds(self, sequence: Sequence, start: int, end: int, deferred: list[Deferred]) -> list[float]:

@@ -22,4 +22,5 @@ def is_shipped_pair(models: dict) -> bool:
         for role, folder in (("large", TOY_LARGE), ("small", TOY_SMALL))
     )
 
+
 __all__ = ["DOMAINS", "Problem", "fresh", "load_split", "make_problem", "split_of", "TOY_SMALL", "TOY_LARGE", "TOY_SMALL_RELAY", "TOY_VERIFIER", "FUSIONROUTE", "SHIPPED_CUES", "is_shipped_pair"]
