@@ -13,7 +13,7 @@ from relaykit.toyworld.tokenizer import build_tokenizer, save_tokenizer
 from relaykit.toyworld.train import ToyModelConfig, build_model
 from relaykit.train.grpo import GRPOConfig, group_advantages, grpo_loss
 from relaykit.train.loop import TrainConfig, train
-from relaykit.train.relayllm import relayllm_rewards, spans, with_calls
+from relaykit.train.relayllm import critical, relayllm_rewards, spans, with_calls
 from relaykit.train.sft import sft_loss
 
 TINY = ToyModelConfig(layers=2, hidden=64, heads=2, intermediate=128)
@@ -156,6 +156,27 @@ def test_warmup_example_marks_the_large_models_span():
     ids, mask = with_calls([1, 2, 10, 11, 12, 13], 2, [(3, 4)], lambda n: [-1, n, -2])
     assert ids == [1, 2, 10, -1, 2, -2, 11, 12, 13]
     assert mask == [False, False, True, True, True, True, False, False, True]
+
+
+def test_only_slips_that_change_the_answer_are_critical(shipped_pair):
+    """A check counter off by one is harmless (the large model checks once less, same answer); a
+    wrong digit of the second product is not (the large model copies it to the answer)."""
+    from relaykit.decoding.prompt import encode_prompt
+    from relaykit.toyworld import load_split
+
+    large = shipped_pair["large"]
+    tokenizer = large.tokenizer
+    problem = next(p for p in load_split("test", 20) if "Check it 3 times" in p.question)
+    prompt = encode_prompt(tokenizer, problem.question)
+    tokens = prompt + tokenizer(problem.solution, add_special_tokens=False)["input_ids"]
+    digit = lambda text, at: len(tokenizer(text[:at], add_special_tokens=False)["input_ids"]) + len(prompt)
+    counter = digit(problem.solution, problem.solution.index("Check 3.") + len("Check "))
+    second = digit(problem.solution, problem.solution.index(" = " + problem.answer) + len(" = "))
+    assert tokenizer.decode(tokens[counter]) == "3" and tokenizer.decode(tokens[second]) == problem.answer[0]
+    wrong_digit = tokenizer.convert_tokens_to_ids(str((int(problem.answer[0]) + 1) % 10))
+    verdicts = critical(large, [(tokens, len(prompt))], [problem.answer],
+                        [[(counter, tokenizer.convert_tokens_to_ids("2")), (second, wrong_digit)]])
+    assert verdicts == [[False, True]]
 
 
 def _tiny_policy(seed: int):

@@ -3,7 +3,10 @@
 1. Warm-up SFT: on training problems, the reference solution with `<call>N</call>` inserted
    before each span where the small model's top-1 departs from the reference (teacher forcing);
    the span itself is the large model's (no loss), everything else the small model's (loss,
-   commands included).
+   commands included). With `critical_only` (ours) a span is kept only when the departure would
+   change the answer: the large model, continuing greedily from the reference before the span with
+   the small model's token in its place, answers wrong. A harmless slip (a check counter off by
+   one, a first product miscopied where only the second is the answer) then costs no call.
 2. GRPO: rollouts are real `relayllm` generations with real calls to the large model, batched on
    the scheduler (8 per prompt at temperature 1.0); the reward is decided per question over its
    group (`relayllm_rewards`); the large model's tokens carry no loss.
@@ -21,6 +24,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import torch
+from tqdm import tqdm
 
 from ..decoding.prompt import encode_prompt
 from ..decoding.sampler import SamplingConfig
@@ -48,6 +52,9 @@ class RelayLLMTrainConfig:
     # first with the untrained small model), then trains `sft` steps on them (ours)
     warmup_rounds: int = 2
     whole_numbers: bool = True  # a span inside a number runs to the number's end (the small model's next digit follows a wrong one)
+    # keep only the spans whose departure makes the large model's continuation answer wrong (ours;
+    # a third of the shipped warm-up's large tokens went to check counters and harmless copies)
+    critical_only: bool = True
     grpo: TrainConfig = TrainConfig(steps=60, lr=2e-4, warmup=5, min_lr_ratio=1.0)
     grpo_method: GRPOConfig = field(default_factory=GRPOConfig)
     prompts_per_step: int = 8  # questions per GRPO step (x `grpo_method.group` rollouts)
@@ -59,9 +66,9 @@ class RelayLLMTrainConfig:
 
 
 @torch.no_grad()
-def departures(small, examples: list[tuple[list[int], int]], commands: list[int], batch: int = 32) -> list[list[int]]:
-    """For each (ids, answer start): indices t >= start where the small model's top-1 after
-    ids[:t] is not ids[t] (teacher forcing), command tokens left out of the top-1: a model that
+def departures(small, examples: list[tuple[list[int], int]], commands: list[int], batch: int = 32) -> list[dict[int, int]]:
+    """For each (ids, answer start): {t: the small model's top-1 after ids[:t]} for each t >= start
+    where that is not ids[t] (teacher forcing), command tokens left out of the top-1: a model that
     already calls there is asked what it would write itself."""
     out = []
     for first in range(0, len(examples), batch):
@@ -69,9 +76,35 @@ def departures(small, examples: list[tuple[list[int], int]], commands: list[int]
         ids = pad([e[0] for e in chunk], 0)
         logits = small(input_ids=ids).logits[:, :-1]
         logits[..., commands] = float("-inf")
-        predicted = logits.argmax(-1)
+        predicted = logits.argmax(-1).tolist()
         for row, (tokens, start) in enumerate(chunk):
-            out.append([t for t in range(start, len(tokens)) if int(predicted[row, t - 1]) != tokens[t]])
+            out.append({t: predicted[row][t - 1] for t in range(start, len(tokens)) if predicted[row][t - 1] != tokens[t]})
+    return out
+
+
+def critical(large: Model, examples: list[tuple[list[int], int]], answers: list[str],
+             slips: list[list[tuple[int, int]]], window: int = 128) -> list[list[bool]]:
+    """For each example's slips (index t, the small model's token there): whether the large model,
+    continuing greedily from ids[:t] + [token] (at most the reference's length again), reaches a
+    wrong answer. Run on one scheduler, `window` continuations at a time."""
+    strategy = get_strategy("large")({"large": large}, None)
+    scheduler = Scheduler({"large": large})
+    jobs = [(e, t, token) for e, slip in enumerate(slips) for t, token in slip]
+    wrong: list[bool] = []
+    for first in tqdm(range(0, len(jobs), window), desc="critical spans", unit="window", mininterval=10):
+        handles = []
+        for e, t, token in jobs[first : first + window]:
+            tokens = examples[e][0]
+            stop = StopConfig(max_new_tokens=2 * (len(tokens) - t) + 8)
+            handles.append(scheduler.submit(tokens[:t] + [token], strategy, stop=stop))
+        for (e, t, token), result in zip(jobs[first : first + window], scheduler.run(handles)):
+            tokens, start = examples[e]
+            text = large.tokenizer.decode(tokens[start:t] + [token]) + result.text
+            wrong.append(not answers_match(extract_answer(text), answers[e]))
+    out, taken = [], 0
+    for slip in slips:
+        out.append(wrong[taken : taken + len(slip)])
+        taken += len(slip)
     return out
 
 
@@ -116,8 +149,10 @@ def with_calls(tokens: list[int], start: int, hard: list[tuple[int, int]], call_
     return ids, mask
 
 
-def warmup_examples(small: Model, problems: list[Problem], merge_gap: int, whole_numbers: bool) -> tuple[list, list, dict]:
-    """Warm-up (ids, mask) pairs for `problems`, and figures of the hard spans found."""
+def warmup_examples(small: Model, problems: list[Problem], merge_gap: int, whole_numbers: bool,
+                    large: Model | None = None) -> tuple[list, list, dict]:
+    """Warm-up (ids, mask) pairs for `problems`, and figures of the hard spans found; with `large`,
+    only the spans whose first slip is `critical`."""
     tokenizer = small.tokenizer
     encoded = []
     for problem in problems:
@@ -127,8 +162,13 @@ def warmup_examples(small: Model, problems: list[Problem], merge_gap: int, whole
     call_ids = lambda n: tokenizer(f"<call>{n}</call>", add_special_tokens=False)["input_ids"]
     ids, masks, n_spans, n_hard, n_answer = [], [], 0, 0, 0
     commands = tokenizer.convert_tokens_to_ids(["<call>", "</call>"])
-    for (tokens, start), points in zip(encoded, departures(small.hf, encoded, commands)):
-        hard = spans(points, merge_gap)
+    slips = departures(small.hf, encoded, commands)
+    found = [spans(sorted(points), merge_gap) for points in slips]
+    n_found = sum(map(len, found))
+    if large is not None:
+        verdicts = critical(large, encoded, [p.answer for p in problems], [[(a, slip[a]) for a, _ in hard] for hard, slip in zip(found, slips)])
+        found = [[span for span, keep in zip(hard, kept) if keep] for hard, kept in zip(found, verdicts)]
+    for (tokens, start), hard in zip(encoded, found):
         if whole_numbers:
             hard = to_number_end(tokens, hard, lambda t: tokenizer.decode([t]).isdigit())
         example, mask = with_calls(tokens, start, hard, call_ids)
@@ -137,7 +177,8 @@ def warmup_examples(small: Model, problems: list[Problem], merge_gap: int, whole
         n_spans += len(hard)
         n_hard += sum(b - a + 1 for a, b in hard)
         n_answer += len(tokens) - start
-    figures = {"examples": len(ids), "calls_per_example": n_spans / len(ids), "large_token_share": n_hard / n_answer}
+    figures = {"examples": len(ids), "spans_found_per_example": n_found / len(ids), "calls_per_example": n_spans / len(ids),
+               "large_token_share": n_hard / n_answer}
     return ids, masks, figures
 
 
@@ -225,7 +266,8 @@ def train_relayllm(large: Model, small: Model, out: str | Path, cfg: RelayLLMTra
         order = random.Random(cfg.seed)
         report["warmup_rounds"] = []
         for round_ in range(cfg.warmup_rounds):
-            ids, masks, figures = warmup_examples(small, problems, cfg.merge_gap, cfg.whole_numbers)
+            ids, masks, figures = warmup_examples(small, problems, cfg.merge_gap, cfg.whole_numbers,
+                                                  large if cfg.critical_only else None)
 
             def sft_batch(step: int, ids=ids, masks=masks):
                 picked = order.sample(range(len(ids)), cfg.sft_batch)
