@@ -6,6 +6,7 @@ from __future__ import annotations
 from collections import Counter
 
 import pytest
+import torch
 
 from relaykit import api
 from relaykit.decoding.prompt import encode_prompt
@@ -83,6 +84,40 @@ def test_early_exit_answers_with_its_probe(shipped_pair):
         thinking, _, answer = result.text.partition("</think>")
         assert answer.startswith("The answer is") and answer.endswith(".")
         assert thinking.endswith("\n") and "</think>" not in answer
+
+
+def test_early_exit_with_the_prober_keeps_the_answer(shipped_pair):
+    """The shipped answer prober exits at the first transition, where the thinking already holds
+    the answer, and writes that answer (toy-large as its own prober answers wrong there)."""
+    problems = load_split("test", 2, long=True)
+    prompts = [encode_prompt(shipped_pair["large"].tokenizer, p.question) for p in problems]
+    results = _make(shipped_pair, "early-exit", budget=2400, probe_model="prober").generate(prompts)
+    for problem, result in zip(problems, results):
+        assert [e.reason for e in result.events] == ["early exit"]
+        assert result.text.endswith(f"</think>The answer is {problem.answer}.")
+        assert result.usage["prober"]["forward_calls"] > 0
+
+
+def test_the_shipped_prober_is_sure_only_once_the_thinking_holds_the_answer(shipped_pair):
+    """Probed as early exit probes (greedy, mean top-1 probability): never sure before the second
+    product is written, sure and right after it."""
+    from relaykit.train.prober import cuts
+
+    prober, tokenizer = shipped_pair["prober"].hf, shipped_pair["prober"].tokenizer
+    verdicts = {True: [], False: []}  # does the cut hold the answer -> (sure, right) per cut
+    for problem in load_split("dev", 8):
+        for cut, answer in cuts(problem):
+            ids = encode_prompt(tokenizer, problem.question) + tokenizer(cut, add_special_tokens=False)["input_ids"]
+            written, confidence = [], []
+            with torch.no_grad():
+                while not tokenizer.decode(written).endswith(".") and len(written) < 8:
+                    probabilities = prober(input_ids=torch.tensor([ids + written])).logits[0, -1].softmax(-1)
+                    written.append(int(probabilities.argmax()))
+                    confidence.append(float(probabilities.max()))
+            holds = f" = {problem.answer}." in cut or f"second is {problem.answer}." in cut
+            verdicts[holds].append((sum(confidence) / len(confidence) >= 0.95, tokenizer.decode(written) == answer))
+    assert verdicts[False] and not any(sure for sure, _ in verdicts[False])
+    assert sum(sure and right for sure, right in verdicts[True]) >= 0.95 * len(verdicts[True])
 
 
 def test_self_consistency_draws_what_its_rule_allows(shipped_pair, questions):

@@ -24,6 +24,7 @@ def add_model_options(parser: argparse.ArgumentParser) -> None:
                        "endpoint URL#MODEL, e.g. http://localhost:8000/v1#Qwen/Qwen3-32B (default: the shipped toy-large)")
     group.add_argument("--small", help="small model, same forms (default: the shipped toy-small)")
     group.add_argument("--verifier", help="step verifier for search and reranking (default: the shipped toy-verifier)")
+    group.add_argument("--prober", help="answer prober for early-exit[probe_model=prober] (default: the shipped toy-prober)")
     group.add_argument("--router", help="FusionRoute router: a checkpoint with a routing head (default: the shipped toy router)")
     group.add_argument("--expert", action="append", default=[], metavar="NAME=PATH",
                        help="a domain expert for fusionroute and its baselines (repeatable; default: the shipped toy experts)")
@@ -281,6 +282,23 @@ def cmd_train_relayllm(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_train_prober(args: argparse.Namespace) -> int:
+    import dataclasses
+
+    from .train.prober import ProberTrainConfig, train_prober
+
+    if args.steps is not None and args.steps < 1:
+        raise RelaykitError(f"--steps must be >= 1, got {args.steps}")
+    cfg = ProberTrainConfig(seed=args.seed)
+    if args.steps is not None:
+        cfg = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, steps=args.steps))
+    base = load_models_from_args(args, ("small",))["small"]
+    report = train_prober(base, args.out, cfg)
+    print(json.dumps({k: v for k, v in report.items() if k != "config"}, indent=2))
+    print(f"prober written to {args.out}")
+    return 0
+
+
 def cmd_train_verifier(args: argparse.Namespace) -> int:
     import dataclasses
 
@@ -486,11 +504,12 @@ def build_parser() -> argparse.ArgumentParser:
         what, "relayllm", cmd_train_relayllm,
         help="train a small model to call the large one with <call>N</call> (RelayLLM: warm-up SFT, then GRPO)",
         description="Warm-up SFT on toy training problems with <call>N</call> inserted where the small model's "
-        "top-1 departs from the reference (two rounds, the second with the model the first left; the large model's "
-        "tokens carry no loss), then GRPO whose rollouts are real relayllm generations calling the large model "
+        "top-1 departs from the reference and the departure would change the answer (the large model, continuing "
+        "after the small model's token, answers wrong); two rounds, the second with the model the first left; the "
+        "large model's tokens carry no loss. Then GRPO whose rollouts are real relayllm generations calling the large model "
         "(8 per question at temperature 1.0, KL 0.01, RelayLLM's reward per question). Writes the small model, "
-        "train_log.jsonl and report.json to --out. On 2 CPU cores with the shipped pair: 3.4 minutes of warm-up, "
-        "about 3 seconds a GRPO step. The shipped toy-small-relay is the warm-up alone (--grpo-steps 0): GRPO "
+        "train_log.jsonl and report.json to --out. On 2 CPU cores with the shipped pair: 18 minutes of warm-up "
+        "(15 of them the large model's continuations), about 3 seconds a GRPO step. The shipped toy-small-relay is the warm-up alone (--grpo-steps 0): GRPO "
         "lowered its accuracy on the toy (benchmarks/RESULTS.md).",
     )
     relayllm.add_argument("--sft-steps", type=int, help="warm-up steps (default 1500)")
@@ -510,6 +529,15 @@ def build_parser() -> argparse.ArgumentParser:
     )
     verifier.add_argument("--steps", type=int, help="training steps (default 1500)")
     add_model_options(verifier)
+    prober = add_training(
+        what, "prober", cmd_train_prober,
+        help="train an answer prober for early exit",
+        description="Fine-tune the small model (--small, default toy-small) to write the final answer after a toy "
+        "thinking cut at any sentence and closed with '</think>The answer is': it copies the answer once the "
+        "thinking holds it, and is unsure before. Used by early-exit[probe_model=prober]. About 2 minutes on 2 CPU cores.",
+    )
+    prober.add_argument("--steps", type=int, help="training steps (default 1500)")
+    add_model_options(prober)
     fusionroute = add_training(
         what, "fusionroute", cmd_train_fusionroute,
         help="train FusionRoute's domain experts and router (SFT with a routing loss, then CDPO)",

@@ -9,6 +9,7 @@ TOY_SMALL = CHECKPOINTS / "toy-small"
 TOY_LARGE = CHECKPOINTS / "toy-large"
 TOY_SMALL_RELAY = CHECKPOINTS / "toy-small-relay"  # toy-small trained to call toy-large (RelayLLM)
 TOY_VERIFIER = CHECKPOINTS / "toy-verifier"  # toy-small trained to rate reasoning steps (search)
+TOY_PROBER = CHECKPOINTS / "toy-prober"  # toy-small trained to answer from a cut thinking (early exit)
 # FusionRoute: toy-large fine-tuned per domain (expert-NAME), a router from toy-small, the query
 # classifier of the query-level routing baseline
 FUSIONROUTE = CHECKPOINTS / "fusionroute"
@@ -23,4 +24,4 @@ def is_shipped_pair(models: dict) -> bool:
     )
 
 
-__all__ = ["DOMAINS", "Problem", "fresh", "load_split", "make_problem", "split_of", "TOY_SMALL", "TOY_LARGE", "TOY_SMALL_RELAY", "TOY_VERIFIER", "FUSIONROUTE", "SHIPPED_CUES", "is_shipped_pair"]
+__all__ = ["DOMAINS", "Problem", "fresh", "load_split", "make_problem", "split_of", "TOY_SMALL", "TOY_LARGE", "TOY_SMALL_RELAY", "TOY_VERIFIER", "TOY_PROBER", "FUSIONROUTE", "SHIPPED_CUES", "is_shipped_pair"]
