@@ -11,6 +11,7 @@ import torch
 from relaykit import api
 from relaykit.decoding.prompt import encode_prompt
 from relaykit.decoding.stopping import StopConfig
+from relaykit.strategies.adaptive import AdaptiveConfig
 from relaykit.strategies.self_consistency import leader_beats_runner_up, should_stop
 from relaykit.toyworld import load_split
 
@@ -197,3 +198,40 @@ def test_verifier_reranking_picks_a_rated_sample(shipped_pair, questions, rerank
         assert [e.reason for e in result.events] == ["rerank"] and result.events[0].cue.startswith(rerank)
         assert result.usage["verifier"]["forward_calls"] > 0 and set(result.provenance) == {"small"}
     assert all(runner.rows == [] for runner in strategy.runners.values())
+
+
+def test_adaptive_that_never_trusts_the_small_model_equals_its_escalation(shipped_pair, questions):
+    """With an answer threshold no agreement reaches, every problem escalates: the text is the
+    escalation strategy's, and the small model's samples are paid for."""
+    alone = _make(shipped_pair, "large").generate(questions)
+    adaptive = _make(shipped_pair, "adaptive", escalate="large", answer_at=2.0, more=0, calibration="none").generate(questions)
+    assert [r.token_ids for r in adaptive] == [r.token_ids for r in alone]
+    assert all(r.usage["small"]["decode_tokens"] > 0 for r in adaptive)
+    assert all([e.detail["samples"] for e in r.events] == [4] for r in adaptive)
+
+
+def test_adaptive_calibration_replays_the_strategys_decisions(shipped_pair):
+    """Replayed on the records of a run that draws every sample (as calibration's), a pair of
+    thresholds gives the accuracy and the small-model answers the strategy gets with them: both
+    draw the same seeded samples."""
+    from relaykit.calibrate.adaptive import calibrate_adaptive, replay
+    from relaykit.evals.datasets import load_dataset
+    from relaykit.evals.harness import EvalSettings, evaluate
+
+    problems = load_dataset("toy:dev", 6)
+    options = {"k": 2, "more": 2, "escalate": "large", "calibration": "none"}
+
+    def run(**thresholds) -> list[dict]:
+        strategy = _make(shipped_pair, "adaptive", budget=256, **options, **thresholds)
+        return evaluate({"adaptive": strategy}, problems, "dev", EvalSettings())["strategies"]["adaptive"]["problems"]
+
+    every = run(answer_at=2.0, more_at=0.0)  # every problem escalates to large: its correctness too
+    rows = [{"answers": p["events"][-1]["detail"]["answers"], "reference": p["reference"], "escalate_correct": p["correct"],
+             "sample_flops": 0.0, "escalate_flops": 0.0} for p in every]
+    for answer_at, more_at in ((0.5, 0.5), (1.0, 0.5), (1.0, 2.0)):
+        ran = run(answer_at=answer_at, more_at=more_at)
+        accuracy, _, answered = replay(rows, 2, 4, answer_at, more_at)
+        assert answered == sum(p["events"][-1]["cue"].startswith("small") for p in ran)
+        assert accuracy == sum(p["correct"] for p in ran) / len(ran)
+    chosen = calibrate_adaptive(shipped_pair, problems, AdaptiveConfig(k=2, more=2, escalate="large"), max_new_tokens=256)
+    assert chosen["accuracy"] >= chosen["escalate_accuracy"] - chosen["tolerance"]

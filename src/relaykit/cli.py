@@ -220,12 +220,14 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
     from .evals.datasets import load_dataset
     from .text import load_cues
 
-    problems = load_dataset(args.dataset, args.limit)
+    if args.what == "adaptive":
+        return calibrate_adaptive_command(args)
+    problems = load_dataset(args.dataset or "toy:calibration", args.limit)
     models = load_models_from_args(args, ("large", "small"))
     result, paths = run_calibrate_command(
         models,
         problems,
-        args.out,
+        args.out or "cues.json",
         cues=load_cues(args.candidates) if args.candidates else None,
         threshold=args.threshold,
         min_occurrences=args.min_occurrences,
@@ -236,6 +238,22 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
     )
     print(summary(result))
     print(f"wrote {paths['json']} and {paths['plot']}")
+    return 0
+
+
+def calibrate_adaptive_command(args: argparse.Namespace) -> int:
+    from .calibrate.adaptive import calibrate_adaptive
+    from .evals.datasets import load_dataset
+    from .strategies.adaptive import Adaptive, AdaptiveConfig
+
+    config = AdaptiveConfig(k=args.samples, more=args.more, escalate=args.escalate)
+    problems = load_dataset(args.dataset or "toy:dev", args.limit)
+    models = load_models_from_args(args, Adaptive.roles_of(config))
+    result = calibrate_adaptive(models, problems, config, args.tolerance, args.max_new_tokens, args.batch_size)
+    out = Path(args.out or "adaptive.json")
+    out.write_text(json.dumps(result, indent=2) + "\n")
+    print(json.dumps(result, indent=2))
+    print(f"wrote {out}")
     return 0
 
 
@@ -443,17 +461,28 @@ def build_parser() -> argparse.ArgumentParser:
 
     calibrate = commands.add_parser(
         "calibrate",
-        help="select RelayGen switch cues and the segment check's threshold for a large/small pair",
-        description="The large model writes traces on the dataset; the small model reads them and its "
+        help="select RelayGen switch cues and the segment check's threshold for a large/small pair "
+        "(or, with `adaptive`, the thresholds of the adaptive strategy)",
+        description="relaykit calibrate [cues]: the large model writes traces on the dataset; the small model reads them and its "
         "top-1 minus top-2 probability margin is compared after each candidate cue and elsewhere. "
         "Cues whose margin delta is above the threshold (with enough occurrences) are selected. Then "
         "RelayGen runs on the same problems under each candidate check threshold (0, 1, 2, 4, 8 logits) "
         "and, of those that lose no problem against threshold 0, the one leaving the large model the fewest "
-        "tokens (the strictest on a tie) is written beside the cues.",
+        "tokens (the strictest on a tie) is written beside the cues. relaykit calibrate adaptive: on the dev split, "
+        "the small model's samples, the escalation strategy and the small model alone run on every problem; the "
+        "cheapest answer/more-samples thresholds whose accuracy is within --tolerance of the escalation alone are "
+        "written to adaptive.json (adaptive[calibration=FILE]).",
     )
-    calibrate.add_argument("--dataset", default="toy:calibration", help="dataset spec (default toy:calibration)")
-    calibrate.add_argument("--limit", type=int, default=100, help="problems to trace (default 100)")
-    calibrate.add_argument("--out", default="cues.json", help="output JSON (a PNG plot is written beside it)")
+    calibrate.add_argument("what", nargs="?", choices=("cues", "adaptive"), default="cues",
+                           help="cues (default): RelayGen's cues and check; adaptive: the adaptive strategy's thresholds")
+    calibrate.add_argument("--dataset", help="dataset spec (default toy:calibration; adaptive: toy:dev)")
+    calibrate.add_argument("--limit", type=int, default=100, help="problems to run (default 100)")
+    calibrate.add_argument("--out", help="output JSON (default cues.json, with a PNG plot beside it; adaptive: adaptive.json)")
+    calibrate.add_argument("--escalate", default="relaygen", help="adaptive: the strategy a problem escalates to (default relaygen)")
+    calibrate.add_argument("--samples", type=int, default=4, help="adaptive: the small model's first samples, k (default 4)")
+    calibrate.add_argument("--more", type=int, default=4, help="adaptive: samples drawn next in the middle band (default 4)")
+    calibrate.add_argument("--tolerance", type=float, default=0.005,
+                           help="adaptive: accuracy it may lose against the escalation alone (default 0.005)")
     calibrate.add_argument("--candidates", help="'|'-separated cues or a file of cues (default: the built-in list)")
     calibrate.add_argument("--discover", action=argparse.BooleanOptionalAction, default=True,
                            help="also try the words that open sentences in the traces at least --min-occurrences times "

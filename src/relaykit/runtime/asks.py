@@ -76,7 +76,10 @@ class Run:
     """Composition: run each (strategy, sequence) pair as a child request over the same runners;
     answered with their `GenerationResult`s (in order) once all have finished. A child's usage
     rolls up into its parent's result. `keep`: the children write on sequences the parent goes on
-    with (a search's beams): their rows stay and their usage is counted once, with the parent's."""
+    with (a search's beams): their rows stay and their usage is counted once, with the parent's.
+    `sampling`: the children sample with it instead of the parent's sampling (a SamplingConfig;
+    either way a seeded one gives each child a seed of its own)."""
 
     children: list[tuple[Any, Sequence]]
     keep: bool = False
+    sampling: Any = None

@@ -395,7 +395,7 @@ class Scheduler:
         for index, (strategy, sequence) in enumerate(ask.children):
             if sequence in request.sequences and not ask.keep:
                 request.sequences.remove(sequence)  # the child owns its usage from here
-            sampling = request.sampling
+            sampling = ask.sampling or request.sampling
             if sampling.seed is not None:  # each child of the request, in any `Run`, samples on its own
                 sampling = dataclasses.replace(sampling, seed=sampling.seed * 1000 + request.children_started + index + 1)
             child = Request(strategy, sequence, sampling, request.stop_config, parent=request)

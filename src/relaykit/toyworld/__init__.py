@@ -14,6 +14,7 @@ TOY_PROBER = CHECKPOINTS / "toy-prober"  # toy-small trained to answer from a cu
 # classifier of the query-level routing baseline
 FUSIONROUTE = CHECKPOINTS / "fusionroute"
 SHIPPED_CUES = CHECKPOINTS / "cues.json"  # RelayGen's switch cues and check threshold calibrated for the pair
+SHIPPED_ADAPTIVE = CHECKPOINTS / "adaptive.json"  # adaptive's thresholds calibrated for the pair
 
 
 def is_shipped_pair(models: dict) -> bool:
@@ -24,4 +25,4 @@ def is_shipped_pair(models: dict) -> bool:
     )
 
 
-__all__ = ["DOMAINS", "Problem", "fresh", "load_split", "make_problem", "split_of", "TOY_SMALL", "TOY_LARGE", "TOY_SMALL_RELAY", "TOY_VERIFIER", "TOY_PROBER", "FUSIONROUTE", "SHIPPED_CUES", "is_shipped_pair"]
+__all__ = ["DOMAINS", "Problem", "fresh", "load_split", "make_problem", "split_of", "TOY_SMALL", "TOY_LARGE", "TOY_SMALL_RELAY", "TOY_VERIFIER", "TOY_PROBER", "FUSIONROUTE", "SHIPPED_CUES", "SHIPPED_ADAPTIVE", "is_shipped_pair"]

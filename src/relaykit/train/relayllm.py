@@ -85,7 +85,7 @@ def departures(small, examples: list[tuple[list[int], int]], commands: list[int]
 def critical(large: Model, examples: list[tuple[list[int], int]], answers: list[str],
              slips: list[list[tuple[int, int]]], window: int = 128) -> list[list[bool]]:
     """For each example's slips (index t, the small model's token there): whether the large model,
-    continuing greedily from ids[:t] + [token] (at most the reference's length again), reaches a
+    continuing greedily from ids[:t] + [token] (at most twice the reference's rest), reaches a
     wrong answer. Run on one scheduler, `window` continuations at a time."""
     strategy = get_strategy("large")({"large": large}, None)
     scheduler = Scheduler({"large": large})
