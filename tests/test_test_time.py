@@ -235,3 +235,14 @@ def test_adaptive_calibration_replays_the_strategys_decisions(shipped_pair):
         assert accuracy == sum(p["correct"] for p in ran) / len(ran)
     chosen = calibrate_adaptive(shipped_pair, problems, AdaptiveConfig(k=2, more=2, escalate="large"), max_new_tokens=256)
     assert chosen["accuracy"] >= chosen["escalate_accuracy"] - chosen["tolerance"]
+
+
+def test_adaptive_takes_the_shipped_thresholds_on_the_shipped_pair(shipped_pair):
+    import json
+
+    from relaykit.toyworld import SHIPPED_ADAPTIVE
+
+    shipped = json.loads(SHIPPED_ADAPTIVE.read_text())
+    config = _make(shipped_pair, "adaptive").config
+    assert (config.answer_at, config.more_at) == (shipped["answer_at"], shipped["more_at"])
+    assert _make(shipped_pair, "adaptive", calibration="none").config.answer_at == 1.0

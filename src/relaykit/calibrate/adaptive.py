@@ -5,7 +5,7 @@ answer and FLOPs per problem) and `adaptive` drawing every sample before escalat
 problem's sample answers). Every pair of thresholds is then replayed on those records: after `k`
 samples the small model answers, draws `more`, or escalates, as the strategy would. Kept: the
 cheapest pair (estimated FLOPs) whose accuracy is within `tolerance` of the escalation strategy's
-alone; the stricter one on a tie.
+alone; the stricter one on a tie. Every pair's replay is written beside the choice.
 """
 
 from __future__ import annotations
@@ -48,11 +48,12 @@ def calibrate_adaptive(models: dict, problems: list, config=None, tolerance: flo
     replays = {pair: replay(rows, k, total, *pair) for pair in candidates}
     feasible = [p for p, (accuracy, _, _) in replays.items() if accuracy >= escalate_accuracy - tolerance]
     answer_at, more_at = min(feasible, key=lambda p: (replays[p][1], -p[0], -p[1]))
-    accuracy, cost, answered = replays[(answer_at, more_at)]
+    figures = lambda pair: {"accuracy": replays[pair][0], "flops_vs_escalate": replays[pair][1] / escalate_flops,  # noqa: E731
+                            "small_answers": replays[pair][2] / len(rows)}
     return {"answer_at": answer_at, "more_at": more_at, "k": config.k, "more": config.more,
             "temperature": config.temperature, "escalate": config.escalate, "problems": len(rows),
-            "tolerance": tolerance, "accuracy": accuracy, "escalate_accuracy": escalate_accuracy,
-            "flops_vs_escalate": cost / escalate_flops, "small_answers": answered / len(rows)}
+            "tolerance": tolerance, "escalate_accuracy": escalate_accuracy, **figures((answer_at, more_at)),
+            "replays": [{"answer_at": a, "more_at": m, **figures((a, m))} for a, m in candidates]}
 
 
 def replay(rows: list[dict], k: int, total: int, answer_at: float, more_at: float) -> tuple[float, float, int]:
