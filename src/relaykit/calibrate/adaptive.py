@@ -30,7 +30,7 @@ def calibrate_adaptive(models: dict, problems: list, config=None, tolerance: flo
         raise RelaykitError("calibrating adaptive needs evaluation problems with references (a dataset)")
     config = config or AdaptiveConfig()
     stop = StopConfig(max_new_tokens=max_new_tokens)
-    every = dataclasses.replace(config, answer_at=NEVER, more_at=0.0, calibration=None)
+    every = dataclasses.replace(config, answer_at=NEVER, more_at=0.0, calibration="none")
     strategies = {"small": build_strategy("small", models, stop=stop), "escalate": build_strategy(config.escalate, models, stop=stop),
                   "samples": Adaptive(models, every, stop=stop)}
     results = evaluate(strategies, problems, "calibration", EvalSettings(batch_size=batch_size))["strategies"]

@@ -1,7 +1,8 @@
-"""Compute adapted to difficulty (Snell et al. 2024 estimate a question's difficulty from the
-agreement of a model's own samples): the small model writes `k` samples; when enough of them give
-one answer, that answer stands; in a middle band `more` samples are drawn first; otherwise the
-problem escalates to a stronger strategy (`relaygen` or `large`). Thresholds come from
+"""Compute adapted to difficulty (compute-optimal test-time scaling, Snell et al. 2024, spends by a
+question's estimated difficulty; the estimate here is the agreement of the small model's own
+samples): the small model writes `k` samples; when enough of them give one answer, that answer
+stands; in a middle band `more` samples are drawn first; otherwise the problem escalates to a
+stronger strategy (`relaygen` or `large`). Thresholds come from
 `relaykit calibrate adaptive`, which picks the cheapest pair that keeps the escalation strategy's
 accuracy on the dev split. Every sample's work counts in the usage."""
 
