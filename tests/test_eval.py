@@ -105,3 +105,21 @@ def test_strategy_variants_run_side_by_side(tmp_path, checkpoints):
         done = run_cli("eval", "--strategy", bad, "--dataset", "toy:test", "--limit", "1", "--out", str(out),
                        "--large", str(checkpoints[("llama", "large")]), "--small", str(checkpoints[("llama", "small")]))
         assert done.returncode == 2 and message in done.stderr and "Traceback" not in done.stderr
+
+
+def test_a_sweep_gives_one_variant_per_power_of_two_and_a_curve(tmp_path, checkpoints):
+    """NAME[n=1..4]: n = 1, 2, 4 side by side; the report joins them as one curve against FLOPs
+    and generated tokens."""
+    out = tmp_path / "out"
+    done = run_cli(
+        "eval", "--strategy", "best-of-n[n=1..4 inner=small]", "--dataset", "toy:test", "--limit", "2",
+        "--out", str(out), "--max-new-tokens", "8", "--temperature", "1.0", "--seed", "0",
+        "--large", str(checkpoints[("llama", "large")]), "--small", str(checkpoints[("llama", "small")]),
+    )
+    assert done.returncode == 0, done.stderr
+    results = json.loads((out / "results.json").read_text())
+    assert list(results["strategies"]) == ["large"] + [f"best-of-n[n={n} inner=small]" for n in (1, 2, 4)]
+    (curve,) = results["curves"].values()
+    assert [p["n"] for p in curve] == [1, 2, 4] and [p["samples_per_problem"] for p in curve] == [1, 2, 4]
+    assert curve[0]["tokens_generated"] < curve[1]["tokens_generated"] < curve[2]["tokens_generated"]
+    assert "Curve of best-of-n[n=N" in (out / "results.md").read_text()

@@ -29,6 +29,7 @@ def _strategy(accuracy, share, flops, wall, speedup, problems):
         "accuracy": accuracy,
         "large_token_share": share,
         "flops": flops,
+        "tokens_generated": int(flops / 1e7),
         "wall_seconds": wall,
         "tokens_per_second": 100 / wall,
         "speedup_vs_large": speedup,

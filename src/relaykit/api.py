@@ -7,6 +7,7 @@ rule such as the shipped toy pair's calibrated cues holds for all of them.
 from __future__ import annotations
 
 import dataclasses
+import re
 from pathlib import Path
 
 from .decoding.sampler import SamplingConfig
@@ -34,6 +35,7 @@ _SHIPPED = {"large": TOY_LARGE, "small": TOY_SMALL}
 _SHIPPED_HELPERS = {"verifier": TOY_VERIFIER, "prober": TOY_PROBER, "router": FUSIONROUTE / "router", "base": TOY_LARGE}
 # options that default to a shipped artefact when the models they go with are the shipped ones
 _SHIPPED_CLASSIFIER = FUSIONROUTE / "query-classifier.safetensors"
+SWEEP = re.compile(r"(?<=[\[ ])\w+=(?P<first>\d+)\.\.(?P<last>\d+)(?=[\] ])")
 
 
 def shipped_experts() -> dict[str, str]:
@@ -112,7 +114,8 @@ def sampling_and_stop(
 
 def split_variants(text: str) -> list[str]:
     """"small,relaygen[cues=Wait,|So]" -> ["small", "relaygen[cues=Wait,|So]"]: only commas outside
-    brackets separate variants."""
+    brackets separate variants. A sweep `n=1..64` in a variant's options gives one variant per
+    power of two from 1 to 64 (a curve of that strategy in the report)."""
     names, depth, start = [], 0, 0
     for i, char in enumerate(text):
         depth += (char == "[") - (char == "]")
@@ -120,7 +123,19 @@ def split_variants(text: str) -> list[str]:
             names.append(text[start:i])
             start = i + 1
     names.append(text[start:])
-    return [name.strip() for name in names if name.strip()]
+    return [swept for name in names if name.strip() for swept in _sweep(name.strip())]
+
+
+def _sweep(name: str) -> list[str]:
+    """"best-of-n[n=1..8]" -> ["best-of-n[n=1]", "best-of-n[n=2]", "best-of-n[n=4]", "best-of-n[n=8]"]."""
+    found = SWEEP.search(name) if "[" in name else None
+    if found is None:
+        return [name]
+    first, last = int(found["first"]), int(found["last"])
+    if not 1 <= first <= last:
+        raise RelaykitError(f"{name}: a sweep needs 1 <= first <= last, got {found[0]}")
+    values = [first * 2**i for i in range((last // first).bit_length()) if first * 2**i <= last]
+    return [name[: found.start("first")] + str(v) + name[found.end("last") :] for v in values]
 
 
 def parse_variant(text: str) -> tuple[str, tuple[str, dict]]:

@@ -439,7 +439,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     evaluate.add_argument("--strategy", default="small,large,speculative",
                           help="comma-separated strategy names; NAME[option=value ...] runs a strategy with its own "
-                          "options beside others, e.g. 'relaygen,relaygen[cues=all],relaygen[cues=none]'")
+                          "options beside others, e.g. 'relaygen,relaygen[cues=all],relaygen[cues=none]'; a sweep "
+                          "'best-of-n[n=1..64]' runs n = 1, 2, 4, ... 64 and reports them as one accuracy-vs-cost curve")
     evaluate.add_argument("--dataset", default="toy:test", help="toy:SPLIT, toy:long:SPLIT, toy:fresh:SEED or a JSONL path (GSM8K, MATH-500, AIME formats)")
     evaluate.add_argument("--limit", type=int, default=None, help="first N problems")
     evaluate.add_argument("--out", default="relaykit-eval", help="output folder (default ./relaykit-eval)")

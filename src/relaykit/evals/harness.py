@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, is_dataclass
 
 from tqdm import tqdm
 
@@ -74,6 +74,8 @@ def _records(strategy: Strategy, problems: list[EvalProblem], results: list, wal
         "flops_share": {m: sum(r["usage"].get(m, {}).get("flops", 0) for r in records) / (flops or 1) for m in roles},
         "wall_seconds": wall,
         "tokens": tokens,
+        # every token any model wrote, discarded samples, drafts and probes included
+        "tokens_generated": sum(u["decode_tokens"] for r in records for u in r["usage"].values()),
         "tokens_per_second": tokens / wall if wall else 0.0,
         "switches_per_problem": sum(1 for r in records for e in r["events"] if e["direction"]) / max(len(records), 1),
         # samples a test-time strategy drew (self-consistency's vote says how many), 1 for the others
@@ -129,4 +131,24 @@ def evaluate(strategies: dict[str, Strategy], problems: list[EvalProblem], datas
     if baseline:
         for entry in results["strategies"].values():
             entry["speedup_vs_large"] = baseline["wall_seconds"] / entry["wall_seconds"] if entry["wall_seconds"] else None
+    curves = n_curves(strategies, results["strategies"])
+    if curves:
+        results["curves"] = curves
     return results
+
+
+def n_curves(strategies: dict[str, Strategy], entries: dict) -> dict:
+    """Variants of one strategy that differ only in their `n` (samples, beams): family label ->
+    its points in order of n (n, the variant's label, accuracy, FLOPs, tokens generated, samples drawn)."""
+    families: dict[str, list] = {}
+    for label, strategy in strategies.items():
+        config = getattr(strategy, "config", None)
+        if config is None or not is_dataclass(config) or not hasattr(config, "n"):
+            continue
+        others = {k: v for k, v in asdict(config).items() if k != "n"}
+        key = f"{strategy.name}[n=N {' '.join(f'{k}={v}' for k, v in sorted(others.items()))}]"
+        entry = entries[label]
+        families.setdefault(key, []).append({"n": config.n, "strategy": label, "accuracy": entry["accuracy"], "flops": entry["flops"],
+                                             "tokens_generated": entry["tokens_generated"],
+                                             "samples_per_problem": entry["samples_per_problem"]})
+    return {key: sorted(points, key=lambda p: p["n"]) for key, points in families.items() if len({p["n"] for p in points}) > 1}

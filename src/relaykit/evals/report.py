@@ -65,6 +65,22 @@ def domain_markdown(results: dict) -> str:
     return "\nAccuracy per domain:\n\n" + "\n".join(lines) + "\n"
 
 
+def curves_markdown(results: dict) -> str:
+    """One table per curve (variants that differ only in n): accuracy against FLOPs and tokens."""
+    baseline = _large_baseline(results)
+    text = ""
+    for family, points in results.get("curves", {}).items():
+        against = f" vs {baseline}" if baseline else ""
+        lines = [f"| n | accuracy | FLOPs{against} | tokens generated{against} | samples/problem |", "|---:|---:|---:|---:|---:|"]
+        for p in points:
+            flops, tokens = (_relative(results, p["strategy"], key) for key in ("flops", "tokens_generated"))
+            lines.append(f"| {p['n']} | {100 * p['accuracy']:.1f}% | " + " | ".join(
+                _scientific(p[key]) if value is None else f"{value:.2f}x" for key, value in (("flops", flops), ("tokens_generated", tokens)))
+                + f" | {p['samples_per_problem']:.1f} |")
+        text += f"\nCurve of {family}:\n\n" + "\n".join(lines) + "\n"
+    return text
+
+
 def rich_domain_table(results: dict) -> Table | None:
     rows = domain_rows(results)
     if rows is None:
@@ -186,29 +202,35 @@ def write_report(results: dict, out_dir: str | Path, max_problems: int = 5) -> d
     }
     paths["json"].write_text(json.dumps(results, indent=2), encoding="utf-8")
     heading = f"# {results.get('dataset', 'results')} ({results.get('n_problems', '?')} problems)\n\n"
-    paths["markdown"].write_text(heading + markdown_table(results) + domain_markdown(results), encoding="utf-8")
+    paths["markdown"].write_text(heading + markdown_table(results) + domain_markdown(results) + curves_markdown(results), encoding="utf-8")
     _plot(results, paths["plot"])
     paths["html"].write_text(trajectories_html(results, max_problems), encoding="utf-8")
     return paths
 
 
 def _plot(results: dict, path: Path) -> None:
-    """Accuracy against FLOPs (left) and wall time (right), relative to the large model when the
-    results include it; one labelled point per strategy, labels moved off each other and the points."""
+    """Accuracy against FLOPs, tokens and wall time, relative to the large model when the results
+    include it; one labelled point per strategy, labels moved off each other and the points;
+    variants that differ only in n joined by a line (the report's `curves`)."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
-    figure = Figure(figsize=(10, 4.2), dpi=120)
+    figure = Figure(figsize=(14, 4.2), dpi=120)
     FigureCanvasAgg(figure)
-    axes = figure.subplots(1, 2, sharey=True)
+    axes = figure.subplots(1, 3, sharey=True)
     baseline = _large_baseline(results)
-    for ax, key, label in ((axes[0], "flops", "FLOPs"), (axes[1], "wall_seconds", "wall time")):
+    for ax, key, label in ((axes[0], "flops", "FLOPs"), (axes[1], "tokens_generated", "tokens generated"), (axes[2], "wall_seconds", "wall time")):
         relative = all(_relative(results, name, key) is not None for name in results["strategies"])
+        where = {}
         for i, (name, s) in enumerate(results["strategies"].items()):
             x = _relative(results, name, key) if relative else s[key]
             y = 100 * s["accuracy"]
+            where[name] = (x, y)
             ax.scatter([x], [y], s=_MARKER_AREA, color=f"C{i % 10}", zorder=3)
             ax.annotate(name, (x, y), textcoords="offset points", xytext=(6, 5), fontsize=9, color=f"C{i % 10}")
+        for points in results.get("curves", {}).values():
+            xs, ys = zip(*(where[p["strategy"]] for p in points))
+            ax.plot(xs, ys, color="grey", linewidth=1, zorder=2)
         ax.set_xlabel(f"{label} relative to {baseline}" if relative else label)
         ax.margins(x=0.15, y=0.1)
         if relative:
