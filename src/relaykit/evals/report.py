@@ -219,6 +219,8 @@ def _plot(results: dict, path: Path) -> None:
     FigureCanvasAgg(figure)
     axes = figure.subplots(1, 3, sharey=True)
     baseline = _large_baseline(results)
+    # a curve's points are labelled by their n, its last point by its whole name
+    labels = {p["strategy"]: f"n={p['n']}" for points in results.get("curves", {}).values() for p in points[:-1]}
     for ax, key, label in ((axes[0], "flops", "FLOPs"), (axes[1], "tokens_generated", "tokens generated"), (axes[2], "wall_seconds", "wall time")):
         relative = all(_relative(results, name, key) is not None for name in results["strategies"])
         where = {}
@@ -227,7 +229,7 @@ def _plot(results: dict, path: Path) -> None:
             y = 100 * s["accuracy"]
             where[name] = (x, y)
             ax.scatter([x], [y], s=_MARKER_AREA, color=f"C{i % 10}", zorder=3)
-            ax.annotate(name, (x, y), textcoords="offset points", xytext=(6, 5), fontsize=9, color=f"C{i % 10}")
+            ax.annotate(labels.get(name, name), (x, y), textcoords="offset points", xytext=(6, 5), fontsize=9, color=f"C{i % 10}")
         for points in results.get("curves", {}).values():
             xs, ys = zip(*(where[p["strategy"]] for p in points))
             ax.plot(xs, ys, color="grey", linewidth=1, zorder=2)
