@@ -123,3 +123,13 @@ def test_a_sweep_gives_one_variant_per_power_of_two_and_a_curve(tmp_path, checkp
     assert [p["n"] for p in curve] == [1, 2, 4] and [p["samples_per_problem"] for p in curve] == [1, 2, 4]
     assert curve[0]["tokens_generated"] < curve[1]["tokens_generated"] < curve[2]["tokens_generated"]
     assert "Curve of best-of-n[n=N" in (out / "results.md").read_text()
+
+
+def test_train_prober_and_verifier_fine_tune_the_small_model(tmp_path, checkpoints):
+    for what in ("prober", "verifier"):
+        out = tmp_path / what
+        done = run_cli("train", what, "--steps", "2", "--out", str(out), "--small", str(checkpoints[("llama", "small")]))
+        assert done.returncode == 0, done.stderr
+        assert (out / "model.safetensors").is_file() and json.loads((out / "report.json").read_text())["config"]["train"]["steps"] == 2
+    done = run_cli("train", "prober", "--steps", "0", "--out", str(tmp_path / "none"))
+    assert done.returncode == 2 and "--steps must be >= 1" in done.stderr and "Traceback" not in done.stderr

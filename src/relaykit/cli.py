@@ -301,36 +301,30 @@ def cmd_train_relayllm(args: argparse.Namespace) -> int:
 
 
 def cmd_train_prober(args: argparse.Namespace) -> int:
-    import dataclasses
-
     from .train.prober import ProberTrainConfig, train_prober
 
-    if args.steps is not None and args.steps < 1:
-        raise RelaykitError(f"--steps must be >= 1, got {args.steps}")
-    cfg = ProberTrainConfig(seed=args.seed)
-    if args.steps is not None:
-        cfg = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, steps=args.steps))
-    base = load_models_from_args(args, ("small",))["small"]
-    report = train_prober(base, args.out, cfg)
-    print(json.dumps({k: v for k, v in report.items() if k != "config"}, indent=2))
-    print(f"prober written to {args.out}")
-    return 0
+    return fine_tune_small(args, ProberTrainConfig, train_prober, "prober")
 
 
 def cmd_train_verifier(args: argparse.Namespace) -> int:
-    import dataclasses
-
     from .train.verifier import VerifierTrainConfig, train_verifier
+
+    return fine_tune_small(args, VerifierTrainConfig, train_verifier, "verifier")
+
+
+def fine_tune_small(args: argparse.Namespace, config_class, trainer, what: str) -> int:
+    """`relaykit train verifier|prober`: `trainer` fine-tunes the small model for --steps steps."""
+    import dataclasses
 
     if args.steps is not None and args.steps < 1:
         raise RelaykitError(f"--steps must be >= 1, got {args.steps}")
-    cfg = VerifierTrainConfig(seed=args.seed)
+    cfg = config_class(seed=args.seed)
     if args.steps is not None:
         cfg = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, steps=args.steps))
     base = load_models_from_args(args, ("small",))["small"]
-    report = train_verifier(base, args.out, cfg)
+    report = trainer(base, args.out, cfg)
     print(json.dumps({k: v for k, v in report.items() if k != "config"}, indent=2))
-    print(f"verifier written to {args.out}")
+    print(f"{what} written to {args.out}")
     return 0
 
 

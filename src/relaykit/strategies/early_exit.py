@@ -28,7 +28,7 @@ class EarlyExitConfig:
     transitions: str = "Wait|Check|Alternatively|Hmm"  # transition words, "|"-separated (DEER: "Wait"; the toy world's check rounds start with "Check")
     probe: str = THINK_END + "The answer is"  # answer inducer (DEER's "</think>The answer is" for the toy world; real models: "</think>\\n\\boxed{")
     probe_end: str = r"\.$"  # a regex: the probe stops once its text matches (or at end of sequence)
-    probe_model: str = "large"  # the model that probes (DEER: the reasoning model)
+    probe_model: str = "large"  # the model that probes (DEER: the reasoning model; "prober": a trained answer prober)
 
     def __post_init__(self) -> None:
         if not 0 < self.threshold or self.probe_tokens < 1:
