@@ -118,7 +118,8 @@ def test_greedy_tokens_equal_llama_cpp_pythons_own(smol):
 
 
 @pytest.mark.parametrize("name", ["speculative", "relaygen", "relaygen[speculative=4]", "relayllm", "uncertainty",
-                                  "best-of-n[n=3 inner=speculative]", "self-consistency[n=3]"])
+                                  "best-of-n[n=3 inner=speculative]", "self-consistency[n=3]", "early-exit",
+                                  "adaptive[k=2 more=1 escalate=speculative answer_at=1.0 more_at=0.5]"])
 def test_strategies_run_with_both_models_on_llamacpp(smol, name):
     from relaykit import api
 
