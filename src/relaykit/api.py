@@ -35,7 +35,7 @@ _SHIPPED = {"large": TOY_LARGE, "small": TOY_SMALL}
 _SHIPPED_HELPERS = {"verifier": TOY_VERIFIER, "prober": TOY_PROBER, "router": FUSIONROUTE / "router", "base": TOY_LARGE}
 # options that default to a shipped artefact when the models they go with are the shipped ones
 _SHIPPED_CLASSIFIER = FUSIONROUTE / "query-classifier.safetensors"
-SWEEP = re.compile(r"(?<=[\[ ])\w+=(?P<first>\d+)\.\.(?P<last>\d+)(?=[\] ])")
+_SWEEP = re.compile(r"(?<=[\[ ])\w+=(?P<first>\d+)\.\.(?P<last>\d+)(?=[\] ])")
 
 
 def shipped_experts() -> dict[str, str]:
@@ -128,7 +128,7 @@ def split_variants(text: str) -> list[str]:
 
 def _sweep(name: str) -> list[str]:
     """"best-of-n[n=1..8]" -> ["best-of-n[n=1]", "best-of-n[n=2]", "best-of-n[n=4]", "best-of-n[n=8]"]."""
-    found = SWEEP.search(name) if "[" in name else None
+    found = _SWEEP.search(name) if "[" in name else None
     if found is None:
         return [name]
     first, last = int(found["first"]), int(found["last"])

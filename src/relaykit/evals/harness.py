@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import time
-from dataclasses import asdict, dataclass, is_dataclass
+from dataclasses import asdict, dataclass
 
 from tqdm import tqdm
 
@@ -142,8 +142,8 @@ def n_curves(strategies: dict[str, Strategy], entries: dict) -> dict:
     its points in order of n (n, the variant's label, accuracy, FLOPs, tokens generated, samples drawn)."""
     families: dict[str, list] = {}
     for label, strategy in strategies.items():
-        config = getattr(strategy, "config", None)
-        if config is None or not is_dataclass(config) or not hasattr(config, "n"):
+        config = strategy.config
+        if not hasattr(config, "n"):
             continue
         others = {k: v for k, v in asdict(config).items() if k != "n"}
         key = f"{strategy.name}[n=N {' '.join(f'{k}={v}' for k, v in sorted(others.items()))}]"

@@ -80,8 +80,9 @@ class Adaptive(Strategy):
         results, answers = [], []
         for count in (cfg.k, cfg.more):
             branches = yield Fork(request.sequence, count, ("small",))
-            results += (yield Run([(self.small, branch) for branch in branches], sampling=sampling))
-            answers = [extract_answer(r.text) for r in results]
+            drawn = yield Run([(self.small, branch) for branch in branches], sampling=sampling)
+            results += drawn
+            answers += [extract_answer(r.text) for r in drawn]
             answer, agreement = leader(answers)
             detail = {"samples": len(answers), "answers": answers}
             if agreement >= cfg.answer_at:

@@ -95,6 +95,22 @@ def train(
     return records
 
 
+def new_run(out: str | Path) -> tuple[Path, Path]:
+    """Create the output folder `out`; returns it and its emptied `train_log.jsonl`."""
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    log_path = out / "train_log.jsonl"
+    log_path.write_text("")
+    return out, log_path
+
+
+def finish_run(model: torch.nn.Module, source: str | Path, out: Path, report: dict) -> dict:
+    """Save the trained model (see `save_model`) and `report.json` into `out`; returns the report."""
+    save_model(model, source, out)
+    (out / "report.json").write_text(json.dumps(report, indent=2))
+    return report
+
+
 def save_model(model: torch.nn.Module, source: str | Path, out: str | Path) -> None:
     """Write a trained model as safetensors into `out`, with the tokenizer and generation
     settings of the checkpoint folder it was trained from (unchanged)."""

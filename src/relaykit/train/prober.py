@@ -11,7 +11,6 @@ prober (`early-exit[probe_model=large]`)."""
 
 from __future__ import annotations
 
-import json
 import random
 import re
 import time
@@ -22,12 +21,13 @@ import torch
 
 from ..decoding.prompt import encode_prompt
 from ..models.loading import Model
+from ..strategies.early_exit import EarlyExitConfig
 from ..text import THINK_END
 from ..toyworld import Problem, load_split
-from .loop import TrainConfig, save_model, train
+from .loop import TrainConfig, finish_run, new_run, train
 from .sft import sft_loss
 
-INDUCER = THINK_END + "The answer is"  # early-exit's default probe
+INDUCER = EarlyExitConfig.probe  # early exit's default probe
 SENTENCE_END = re.compile(r"\n|\.(?= )")
 
 
@@ -66,8 +66,7 @@ def train_prober(base: Model, out: str | Path, cfg: ProberTrainConfig | None = N
     """Fine-tune `base` (in place) into an answer prober; writes it, `train_log.jsonl` and
     `report.json` to `out`."""
     cfg = cfg or ProberTrainConfig()
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
+    out, log_path = new_run(out)
     torch.manual_seed(cfg.seed)
     began = time.perf_counter()
     problems = [(p, None) for p in load_split("train", cfg.problems)]
@@ -75,8 +74,6 @@ def train_prober(base: Model, out: str | Path, cfg: ProberTrainConfig | None = N
     examples = prober_examples(base.tokenizer, problems)
     order = random.Random(cfg.seed)
     model = base.hf
-    log_path = out / "train_log.jsonl"
-    log_path.write_text("")
 
     def batch(step: int):
         picked = order.sample(examples, cfg.batch)
@@ -86,6 +83,4 @@ def train_prober(base: Model, out: str | Path, cfg: ProberTrainConfig | None = N
     report = {"config": asdict(cfg), "threads": torch.get_num_threads(), "examples": len(examples),
               "minutes": (time.perf_counter() - began) / 60,
               "final_loss": sum(r["loss"] for r in records[-20:]) / len(records[-20:])}
-    save_model(model, base.source, out)
-    (out / "report.json").write_text(json.dumps(report, indent=2))
-    return report
+    return finish_run(model, base.source, out, report)

@@ -17,7 +17,6 @@
 from __future__ import annotations
 
 import copy
-import json
 import random
 import time
 from dataclasses import asdict, dataclass, field
@@ -36,7 +35,7 @@ from ..strategies.base import get_strategy
 from ..strategies.relayllm import RelayLLMConfig
 from ..toyworld import Problem, load_split
 from .grpo import GRPOConfig, group_advantages, grpo_loss
-from .loop import TrainConfig, save_model, train
+from .loop import TrainConfig, finish_run, new_run, train
 from .sft import pad, sft_loss
 
 
@@ -163,7 +162,7 @@ def warmup_examples(small: Model, problems: list[Problem], merge_gap: int, whole
     ids, masks, n_spans, n_hard, n_answer = [], [], 0, 0, 0
     commands = tokenizer.convert_tokens_to_ids(["<call>", "</call>"])
     slips = departures(small.hf, encoded, commands)
-    found = [spans(sorted(points), merge_gap) for points in slips]
+    found = [spans(list(points), merge_gap) for points in slips]
     n_found = sum(map(len, found))
     if large is not None:
         verdicts = critical(large, encoded, [p.answer for p in problems], [[(a, slip[a]) for a, _ in hard] for hard, slip in zip(found, slips)])
@@ -252,10 +251,7 @@ def train_relayllm(large: Model, small: Model, out: str | Path, cfg: RelayLLMTra
     """Warm-up SFT then GRPO of `small` (in place) with `large` answering its calls; writes the
     checkpoint, `train_log.jsonl` and `report.json` to `out`. Returns the report."""
     cfg = cfg or RelayLLMTrainConfig()
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-    log_path = out / "train_log.jsonl"
-    log_path.write_text("")
+    out, log_path = new_run(out)
     random.seed(cfg.seed)
     torch.manual_seed(cfg.seed)
     policy = small.hf
@@ -289,9 +285,7 @@ def train_relayllm(large: Model, small: Model, out: str | Path, cfg: RelayLLMTra
         last = records[-10:]
         report["grpo_last_10_steps"] = {k: sum(r[k] for r in last) / len(last)
                                         for k in ("reward", "accuracy", "call_ratio", "large_token_share")}
-    save_model(small.hf, small.source, out)
-    (out / "report.json").write_text(json.dumps(report, indent=2))
-    return report
+    return finish_run(small.hf, small.source, out, report)
 
 
 def _grpo_step(policy, reference, batch: dict, method: GRPOConfig) -> tuple[torch.Tensor, dict]:

@@ -7,7 +7,6 @@ as a small model's own mistakes run on."""
 
 from __future__ import annotations
 
-import json
 import random
 import re
 import time
@@ -20,7 +19,7 @@ import torch.nn.functional as F
 from ..decoding.prompt import encode_prompt
 from ..models.loading import Model
 from ..toyworld import Problem, load_split
-from .loop import TrainConfig, save_model, train
+from .loop import TrainConfig, finish_run, new_run, train
 from .sft import pad
 
 GOOD, BAD = "+", "-"
@@ -108,16 +107,13 @@ def train_verifier(base: Model, out: str | Path, cfg: VerifierTrainConfig | None
     """Fine-tune `base` (in place) into a step verifier; writes it, `train_log.jsonl` and
     `report.json` to `out`."""
     cfg = cfg or VerifierTrainConfig()
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
+    out, log_path = new_run(out)
     torch.manual_seed(cfg.seed)
     began = time.perf_counter()
     good, bad = verdict_ids(base.tokenizer)
     examples = verifier_examples(base.tokenizer, load_split("train", cfg.problems), cfg.wrong_copies, cfg.seed)
     order = random.Random(cfg.seed)
     model = base.hf
-    log_path = out / "train_log.jsonl"
-    log_path.write_text("")
     records = train(model, cfg.train, lambda step: order.sample(examples, cfg.batch),
                     lambda batch: verifier_loss(model, batch, good, bad), "verifier", log_path)
     held_out = verifier_examples(base.tokenizer, load_split("dev", 200), cfg.wrong_copies, cfg.seed + 1)
@@ -126,6 +122,4 @@ def train_verifier(base: Model, out: str | Path, cfg: VerifierTrainConfig | None
     report = {"config": asdict(cfg), "threads": torch.get_num_threads(), "minutes": (time.perf_counter() - began) / 60,
               "final_loss": sum(r["loss"] for r in records[-20:]) / len(records[-20:]),
               "dev_step_accuracy": figures["step_accuracy"]}
-    save_model(model, base.source, out)
-    (out / "report.json").write_text(json.dumps(report, indent=2))
-    return report
+    return finish_run(model, base.source, out, report)
