@@ -33,6 +33,22 @@ def test_eval_writes_results_for_every_strategy(tmp_path, checkpoints):
         assert (out / name).stat().st_size > 0
 
 
+def test_results_give_accuracy_per_level_on_the_mixed_world(tmp_path, checkpoints):
+    out = tmp_path / "out"
+    done = run_cli("eval", "--strategy", "small", "--dataset", "toy:mixed:test", "--limit", "6", "--out", str(out),
+                   "--max-new-tokens", "4", "--large", str(checkpoints[("llama", "large")]),
+                   "--small", str(checkpoints[("llama", "small")]))
+    assert done.returncode == 0, done.stderr
+    results = json.loads((out / "results.json").read_text())
+    for entry in results["strategies"].values():
+        levels = entry["by_level"]
+        assert sorted(levels) == ["chain", "round", "sort"] and sum(v["problems"] for v in levels.values()) == 6
+        for level, figures in levels.items():
+            right = [p["correct"] for p in entry["problems"] if p["level"] == level]
+            assert figures["accuracy"] == sum(right) / len(right)
+    assert "Accuracy per level" in (out / "results.md").read_text()
+
+
 def test_eval_rejects_options_no_strategy_has(tmp_path, checkpoints):
     done = run_cli("eval", "--strategy", "large", "--k", "3", "--large", str(checkpoints[("llama", "large")]),
                    "--dataset", "toy:test", "--limit", "1", "--out", str(tmp_path))

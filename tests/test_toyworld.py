@@ -177,3 +177,19 @@ def test_expert_domains_use_their_operations():
         assert f"{a} {op} {b} = {first}." in problem.solution and problem.solution.endswith(f"The answer is {problem.answer}.")
     assert operation_drill(rng, "sub").question.count(" - ") == 1
     assert all(split_of(p.question) == "test" for p in load_expert_split("test", 20))
+
+
+def test_mixed_world_levels_have_their_shares_and_their_kind():
+    from relaykit.toyworld.tasks import LEVEL_SHARES, LEVELS, fresh_mixed, load_mixed_split, split_of
+
+    problems = load_mixed_split("test", 100)
+    assert [sum(p.level == level for p in problems) for level in LEVELS] == [round(100 * s) for s in LEVEL_SHARES]
+    assert len({p.question for p in problems}) == 100 and all(split_of(p.question) == "test" for p in problems)
+    for p in problems:
+        first = int(p.solution.split(" * ")[0].split()[-1])  # the chain's first number
+        assert (first % 10 == 0) == (p.level == "round"), p.question
+        assert p.domain == ("list" if p.level == "sort" else p.domain) and p.solution.endswith(f"The answer is {p.answer}.")
+    assert {p.domain for p in problems if p.level == "chain"} == {"arith"}
+    unseen = fresh_mixed(7, 50)
+    assert unseen == fresh_mixed(7, 50) and not {p.question for p in unseen} & {p.question for p in problems}
+    assert {p.level for p in load_split("test", 20)} == {None}  # the other splits are unchanged

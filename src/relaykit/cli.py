@@ -178,14 +178,14 @@ def run_evaluation(args: argparse.Namespace, names: list[str]):
     """Evaluate the strategy variants `names` (and the large baseline); print the table."""
     from rich.console import Console
 
-    from .evals.report import rich_domain_table, rich_table
+    from .evals.report import rich_group_tables, rich_table
 
     strategies = strategies_from_args(args, names)
     results, paths = api.evaluate_strategies(strategies, args.dataset, args.limit, args.batch_size, args.raw, args.out)
     console = Console()
     console.print(rich_table(results))
-    if rich_domain_table(results) is not None:
-        console.print(rich_domain_table(results))
+    for table in rich_group_tables(results):
+        console.print(table)
     console.print(f"[dim]wrote {', '.join(str(p) for p in paths.values())}[/]")
     return results, paths, console
 
@@ -435,7 +435,7 @@ def build_parser() -> argparse.ArgumentParser:
                           help="comma-separated strategy names; NAME[option=value ...] runs a strategy with its own "
                           "options beside others, e.g. 'relaygen,relaygen[cues=all],relaygen[cues=none]'; a sweep "
                           "'best-of-n[n=1..64]' runs n = 1, 2, 4, ... 64 and reports them as one accuracy-vs-cost curve")
-    evaluate.add_argument("--dataset", default="toy:test", help="toy:SPLIT, toy:long:SPLIT, toy:fresh:SEED or a JSONL path (GSM8K, MATH-500, AIME formats)")
+    evaluate.add_argument("--dataset", default="toy:test", help="toy:SPLIT, toy:fresh:SEED, either after toy:long:, toy:domains: or toy:mixed:, or a JSONL path (GSM8K, MATH-500, AIME formats)")
     evaluate.add_argument("--limit", type=int, default=None, help="first N problems")
     evaluate.add_argument("--out", default="relaykit-eval", help="output folder (default ./relaykit-eval)")
     add_evaluation_options(evaluate, STRATEGIES)

@@ -13,6 +13,7 @@ _PROMPT_KEYS = ("prompt", "question", "problem")
 _REFERENCE_KEYS = ("answer", "reference", "solution")
 _ID_KEYS = ("id", "unique_id")
 _TOY_SPLITS = ("test", "dev", "calibration")
+_TOY_FAMILIES = ("long", "domains", "mixed")
 _FRESH_DEFAULT_N = 100
 
 
@@ -29,6 +30,7 @@ class EvalProblem:
     reference: str
     source: str
     domain: str | None = None  # the toy world's domain (reports give accuracy per domain)
+    level: str | None = None  # the mixed toy world's difficulty level (and per level)
 
 
 def load_dataset(spec: str, limit: int | None = None) -> list[EvalProblem]:
@@ -37,8 +39,9 @@ def load_dataset(spec: str, limit: int | None = None) -> list[EvalProblem]:
     `spec` is a JSONL path (each row has a prompt under prompt/question/problem and an answer under
     answer/reference/solution; GSM8K's `#### N` and full `\\boxed{}` solutions are reduced to the
     final answer), `toy:SPLIT` / `toy:long:SPLIT` / `toy:domains:SPLIT` (the domain-expert world of
-    FusionRoute) for SPLIT in test, dev, calibration, or `toy:fresh:SEED` / `toy:long:fresh:SEED` /
-    `toy:domains:fresh:SEED` for newly generated toy problems (`limit` of them, default 100).
+    FusionRoute) / `toy:mixed:SPLIT` (levels of difficulty) for SPLIT in test, dev, calibration, or
+    `toy:fresh:SEED` / `toy:long:fresh:SEED` / `toy:domains:fresh:SEED` / `toy:mixed:fresh:SEED` for
+    newly generated toy problems (`limit` of them, default 100).
     Raises DatasetError (a ValueError) with a one-line reason.
     """
     if limit is not None and limit < 0:
@@ -108,7 +111,7 @@ def _first(row: dict, keys: tuple[str, ...]):
 
 def _load_toy(spec: str, limit: int | None) -> list[EvalProblem]:
     parts = spec.split(":")[1:]
-    family = parts.pop(0) if parts and parts[0] in ("long", "domains") else None
+    family = parts.pop(0) if parts and parts[0] in _TOY_FAMILIES else None
     seed = None
     if len(parts) == 2 and parts[0] == "fresh":
         try:
@@ -117,8 +120,8 @@ def _load_toy(spec: str, limit: int | None) -> list[EvalProblem]:
             raise DatasetError(f"{spec!r}: the seed in toy:fresh:SEED must be an integer") from None
     elif not (len(parts) == 1 and parts[0] in _TOY_SPLITS):
         raise DatasetError(
-            f"unknown dataset {spec!r}: use toy:SPLIT, toy:long:SPLIT, toy:domains:SPLIT (SPLIT in "
-            f"{', '.join(_TOY_SPLITS)}), toy:fresh:SEED, toy:long:fresh:SEED or toy:domains:fresh:SEED"
+            f"unknown dataset {spec!r}: use toy:SPLIT or toy:fresh:SEED, or either after toy:long:, "
+            f"toy:domains: or toy:mixed: (SPLIT in {', '.join(_TOY_SPLITS)})"
         )
     try:
         from relaykit.toyworld import tasks
@@ -127,13 +130,16 @@ def _load_toy(spec: str, limit: int | None) -> list[EvalProblem]:
     n = _FRESH_DEFAULT_N if seed is not None and limit is None else limit
     if family == "domains":
         toy = tasks.fresh_experts(seed, n) if seed is not None else tasks.load_expert_split(parts[0], n)
-        source = "toy:domains:fresh" if seed is not None else spec
+    elif family == "mixed":
+        toy = tasks.fresh_mixed(seed, n) if seed is not None else tasks.load_mixed_split(parts[0], n)
     elif seed is not None:
-        toy, source = tasks.fresh(seed, n, long=family == "long"), "toy:long:fresh" if family == "long" else "toy:fresh"
+        toy = tasks.fresh(seed, n, long=family == "long")
     else:
-        toy, source = tasks.load_split(parts[0], n=n, long=family == "long"), spec
+        toy = tasks.load_split(parts[0], n=n, long=family == "long")
+    source = spec if seed is None else f"toy:{family}:fresh" if family else "toy:fresh"
     problems = [
-        EvalProblem(id=str(p.id), prompt=p.question, reference=str(p.answer), source=source, domain=p.domain)
+        EvalProblem(id=str(p.id), prompt=p.question, reference=str(p.answer), source=source, domain=p.domain,
+                    level=p.level)
         for p in toy
     ]
     return problems if limit is None else problems[:limit]

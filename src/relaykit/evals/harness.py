@@ -42,6 +42,7 @@ def _records(strategy: Strategy, problems: list[EvalProblem], results: list, wal
             {
                 "id": problem.id,
                 "domain": problem.domain,
+                "level": problem.level,
                 "prediction": prediction,
                 "reference": problem.reference,
                 "correct": answers_match(prediction, problem.reference),
@@ -84,16 +85,16 @@ def _records(strategy: Strategy, problems: list[EvalProblem], results: list, wal
         "outcome_efficiency": _mean([r["outcome_efficiency"] for r in records if "outcome_efficiency" in r]),
         "process_efficiency": _mean([r["process_efficiency"] for r in records if "process_efficiency" in r]),
         "speedup_vs_large": None,
-        **({"by_domain": _by_domain(records)} if any(r["domain"] for r in records) else {}),
+        **{f"by_{group}": _by(records, group) for group in ("domain", "level") if any(r[group] for r in records)},
         "problems": records,
     }
 
 
-def _by_domain(records: list[dict]) -> dict:
-    """Accuracy and problem count of each domain (toy problems have one)."""
-    domains = sorted({r["domain"] for r in records if r["domain"]})
-    return {d: {"accuracy": _mean([float(r["correct"]) for r in records if r["domain"] == d]),
-                "problems": sum(r["domain"] == d for r in records)} for d in domains}
+def _by(records: list[dict], group: str) -> dict:
+    """Accuracy and problem count per domain or level (toy problems have them)."""
+    names = sorted({r[group] for r in records if r[group]})
+    return {g: {"accuracy": _mean([float(r["correct"]) for r in records if r[group] == g]),
+                "problems": sum(r[group] == g for r in records)} for g in names}
 
 
 def _mean(values: list[float]) -> float | None:

@@ -40,29 +40,33 @@ def markdown_table(results: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
-def domain_rows(results: dict) -> list[tuple[str, ...]] | None:
-    """Header and one row per strategy: accuracy per domain and their mean (None when the problems
-    have no domains)."""
+def group_rows(results: dict, group: str) -> list[tuple[str, ...]] | None:
+    """Header and one row per strategy: accuracy per `group` ("domain" or "level") and their mean
+    (None when the problems have none)."""
     entries = results["strategies"]
-    domains = sorted({d for s in entries.values() for d in s.get("by_domain", {})})
-    if not domains:
+    key = f"by_{group}"
+    names = sorted({g for s in entries.values() for g in s.get(key, {})})
+    if not names:
         return None
-    rows = [("strategy", *domains, "mean over domains")]
+    rows = [("strategy", *names, f"mean over {group}s")]
     for name, s in entries.items():
-        accuracies = [s["by_domain"][d]["accuracy"] if d in s["by_domain"] else None for d in domains]
+        accuracies = [s[key][g]["accuracy"] if g in s[key] else None for g in names]
         known = [a for a in accuracies if a is not None]
         rows.append((name, *("-" if a is None else f"{100 * a:.1f}%" for a in accuracies),
                      f"{100 * sum(known) / len(known):.1f}%" if known else "-"))
     return rows
 
 
-def domain_markdown(results: dict) -> str:
-    rows = domain_rows(results)
-    if rows is None:
-        return ""
-    lines = ["| " + " | ".join(row) + " |" for row in rows]
-    lines.insert(1, "|" + "|".join(["---"] + ["---:"] * (len(rows[0]) - 1)) + "|")
-    return "\nAccuracy per domain:\n\n" + "\n".join(lines) + "\n"
+def groups_markdown(results: dict) -> str:
+    text = ""
+    for group in ("domain", "level"):
+        rows = group_rows(results, group)
+        if rows is None:
+            continue
+        lines = ["| " + " | ".join(row) + " |" for row in rows]
+        lines.insert(1, "|" + "|".join(["---"] + ["---:"] * (len(rows[0]) - 1)) + "|")
+        text += f"\nAccuracy per {group}:\n\n" + "\n".join(lines) + "\n"
+    return text
 
 
 def curves_markdown(results: dict) -> str:
@@ -81,17 +85,21 @@ def curves_markdown(results: dict) -> str:
     return text
 
 
-def rich_domain_table(results: dict) -> Table | None:
-    rows = domain_rows(results)
-    if rows is None:
-        return None
-    table = Table(title="accuracy per domain", box=box.SIMPLE_HEAD, show_edge=False, pad_edge=False, collapse_padding=True)
-    table.add_column(rows[0][0], overflow="fold", max_width=_NAME_WIDTH)
-    for header in rows[0][1:]:
-        table.add_column(header.replace("mean over domains", "mean"), justify="right", no_wrap=True)
-    for row in rows[1:]:
-        table.add_row(_wrappable(row[0]), *row[1:])
-    return table
+def rich_group_tables(results: dict) -> list[Table]:
+    """Accuracy per domain and per level, for a terminal."""
+    tables = []
+    for group in ("domain", "level"):
+        rows = group_rows(results, group)
+        if rows is None:
+            continue
+        table = Table(title=f"accuracy per {group}", box=box.SIMPLE_HEAD, show_edge=False, pad_edge=False, collapse_padding=True)
+        table.add_column(rows[0][0], overflow="fold", max_width=_NAME_WIDTH)
+        for header in rows[0][1:]:
+            table.add_column(header.replace(f"mean over {group}s", "mean"), justify="right", no_wrap=True)
+        for row in rows[1:]:
+            table.add_row(_wrappable(row[0]), *row[1:])
+        tables.append(table)
+    return tables
 
 
 def rich_table(results: dict) -> Table:
@@ -202,7 +210,7 @@ def write_report(results: dict, out_dir: str | Path, max_problems: int = 5) -> d
     }
     paths["json"].write_text(json.dumps(results, indent=2), encoding="utf-8")
     heading = f"# {results.get('dataset', 'results')} ({results.get('n_problems', '?')} problems)\n\n"
-    paths["markdown"].write_text(heading + markdown_table(results) + domain_markdown(results) + curves_markdown(results), encoding="utf-8")
+    paths["markdown"].write_text(heading + markdown_table(results) + groups_markdown(results) + curves_markdown(results), encoding="utf-8")
     _plot(results, paths["plot"])
     paths["html"].write_text(trajectories_html(results, max_problems), encoding="utf-8")
     return paths

@@ -23,6 +23,11 @@ shipped toy-large (the experts' shared base) never saw: ``add`` (``What is 47 + 
 digits + 3?``), ``sub`` (``-`` twice) and ``mixed`` (one of each, in either order: a problem that needs
 both experts' skills in one solution).
 
+The mixed-difficulty world (``toy:mixed``, for compute adapted to difficulty) draws each problem's
+``level`` first: ``round`` (an ``arith`` or ``list`` chain whose first number is a multiple of ten,
+so both products come from the 54 products of round numbers), ``chain`` (an ``arith`` chain of
+any other number) or ``sort`` (a ``list`` problem whose chosen number is not round).
+
 Splits are a partition of question strings by hash, so no question is in two splits.
 """
 
@@ -30,7 +35,7 @@ from __future__ import annotations
 
 import hashlib
 import random
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Iterator
 
 DOMAINS = ("arith", "list")
@@ -52,6 +57,13 @@ _DEFAULT_SIZES = {"train": 20000, "dev": 500, "test": 500, "calibration": 500}
 SHORT_ROUNDS = (2, 4)
 LONG_ROUNDS = (56, 60)
 MULTIPLIERS = (3, 8)  # the one-digit factors' range: 90 x 6 = 540 products to learn
+ROUND_NUMBERS = tuple(range(10, 100, 10))
+# The mixed world's levels, from the one a small model solves most often to the one it almost never
+# does, and their shares of a mixed split: mostly easy, as served traffic is. A problem the small
+# model answers alone costs it ~7% of the large model's FLOPs, one it escalates at least the large
+# model's, so halving the cost needs the answered problems to carry over half of the FLOPs.
+LEVELS = ("round", "chain", "sort")
+LEVEL_SHARES = (0.6, 0.25, 0.15)
 
 # The cue of check round j is _CHECK_CUES[j % 6].
 _CHECK_CUES = ("Wait", "Again", "Also", "Alternatively", "Now", "Hence")
@@ -66,6 +78,7 @@ class Problem:
     question: str
     solution: str
     answer: str
+    level: str | None = None  # the mixed world's difficulty level (LEVELS)
 
 
 def split_of(question: str) -> str:
@@ -130,8 +143,8 @@ def _times(rounds: int) -> str:
     return "1 time" if rounds == 1 else f"{rounds} times"
 
 
-def _arith(rng: random.Random, rounds: int) -> tuple[str, list[str], int]:
-    chain = _chain(rng)
+def _arith(rng: random.Random, rounds: int, a: int | None = None) -> tuple[str, list[str], int]:
+    chain = _chain(rng, a)
     a, b, c = chain.a, chain.b, chain.c
     first, *rest = chain.steps()
     lines = [f"We need {a} * {b}, then its last two digits * {c}.", f"First, {first}", *rest]
@@ -141,10 +154,15 @@ def _arith(rng: random.Random, rounds: int) -> tuple[str, list[str], int]:
     return f"What is {a} * {b}, then its last two digits * {c}? Check it {_times(rounds)}.", lines, chain.second
 
 
-def _list(rng: random.Random, rounds: int) -> tuple[str, list[str], int]:
-    items = rng.sample(range(10, 100), 3)
-    which = rng.choice(("largest", "smallest"))
-    chain = _chain(rng, max(items) if which == "largest" else min(items))
+def _list(rng: random.Random, rounds: int, round_number: bool | None = None) -> tuple[str, list[str], int]:
+    """A list problem; ``round_number`` True or False redraws until the chosen number is (is not) round."""
+    while True:
+        items = rng.sample(range(10, 100), 3)
+        which = rng.choice(("largest", "smallest"))
+        a = max(items) if which == "largest" else min(items)
+        if round_number is None or (a % 10 == 0) == round_number:
+            break
+    chain = _chain(rng, a)
     first, *rest = chain.steps()
     shown = ", ".join(map(str, items))
     lines = [f"The list is {shown}.", f"Sorted, it is {', '.join(map(str, sorted(items)))}.", f"Thus the {which} is {chain.a}."]
@@ -173,6 +191,19 @@ def make_problem(rng: random.Random, domain: str, verify_rounds: int) -> Problem
     else:
         raise ValueError(f"unknown domain {domain!r}; choose from {DOMAINS}")
     return _problem(domain, question, lines, answer)
+
+
+def level_problem(rng: random.Random, level: str, verify_rounds: int) -> Problem:
+    """One problem of the mixed world's ``level`` (``LEVELS``)."""
+    if level not in LEVELS:
+        raise ValueError(f"unknown level {level!r}; choose from {LEVELS}")
+    domain = "list" if level == "sort" or (level == "round" and rng.random() < 0.5) else "arith"
+    if domain == "arith":
+        a = rng.choice(ROUND_NUMBERS if level == "round" else [a for a in range(10, 100) if a % 10])
+        question, lines, answer = _arith(rng, verify_rounds, a)
+    else:
+        question, lines, answer = _list(rng, verify_rounds, round_number=level == "round")
+    return replace(_problem(domain, question, lines, answer), level=level)
 
 
 def expert_problem(rng: random.Random, domain: str, verify_rounds: int) -> Problem:
@@ -247,6 +278,26 @@ def stream(split: str, seed: int, long: bool = False, drill_share: float = 0.0) 
             yield problem
 
 
+def level_stream(split: str, seed: int, level: str) -> Iterator[Problem]:
+    """Endless problems of one level of the mixed world, deterministic by seed."""
+    if split not in _BUCKETS:
+        raise ValueError(f"unknown split {split!r}; choose from {SPLITS}")
+    rng = random.Random(f"toyworld:mixed:{split}:{seed}:{level}")
+    while True:
+        problem = level_problem(rng, level, rng.randint(*SHORT_ROUNDS))
+        if split_of(problem.question) == split:
+            yield problem
+
+
+def _mixed(split: str, seed: int, n: int) -> list[Problem]:
+    """``n`` problems, each level's share of them (``LEVEL_SHARES``) exact, in a seeded shuffle."""
+    counts = [round(n * share) for share in LEVEL_SHARES[1:]]
+    counts.insert(0, n - sum(counts))
+    problems = [p for level, k in zip(LEVELS, counts) for p in _take(level_stream(split, seed, level), k)]
+    random.Random(f"toyworld:mixed:{split}:{seed}").shuffle(problems)
+    return problems
+
+
 def _take(problems: Iterator[Problem], n: int) -> list[Problem]:
     out, seen = [], set()
     for problem in problems:
@@ -280,3 +331,15 @@ def load_expert_split(name: str, n: int | None = None) -> list[Problem]:
 def fresh_experts(seed: int, n: int) -> list[Problem]:
     """Fresh problems of the domain-expert world from any seed (in no other split)."""
     return _take(expert_stream("fresh", seed), n)
+
+
+def load_mixed_split(name: str, n: int | None = None) -> list[Problem]:
+    """``n`` problems of a split of the mixed world, each level at its share."""
+    if name not in _SPLIT_SEEDS:
+        raise ValueError(f"unknown split {name!r}; choose from {tuple(_SPLIT_SEEDS)}")
+    return _mixed(name, _SPLIT_SEEDS[name], n or _DEFAULT_SIZES[name])
+
+
+def fresh_mixed(seed: int, n: int) -> list[Problem]:
+    """Fresh problems of the mixed world from any seed (in no other split), each level at its share."""
+    return _mixed("fresh", seed, n)
