@@ -147,5 +147,6 @@ def test_train_prober_and_verifier_fine_tune_the_small_model(tmp_path, checkpoin
         done = run_cli("train", what, "--steps", "2", "--out", str(out), "--small", str(checkpoints[("llama", "small")]))
         assert done.returncode == 0, done.stderr
         assert (out / "model.safetensors").is_file() and json.loads((out / "report.json").read_text())["config"]["train"]["steps"] == 2
-    done = run_cli("train", "prober", "--steps", "0", "--out", str(tmp_path / "none"))
-    assert done.returncode == 2 and "--steps must be >= 1" in done.stderr and "Traceback" not in done.stderr
+    for what in ("prober", "difficulty"):
+        done = run_cli("train", what, "--steps", "0", "--out", str(tmp_path / "none"))
+        assert done.returncode == 2 and "--steps must be >= 1" in done.stderr and "Traceback" not in done.stderr

@@ -246,3 +246,66 @@ def test_adaptive_takes_the_shipped_thresholds_on_the_shipped_pair(shipped_pair)
     config = _make(shipped_pair, "adaptive").config
     assert (config.answer_at, config.more_at) == (shipped["answer_at"], shipped["more_at"])
     assert _make(shipped_pair, "adaptive", calibration="none").config.answer_at == 1.0
+
+
+@pytest.fixture(scope="module")
+def with_difficulty(shipped_pair, tmp_path_factory):
+    """The shipped pair plus a difficulty model trained briefly from toy-small (labels from its greedy answers)."""
+    import dataclasses
+
+    from relaykit.train.difficulty import DifficultyTrainConfig, train_difficulty
+
+    cfg = DifficultyTrainConfig(problems=48, held_out=16, max_new_tokens=256)
+    cfg = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, steps=4, warmup=1))
+    out = tmp_path_factory.mktemp("difficulty")
+    report = train_difficulty(api.load_models({"small": None})["small"], out, cfg)
+    assert set(report["small_right_by_level"]) == {"round", "chain", "sort"}
+    return {**shipped_pair, **api.load_models({"difficulty": str(out)})}
+
+
+def test_adaptive_by_difficulty_answers_with_the_small_model_or_escalates(with_difficulty, questions):
+    """Above any probability the difficulty model gives, every problem escalates (the large model's
+    text, the difficulty model's prefill paid); at zero the small model answers every one."""
+    options = {"signal": "difficulty", "escalate": "large", "calibration": "none"}
+    never = _make(with_difficulty, "adaptive", answer_at=2.0, **options).generate(questions)
+    assert [r.token_ids for r in never] == [r.token_ids for r in _make(with_difficulty, "large").generate(questions)]
+    assert all(r.usage["difficulty"]["prefill_tokens"] > 0 and r.usage["small"]["forward_calls"] == 0 for r in never)
+    always = _make(with_difficulty, "adaptive", answer_at=0.0, **options).generate(questions)
+    assert [r.token_ids for r in always] == [r.token_ids for r in _make(with_difficulty, "small").generate(questions)]
+    assert all(r.events[-1].cue.startswith("small") and r.usage["large"]["forward_calls"] == 0 for r in always)
+
+
+def test_adaptive_difficulty_calibration_replays_the_strategys_decisions(with_difficulty):
+    from relaykit.calibrate.adaptive import calibrate_adaptive, replay_difficulty, small_is_right_probability
+    from relaykit.evals.datasets import load_dataset
+    from relaykit.evals.harness import EvalSettings, evaluate
+
+    problems = load_dataset("toy:mixed:dev", 8)
+    probabilities = small_is_right_probability(with_difficulty, problems, 4)
+    ordered = sorted(probabilities)
+    middle = (ordered[len(problems) // 2 - 1] + ordered[len(problems) // 2]) / 2
+    assert ordered[len(problems) // 2] - ordered[len(problems) // 2 - 1] > 1e-3, ordered
+    strategy = _make(with_difficulty, "adaptive", budget=256, signal="difficulty", escalate="large", calibration="none", answer_at=middle)
+    ran = evaluate({"adaptive": strategy}, problems, "dev", EvalSettings(progress=False))["strategies"]["adaptive"]["problems"]
+    assert [p["events"][-1]["detail"]["p_small"] for p in ran] == pytest.approx(probabilities, abs=1e-4)
+    answered = sum(p["events"][-1]["cue"].startswith("small") for p in ran)
+    rows = [{"p_small": q} for q in probabilities]
+    assert answered == sum(q >= middle for q in probabilities) == len(problems) - len(problems) // 2
+    chosen = calibrate_adaptive(with_difficulty, problems, AdaptiveConfig(signal="difficulty", escalate="large"), max_new_tokens=256)
+    assert chosen["signal"] == "difficulty" and chosen["accuracy"] >= chosen["escalate_accuracy"] - chosen["tolerance"]
+    within = calibrate_adaptive(with_difficulty, problems, AdaptiveConfig(signal="difficulty", escalate="large"),
+                                max_new_tokens=256, budget=0.5)
+    fitting = [r for r in within["replays"] if r["flops_vs_escalate"] <= 0.5]
+    assert within["flops_vs_escalate"] <= 0.5 and within["accuracy"] == max(r["accuracy"] for r in fitting)
+    assert replay_difficulty([{**r, "small_answer": None, "reference": "1", "sample_flops": 1.0, "escalate_flops": 3.0,
+                               "escalate_correct": True} for r in rows], 2.0) == (1.0, 3.0 * len(rows), 0)
+
+
+def test_adaptive_refuses_a_difficulty_model_without_its_head(shipped_pair):
+    from relaykit.errors import RelaykitError
+
+    models = {**shipped_pair, "difficulty": shipped_pair["small"]}
+    with pytest.raises(RelaykitError, match="not a difficulty model"):
+        _make(models, "adaptive", signal="difficulty")
+    with pytest.raises(RelaykitError, match="unknown signal"):
+        AdaptiveConfig(signal="vibes")

@@ -193,3 +193,7 @@ def test_mixed_world_levels_have_their_shares_and_their_kind():
     unseen = fresh_mixed(7, 50)
     assert unseen == fresh_mixed(7, 50) and not {p.question for p in unseen} & {p.question for p in problems}
     assert {p.level for p in load_split("test", 20)} == {None}  # the other splits are unchanged
+    from itertools import islice
+
+    from relaykit.toyworld.tasks import stream
+    assert {p.level for p in islice(stream("train", 0, round_share=1.0), 50)} == {"round"}  # toy-small's second stage

@@ -26,6 +26,7 @@ def add_model_options(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--verifier", help="step verifier for search and reranking (default: the shipped toy-verifier)")
     group.add_argument("--prober", help="answer prober for early-exit[probe_model=prober] (default: the shipped toy-prober)")
     group.add_argument("--router", help="FusionRoute router: a checkpoint with a routing head (default: the shipped toy router)")
+    group.add_argument("--difficulty", help="difficulty model for adaptive[signal=difficulty] (relaykit train difficulty writes one)")
     group.add_argument("--expert", action="append", default=[], metavar="NAME=PATH",
                        help="a domain expert for fusionroute and its baselines (repeatable; default: the shipped toy experts)")
     group.add_argument("--base", help="the model the experts were fine-tuned from, for merged[method=task-arithmetic] "
@@ -246,10 +247,12 @@ def calibrate_adaptive_command(args: argparse.Namespace) -> int:
     from .evals.datasets import load_dataset
     from .strategies.adaptive import Adaptive, AdaptiveConfig
 
-    config = AdaptiveConfig(k=args.samples, more=args.more, escalate=args.escalate)
+    config = AdaptiveConfig(signal=args.signal, k=args.samples, more=args.more, escalate=args.escalate)
     problems = load_dataset(args.dataset or "toy:dev", args.limit)
     models = load_models_from_args(args, Adaptive.roles_of(config))
-    result = calibrate_adaptive(models, problems, config, args.tolerance, args.max_new_tokens, args.batch_size)
+    if args.budget is not None and args.budget <= 0:
+        raise RelaykitError(f"--budget must be > 0, got {args.budget}")
+    result = calibrate_adaptive(models, problems, config, args.tolerance, args.max_new_tokens, args.batch_size, args.budget)
     out = Path(args.out or "adaptive.json")
     out.write_text(json.dumps(result, indent=2) + "\n")
     print(json.dumps(result, indent=2))
@@ -263,11 +266,15 @@ def cmd_train(args: argparse.Namespace) -> int:
     from .toyworld.train import train_toy
 
     logging.basicConfig(level=logging.INFO, format="%(message)s")
-    if args.refine_large and not Path(args.refine_large, "config.json").is_file():
-        raise RelaykitError(f"--refine-large {args.refine_large}: not a checkpoint folder (no config.json)")
-    report = train_toy(args.out, seed=args.seed, measure_n=args.measure, refine_large=args.refine_large)
+    if args.refine_large and args.refine_small:
+        raise RelaykitError("give --refine-large or --refine-small, not both")
+    for flag, folder in (("--refine-large", args.refine_large), ("--refine-small", args.refine_small)):
+        if folder and not Path(folder, "config.json").is_file():
+            raise RelaykitError(f"{flag} {folder}: not a checkpoint folder (no config.json)")
+    report = train_toy(args.out, seed=args.seed, measure_n=args.measure, refine_large=args.refine_large,
+                       refine_small=args.refine_small)
     print(json.dumps({k: v for k, v in report.items() if k != "config"}, indent=2))
-    written = "toy-large" if args.refine_large else "toy-small and toy-large"
+    written = "toy-large" if args.refine_large else "toy-small" if args.refine_small else "toy-small and toy-large"
     print(f"{written} written to {args.out}")
     return 0
 
@@ -312,8 +319,14 @@ def cmd_train_verifier(args: argparse.Namespace) -> int:
     return fine_tune_small(args, VerifierTrainConfig, train_verifier, "verifier")
 
 
+def cmd_train_difficulty(args: argparse.Namespace) -> int:
+    from .train.difficulty import DifficultyTrainConfig, train_difficulty
+
+    return fine_tune_small(args, DifficultyTrainConfig, train_difficulty, "difficulty model")
+
+
 def fine_tune_small(args: argparse.Namespace, config_class, trainer, what: str) -> int:
-    """`relaykit train verifier|prober`: `trainer` fine-tunes the small model for --steps steps."""
+    """`relaykit train verifier|prober|difficulty`: `trainer` fine-tunes the small model for --steps steps."""
     import dataclasses
 
     if args.steps is not None and args.steps < 1:
@@ -466,7 +479,8 @@ def build_parser() -> argparse.ArgumentParser:
         "tokens (the strictest on a tie) is written beside the cues. relaykit calibrate adaptive: on the dev split, "
         "the small model's samples, the escalation strategy and the small model alone run on every problem; the "
         "cheapest answer/more-samples thresholds whose accuracy is within --tolerance of the escalation alone are "
-        "written to adaptive.json (adaptive[calibration=FILE]).",
+        "written to adaptive.json (adaptive[calibration=FILE]); with --signal difficulty, the threshold on the "
+        "difficulty model's probability instead.",
     )
     calibrate.add_argument("what", nargs="?", choices=("cues", "adaptive"), default="cues",
                            help="cues (default): RelayGen's cues and check; adaptive: the adaptive strategy's thresholds")
@@ -474,10 +488,15 @@ def build_parser() -> argparse.ArgumentParser:
     calibrate.add_argument("--limit", type=int, default=100, help="problems to run (default 100)")
     calibrate.add_argument("--out", help="output JSON (default cues.json, with a PNG plot beside it; adaptive: adaptive.json)")
     calibrate.add_argument("--escalate", default="relaygen", help="adaptive: the strategy a problem escalates to (default relaygen)")
+    calibrate.add_argument("--signal", default="samples", choices=("samples", "difficulty"),
+                           help="adaptive: the signal calibrated (default samples; difficulty needs --difficulty PATH)")
     calibrate.add_argument("--samples", type=int, default=4, help="adaptive: the small model's first samples, k (default 4)")
     calibrate.add_argument("--more", type=int, default=4, help="adaptive: samples drawn next in the middle band (default 4)")
     calibrate.add_argument("--tolerance", type=float, default=0.005,
                            help="adaptive: accuracy it may lose against the escalation alone (default 0.005)")
+    calibrate.add_argument("--budget", type=float,
+                           help="adaptive: instead, the most accurate thresholds whose FLOPs are at most this share of "
+                           "the escalation's (e.g. 0.5)")
     calibrate.add_argument("--candidates", help="'|'-separated cues or a file of cues (default: the built-in list)")
     calibrate.add_argument("--discover", action=argparse.BooleanOptionalAction, default=True,
                            help="also try the words that open sentences in the traces at least --min-occurrences times "
@@ -513,17 +532,20 @@ def build_parser() -> argparse.ArgumentParser:
     what = train.add_subparsers(dest="what", required=True, metavar="WHAT")
     toy = add_training(
         what, "toy", cmd_train,
-        help="train toy-small and toy-large from scratch (about 61 minutes on 2 CPU cores)",
+        help="train toy-small and toy-large from scratch (about 65 minutes on 2 CPU cores)",
         description="Train the toy pair from a seed and measure it (accuracies, parameter and speed ratios, "
-        "hard-token share). toy-large trains in two stages: 2,200 steps, then 300 in which its long rows are "
+        "hard-token share). toy-small trains in two stages: 3,000 steps, then 2,000 on the round level of "
+        "toy:mixed (its easy level). toy-large trains in two stages: 2,200 steps, then 300 in which its long rows are "
         "seen with part of the context hidden, so KV compression does not break it. Training is deterministic: "
         "a rerun on the same thread count and PyTorch build gives the same weights bit for bit. The shipped "
         "toy-small and toy-large's first stage were made just before training became deterministic; toy-large's "
-        "second stage was run from it with --refine-large.",
+        "second stage was run from it with --refine-large (the shipped toy-small has not had its second stage yet).",
     )
     toy.add_argument("--measure", type=int, default=200, help="test problems to measure on (0 = skip)")
     toy.add_argument("--refine-large", metavar="DIR",
                      help="run only toy-large's second stage (training with hidden context) from this checkpoint")
+    toy.add_argument("--refine-small", metavar="DIR",
+                     help="run only toy-small's second stage (training on the round level of toy:mixed) from this checkpoint")
     relayllm = add_training(
         what, "relayllm", cmd_train_relayllm,
         help="train a small model to call the large one with <call>N</call> (RelayLLM: warm-up SFT, then GRPO)",
@@ -562,6 +584,15 @@ def build_parser() -> argparse.ArgumentParser:
     )
     prober.add_argument("--steps", type=int, help="training steps (default 1500)")
     add_model_options(prober)
+    difficulty = add_training(
+        what, "difficulty", cmd_train_difficulty,
+        help="train a difficulty model for adaptive[signal=difficulty]",
+        description="Label toy:mixed training problems with the small model's greedy answers (--small, default "
+        "toy-small), then fine-tune that small model with a routing head that reads a question and predicts whether "
+        "its answer will be right. Goes with that small model only. About 3 minutes on 2 CPU cores.",
+    )
+    difficulty.add_argument("--steps", type=int, help="training steps (default 600)")
+    add_model_options(difficulty)
     fusionroute = add_training(
         what, "fusionroute", cmd_train_fusionroute,
         help="train FusionRoute's domain experts and router (SFT with a routing loss, then CDPO)",

@@ -1,10 +1,13 @@
 """Compute adapted to difficulty (compute-optimal test-time scaling, Snell et al. 2024, spends by a
-question's estimated difficulty; the estimate here is the agreement of the small model's own
-samples): the small model writes `k` samples; when enough of them give one answer, that answer
-stands; in a middle band `more` samples are drawn first; otherwise the problem escalates to a
-stronger strategy (`relaygen` or `large`). Thresholds come from
-`relaykit calibrate adaptive`, which picks the cheapest pair that keeps the escalation strategy's
-accuracy on the dev split. Every sample's work counts in the usage."""
+question's estimated difficulty). Two estimates from the small model:
+- `signal=samples`: the agreement of its own samples. It writes `k` samples; when enough of them give
+  one answer, that answer stands; in a middle band `more` samples are drawn first; otherwise the
+  problem escalates to a stronger strategy (`relaygen` or `large`).
+- `signal=difficulty`: a difficulty model (the small model with a routing head, `relaykit train
+  difficulty`) reads the prompt once and gives the probability that the small model's greedy answer
+  is right; at or above `answer_at` the small model answers, otherwise the problem escalates.
+Thresholds come from `relaykit calibrate adaptive`, which picks the cheapest that keep the
+escalation strategy's accuracy on the dev split. Every model's work counts in the usage."""
 
 from __future__ import annotations
 
@@ -17,19 +20,25 @@ from pathlib import Path
 from ..errors import RelaykitError
 from ..evals.answers import extract_answer
 from ..options import variant_config
-from ..runtime.asks import Fork, Run
+from ..runtime.asks import Fork, Logits, Run
+from ..models.router import router_experts
 from ..toyworld import SHIPPED_ADAPTIVE, is_shipped_pair
 from .base import Strategy, register
 
 THRESHOLDS = ("answer_at", "more_at")
+SIGNALS = ("samples", "difficulty")
+ROUTES = ("small", "escalate")  # a difficulty model's routing head, in order
 
 
 @dataclass
 class AdaptiveConfig:
+    signal: str = "samples"  # samples: the small model's agreement; difficulty: a difficulty model (ours)
     k: int = 4  # the small model's samples for the signal (ours)
     more: int = 4  # samples drawn next when the agreement is in the middle band (ours)
     temperature: float = 0.7  # the samples' temperature (greedy samples would always agree)
-    answer_at: float = 1.0  # agreement (share of samples giving the leading answer) at which the small model answers
+    # the signal (agreement: share of samples giving the leading answer; difficulty: the probability
+    # that the small model is right) at which the small model answers
+    answer_at: float = 1.0
     more_at: float = 0.75  # agreement at which `more` samples are drawn before deciding
     escalate: str = "relaygen"  # NAME or NAME[option=value ...]: the strategy for the rest
     # an adaptive.json of `relaykit calibrate adaptive` whose thresholds replace the two above; None:
@@ -37,6 +46,8 @@ class AdaptiveConfig:
     calibration: str | None = None
 
     def __post_init__(self) -> None:
+        if self.signal not in SIGNALS:
+            raise RelaykitError(f"adaptive: unknown signal {self.signal!r}; choose from {', '.join(SIGNALS)}")
         if self.k < 1 or self.more < 0 or self.temperature <= 0:
             raise RelaykitError("adaptive needs k >= 1, more >= 0 and temperature > 0")
 
@@ -53,27 +64,36 @@ class Adaptive(Strategy):
         self.roles = self.roles_of(config)
         super().__init__(models, config, *args, **kwargs)
         calibration = config.calibration
-        if calibration is None and is_shipped_pair(self.models) and SHIPPED_ADAPTIVE.is_file():
+        if calibration is None and config.signal == "samples" and is_shipped_pair(self.models) and SHIPPED_ADAPTIVE.is_file():
             calibration = str(SHIPPED_ADAPTIVE)
         if calibration and calibration != "none":
-            self.config = dataclasses.replace(config, **load_thresholds(calibration))
+            self.config = dataclasses.replace(config, **load_thresholds(calibration, config.signal))
+        if config.signal == "difficulty":
+            judge = self.models["difficulty"]
+            if router_experts(getattr(judge, "hf", None)) != list(ROUTES):
+                raise RelaykitError(f"{judge.source} is not a difficulty model (a routing head over {', '.join(ROUTES)}; "
+                                    "relaykit train difficulty writes one)")
         self.small = build_strategy("small", self.models, stop=self.stop_config)
         self.escalate = build_strategy(config.escalate, self.models, sampling=self.sampling, stop=self.stop_config, kv_policy=self.kv_policy)
 
     @classmethod
     def roles_of(cls, config) -> tuple[str, ...]:
         inner_class, inner_config = variant_config(config.escalate)
-        return tuple(dict.fromkeys(("small", *inner_class.roles_of(inner_config))))
+        signal = ("difficulty",) if config.signal == "difficulty" else ()
+        return tuple(dict.fromkeys(("small", *signal, *inner_class.roles_of(inner_config))))
 
     @classmethod
     def needs_logits(cls, config) -> tuple[str, ...]:
         inner_class, inner_config = variant_config(config.escalate)
-        return inner_class.needs_logits(inner_config)
+        signal = ("difficulty",) if config.signal == "difficulty" else ()
+        return tuple(dict.fromkeys((*signal, *inner_class.needs_logits(inner_config))))
 
     def holdback(self) -> None:
         return None  # who answers is known only once the samples are in
 
     def run(self, request):
+        if self.config.signal == "difficulty":
+            return (yield from self._by_difficulty(request))
         cfg = self.config
         seed = request.sampling.seed if request.sampling.seed is not None else 0
         sampling = dataclasses.replace(request.sampling, temperature=cfg.temperature, seed=seed)
@@ -90,10 +110,27 @@ class Adaptive(Strategy):
                 return results[answers.index(answer)]
             if agreement < cfg.more_at or not cfg.more:
                 break
-        branch = (yield Fork(request.sequence, 1, self.escalate.roles))[0]
-        result = (yield Run([(self.escalate, branch)]))[0]
+        result = yield from self._escalate(request)
         request.event(None, "adaptive", f"{cfg.escalate} {agreement:.2f}").detail = detail
         return result
+
+    def _by_difficulty(self, request):
+        """One read of the prompt by the difficulty model, then the small model or the escalation."""
+        routing = (yield Logits("difficulty", request.sequence))[-1][-len(ROUTES):]
+        p_small = float(routing.float().softmax(-1)[0])
+        detail = {"p_small": round(p_small, 4)}
+        if p_small >= self.config.answer_at:
+            branch = (yield Fork(request.sequence, 1, ("small",)))[0]
+            result = (yield Run([(self.small, branch)]))[0]
+            request.event(None, "adaptive", f"small {p_small:.2f}").detail = detail
+            return result
+        result = yield from self._escalate(request)
+        request.event(None, "adaptive", f"{self.config.escalate} {p_small:.2f}").detail = detail
+        return result
+
+    def _escalate(self, request):
+        branch = (yield Fork(request.sequence, 1, self.escalate.roles))[0]
+        return (yield Run([(self.escalate, branch)]))[0]
 
 
 def leader(answers: list) -> tuple[str | None, float]:
@@ -105,12 +142,15 @@ def leader(answers: list) -> tuple[str | None, float]:
     return answer, count / len(answers)
 
 
-def load_thresholds(path: str) -> dict:
-    """answer_at and more_at from an adaptive.json of `relaykit calibrate adaptive`."""
+def load_thresholds(path: str, signal: str = "samples") -> dict:
+    """answer_at and more_at from an adaptive.json of `relaykit calibrate adaptive` for `signal`."""
     if not Path(path).is_file():
         raise RelaykitError(f"adaptive calibration file not found: {path}")
     try:
         chosen = json.loads(Path(path).read_text())
-        return {name: float(chosen[name]) for name in THRESHOLDS}
+        thresholds = {name: float(chosen[name]) for name in THRESHOLDS}
     except (ValueError, KeyError, TypeError) as error:
         raise RelaykitError(f"{path}: not an adaptive.json of `relaykit calibrate adaptive` ({error})") from None
+    if chosen.get("signal", "samples") != signal:
+        raise RelaykitError(f"{path} was calibrated for signal={chosen.get('signal', 'samples')}, not signal={signal}")
+    return thresholds

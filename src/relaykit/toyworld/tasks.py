@@ -26,7 +26,7 @@ both experts' skills in one solution).
 The mixed-difficulty world (``toy:mixed``, for compute adapted to difficulty) draws each problem's
 ``level`` first: ``round`` (an ``arith`` or ``list`` chain whose first number is a multiple of ten,
 so both products come from the 54 products of round numbers), ``chain`` (an ``arith`` chain of
-any other number) or ``sort`` (a ``list`` problem whose chosen number is not round).
+any other number) or ``sort`` (a ``list`` problem without a round number).
 
 Splits are a partition of question strings by hash, so no question is in two splits.
 """
@@ -155,12 +155,13 @@ def _arith(rng: random.Random, rounds: int, a: int | None = None) -> tuple[str, 
 
 
 def _list(rng: random.Random, rounds: int, round_number: bool | None = None) -> tuple[str, list[str], int]:
-    """A list problem; ``round_number`` True or False redraws until the chosen number is (is not) round."""
+    """A list problem; ``round_number`` True redraws until the chosen number is round, False until
+    no number in the list is."""
     while True:
         items = rng.sample(range(10, 100), 3)
         which = rng.choice(("largest", "smallest"))
         a = max(items) if which == "largest" else min(items)
-        if round_number is None or (a % 10 == 0) == round_number:
+        if round_number is None or (a % 10 == 0 if round_number else all(i % 10 for i in items)):
             break
     chain = _chain(rng, a)
     first, *rest = chain.steps()
@@ -258,21 +259,23 @@ def product_drill(rng: random.Random) -> Problem:
     return _drill(rng, "arith", "*")
 
 
-def stream(split: str, seed: int, long: bool = False, drill_share: float = 0.0) -> Iterator[Problem]:
+def stream(split: str, seed: int, long: bool = False, drill_share: float = 0.0, round_share: float = 0.0) -> Iterator[Problem]:
     """Endless problems of one split, deterministic by seed; domains alternate at random.
 
-    ``drill_share`` of the problems are product drills; ``long`` draws check rounds from
-    ``LONG_ROUNDS``.
+    ``drill_share`` of the problems are product drills, ``round_share`` of the others come from the
+    mixed world's ``round`` level; ``long`` draws check rounds from ``LONG_ROUNDS``.
     """
     if split not in _BUCKETS:
         raise ValueError(f"unknown split {split!r}; choose from {SPLITS}")
     rng = random.Random(f"toyworld:{split}:{seed}:{long}")
     while True:
         domain = rng.choice(DOMAINS)
+        low, high = LONG_ROUNDS if long else SHORT_ROUNDS
         if rng.random() < drill_share:
             problem = product_drill(rng)
+        elif round_share and rng.random() < round_share:  # no draw at 0: the older streams stay as they were
+            problem = level_problem(rng, "round", rng.randint(low, high))
         else:
-            low, high = LONG_ROUNDS if long else SHORT_ROUNDS
             problem = make_problem(rng, domain, rng.randint(low, high))
         if split_of(problem.question) == split:
             yield problem
