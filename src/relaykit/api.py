@@ -22,7 +22,7 @@ from .models.loading import Model, load_model
 from .models.remote import RemoteModel, is_remote, load_remote
 from .options import config_from_dict, flag, strategy_variant
 from .strategies.base import EXPERTS, Strategy, expert_roles, get_strategy
-from .toyworld import CHECKPOINTS, FUSIONROUTE, SHIPPED_CUES, TOY_LARGE, TOY_PROBER, TOY_SMALL, TOY_VERIFIER, is_shipped_pair
+from .toyworld import CHECKPOINTS, FUSIONROUTE, SHIPPED_CUES, TOY_DIFFICULTY, TOY_LARGE, TOY_PROBER, TOY_SMALL, TOY_VERIFIER, is_shipped_pair
 
 __all__ = [
     "SHIPPED_CUES", "build_strategies", "build_strategy", "default_model", "evaluate_strategies", "kv_policy",
@@ -30,9 +30,11 @@ __all__ = [
 ]
 
 _SHIPPED = {"large": TOY_LARGE, "small": TOY_SMALL}
-# models some strategies add (not part of the pair): the step verifier; early exit's answer prober; FusionRoute's router and the
+# models some strategies add (not part of the pair): the step verifier; early exit's answer prober; adaptive's
+# difficulty model; FusionRoute's router and the
 # base its experts were fine-tuned from (model merging's task arithmetic reads it)
-_SHIPPED_HELPERS = {"verifier": TOY_VERIFIER, "prober": TOY_PROBER, "router": FUSIONROUTE / "router", "base": TOY_LARGE}
+_SHIPPED_HELPERS = {"verifier": TOY_VERIFIER, "prober": TOY_PROBER, "difficulty": TOY_DIFFICULTY,
+                    "router": FUSIONROUTE / "router", "base": TOY_LARGE}
 # options that default to a shipped artefact when the models they go with are the shipped ones
 _SHIPPED_CLASSIFIER = FUSIONROUTE / "query-classifier.safetensors"
 _SWEEP = re.compile(r"(?<=[\[ ])\w+=(?P<first>\d+)\.\.(?P<last>\d+)(?=[\] ])")

@@ -26,7 +26,8 @@ def add_model_options(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--verifier", help="step verifier for search and reranking (default: the shipped toy-verifier)")
     group.add_argument("--prober", help="answer prober for early-exit[probe_model=prober] (default: the shipped toy-prober)")
     group.add_argument("--router", help="FusionRoute router: a checkpoint with a routing head (default: the shipped toy router)")
-    group.add_argument("--difficulty", help="difficulty model for adaptive[signal=difficulty] (relaykit train difficulty writes one)")
+    group.add_argument("--difficulty", help="difficulty model for adaptive[signal=difficulty] (default: the shipped toy-difficulty; "
+                       "relaykit train difficulty writes one)")
     group.add_argument("--expert", action="append", default=[], metavar="NAME=PATH",
                        help="a domain expert for fusionroute and its baselines (repeatable; default: the shipped toy experts)")
     group.add_argument("--base", help="the model the experts were fine-tuned from, for merged[method=task-arithmetic] "

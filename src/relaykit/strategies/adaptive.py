@@ -22,7 +22,7 @@ from ..evals.answers import extract_answer
 from ..options import variant_config
 from ..runtime.asks import Fork, Logits, Run
 from ..models.router import router_experts
-from ..toyworld import SHIPPED_ADAPTIVE, is_shipped_pair
+from ..toyworld import SHIPPED_ADAPTIVE, SHIPPED_ADAPTIVE_DIFFICULTY, is_shipped_pair
 from .base import Strategy, register
 
 THRESHOLDS = ("answer_at", "more_at")
@@ -42,7 +42,7 @@ class AdaptiveConfig:
     more_at: float = 0.75  # agreement at which `more` samples are drawn before deciding
     escalate: str = "relaygen"  # NAME or NAME[option=value ...]: the strategy for the rest
     # an adaptive.json of `relaykit calibrate adaptive` whose thresholds replace the two above; None:
-    # the shipped one on the shipped toy pair; "none": the thresholds above
+    # the shipped one for the signal on the shipped toy pair; "none": the thresholds above
     calibration: str | None = None
 
     def __post_init__(self) -> None:
@@ -64,8 +64,9 @@ class Adaptive(Strategy):
         self.roles = self.roles_of(config)
         super().__init__(models, config, *args, **kwargs)
         calibration = config.calibration
-        if calibration is None and config.signal == "samples" and is_shipped_pair(self.models) and SHIPPED_ADAPTIVE.is_file():
-            calibration = str(SHIPPED_ADAPTIVE)
+        shipped = SHIPPED_ADAPTIVE if config.signal == "samples" else SHIPPED_ADAPTIVE_DIFFICULTY
+        if calibration is None and is_shipped_pair(self.models) and shipped.is_file():
+            calibration = str(shipped)
         if calibration and calibration != "none":
             self.config = dataclasses.replace(config, **load_thresholds(calibration, config.signal))
         if config.signal == "difficulty":
