@@ -590,9 +590,9 @@ def build_parser() -> argparse.ArgumentParser:
         help="train a difficulty model for adaptive[signal=difficulty]",
         description="Label toy:mixed training problems with the small model's greedy answers (--small, default "
         "toy-small), then fine-tune that small model with a routing head that reads a question and predicts whether "
-        "its answer will be right. Goes with that small model only. About 3 minutes on 2 CPU cores.",
+        "its answer will be right. Goes with that small model only. About 2 minutes on 2 CPU cores.",
     )
-    difficulty.add_argument("--steps", type=int, help="training steps (default 600)")
+    difficulty.add_argument("--steps", type=int, help="training steps (default 1500)")
     add_model_options(difficulty)
     fusionroute = add_training(
         what, "fusionroute", cmd_train_fusionroute,

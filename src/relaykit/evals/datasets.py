@@ -30,7 +30,7 @@ class EvalProblem:
     reference: str
     source: str
     domain: str | None = None  # the toy world's domain (reports give accuracy per domain)
-    level: str | None = None  # the mixed toy world's difficulty level (and per level)
+    level: str | None = None  # the mixed toy world's difficulty level (reports give accuracy per level)
 
 
 def load_dataset(spec: str, limit: int | None = None) -> list[EvalProblem]:

@@ -6,8 +6,9 @@ question's estimated difficulty). Two estimates from the small model:
 - `signal=difficulty`: a difficulty model (the small model with a routing head, `relaykit train
   difficulty`) reads the prompt once and gives the probability that the small model's greedy answer
   is right; at or above `answer_at` the small model answers, otherwise the problem escalates.
-Thresholds come from `relaykit calibrate adaptive`, which picks the cheapest that keep the
-escalation strategy's accuracy on the dev split. Every model's work counts in the usage."""
+Thresholds come from `relaykit calibrate adaptive`, which picks on the dev split the cheapest that
+keep the escalation strategy's accuracy, or the most accurate within a FLOPs budget. Every model's
+work counts in the usage."""
 
 from __future__ import annotations
 
@@ -19,9 +20,9 @@ from pathlib import Path
 
 from ..errors import RelaykitError
 from ..evals.answers import extract_answer
+from ..models.router import router_experts
 from ..options import variant_config
 from ..runtime.asks import Fork, Logits, Run
-from ..models.router import router_experts
 from ..toyworld import SHIPPED_ADAPTIVE, SHIPPED_ADAPTIVE_DIFFICULTY, is_shipped_pair
 from .base import Strategy, register
 
@@ -90,7 +91,7 @@ class Adaptive(Strategy):
         return tuple(dict.fromkeys((*signal, *inner_class.needs_logits(inner_config))))
 
     def holdback(self) -> None:
-        return None  # who answers is known only once the samples are in
+        return None  # who answers is known only once the samples (or the difficulty model) are in
 
     def run(self, request):
         if self.config.signal == "difficulty":
@@ -118,7 +119,7 @@ class Adaptive(Strategy):
     def _by_difficulty(self, request):
         """One read of the prompt by the difficulty model, then the small model or the escalation."""
         routing = (yield Logits("difficulty", request.sequence))[-1][-len(ROUTES):]
-        p_small = float(routing.float().softmax(-1)[0])
+        p_small = float(routing.softmax(-1)[0])
         detail = {"p_small": round(p_small, 4)}
         if p_small >= self.config.answer_at:
             branch = (yield Fork(request.sequence, 1, ("small",)))[0]
