@@ -539,8 +539,8 @@ def build_parser() -> argparse.ArgumentParser:
         "toy:mixed (its easy level). toy-large trains in two stages: 2,200 steps, then 300 in which its long rows are "
         "seen with part of the context hidden, so KV compression does not break it. Training is deterministic: "
         "a rerun on the same thread count and PyTorch build gives the same weights bit for bit. The shipped "
-        "toy-small and toy-large's first stage were made just before training became deterministic; toy-large's "
-        "second stage was run from it with --refine-large (the shipped toy-small has not had its second stage yet).",
+        "toy-small and toy-large's first stage were made just before training became deterministic; their "
+        "second stages were run from them with --refine-small and --refine-large.",
     )
     toy.add_argument("--measure", type=int, default=200, help="test problems to measure on (0 = skip)")
     toy.add_argument("--refine-large", metavar="DIR",
