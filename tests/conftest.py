@@ -81,11 +81,12 @@ def models(checkpoints):
 def shipped_pair():
     """The toy pair shipped in the package, through relaykit's generic loading path, with the
     shipped models other strategies add: the step verifier (search), the answer prober (early
-    exit), FusionRoute's router and domain experts, and the experts' base (merging)."""
+    exit), the difficulty model (adaptive), FusionRoute's router and domain experts, and the
+    experts' base (merging)."""
     from relaykit import api
     from relaykit.strategies.base import EXPERTS
 
-    return api.load_models({"large": None, "small": None, "verifier": None, "prober": None, "router": None, "base": None, EXPERTS: None})
+    return api.load_models({"large": None, "small": None, "verifier": None, "prober": None, "difficulty": None, "router": None, "base": None, EXPERTS: None})
 
 
 def prompts(tokenizer, count: int, seed: int = 0) -> list[list[int]]:

@@ -19,7 +19,7 @@ from relaykit.models.runner import Runner
 from relaykit.runtime import Scheduler
 from relaykit.strategies.base import get_strategy, load_all
 from relaykit.strategies.single import Single
-from relaykit.options import config_from_dict
+from relaykit.options import config_from_dict, strategy_variant
 from relaykit.toyworld import FUSIONROUTE, load_split
 
 BUDGET = 48
@@ -29,7 +29,9 @@ KV_OPTIONS = {  # small enough that 48 tokens see compression steps
     "h2o": dict(budget=40, window=8, interval=4),
     "streaming": dict(budget=40, sinks=2, interval=4),
 }
-CASES = [(name, "full") for name in sorted(load_all())] + [("single", policy) for policy in sorted(POLICIES) if policy != "full"]
+VARIANTS = ["adaptive[signal=difficulty]"]  # a strategy whose options change which models it runs
+CASES = ([(name, "full") for name in sorted(load_all())] + [(variant, "full") for variant in VARIANTS]
+         + [("single", policy) for policy in sorted(POLICIES) if policy != "full"])
 
 
 @pytest.fixture(scope="module")
@@ -41,9 +43,9 @@ def questions(shipped_pair):
 OPTIONS = {"expert": {"name": "add"}, "query-route": {"classifier": str(FUSIONROUTE / "query-classifier.safetensors")}}
 
 
-def make(pair, name: str, policy: str = "full", budget: int = BUDGET):
-    cls = get_strategy(name)
-    return cls(pair, config_from_dict(cls, OPTIONS.get(name, {})), stop=StopConfig(max_new_tokens=budget),
+def make(pair, variant: str, policy: str = "full", budget: int = BUDGET):
+    cls, options = strategy_variant(variant)
+    return cls(pair, config_from_dict(cls, {**OPTIONS.get(cls.name, {}), **options}), stop=StopConfig(max_new_tokens=budget),
                kv_policy=make_policy(policy, **KV_OPTIONS[policy]))
 
 
