@@ -411,6 +411,13 @@ def add_training(what, name: str, run, help: str, description: str) -> argparse.
     return parser
 
 
+def add_fine_tuning(what, name: str, run, help: str, description: str) -> None:
+    """A `relaykit train NAME` parser for a fine-tuning of the small model (`fine_tune_small`)."""
+    parser = add_training(what, name, run, help, description)
+    parser.add_argument("--steps", type=int, help="training steps (default 1500)")
+    add_model_options(parser)
+
+
 def build_parser() -> argparse.ArgumentParser:
     from .strategies.base import STRATEGIES, load_all
 
@@ -566,7 +573,7 @@ def build_parser() -> argparse.ArgumentParser:
     relayllm.add_argument("--no-calls", action="store_true",
                           help="the no-call baseline: GRPO of the small model alone (reward 1 when right), no warm-up")
     add_model_options(relayllm)
-    verifier = add_training(
+    add_fine_tuning(
         what, "verifier", cmd_train_verifier,
         help="train a step verifier (a process reward model) for search and reranking",
         description="Fine-tune the small model (--small, default toy-small) to predict + or - at the end of each "
@@ -574,26 +581,20 @@ def build_parser() -> argparse.ArgumentParser:
         "labelled -. Used by best-of-n[rerank=verifier|weighted], beam-search[scorer=verifier] and "
         "dvts[scorer=verifier]. About 2 minutes on 2 CPU cores.",
     )
-    verifier.add_argument("--steps", type=int, help="training steps (default 1500)")
-    add_model_options(verifier)
-    prober = add_training(
+    add_fine_tuning(
         what, "prober", cmd_train_prober,
         help="train an answer prober for early exit",
         description="Fine-tune the small model (--small, default toy-small) to write the final answer after a toy "
         "thinking cut at any sentence and closed with '</think>The answer is': it copies the answer once the "
         "thinking holds it, and is unsure before. Used by early-exit[probe_model=prober]. About 2 minutes on 2 CPU cores.",
     )
-    prober.add_argument("--steps", type=int, help="training steps (default 1500)")
-    add_model_options(prober)
-    difficulty = add_training(
+    add_fine_tuning(
         what, "difficulty", cmd_train_difficulty,
         help="train a difficulty model for adaptive[signal=difficulty]",
         description="Label toy:mixed training problems with the small model's greedy answers (--small, default "
         "toy-small), then fine-tune that small model with a routing head that reads a question and predicts whether "
         "its answer will be right. Goes with that small model only. About 2 minutes on 2 CPU cores.",
     )
-    difficulty.add_argument("--steps", type=int, help="training steps (default 1500)")
-    add_model_options(difficulty)
     fusionroute = add_training(
         what, "fusionroute", cmd_train_fusionroute,
         help="train FusionRoute's domain experts and router (SFT with a routing loss, then CDPO)",

@@ -34,9 +34,13 @@ _COLUMNS = ("strategy", "accuracy", "large-token share", "switches/problem", "FL
 
 def markdown_table(results: dict) -> str:
     """A Markdown table with one row per strategy."""
-    rows = [_COLUMNS, *(_row(results, name) for name in results["strategies"])]
+    return _markdown([_COLUMNS, *(_row(results, name) for name in results["strategies"])])
+
+
+def _markdown(rows: list) -> str:
+    """Rows (the first is the header) as a Markdown table, figures right-aligned."""
     lines = ["| " + " | ".join(row) + " |" for row in rows]
-    lines.insert(1, "|" + "|".join(["---"] + ["---:"] * (len(_COLUMNS) - 1)) + "|")
+    lines.insert(1, "|" + "|".join(["---"] + ["---:"] * (len(rows[0]) - 1)) + "|")
     return "\n".join(lines) + "\n"
 
 
@@ -63,9 +67,7 @@ def groups_markdown(results: dict) -> str:
         rows = group_rows(results, group)
         if rows is None:
             continue
-        lines = ["| " + " | ".join(row) + " |" for row in rows]
-        lines.insert(1, "|" + "|".join(["---"] + ["---:"] * (len(rows[0]) - 1)) + "|")
-        text += f"\nAccuracy per {group}:\n\n" + "\n".join(lines) + "\n"
+        text += f"\nAccuracy per {group}:\n\n" + _markdown(rows)
     return text
 
 

@@ -81,14 +81,12 @@ class Adaptive(Strategy):
     @classmethod
     def roles_of(cls, config) -> tuple[str, ...]:
         inner_class, inner_config = variant_config(config.escalate)
-        signal = ("difficulty",) if config.signal == "difficulty" else ()
-        return tuple(dict.fromkeys(("small", *signal, *inner_class.roles_of(inner_config))))
+        return tuple(dict.fromkeys(("small", *_signal_roles(config), *inner_class.roles_of(inner_config))))
 
     @classmethod
     def needs_logits(cls, config) -> tuple[str, ...]:
         inner_class, inner_config = variant_config(config.escalate)
-        signal = ("difficulty",) if config.signal == "difficulty" else ()
-        return tuple(dict.fromkeys((*signal, *inner_class.needs_logits(inner_config))))
+        return tuple(dict.fromkeys((*_signal_roles(config), *inner_class.needs_logits(inner_config))))
 
     def holdback(self) -> None:
         return None  # who answers is known only once the samples (or the difficulty model) are in
@@ -133,6 +131,11 @@ class Adaptive(Strategy):
     def _escalate(self, request):
         branch = (yield Fork(request.sequence, 1, self.escalate.roles))[0]
         return (yield Run([(self.escalate, branch)]))[0]
+
+
+def _signal_roles(config: AdaptiveConfig) -> tuple[str, ...]:
+    """The model the signal reads, besides the small model's samples."""
+    return ("difficulty",) if config.signal == "difficulty" else ()
 
 
 def leader(answers: list) -> tuple[str | None, float]:

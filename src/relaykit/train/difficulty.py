@@ -41,12 +41,12 @@ class DifficultyTrainConfig:
     train: TrainConfig = TrainConfig(steps=1500, lr=1e-3, warmup=20, weight_decay=0.1)
 
 
-def small_is_right(small: Model, problems: list, cfg: DifficultyTrainConfig, what: str) -> list[bool]:
-    """Whether the small model's greedy answer to each problem is right (batched, with a progress bar)."""
+def small_is_right(small: Model, problems: list, prompts: list[list[int]], cfg: DifficultyTrainConfig, what: str) -> list[bool]:
+    """Whether the small model's greedy answer to each problem (its prompt encoded) is right
+    (batched, with a progress bar)."""
     from ..api import build_strategy
 
     strategy = build_strategy("small", {"small": small}, stop=StopConfig(max_new_tokens=cfg.max_new_tokens))
-    prompts = [encode_prompt(small.tokenizer, p.question) for p in problems]
     results = []
     for start in tqdm(range(0, len(prompts), cfg.batch), desc=f"label {what}", unit="batch", mininterval=5):
         results += strategy.generate(prompts[start : start + cfg.batch])
@@ -70,9 +70,9 @@ def train_difficulty(base: Model, out: str | Path, cfg: DifficultyTrainConfig | 
     torch.manual_seed(cfg.seed)
     began = time.perf_counter()
     problems, held_out = load_mixed_split("train", cfg.problems), load_mixed_split("dev", cfg.held_out)
-    labels = torch.tensor([0 if right else 1 for right in small_is_right(base, problems, cfg, "training problems")])
-    held_labels = torch.tensor([0 if right else 1 for right in small_is_right(base, held_out, cfg, "held-out problems")])
-    prompts = [encode_prompt(base.tokenizer, p.question) for p in problems]
+    prompts, held_prompts = ([encode_prompt(base.tokenizer, p.question) for p in chosen] for chosen in (problems, held_out))
+    labels = torch.tensor([0 if right else 1 for right in small_is_right(base, problems, prompts, cfg, "training problems")])
+    held_labels = torch.tensor([0 if right else 1 for right in small_is_right(base, held_out, held_prompts, cfg, "held-out problems")])
     model = base.hf
     make_router(model, list(ROUTES))
     order = random.Random(cfg.seed)
@@ -87,7 +87,6 @@ def train_difficulty(base: Model, out: str | Path, cfg: DifficultyTrainConfig | 
 
     records = train(model, cfg.train, batch, loss_of, "difficulty", log_path)
     with torch.no_grad():
-        held_prompts = [encode_prompt(base.tokenizer, p.question) for p in held_out]
         predicted = torch.cat([routing_logits(model, held_prompts[i : i + cfg.batch]).argmax(-1)
                                for i in range(0, len(held_prompts), cfg.batch)])
     levels = sorted({p.level for p in problems})
