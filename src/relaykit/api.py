@@ -31,8 +31,8 @@ __all__ = [
 
 _SHIPPED = {"large": TOY_LARGE, "small": TOY_SMALL}
 # models some strategies add (not part of the pair): the step verifier; early exit's answer prober; adaptive's
-# difficulty model; FusionRoute's router and the
-# base its experts were fine-tuned from (model merging's task arithmetic reads it)
+# difficulty model; FusionRoute's router and the base its experts were fine-tuned from (model merging's task
+# arithmetic reads it)
 _SHIPPED_HELPERS = {"verifier": TOY_VERIFIER, "prober": TOY_PROBER, "difficulty": TOY_DIFFICULTY,
                     "router": FUSIONROUTE / "router", "base": TOY_LARGE}
 # options that default to a shipped artefact when the models they go with are the shipped ones
