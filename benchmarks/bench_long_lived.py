@@ -3,7 +3,10 @@ turn, up to 64 live at once, new ones joining as others finish) through one sche
 shipped toy pair. Checks that every request's usage is exact (each model read every token before
 its last one exactly once: prefill = the others' tokens, decode = its own, one forward per token
 it wrote) and that resident memory late in the run (the last requests still in flight) and after
-the last request stays within 5% of that after the first 1,000. Ends with one JSON line."""
+the last request stays within 5% of that after the first 1,000. Ends with one JSON line.
+
+relaygen runs as `relaygen[check=inf]`, the paper's plain hand-off: with its check, the large model
+also reads the small model's last segment and answer, and re-reads what it cut, by design."""
 
 from __future__ import annotations
 
@@ -50,7 +53,7 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     pair = {"large": load_model(str(TOY_LARGE), name="large"), "small": load_model(str(TOY_SMALL), name="small")}
     stop = StopConfig(max_new_tokens=args.max_new_tokens)
-    strategies = [api.build_strategy(name, pair, stop=stop) for name in ("large", "small", "relaygen")]  # shipped cues
+    strategies = [api.build_strategy(name, pair, stop=stop) for name in ("large", "small", "relaygen[check=inf]")]  # shipped cues
     prompts = [encode_prompt(pair["large"].tokenizer, p.question) for p in load_split("test", 500)]
     scheduler = Scheduler(pair)
     live, submitted, finished, inexact, marks = [], 0, 0, 0, {}

@@ -5,9 +5,11 @@
    that random switching runs at the same share (the paper's random baseline).
 3. One eval on the test split, batch 1 (per-request latency, as the paper reports), strategies
    taking turns problem by problem: large, small, speculative (k=4; k=K stopping drafts below 0.4
-   confidence), RelayGen (calibrated cues; every candidate cue; answer hand-off only; a cue allowed
-   right after a hand-back; speculative large turns, also stopping drafts below 0.4 confidence),
-   random switching, uncertainty routing, Speculative Thinking.
+   confidence; the best settings found on unseen problems, 128 drafts stopping below 0.8), RelayGen
+   (calibrated cues; every candidate cue; answer hand-off only; a cue allowed right after a
+   hand-back; speculative large turns, also stopping drafts below 0.4 confidence, and the best
+   settings found on unseen problems, 32 drafts stopping below 0.8), random switching, uncertainty
+   routing, Speculative Thinking.
 Ends with one JSON line: accuracy against large, speed-up, small-token share, switches.
 """
 
@@ -61,6 +63,7 @@ def main() -> None:
                   "relaygen[min_large_tokens=1]", f"relaygen[speculative={k}]",
                   f"relaygen[speculative={k} draft_confidence=0.4]",
                   f"relaygen[speculative={k} draft_confidence=0.4 min_large_tokens=1]",
+                  "speculative[k=128 max_k=128 draft_confidence=0.8]", "relaygen[speculative=32 draft_confidence=0.8]",
                   f"random-switch[small_share={share:.3f}]", "uncertainty", "speculative-thinking"]
     run(["eval", "--strategy", ",".join(strategies), "--cues", cues, "--dataset", "toy:test", "--limit", str(args.limit),
          "--batch-size", "1", "--out", str(out / "test"), *common])

@@ -58,14 +58,14 @@ class Outcome:
     error: str | None = None
 
 
-def shipped_pair() -> dict:
-    return {"large": load_model(str(TOY_LARGE), name="large"), "small": load_model(str(TOY_SMALL), name="small")}
+def shipped_pair(device: str = "cpu", dtype: str = "auto") -> dict:
+    return {name: load_model(str(path), name=name, device=device, dtype=dtype) for name, path in (("large", TOY_LARGE), ("small", TOY_SMALL))}
 
 
-def serve_in_child(threads: int, channel) -> None:
+def serve_in_child(threads: int, device: str, dtype: str, channel) -> None:
     """The server's process: the shipped pair behind the app; sends its URL, serves until told."""
     torch.set_num_threads(threads)
-    with serving(create_app(shipped_pair())) as url:
+    with serving(create_app(shipped_pair(device, dtype))) as url:
         channel.send(url)
         channel.recv()
 
@@ -196,10 +196,12 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=1, help="torch threads")
     parser.add_argument("--timeout", type=float, default=600.0, help="seconds the whole run may take")
     parser.add_argument("--direct", action="store_true", help="also run the requests on an in-process Scheduler")
+    parser.add_argument("--device", default="cpu", help="where the pair runs (cuda on a GPU machine)")
+    parser.add_argument("--dtype", default="auto", help="the pair's dtype (auto: float32 for the toy pair on a CPU, bfloat16 on a GPU)")
     args = parser.parse_args()
     deadline = time.perf_counter() + args.timeout
     torch.set_num_threads(args.threads)
-    pair = shipped_pair()
+    pair = shipped_pair(args.device, args.dtype)
     tokenizer = pair["large"].tokenizer
 
     def count_tokens(text: str) -> int:
@@ -208,7 +210,7 @@ def main() -> None:
     bodies = request_bodies(args.clients, args.max_tokens)
     spawn = multiprocessing.get_context("spawn")
     channel, child_end = spawn.Pipe()
-    server = spawn.Process(target=serve_in_child, args=(args.threads, child_end), daemon=True)
+    server = spawn.Process(target=serve_in_child, args=(args.threads, args.device, args.dtype, child_end), daemon=True)
     server.start()
     try:
         if not channel.poll(min(180.0, args.timeout)):
@@ -233,6 +235,8 @@ def main() -> None:
         "clients": args.clients,
         "max_tokens": args.max_tokens,
         "threads": args.threads,
+        "device": args.device,
+        "dtype": pair["large"].dtype,
         "errors": len(errors),
         "ttft_p50_s": percentile([o.ttft for o in succeeded if o.ttft is not None], 50),
         "ttft_p99_s": percentile([o.ttft for o in succeeded if o.ttft is not None], 99),

@@ -52,7 +52,7 @@ def main() -> None:
     stop = StopConfig(max_new_tokens=args.new_tokens)
     pair = {"large": large, "small": small}
     single = get_strategy("single")(pair, stop=stop)
-    speculative = get_strategy("speculative")(pair, SpeculativeConfig(k=args.k, adaptive=args.adaptive, draft_confidence=args.draft_confidence), stop=stop)
+    speculative = get_strategy("speculative")(pair, SpeculativeConfig(k=args.k, adaptive=args.adaptive, max_k=max(args.k, 16), draft_confidence=args.draft_confidence), stop=stop)
     batch = prompts(large.tokenizer, args.prompts, args.prompt_length, toy=what == "toy pair")
 
     # exactness first: all four produce the large model's greedy text

@@ -68,7 +68,8 @@ class Sampler:
         return self.draw(self.probs(logits))
 
     def draw(self, probs: torch.Tensor) -> torch.Tensor:
-        flat = probs.reshape(-1, probs.shape[-1])
+        """Drawn on the CPU, from the seeded CPU generator, whatever device the model runs on."""
+        flat = probs.reshape(-1, probs.shape[-1]).cpu()
         return torch.multinomial(flat, 1, generator=self.generator).reshape(probs.shape[:-1])
 
     def uniform(self, n: int) -> torch.Tensor:

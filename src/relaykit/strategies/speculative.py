@@ -72,7 +72,7 @@ def lenient_cut(request, logits: torch.Tensor, tokens: list[int], threshold: flo
     chosen = torch.tensor(tokens, device=logits.device)
     top = logits.max(-1)
     margin = top.values - logits.gather(-1, chosen[:, None])[:, 0]
-    disagreements = ((margin >= torch.as_tensor(threshold)) & (top.indices != chosen)).nonzero()
+    disagreements = ((margin >= torch.as_tensor(threshold, device=margin.device)) & (top.indices != chosen)).nonzero()
     if not len(disagreements):
         return None
     i = int(disagreements[0])
