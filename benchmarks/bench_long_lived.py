@@ -20,9 +20,10 @@ import torch
 from relaykit import api
 from relaykit.decoding.prompt import encode_prompt
 from relaykit.decoding.stopping import StopConfig
-from relaykit.models.loading import load_model
 from relaykit.runtime import Scheduler
-from relaykit.toyworld import TOY_LARGE, TOY_SMALL, load_split
+from relaykit.toyworld import load_split
+
+from pairs import shipped_pair
 
 
 
@@ -51,7 +52,7 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=1)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
-    pair = {"large": load_model(str(TOY_LARGE), name="large"), "small": load_model(str(TOY_SMALL), name="small")}
+    pair = shipped_pair()
     stop = StopConfig(max_new_tokens=args.max_new_tokens)
     strategies = [api.build_strategy(name, pair, stop=stop) for name in ("large", "small", "relaygen[check=inf]")]  # shipped cues
     prompts = [encode_prompt(pair["large"].tokenizer, p.question) for p in load_split("test", 500)]

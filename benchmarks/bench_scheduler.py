@@ -35,9 +35,10 @@ import torch
 from relaykit import api
 from relaykit.decoding.prompt import encode_prompt
 from relaykit.decoding.stopping import StopConfig
-from relaykit.models.loading import load_model
 from relaykit.runtime import Scheduler
-from relaykit.toyworld import TOY_LARGE, TOY_SMALL, load_split
+from relaykit.toyworld import load_split
+
+from pairs import shipped_pair
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -195,7 +196,7 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     skip = set(args.skip.split(","))
-    pair = {name: load_model(str(path), name=name, device=args.device, dtype=args.dtype) for name, path in (("large", TOY_LARGE), ("small", TOY_SMALL))}
+    pair = shipped_pair(args.device, args.dtype)
     tokenizer = pair["large"].tokenizer
     questions = [p.question for p in load_split("test", max(args.requests, 16))]
     prompts = [encode_prompt(tokenizer, q) for q in questions]

@@ -37,11 +37,12 @@ import torch
 
 from relaykit import api
 from relaykit.decoding.stopping import StopConfig
-from relaykit.models.loading import load_model
 from relaykit.runtime import Scheduler
 from relaykit.serve import create_app, serving
 from relaykit.serve.service import Service
-from relaykit.toyworld import TOY_LARGE, TOY_SMALL, load_split
+from relaykit.toyworld import load_split
+
+from pairs import shipped_pair
 
 STRATEGIES = ("large", "speculative", "relaygen", "small")
 
@@ -56,10 +57,6 @@ class Outcome:
     end_to_end: float | None = None
     finished_at: float | None = None  # perf_counter when the response ended
     error: str | None = None
-
-
-def shipped_pair(device: str = "cpu", dtype: str = "auto") -> dict:
-    return {name: load_model(str(path), name=name, device=device, dtype=dtype) for name, path in (("large", TOY_LARGE), ("small", TOY_SMALL))}
 
 
 def serve_in_child(threads: int, device: str, dtype: str, channel) -> None:
