@@ -21,6 +21,7 @@ from .kv import KVCache, KVPolicy
 NATIVE_MODEL_TYPES = {"llama", "qwen2", "qwen3", "mistral"}
 STATIC_ROPE_TYPES = {"default", "linear", "llama3", "yarn"}  # rotary tables that do not depend on length
 EXACT_CHUNK = 32  # longest chunk a low-precision forward attends position by position (see NativeEngine)
+FEW_POSITIONS = 32  # up to this many positions a float32 RMS norm runs as a layer norm (see `_norm`)
 
 
 def supports_native(hf_model) -> bool:
@@ -125,12 +126,22 @@ def _linear(x: torch.Tensor, weight, bias: torch.Tensor | None = None) -> torch.
 
 
 def _norm(module, dtype: torch.dtype):
-    """An RMS norm module as a function: in float32 the fused kernel, which computes exactly the
-    module's math, else the module itself."""
-    if dtype == torch.float32:
-        weight = module.weight
-        return partial(F.rms_norm, normalized_shape=weight.shape, weight=weight, eps=module.variance_epsilon)
-    return module
+    """An RMS norm module as a function: in float32 PyTorch's kernel for many positions, and for a
+    few the same norm as a layer norm over [x, -x] (mean exactly 0, variance mean(x^2)), which takes
+    two thirds of the time there (the kernel's fixed cost dominates a decode step; the two agree to
+    float32 rounding); in other dtypes the module itself."""
+    if dtype != torch.float32:
+        return module
+    weight, eps = module.weight, module.variance_epsilon
+    width = weight.shape[0]
+    doubled = torch.cat([weight, weight])
+
+    def norm(x: torch.Tensor) -> torch.Tensor:
+        if x.numel() > FEW_POSITIONS * width:
+            return F.rms_norm(x, (width,), weight, eps)
+        return F.layer_norm(torch.cat([x, -x], -1), (2 * width,), doubled, None, eps)[..., :width]
+
+    return norm
 
 
 class _Layer(NamedTuple):
@@ -171,6 +182,7 @@ class NativeEngine:
         self.cache = KVCache(len(self.body.layers), self.kv_heads, self.head_dim, param.dtype, param.device, self.heads)
         self.policy.attach(self.cache)
         self.device, self.dtype = param.device, param.dtype
+        self.embedding = self.body.embed_tokens.weight
         self.head = None  # the model's own output head (a router's adds its routing weights)
         packed = not int8 and packs_bfloat16(param.dtype, param.device)
         quantized = quantize_int8 if int8 else pack_bfloat16 if packed else lambda weight: weight
@@ -199,18 +211,18 @@ class NativeEngine:
         # chunk is computed as decoding would (see `forward`): speculative greedy equals greedy
         self.exact_positions = self.dtype != torch.float32
 
-    def _rope(self, hidden: torch.Tensor, position_ids: torch.Tensor, end: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """cos and sign-folded sin (see `_rotate`) at `position_ids` [B, n] (all below `end`):
-        [n, head_dim] for a single row of ids (they end at `end`), else [B, 1, n, head_dim]; from
-        a table grown on demand (the model's own rotary module)."""
+    def _rope(self, position_ids: torch.Tensor | None, end: int, width: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """cos and sign-folded sin (see `_rotate`) at `position_ids` [B, width] (all below `end`),
+        [B, 1, width, head_dim]; None: every row at the `width` positions ending at `end`, then
+        [width, head_dim]. From a table grown on demand (the model's own rotary module)."""
         if self.rope_cos is None or self.rope_cos.shape[0] < end:
             size = max(end, 2 * (0 if self.rope_cos is None else self.rope_cos.shape[0]), 256)
-            cos, sin = self.body.rotary_emb(hidden, torch.arange(size, device=self.device)[None])
+            probe = torch.zeros(1, dtype=self.dtype, device=self.device)  # the module reads only its dtype and device
+            cos, sin = self.body.rotary_emb(probe, torch.arange(size, device=self.device)[None])
             half = self.head_dim // 2
             self.rope_cos, self.rope_sin = cos[0], torch.cat((-sin[0, :, :half], sin[0, :, half:]), dim=-1)
-        if position_ids.shape[0] == 1:  # a slice of the table instead of a gather
-            start = end - position_ids.shape[1]
-            return self.rope_cos[start:end], self.rope_sin[start:end]
+        if position_ids is None:  # a slice of the table instead of a gather
+            return self.rope_cos[end - width : end], self.rope_sin[end - width : end]
         return self.rope_cos[position_ids][:, None], self.rope_sin[position_ids][:, None]
 
     def _attend_one(self, q: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, mask, scaling: float) -> torch.Tensor:
@@ -288,8 +300,8 @@ class NativeEngine:
         cache.reserve(max(starts) + width)
         same_start = min(starts) == max(starts)
         ids = torch.tensor([t + [0] * (width - len(t)) for t in tokens], dtype=torch.long, device=self.device)
-        shared = min(positions) == max(positions)  # then one row of position ids serves every row
-        position_ids = torch.tensor([range(p, p + width) for p in positions[: 1 if shared else batch]], device=self.device)
+        shared = min(positions) == max(positions)  # then every row reads the same slice of the rotary table
+        position_ids = None if shared else torch.tensor([range(p, p + width) for p in positions], device=self.device)
         span = max(starts) + width  # slots attended by any row
         starts_t = None if same_start else torch.tensor(starts, dtype=torch.long, device=self.device)
         mask = None  # [B or 1, 1, width, span]: the slots each query sees; None: all of [0, span)
@@ -304,7 +316,8 @@ class NativeEngine:
             additive = torch.zeros(mask.shape, dtype=self.dtype, device=self.device)
             additive.masked_fill_(~mask, float("-inf"))
         if self.policy.name != "full":  # positions are read only once a policy has moved slots
-            cache.write_positions(starts[0] if same_start else starts_t, position_ids, rows)
+            ids_written = torch.arange(positions[0], positions[0] + width, device=self.device)[None] if shared else position_ids
+            cache.write_positions(starts[0] if same_start else starts_t, ids_written, rows)
         if not isinstance(rows, slice):  # flat indices into a layer's [rows * kv_heads * capacity, head_dim]
             if starts_t is None:
                 starts_t = torch.tensor(starts, dtype=torch.long, device=self.device)
@@ -317,8 +330,8 @@ class NativeEngine:
 
         # a short chunk of one row in low precision: each position attends as decoding it would
         one_by_one = policy_attention is None and self.exact_positions and batch == 1 and 1 < width == last_k <= EXACT_CHUNK
-        hidden = self.body.embed_tokens(ids)
-        cos, sin = self._rope(hidden, position_ids, max(positions) + width)
+        hidden = self.embedding[ids]
+        cos, sin = self._rope(position_ids, max(positions) + width, width)
         q_width, kv_width = self.heads, self.kv_heads
         for index, layer in enumerate(self.layers):
             qkv = _linear(layer.input_norm(hidden), layer.qkv, layer.qkv_bias)
@@ -361,20 +374,27 @@ class NativeEngine:
             gate, up = _linear(layer.post_norm(hidden), layer.gate_up).chunk(2, dim=-1)
             hidden = hidden + _linear(self.activation(gate) * up, layer.down, layer.down_bias)
 
-        cache.lengths += torch.tensor(fed_counts, dtype=cache.lengths.dtype)
-        cache.note_usage()
+        if min(fed_counts) == max(fed_counts):
+            cache.lengths += fed_counts[0]
+        else:
+            cache.lengths += torch.tensor(fed_counts, dtype=cache.lengths.dtype)
+        cache.note_usage(sum(lengths) + sum(fed_counts))
         counts = [len(t) for t in tokens]
         if len(fed_rows) < batch:  # a policy's forward over every row: keep the fed ones
             hidden, counts = hidden[torch.tensor(fed_rows, device=self.device)], [counts[b] for b in fed_rows]
         if min(counts) == width >= last_k:  # every row's last k fed tokens end the block
-            chosen = hidden[:, width - last_k :]
+            chosen = hidden if width == last_k else hidden[:, width - last_k :]
         else:
             fed = torch.tensor(counts, dtype=torch.long, device=self.device)
             pick = (fed[:, None] - last_k + torch.arange(last_k, device=self.device)).clamp(min=0)
             chosen = hidden.gather(1, pick[:, :, None].expand(len(counts), last_k, hidden.shape[-1]))
-        if self.head is not None:
-            return _linear(self.final_norm(chosen), self.head).float()
-        return self.model.lm_head(self.final_norm(chosen)).float()
+        head = self.head
+        if head is None:
+            module = self.model._modules["lm_head"]  # read each time: a router may replace it
+            if type(module) is not torch.nn.Linear:
+                return module(self.final_norm(chosen)).float()
+            return _linear(self.final_norm(chosen), module.weight, module.bias).float()
+        return _linear(self.final_norm(chosen), head).float()
 
 
 class HFEngine:

@@ -281,10 +281,13 @@ class Runner:
         started = time.perf_counter()
         logits = self.engine.forward(feed, positions, wanted)
         seconds = time.perf_counter() - started
-        total_tokens = sum(len(t) for t in feed)
+        total_tokens = sum(map(len, feed))
         cache = getattr(self.engine, "cache", None)  # the native engine's; HF caches are not measured
-        step = Usage(forward_calls=1, seconds=seconds, kv_peak_bytes=cache.peak_bytes if cache else 0)
         slot_bytes = cache.slot_bytes() if cache is not None else 0
+        total = self.usage
+        total.forward_calls += 1
+        total.seconds += seconds
+        total.kv_peak_bytes = max(total.kv_peak_bytes, cache.peak_bytes if cache is not None else 0)
         for row, tokens, start, length, k in zip(self.rows, feed, starts, self.engine.lengths, wanted):
             if not tokens:
                 continue
@@ -294,7 +297,6 @@ class Runner:
             usage.forward_calls += 1
             usage.seconds += seconds * n / total_tokens
             usage.flops += flops
-            step.flops += flops
+            total.flops += flops
             usage.kv_peak_bytes = max(usage.kv_peak_bytes, length * slot_bytes)
-        self.usage.add(step)
         return logits

@@ -45,6 +45,19 @@ class Generate:
 
 
 @dataclass
+class Draft(Generate):
+    """Greedy drafting on an in-process model: a `Generate` whose tokens await another model's
+    check, so no stop condition applies to them, and which also ends after a token whose
+    probability is below `min_confidence` (then `ended_by` is `LOW_CONFIDENCE`). `ends_turn` only
+    ends the drafting (it cuts nothing)."""
+
+    min_confidence: float = 0.0
+
+
+LOW_CONFIDENCE = "low confidence"
+
+
+@dataclass
 class Generated:
     """The answer to `Generate`: tokens the turn added, and what `ends_turn` returned (None when
     the turn ran out of tokens or the request's stop conditions finished the sequence)."""

@@ -24,7 +24,7 @@ from ..errors import RelaykitError
 from ..models.kv import KVPolicy
 from ..models.remote import RemoteModel, RemoteRunner
 from ..models.runner import Runner
-from .asks import Drop, Fork, Generate, Generated, Logits, Run
+from .asks import LOW_CONFIDENCE, Draft, Drop, Fork, Generate, Generated, Logits, Run
 from .request import Request
 
 _WAITING = object()  # an ask that is not answered at once
@@ -290,13 +290,20 @@ class Scheduler:
         for i in generating:
             if i not in tokens:
                 tokens[i] = waiting[i].sample(logits[i, -1])
+        drafting = [i for i in generating if isinstance(asks[i], Draft) and asks[i].min_confidence]
+        confidence = dict(zip(drafting, logits[drafting, -1].softmax(-1).amax(-1).tolist())) if drafting else {}
         for i, (request, ask) in enumerate(zip(waiting, asks)):
             if isinstance(ask, Logits):
                 self._advance(request, logits[i, width - ask.k :])
                 continue
             sequence = ask.sequence
             sequence.append(tokens[i], ask.model)
-            ended = request.settle(sequence, len(sequence) - 1, ask.ends_turn)
+            if isinstance(ask, Draft):
+                ended = ask.ends_turn(sequence, len(sequence)) if ask.ends_turn is not None else None
+                if ended is None and confidence.get(i, 1.0) < ask.min_confidence:
+                    ended = LOW_CONFIDENCE
+            else:
+                ended = request.settle(sequence, len(sequence) - 1, ask.ends_turn)
             written = len(sequence) - ask.start
             if ended is not None or sequence.finished or written >= ask.max_tokens:
                 self._advance(request, Generated(written, ended))
@@ -341,7 +348,7 @@ class Scheduler:
                 raise RelaykitError(f"strategy {request.strategy.name!r} asked for a {ask.model} model, which is not loaded")
             if isinstance(ask, Generate) and (ask.max_tokens <= 0 or ask.sequence.finished):
                 return Generated(0)
-            if isinstance(ask, Logits) and isinstance(self.runners[ask.model], RemoteRunner):
+            if isinstance(ask, (Logits, Draft)) and isinstance(self.runners[ask.model], RemoteRunner):
                 raise RelaykitError(f"the {ask.model} model is an endpoint: it gives text, not logits")
             self.queues[ask.model].append(request)
             return _WAITING

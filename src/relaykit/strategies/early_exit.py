@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from ..decoding.sequence import PROMPT, Sequence
 from ..errors import RelaykitError
 from ..options import variant_config
-from ..runtime.asks import Drop, Fork, Generate, Generated, Logits
+from ..runtime.asks import Draft, Drop, Fork, Generate, Generated, Logits
 from ..text import THINK_END, decoder
 from .base import Strategy, register
 
@@ -90,7 +90,7 @@ class EarlyExit(Strategy):
                 ask = inner.send(answer)
             except StopIteration as done:
                 return done.value
-            if isinstance(ask, Generate) and ask.sequence is request.sequence:
+            if isinstance(ask, Generate) and not isinstance(ask, Draft) and ask.sequence is request.sequence:
                 answer = yield from self._generate(request, ask)
                 if answer is None:  # exited
                     inner.close()

@@ -144,10 +144,9 @@ class SegmentRelay(Strategy):
                 ends_turn = None if turn.reason == "answer" else rule
                 if turn.writer == "large" and (self.config.speculative or request.open_from is not None):
                     # drafts past the end of the turn would be cut whatever the large model says
-                    drafting_ends = ends_turn and (lambda s: ends_turn(s, len(s)) is not None)
                     k = max(0, min(self.config.speculative, room - 1))
                     start = len(sequence)
-                    draft_probs, ended = yield from draft(request, sequence, k, self.config.draft_confidence, drafting_ends)
+                    draft_probs, ended = yield from draft(request, sequence, k, self.config.draft_confidence, ends_turn)
                     if ended and self._defers(request, start):
                         # the drafts end the turn (a cue): the next check reads them with the segment that follows
                         deferred.append(Deferred(dataclasses.replace(turn), start, len(sequence)))

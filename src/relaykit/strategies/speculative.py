@@ -6,13 +6,13 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import torch
 
 from ..decoding.sequence import Sequence
 from ..errors import RelaykitError
-from ..runtime.asks import Logits
+from ..runtime.asks import LOW_CONFIDENCE, Draft, Logits
 from .base import Strategy, register
 
 
@@ -81,22 +81,22 @@ def lenient_cut(request, logits: torch.Tensor, tokens: list[int], threshold: flo
 
 
 def draft(request, sequence: Sequence, k: int, draft_confidence: float = 0.0,
-          drafting_ends: Callable[[Sequence], bool] | None = None):
+          ends_turn: Callable[[Sequence, int], Any] | None = None):
     """The small model drafts up to k tokens (use with `yield from`), fewer once a draft is below
-    `draft_confidence` or `drafting_ends` says the turn would end there. Returns the drafts'
-    distributions when sampling (else []) and whether `drafting_ends` ended the drafting (it said
-    no to every other draft)."""
+    `draft_confidence` or `ends_turn` (a turn's rule) says the turn would end after it. Returns the
+    drafts' distributions when sampling (else []) and whether `ends_turn` ended the drafting (it
+    said no to every other draft). Greedy drafts run in the runtime (one `Draft` ask); sampled
+    ones come back token by token, since the check needs their distributions."""
     sampler, draft_probs = request.sampler, []
+    if sampler.greedy:
+        drafted = yield Draft("small", sequence, k, ends_turn, min_confidence=draft_confidence)
+        return draft_probs, drafted.ended_by is not None and drafted.ended_by is not LOW_CONFIDENCE
     for _ in range(k):
         logits = (yield Logits("small", sequence))[-1]
-        if sampler.greedy:
-            token = int(logits.argmax())
-        else:
-            probs = sampler.probs(logits)
-            draft_probs.append(probs)
-            token = int(sampler.draw(probs))
-        sequence.append(token, "small")
-        if drafting_ends is not None and drafting_ends(sequence):
+        probs = sampler.probs(logits)
+        draft_probs.append(probs)
+        sequence.append(int(sampler.draw(probs)), "small")
+        if ends_turn is not None and ends_turn(sequence, len(sequence)) is not None:
             return draft_probs, True
         if draft_confidence and float(logits.softmax(-1).max()) < draft_confidence:
             break
@@ -127,12 +127,11 @@ def check_drafts(request, sequence: Sequence, start: int, draft_probs: list, che
     return start, accepted, len(drafts), None
 
 
-def speculative_round(request, sequence: Sequence, k: int, draft_confidence: float = 0.0,
-                      drafting_ends: Callable[[Sequence], bool] | None = None):
+def speculative_round(request, sequence: Sequence, k: int, draft_confidence: float = 0.0):
     """One round on one sequence (use with `yield from`): `draft`, then `check_drafts`.
     Returns (index of the first token added, drafts accepted, drafts written, None)."""
     start = len(sequence)
-    draft_probs, _ = yield from draft(request, sequence, k, draft_confidence, drafting_ends)
+    draft_probs, _ = yield from draft(request, sequence, k, draft_confidence)
     return (yield from check_drafts(request, sequence, start, draft_probs))
 
 

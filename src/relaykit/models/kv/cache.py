@@ -196,8 +196,9 @@ class KVCache:
     def allocated_bytes(self) -> int:
         return (self.keys.numel() + self.values.numel()) * self.keys.element_size()
 
-    def note_usage(self) -> None:
-        self.peak_used_bytes = max(self.peak_used_bytes, self.nbytes())
+    def note_usage(self, slots: int) -> None:
+        """Update the peak of valid key/value bytes, given the number of valid slots (the caller knows it)."""
+        self.peak_used_bytes = max(self.peak_used_bytes, slots * self.slot_bytes())
 
     def _note_allocation(self) -> None:
         self.peak_bytes = max(self.peak_bytes, self.allocated_bytes())
