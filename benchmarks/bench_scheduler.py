@@ -56,6 +56,10 @@ def continuous_over_static(pair, prompts, strategies, gap: float, seed: int) -> 
         clock += rng.expovariate(1 / gap)
         arrivals.append((clock, strategies[i % len(strategies)], prompt))
 
+    def forward_seconds(schedulers) -> dict[str, float]:
+        """Seconds each model spent in forwards, over `schedulers`."""
+        return {role: sum(s.runners[role].usage.seconds for s in schedulers if role in s.runners) for role in pair}
+
     def continuous() -> tuple[int, float]:
         scheduler, handles, pending = Scheduler(pair), [], list(arrivals)
         start = time.perf_counter()
@@ -69,6 +73,7 @@ def continuous_over_static(pair, prompts, strategies, gap: float, seed: int) -> 
             elif pending:
                 time.sleep(max(0.0, pending[0][0] - now))
         tokens = sum(len(h.result().token_ids) for h in handles)
+        spent["continuous"] = forward_seconds([scheduler])
         return tokens, time.perf_counter() - start - arrivals[0][0]
 
     def static() -> tuple[int, float]:
@@ -77,21 +82,27 @@ def continuous_over_static(pair, prompts, strategies, gap: float, seed: int) -> 
             mine = [(t, p) for t, s, p in arrivals if s is strategy]
             batches += [(mine[i : i + 8][-1][0], strategy, [p for _, p in mine[i : i + 8]]) for i in range(0, len(mine), 8)]
         batches.sort(key=lambda b: b[0])
+        before = forward_seconds([s.scheduler for s in strategies])
         start, tokens = time.perf_counter(), 0
         for ready, strategy, batch in batches:
             wait = ready - (time.perf_counter() - start)
             if wait > 0:
                 time.sleep(wait)
             tokens += sum(len(r.token_ids) for r in strategy.generate(batch))
+        after = forward_seconds([s.scheduler for s in strategies])
+        spent["static"] = {role: after[role] - before[role] for role in pair}
         return tokens, time.perf_counter() - start - arrivals[0][0]
 
     for strategy in strategies:
         strategy.generate(prompts[:1])  # warm-up
+    spent: dict[str, dict[str, float]] = {}
     (tokens_c, wall_c), (tokens_s, wall_s) = continuous(), static()
     # greedy: the same text either way on the CPU; a GPU's kernels may round differently by batch shape
     assert tokens_c == tokens_s or next(pair["large"].hf.parameters()).is_cuda, (tokens_c, tokens_s)
     return {"continuous_tokens_per_s": tokens_c / wall_c, "static_tokens_per_s": tokens_s / wall_s,
-            "continuous_over_static": (tokens_c / wall_c) / (tokens_s / wall_s), "tokens_apart": tokens_c - tokens_s}
+            "continuous_over_static": (tokens_c / wall_c) / (tokens_s / wall_s), "tokens_apart": tokens_c - tokens_s,
+            "forward_seconds": {way: {role: round(t, 2) for role, t in roles.items()} for way, roles in spent.items()},
+            "wall_seconds": {"continuous": round(wall_c, 2), "static": round(wall_s, 2)}}
 
 
 def mixed_forwards_saved(pair, prompts, max_new_tokens: int) -> dict:
@@ -206,7 +217,8 @@ def main() -> None:
         for i, gap in enumerate(float(g) for g in args.gaps.split(",")):
             measured = continuous_over_static(pair, prompts[: args.requests], strategies, gap, seed=0)
             print(f"gap {gap} s: continuous {measured['continuous_tokens_per_s']:.0f} tok/s, "
-                  f"static {measured['static_tokens_per_s']:.0f} tok/s")
+                  f"static {measured['static_tokens_per_s']:.0f} tok/s; walls {measured.pop('wall_seconds')}, "
+                  f"seconds in forwards {measured.pop('forward_seconds')}")
             if i == 0:
                 figures |= measured | {"gap": gap}
             figures[f"continuous_over_static_gap_{gap}"] = measured["continuous_over_static"]
