@@ -37,8 +37,10 @@ STRATEGIES = [
     "speculative[k=32 max_k=32 draft_confidence=0.8]",
     "speculative[k=64 max_k=64 draft_confidence=0.8]",
     "speculative[k=128 max_k=128 draft_confidence=0.8]",  # the best on toy:test (dev); longer drafts gain less
+    "speculative[k=128 max_k=128 draft_confidence=0.9]",  # after stop 22's cheaper steps, as good on toy:dev
     "relaygen[speculative=8 draft_confidence=0.4]",
     "relaygen[speculative=32 draft_confidence=0.8]",  # drafts at cues wait for the next check
+    "relaygen[speculative=64 draft_confidence=0.9]",
     "relaygen[speculative=32 draft_confidence=0.8 max_unchecked=1]",  # ... only when nothing else waits
     "relaygen[speculative=32 draft_confidence=0.8 check=inf]",
 ]
