@@ -90,7 +90,7 @@ class EarlyExit(Strategy):
                 ask = inner.send(answer)
             except StopIteration as done:
                 return done.value
-            if isinstance(ask, Generate) and not isinstance(ask, Draft) and ask.sequence is request.sequence:
+            if isinstance(ask, Generate) and not isinstance(ask, Draft) and ask.sequence is request.sequence:  # drafts await a check
                 answer = yield from self._generate(request, ask)
                 if answer is None:  # exited
                     inner.close()
