@@ -32,8 +32,8 @@ def build_tokenizer(extra: list[str] | None = None):
 def build_checkpoint(
     folder: Path, arch: str = "llama", layers: int = 2, hidden: int = 64, seed: int = 0, extra_tokens=None
 ) -> Path:
-    """Save a random-weight Llama or Qwen2 checkpoint folder with the character tokenizer."""
-    from transformers import AutoModelForCausalLM, LlamaConfig, Qwen2Config
+    """Save a random-weight Llama, Qwen2 or Qwen3 checkpoint folder with the character tokenizer."""
+    from transformers import AutoModelForCausalLM, LlamaConfig, Qwen2Config, Qwen3Config
 
     tokenizer = build_tokenizer(extra_tokens)
     common = dict(
@@ -49,7 +49,7 @@ def build_checkpoint(
         pad_token_id=tokenizer.pad_token_id,
         tie_word_embeddings=False,
     )
-    config = LlamaConfig(**common) if arch == "llama" else Qwen2Config(**common)
+    config = {"llama": LlamaConfig, "qwen2": Qwen2Config, "qwen3": Qwen3Config}[arch](**common)
     torch.manual_seed(seed)
     model = AutoModelForCausalLM.from_config(config)
     with torch.no_grad():  # larger logits than the default init, so that greedy choices are clear

@@ -57,6 +57,24 @@ def test_single_sequence_catch_up(models, arch):
         assert (got - full_logits(model, tokens)[-1]).abs().max() <= 1e-4
 
 
+def test_qwen3_catch_up_equals_full_recompute(tmp_path):
+    """Qwen3 normalises q and k per head (the engine's own norms); one token at a time, in chunks
+    and after a long prefill, the logits match the model's own forward."""
+    from conftest import build_checkpoint
+    from relaykit.models.loading import load_model
+
+    model = load_model(str(build_checkpoint(tmp_path / "qwen3", "qwen3", layers=3, seed=4)), name="qwen3")
+    assert model.native
+    tokens = prompts(model.tokenizer, 1, seed=6)[0] + list(range(10, 70)) * 2
+    for split in (1, 5, len(tokens) - 40, len(tokens) - 1):
+        runner, sequence = Runner(model, "large"), Sequence(tokens[:split])
+        runner.next_logits([sequence])
+        for step in (1, 3, 36):
+            sequence.extend(tokens[len(sequence) : len(sequence) + step], "other")
+            got = runner.next_logits([sequence])[0]
+            assert (got - full_logits(model, sequence.tokens)[-1]).abs().max() <= 1e-4
+
+
 @pytest.mark.parametrize("arch", ARCHS)
 def test_score_returns_the_last_k_positions(models, arch):
     model = models[(arch, "large")]
