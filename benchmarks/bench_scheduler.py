@@ -5,7 +5,8 @@ every figure a ratio of two runs made side by side in this process.
   on a seeded schedule (exponential gaps of mean --gap seconds; one figure per gap, the first
   gap's is the headline), through one scheduler as they arrive, against static batches of 8
   requests of one strategy, each batch started once its 8 requests have arrived (the last one
-  once all have); throughput = tokens / (last completion - first arrival).
+  once all have); throughput = tokens / (last completion - first arrival). Also printed: each way's
+  wall time and the seconds each model spent in forwards.
 - mixed_forwards_saved: large-model forwards saved by running `large` and `relaygen` requests in
   one scheduler, against the two groups run one after the other.
 - fork_prefill_ratio / fork_speedup: best-of-8 with fork on a 512-token prompt against 8
@@ -216,9 +217,9 @@ def main() -> None:
         strategies = [build(pair, name, args.max_new_tokens) for name in ("large", "speculative", "relaygen")]
         for i, gap in enumerate(float(g) for g in args.gaps.split(",")):
             measured = continuous_over_static(pair, prompts[: args.requests], strategies, gap, seed=0)
+            walls, in_forwards = measured.pop("wall_seconds"), measured.pop("forward_seconds")
             print(f"gap {gap} s: continuous {measured['continuous_tokens_per_s']:.0f} tok/s, "
-                  f"static {measured['static_tokens_per_s']:.0f} tok/s; walls {measured.pop('wall_seconds')}, "
-                  f"seconds in forwards {measured.pop('forward_seconds')}")
+                  f"static {measured['static_tokens_per_s']:.0f} tok/s; walls {walls}, seconds in forwards {in_forwards}")
             if i == 0:
                 figures |= measured | {"gap": gap}
             figures[f"continuous_over_static_gap_{gap}"] = measured["continuous_over_static"]
