@@ -380,13 +380,13 @@ class NativeEngine:
             fed = torch.tensor(counts, dtype=torch.long, device=self.device)
             pick = (fed[:, None] - last_k + torch.arange(last_k, device=self.device)).clamp(min=0)
             chosen = hidden.gather(1, pick[:, :, None].expand(len(counts), last_k, hidden.shape[-1]))
-        head = self.head
-        if head is None:
-            module = self.model._modules["lm_head"]  # read each time: a router may replace it
-            if type(module) is not torch.nn.Linear:
-                return module(self.final_norm(chosen)).float()
-            return _linear(self.final_norm(chosen), module.weight, module.bias).float()
-        return _linear(self.final_norm(chosen), head).float()
+        normed = self.final_norm(chosen)
+        if self.head is not None:
+            return _linear(normed, self.head).float()
+        module = self.model._modules["lm_head"]  # read each time: a router may replace it
+        if type(module) is not torch.nn.Linear:
+            return module(normed).float()
+        return _linear(normed, module.weight, module.bias).float()
 
 
 class HFEngine:
