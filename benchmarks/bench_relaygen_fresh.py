@@ -10,7 +10,15 @@ Ends with one JSON line: per strategy, accuracy minus the large model's, speed-u
 model's token share, the check's cuts per problem and each model's forwards per problem (what
 the speed-up would follow on a pair whose small model is cheaper than this one's).
 
+`--pair worded` runs instead on the worded world (`toy:worded:fresh:SEED`, where each restatement's
+joint is a free choice) with the shipped pair fine-tuned on it (`train_worded`, 3 minutes): a pair
+whose models may disagree and both be right. Its check threshold is calibrated on
+`toy:worded:calibration` (`relaykit calibrate`) over the shipped cues, all kept: the calibration's
+own margin test drops the cues before check rounds on this pair, since the free joint inside them
+lowers the small model's margin there. Both are written to `--out`/pair once.
+
     python benchmarks/bench_relaygen_fresh.py --seeds 11,12,13 --limit 140 [--reuse]
+    python benchmarks/bench_relaygen_fresh.py --pair worded --seeds 14,15,16 --limit 140
 """
 
 from __future__ import annotations
@@ -19,7 +27,11 @@ import argparse
 import json
 from pathlib import Path
 
+import torch
+
 from relaykit.cli import main as relaykit
+from relaykit.toyworld import SHIPPED_CUES, TOY_LARGE, TOY_SMALL
+from relaykit.toyworld.train import train_worded
 
 # the cues calibration selects from the paper's candidates alone (relaykit calibrate --no-discover)
 PAPER_CUES = "Again|Again,|Wait|Wait,|Also|Also,|Alternatively|Alternatively,|So|Hence|Hence,|Therefore|Therefore,"
@@ -44,6 +56,33 @@ STRATEGIES = [
     "relaygen[speculative=32 draft_confidence=0.8 max_unchecked=1]",  # ... only when nothing else waits
     "relaygen[speculative=32 draft_confidence=0.8 check=inf]",
 ]
+# On the worded pair (RelayGen reads the pair's own calibration: cues and check threshold)
+WORDED_STRATEGIES = [
+    "relaygen[cues={cues}]",
+    "relaygen[cues={cues} check=inf]",
+    "speculative[k=16 draft_confidence=0.4]",
+    "speculative[k=32 max_k=32 draft_confidence=0.6]",
+    "speculative[k=64 max_k=64 draft_confidence=0.9]",
+    "speculative[k=128 max_k=128 draft_confidence=0.8]",  # the best of these on toy:worded:dev (40 problems)
+    "relaygen[speculative=32 draft_confidence=0.8 cues={cues}]",
+    "relaygen[speculative=32 draft_confidence=0.8 cues={cues} check=inf]",
+]
+
+
+def worded_pair(folder: Path) -> list[str]:
+    """The worded pair in `folder` (fine-tuned and calibrated there the first time): `relaykit`
+    model flags, and the pair's cues file."""
+    if not (folder / "toy-small" / "config.json").is_file():
+        torch.set_num_threads(2)
+        train_worded(str(folder), TOY_LARGE, TOY_SMALL)
+    flags = ["--large", str(folder / "toy-large"), "--small", str(folder / "toy-small")]
+    if not (folder / "cues.json").is_file():
+        shipped = "|".join(json.loads(SHIPPED_CUES.read_text())["selected"])
+        code = relaykit(["calibrate", "cues", *flags, "--dataset", "toy:worded:calibration", "--limit", "100", "--threads", "1",
+                         "--candidates", shipped, "--threshold=-inf", "--out", str(folder / "cues.json")])
+        if code:
+            raise SystemExit(f"relaykit calibrate failed with exit code {code}")
+    return flags
 
 
 def main() -> None:
@@ -53,12 +92,19 @@ def main() -> None:
     parser.add_argument("--threads", default="1")
     parser.add_argument("--out", default="runs/bench-relaygen-fresh")
     parser.add_argument("--reuse", action="store_true", help="pool the seeds' results.json already in --out")
+    parser.add_argument("--pair", choices=("shipped", "worded"), default="shipped",
+                        help="worded: the worded world and a pair fine-tuned on it (see above)")
     args = parser.parse_args()
+    strategies, dataset, flags = STRATEGIES, "toy:fresh:{}", []
+    if args.pair == "worded":
+        flags = worded_pair(Path(args.out) / "pair")
+        cues = str(Path(args.out) / "pair" / "cues.json")
+        strategies, dataset = [s.format(cues=cues) for s in WORDED_STRATEGIES], "toy:worded:fresh:{}"
     pooled: dict[str, dict] = {}
     for seed in args.seeds.split(","):
         out = Path(args.out) / f"seed-{seed}"
         if not args.reuse:
-            code = relaykit(["eval", "--strategy", ",".join(STRATEGIES), "--dataset", f"toy:fresh:{seed}", "--limit",
+            code = relaykit(["eval", "--strategy", ",".join(strategies), "--dataset", dataset.format(seed), *flags, "--limit",
                              str(args.limit), "--batch-size", "1", "--threads", args.threads, "--out", str(out)])
             if code:
                 raise SystemExit(f"relaykit eval on seed {seed} failed with exit code {code}")
@@ -97,12 +143,13 @@ def main() -> None:
     for family in ("speculative", "relaygen[speculative="):
         held = [n for n, f in figures.items() if n.startswith(family) and f["accuracy_minus_large"] >= -0.01]
         best[family] = max(held, key=lambda n: figures[n]["speedup"]) if held else None
-    summary = {"relaygen_speedup": figures["relaygen"]["speedup"], "best_speculative": best["speculative"],
+    relaygen = next(n for n in figures if n.startswith("relaygen"))  # the defaults (the pair's calibration)
+    summary = {"relaygen_speedup": figures[relaygen]["speedup"], "best_speculative": best["speculative"],
                "best_relaygen_speculative": best["relaygen[speculative="]}
     if all(best.values()):
         summary["relaygen_speculative_over_speculative"] = round(
             figures[best["relaygen[speculative="]]["speedup"] / figures[best["speculative"]]["speedup"], 3)
-    print(json.dumps({"benchmark": "relaygen_fresh", "seeds": args.seeds, "problems": large["problems"], **summary,
+    print(json.dumps({"benchmark": "relaygen_fresh", "pair": args.pair, "seeds": args.seeds, "problems": large["problems"], **summary,
                       "strategies": figures}))
 
 

@@ -197,3 +197,21 @@ def test_mixed_world_levels_have_their_shares_and_their_kind():
 
     from relaykit.toyworld.tasks import stream
     assert {p.level for p in islice(stream("train", 0, round_share=1.0), 50)} == {"round"}  # toy-small's second stage
+
+
+def test_worded_world_changes_only_the_restatements_joints():
+    from relaykit.evals.datasets import load_dataset
+    from relaykit.toyworld.tasks import JOINTS
+
+    plain, worded = load_split("dev", 60), load_split("dev", 60, worded=True)
+    assert [(p.question, p.answer) for p in plain] == [(p.question, p.answer) for p in worded]
+    seen = set()
+    for a, b in zip(plain, worded):
+        for line_a, line_b in zip(a.solution.split("\n"), b.solution.split("\n"), strict=True):
+            restates = line_a.startswith(("Check ", "Therefore, ", "Hence, "))
+            joint = next((j for j in JOINTS if line_a.replace(" and ", j, 1) == line_b), None) if restates else None
+            assert line_b == line_a or joint is not None, (line_a, line_b)
+            seen.add(joint or " and ")
+    assert seen == set(JOINTS)  # every joint is drawn
+    assert worded == load_split("dev", 60, worded=True)
+    assert [p.prompt for p in load_dataset("toy:worded:fresh:3", 5)] == [p.prompt for p in load_dataset("toy:fresh:3", 5)]

@@ -13,7 +13,7 @@ _PROMPT_KEYS = ("prompt", "question", "problem")
 _REFERENCE_KEYS = ("answer", "reference", "solution")
 _ID_KEYS = ("id", "unique_id")
 _TOY_SPLITS = ("test", "dev", "calibration")
-_TOY_FAMILIES = ("long", "domains", "mixed")
+_TOY_FAMILIES = ("long", "domains", "mixed", "worded")
 _FRESH_DEFAULT_N = 100
 
 
@@ -39,9 +39,9 @@ def load_dataset(spec: str, limit: int | None = None) -> list[EvalProblem]:
     `spec` is a JSONL path (each row has a prompt under prompt/question/problem and an answer under
     answer/reference/solution; GSM8K's `#### N` and full `\\boxed{}` solutions are reduced to the
     final answer), `toy:SPLIT` / `toy:long:SPLIT` / `toy:domains:SPLIT` (the domain-expert world of
-    FusionRoute) / `toy:mixed:SPLIT` (levels of difficulty) for SPLIT in test, dev, calibration, or
-    `toy:fresh:SEED` / `toy:long:fresh:SEED` / `toy:domains:fresh:SEED` / `toy:mixed:fresh:SEED` for
-    newly generated toy problems (`limit` of them, default 100).
+    FusionRoute) / `toy:mixed:SPLIT` (levels of difficulty) / `toy:worded:SPLIT` (restatements
+    worded at random) for SPLIT in test, dev, calibration, or `toy:fresh:SEED` (or after any of those
+    families: `toy:mixed:fresh:SEED`, ...) for newly generated toy problems (`limit` of them, default 100).
     Raises DatasetError (a ValueError) with a one-line reason.
     """
     if limit is not None and limit < 0:
@@ -121,7 +121,7 @@ def _load_toy(spec: str, limit: int | None) -> list[EvalProblem]:
     elif not (len(parts) == 1 and parts[0] in _TOY_SPLITS):
         raise DatasetError(
             f"unknown dataset {spec!r}: use toy:SPLIT or toy:fresh:SEED, or either after toy:long:, "
-            f"toy:domains: or toy:mixed: (SPLIT in {', '.join(_TOY_SPLITS)})"
+            f"toy:domains:, toy:mixed: or toy:worded: (SPLIT in {', '.join(_TOY_SPLITS)})"
         )
     try:
         from relaykit.toyworld import tasks
@@ -133,9 +133,9 @@ def _load_toy(spec: str, limit: int | None) -> list[EvalProblem]:
     elif family == "mixed":
         toy = tasks.fresh_mixed(seed, n) if seed is not None else tasks.load_mixed_split(parts[0], n)
     elif seed is not None:
-        toy = tasks.fresh(seed, n, long=family == "long")
+        toy = tasks.fresh(seed, n, long=family == "long", worded=family == "worded")
     else:
-        toy = tasks.load_split(parts[0], n=n, long=family == "long")
+        toy = tasks.load_split(parts[0], n=n, long=family == "long", worded=family == "worded")
     source = spec if seed is None else f"toy:{family}:fresh" if family else "toy:fresh"
     problems = [
         EvalProblem(id=str(p.id), prompt=p.question, reference=str(p.answer), source=source, domain=p.domain,

@@ -23,6 +23,11 @@ shipped toy-large (the experts' shared base) never saw: ``add`` (``What is 47 + 
 digits + 3?``), ``sub`` (``-`` twice) and ``mixed`` (one of each, in either order: a problem that needs
 both experts' skills in one solution).
 
+The worded world (``toy:worded``) has the same problems with one free choice: each restatement joins
+its two steps with `` and ``, ``, `` or ``; `` at random. No other token of a solution is a choice, so a
+pair trained on the plain world disagrees only where one model is wrong; in the worded world two
+models may disagree and both be right (issue 20: what a lenient check can forgive).
+
 The mixed-difficulty world (``toy:mixed``, for compute adapted to difficulty) draws each problem's
 ``level`` first: ``round`` (an ``arith`` or ``list`` chain whose first number is a multiple of ten,
 so both products come from the 54 products of round numbers), ``chain`` (an ``arith`` chain of
@@ -35,6 +40,7 @@ from __future__ import annotations
 
 import hashlib
 import random
+import re
 from dataclasses import dataclass, replace
 from typing import Iterator
 
@@ -64,6 +70,12 @@ ROUND_NUMBERS = tuple(range(10, 100, 10))
 # model's, so halving the cost needs the answered problems to carry over half of the FLOPs.
 LEVELS = ("round", "chain", "sort")
 LEVEL_SHARES = (0.6, 0.25, 0.15)
+
+# The worded world's ways to join a restatement's two steps; the restatements are the lines a
+# RelayGen cue hands to the small model.
+JOINTS = (" and ", ", ", "; ")
+# " and " between "= <number>" and "<number> <op> ": only the restatements join two steps so
+_RESTATED_JOINT = re.compile(r"(?<== \d)(\d*) and (?=\d+ [-*+] )")
 
 # The cue of check round j is _CHECK_CUES[j % 6].
 _CHECK_CUES = ("Wait", "Again", "Also", "Alternatively", "Now", "Hence")
@@ -183,6 +195,14 @@ def _problem(domain: str, question: str, lines: list[str], answer: int) -> Probl
     return Problem(pid, domain, question, solution, str(answer))
 
 
+def reworded(problem: Problem) -> Problem:
+    """The worded world's version of a problem: each restatement's joint drawn at random (from a
+    generator seeded by the question, so a problem keeps its question and answer)."""
+    rng = random.Random(f"toyworld:worded:{problem.question}")
+    solution = _RESTATED_JOINT.sub(lambda m: m.group(1) + rng.choice(JOINTS), problem.solution)
+    return replace(problem, solution=solution)
+
+
 def make_problem(rng: random.Random, domain: str, verify_rounds: int) -> Problem:
     """Draw one problem of a domain with ``verify_rounds`` check rounds."""
     if domain == "arith":
@@ -259,11 +279,13 @@ def product_drill(rng: random.Random) -> Problem:
     return _drill(rng, "arith", "*")
 
 
-def stream(split: str, seed: int, long: bool = False, drill_share: float = 0.0, round_share: float = 0.0) -> Iterator[Problem]:
+def stream(split: str, seed: int, long: bool = False, drill_share: float = 0.0, round_share: float = 0.0,
+           worded: bool = False) -> Iterator[Problem]:
     """Endless problems of one split, deterministic by seed; domains alternate at random.
 
     ``drill_share`` of the problems are product drills, ``round_share`` of the others come from the
-    mixed world's ``round`` level; ``long`` draws check rounds from ``LONG_ROUNDS``.
+    mixed world's ``round`` level; ``long`` draws check rounds from ``LONG_ROUNDS``; ``worded``: the
+    worded world's versions of the same problems.
     """
     if split not in _BUCKETS:
         raise ValueError(f"unknown split {split!r}; choose from {SPLITS}")
@@ -278,7 +300,7 @@ def stream(split: str, seed: int, long: bool = False, drill_share: float = 0.0, 
         else:
             problem = make_problem(rng, domain, rng.randint(low, high))
         if split_of(problem.question) == split:
-            yield problem
+            yield reworded(problem) if worded else problem
 
 
 def level_stream(split: str, seed: int, level: str) -> Iterator[Problem]:
@@ -312,16 +334,17 @@ def _take(problems: Iterator[Problem], n: int) -> list[Problem]:
     return out
 
 
-def load_split(name: str, n: int | None = None, long: bool = False) -> list[Problem]:
-    """The first ``n`` problems (default size when None) of a split; ``long`` gives the long variant."""
+def load_split(name: str, n: int | None = None, long: bool = False, worded: bool = False) -> list[Problem]:
+    """The first ``n`` problems (default size when None) of a split; ``long`` gives the long variant,
+    ``worded`` the worded world's."""
     if name not in _SPLIT_SEEDS:
         raise ValueError(f"unknown split {name!r}; choose from {tuple(_SPLIT_SEEDS)}")
-    return _take(stream(name, _SPLIT_SEEDS[name], long), n or _DEFAULT_SIZES[name])
+    return _take(stream(name, _SPLIT_SEEDS[name], long, worded=worded), n or _DEFAULT_SIZES[name])
 
 
-def fresh(seed: int, n: int, long: bool = False) -> list[Problem]:
+def fresh(seed: int, n: int, long: bool = False, worded: bool = False) -> list[Problem]:
     """A fresh problem set from any seed; its questions are in no other split."""
-    return _take(stream("fresh", seed, long), n)
+    return _take(stream("fresh", seed, long, worded=worded), n)
 
 
 def load_expert_split(name: str, n: int | None = None) -> list[Problem]:

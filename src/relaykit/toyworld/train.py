@@ -66,6 +66,7 @@ class ToyTrainConfig:
     # Share of the long rows trained with part of their context hidden, the way a compressed KV cache
     # leaves it: each query sees the prompt, its last HIDDEN_WINDOW tokens and HIDDEN_KEPT of the rest.
     hidden_context: float = 0.0
+    worded: bool = False  # train on the worded world (each restatement's joint drawn at random)
 
 
 # Ranges (drawn per row) of the recent window and of the share of older tokens a query sees in a row
@@ -103,6 +104,15 @@ class ToyPairConfig:
     # With hidden context on half the long rows, 4% were lost (50 problems); on every long row, none.
     large_refine: ToyTrainConfig = field(default_factory=lambda: ToyTrainConfig(
         steps=300, lr=4e-4, warmup=20, long_every=2, drill_share=0.75, hidden_context=1.0, compile=False))
+
+
+# The worded pair (issue 20: a pair whose models may disagree and both be right): the shipped pair
+# fine-tuned on the worded world, with the drill shares of their first stages and no long rows.
+# Both learn the three joints as near-equal choices in these steps: where the small model's joint is
+# not the large model's top one, the large model ranks it at most ~1 logit lower, where the digits
+# it miscopies are ~10 lower (benchmarks/bench_pair_disagreements.py).
+WORDED_LARGE = ToyTrainConfig(steps=200, lr=4e-4, warmup=20, long_every=0, drill_share=0.75, compile=False, worded=True)
+WORDED_SMALL = ToyTrainConfig(steps=400, lr=1e-3, warmup=20, long_every=0, drill_share=0.35, compile=False, worded=True)
 
 
 def build_model(shape: ToyModelConfig, tokenizer) -> LlamaForCausalLM:
@@ -195,8 +205,8 @@ def train_model(model: LlamaForCausalLM, tokenizer, cfg: ToyTrainConfig, seed: i
     """Train ``model`` in place on the toy training stream with `relaykit.train`'s loop; returns
     the mean loss of the last 50 steps."""
     torch.manual_seed(seed)
-    short = stream("train", seed, drill_share=cfg.drill_share, round_share=cfg.round_share)
-    packer = Packer(tokenizer, short, stream("train", seed, long=True))
+    short = stream("train", seed, drill_share=cfg.drill_share, round_share=cfg.round_share, worded=cfg.worded)
+    packer = Packer(tokenizer, short, stream("train", seed, long=True, worded=cfg.worded))
     long_rows = max(1, cfg.rows * cfg.row_tokens // cfg.long_row_tokens)
     device = next(model.parameters()).device
     forward = _compiled(model) if cfg.compile else model
@@ -314,7 +324,7 @@ def measure(small_dir: str | Path, large_dir: str | Path, n: int = 200, n_long: 
     }
 
 
-def _train_one(name: str, shape: ToyModelConfig, stages: list[ToyTrainConfig], seed: int, folder: Path,
+def _train_one(name: str, shape: ToyModelConfig | None, stages: list[ToyTrainConfig], seed: int, folder: Path,
                start: str | Path | None = None) -> tuple[float, float]:
     """Build (or load ``start``), train through ``stages`` (stage i draws from seed + i) and save one
     model; returns (final loss, minutes)."""
@@ -355,6 +365,17 @@ def train_toy(out_dir: str, seed: int = 0, pair: ToyPairConfig | None = None, me
     if measure_n:
         report.update(measure(out / "toy-small", out / "toy-large", n=measure_n))
     (out / "report.json").write_text(json.dumps(report, indent=2))
+    return report
+
+
+def train_worded(out_dir: str, large: str | Path, small: str | Path, seed: int = 0) -> dict:
+    """Fine-tune a toy pair on the worded world into ``out_dir``/toy-large and toy-small."""
+    report: dict = {"seed": seed, "threads": torch.get_num_threads(), "from": {"large": str(large), "small": str(small)},
+                    "config": {"large": asdict(WORDED_LARGE), "small": asdict(WORDED_SMALL)}}
+    for name, start, cfg in (("toy-large", large, WORDED_LARGE), ("toy-small", small, WORDED_SMALL)):
+        loss, minutes = _train_one(f"{name} (worded)", None, [cfg], seed, Path(out_dir) / name, start)
+        report[f"{name}_final_loss"], report[f"{name}_train_minutes"] = loss, minutes
+    (Path(out_dir) / "report.json").write_text(json.dumps(report, indent=2))
     return report
 
 
