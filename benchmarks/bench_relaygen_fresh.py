@@ -12,10 +12,9 @@ the speed-up would follow on a pair whose small model is cheaper than this one's
 
 `--pair worded` runs instead on the worded world (`toy:worded:fresh:SEED`, where each restatement's
 joint is a free choice) with the shipped pair fine-tuned on it (`train_worded`, 3 minutes): a pair
-whose models may disagree and both be right. Its check threshold is calibrated on
-`toy:worded:calibration` (`relaykit calibrate`) over the shipped cues, all kept: the calibration's
-own margin test drops the cues before check rounds on this pair, since the free joint inside them
-lowers the small model's margin there. Both are written to `--out`/pair once.
+whose models may disagree and both be right. It is calibrated on `toy:worded:calibration` as a user
+would (`relaykit calibrate`: cues and check threshold), and once more with the paper's margin
+statistic (`--statistic margin`) for comparison; all is written to `--out`/pair once.
 
     python benchmarks/bench_relaygen_fresh.py --seeds 11,12,13 --limit 140 [--reuse]
     python benchmarks/bench_relaygen_fresh.py --pair worded --seeds 14,15,16 --limit 140
@@ -30,7 +29,7 @@ from pathlib import Path
 import torch
 
 from relaykit.cli import main as relaykit
-from relaykit.toyworld import SHIPPED_CUES, TOY_LARGE, TOY_SMALL
+from relaykit.toyworld import TOY_LARGE, TOY_SMALL
 from relaykit.toyworld.train import train_worded
 
 # the cues calibration selects from the paper's candidates alone (relaykit calibrate --no-discover)
@@ -59,6 +58,7 @@ STRATEGIES = [
 # On the worded pair (RelayGen reads the pair's own calibration: cues and check threshold)
 WORDED_STRATEGIES = [
     "relaygen[cues={cues}]",
+    "relaygen[cues={margin_cues}]",  # cues selected by the paper's statistic
     "relaygen[cues={cues} check=inf]",
     "speculative[k=16 draft_confidence=0.4]",
     "speculative[k=32 max_k=32 draft_confidence=0.6]",
@@ -70,18 +70,18 @@ WORDED_STRATEGIES = [
 
 
 def worded_pair(folder: Path) -> list[str]:
-    """The worded pair in `folder` (fine-tuned and calibrated there the first time): `relaykit`
-    model flags, and the pair's cues file."""
+    """The worded pair in `folder` (fine-tuned and calibrated there the first time, see above):
+    `relaykit` model flags."""
     if not (folder / "toy-small" / "config.json").is_file():
         torch.set_num_threads(2)
         train_worded(str(folder), TOY_LARGE, TOY_SMALL)
     flags = ["--large", str(folder / "toy-large"), "--small", str(folder / "toy-small")]
-    if not (folder / "cues.json").is_file():
-        shipped = "|".join(json.loads(SHIPPED_CUES.read_text())["selected"])
-        code = relaykit(["calibrate", "cues", *flags, "--dataset", "toy:worded:calibration", "--limit", "100", "--threads", "1",
-                         "--candidates", shipped, "--threshold=-inf", "--out", str(folder / "cues.json")])
-        if code:
-            raise SystemExit(f"relaykit calibrate failed with exit code {code}")
+    for name, statistic in (("cues.json", []), ("cues-margin.json", ["--statistic", "margin"])):
+        if not (folder / name).is_file():
+            code = relaykit(["calibrate", "cues", *flags, *statistic, "--dataset", "toy:worded:calibration", "--limit", "100",
+                             "--threads", "1", "--out", str(folder / name)])
+            if code:
+                raise SystemExit(f"relaykit calibrate failed with exit code {code}")
     return flags
 
 
@@ -97,9 +97,10 @@ def main() -> None:
     args = parser.parse_args()
     strategies, dataset, flags = STRATEGIES, "toy:fresh:{}", []
     if args.pair == "worded":
-        flags = worded_pair(Path(args.out) / "pair")
-        cues = str(Path(args.out) / "pair" / "cues.json")
-        strategies, dataset = [s.format(cues=cues) for s in WORDED_STRATEGIES], "toy:worded:fresh:{}"
+        pair = Path(args.out) / "pair"
+        flags = worded_pair(pair)
+        strategies = [s.format(cues=pair / "cues.json", margin_cues=pair / "cues-margin.json") for s in WORDED_STRATEGIES]
+        dataset = "toy:worded:fresh:{}"
     pooled: dict[str, dict] = {}
     for seed in args.seeds.split(","):
         out = Path(args.out) / f"seed-{seed}"

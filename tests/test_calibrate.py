@@ -8,7 +8,7 @@ import torch
 
 from relaykit.calibrate import calibrate, calibrate_check, cue_statistics, run_calibrate_command, summary, write_calibration
 from relaykit.calibrate.check import THRESHOLDS
-from relaykit.calibrate.cues import small_margins, token_pieces
+from relaykit.calibrate.cues import token_pieces, token_scores
 from relaykit.decoding.prompt import encode_prompt
 from relaykit.models.runner import Runner
 from relaykit.errors import RelaykitError
@@ -54,13 +54,29 @@ def test_margins_are_the_small_models_teacher_forced_top2_gap(toy_pair):
     small = toy_pair["small"]
     prompt = encode_prompt(small.tokenizer, QUESTIONS[0])
     trace = run(toy_pair, "single", max_new_tokens=20)[0].token_ids
-    margins = small_margins(Runner(small, "small"), prompt, trace)
+    margins = token_scores(Runner(small, "small"), None, prompt, trace)
     with torch.no_grad():
         probs = small.hf(torch.tensor([prompt + trace])).logits[0, len(prompt) - 1 : -1].float().softmax(-1)
     top = probs.topk(2, dim=-1).values
     assert margins == pytest.approx((top[:, 0] - top[:, 1]).tolist(), abs=1e-5)
     pieces = token_pieces(small.tokenizer, prompt, trace)
     assert "".join(pieces) == small.tokenizer.decode(trace, skip_special_tokens=False)
+
+
+def test_agreement_is_the_large_models_likelihood_of_the_small_models_top_token(toy_pair):
+    large, small = toy_pair["large"], toy_pair["small"]
+    prompt = encode_prompt(small.tokenizer, QUESTIONS[0])
+    trace = run(toy_pair, "single", max_new_tokens=20)[0].token_ids
+    scores = token_scores(Runner(small, "small"), Runner(large, "large"), prompt, trace)
+    with torch.no_grad():
+        ids = torch.tensor([prompt + trace])
+        chosen = small.hf(ids).logits[0, len(prompt) - 1 : -1].argmax(-1)
+        probs = large.hf(ids).logits[0, len(prompt) - 1 : -1].float().softmax(-1)
+    expected = probs.gather(-1, chosen[:, None])[:, 0] / probs.max(-1).values
+    assert scores == pytest.approx(expected.tolist(), abs=1e-4)
+    assert all(0 < s <= 1 for s in scores)
+    with pytest.raises(RelaykitError, match="unknown cue statistic"):
+        calibrate(large, small, QUESTIONS, statistic="confidence")
 
 
 def test_calibrate_writes_files_relaygen_reads(toy_pair, tmp_path):

@@ -237,6 +237,7 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
         batch_size=args.batch_size,
         check=args.check,
         discover=args.discover,
+        statistic=args.statistic,
     )
     print(summary(result))
     print(f"wrote {paths['json']} and {paths['plot']}")
@@ -480,8 +481,10 @@ def build_parser() -> argparse.ArgumentParser:
         help="select RelayGen switch cues and the segment check's threshold for a large/small pair "
         "(or, with `adaptive`, the thresholds of the adaptive strategy)",
         description="relaykit calibrate [cues]: the large model writes traces on the dataset; the small model reads them and its "
-        "top-1 minus top-2 probability margin is compared after each candidate cue and elsewhere. "
-        "Cues whose margin delta is above the threshold (with enough occurrences) are selected. Then "
+        "top-1 token is scored by how likely the large model finds it next to its own top one (--statistic agreement; "
+        "the paper's is the small model's top-1 minus top-2 probability, --statistic margin), and the mean score after "
+        "each candidate cue is compared with the mean elsewhere. "
+        "Cues whose delta is above the threshold (with enough occurrences) are selected. Then "
         "RelayGen runs on the same problems under each candidate check threshold (0, 1, 2, 4, 8 logits) "
         "and, of those that lose no problem against threshold 0, the one leaving the large model the fewest "
         "tokens (the strictest on a tie) is written beside the cues. relaykit calibrate adaptive: on the dev split, "
@@ -509,7 +512,12 @@ def build_parser() -> argparse.ArgumentParser:
     calibrate.add_argument("--discover", action=argparse.BooleanOptionalAction, default=True,
                            help="also try the words that open sentences in the traces at least --min-occurrences times "
                            "(default: yes; not with --candidates)")
-    calibrate.add_argument("--threshold", type=float, default=0.0, help="minimum margin delta (default 0)")
+    calibrate.add_argument("--statistic", choices=("margin", "agreement"),
+                           help="what scores a cue's segments: agreement (default; ours), how likely the large model finds "
+                           "the small model's top token next to its own, which a free choice of wording does not lower; "
+                           "margin (the paper's; the default when the large model is an endpoint), the small model's "
+                           "top-1 minus top-2 probability")
+    calibrate.add_argument("--threshold", type=float, default=0.0, help="minimum delta of the statistic (default 0)")
     calibrate.add_argument("--min-occurrences", type=int, default=5)
     calibrate.add_argument("--batch-size", type=int, default=8)
     calibrate.add_argument("--max-new-tokens", type=int, default=512)

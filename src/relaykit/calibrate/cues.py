@@ -1,11 +1,19 @@
 """RelayGen cue calibration (Song, Kim and Kim 2026).
 
 The large model writes reasoning traces (the `single` strategy, batched); the small model reads
-each whole trace in one forward (`Runner.score`) and gives, per token, its margin
-p(top1) - p(top2). For every candidate cue, the region after each occurrence (to the first
-sentence end) is what the small model would write at run time. A cue's score is the mean margin
-inside its regions minus the mean margin elsewhere; cues scoring above `threshold` with at least
-`min_occurrences` regions are selected. Only the thinking part (before `</think>`) is used.
+each whole trace in one forward (`Runner.score`) and gives a score per token. For every candidate
+cue, the region after each occurrence (to the first sentence end) is what the small model would
+write at run time. A cue's delta is the mean score inside its regions minus the mean score
+elsewhere; cues whose delta is above `threshold` with at least `min_occurrences` regions are
+selected. Only the thinking part (before `</think>`) is used.
+
+The score (`statistic`): the paper's is the small model's margin p(top1) - p(top2). Ours, the
+default, is the agreement p_large(small's top) / p_large(large's top), the large model reading the
+same trace in one forward too: 1 where the two agree or where the large model deems both choices
+alike, near 0 where the small model would write an error. The margin is low wherever the small
+model faces a free choice (a wording), which then reads as difficulty; agreement is low only where
+the large model would cut, which is what the segment check costs. On the shipped pair both select
+the same 16 cues; on a pair fine-tuned with free wordings the margin keeps 4 of them, agreement 14.
 
 Besides the paper's candidates, the words that open sentences in the large model's traces at
 least `min_occurrences` times are candidates too (ours; `discover=False` keeps the paper's list):
@@ -27,9 +35,11 @@ from ..decoding.sequence import Sequence
 from ..decoding.stopping import StopConfig
 from ..errors import RelaykitError
 from ..models.loading import Model, check_same_tokenizer
+from ..models.remote import RemoteModel
 from ..models.runner import Runner
 from ..text import CANDIDATE_CUES, THINK_END, cue_pattern, cue_regions
 
+STATISTICS = ("margin", "agreement")
 # a capitalised word opening a sentence or a line (or the thinking), with its comma if it has one
 SENTENCE_OPENING = re.compile(r"(?:^|[.!?]\s+|\n|>)[ \t]*([A-Z][A-Za-z]*)(,?)(?=\W)")
 
@@ -44,8 +54,11 @@ def calibrate(
     max_new_tokens: int = 512,
     batch_size: int = 8,
     discover: bool = True,
+    statistic: str | None = None,
 ) -> dict:
-    """Cue statistics for `large`'s traces on `problems` as read by `small` (see `cue_statistics`).
+    """Cue statistics for `large`'s traces on `problems` as read by `small` (see `cue_statistics`),
+    scored by `statistic` ("margin" or "agreement", see above; None: agreement, or margin when the
+    large model is an endpoint, whose logits are out of reach).
 
     `problems`: prompt strings, token-id lists, evaluation problems (`.prompt`) or toy problems
     (`.question`). `cues`: the candidates (default: `relaykit.text.CANDIDATE_CUES`, plus the
@@ -54,6 +67,9 @@ def calibrate(
     from ..strategies.single import LargeOnly
 
     check_same_tokenizer(large, small)
+    statistic = statistic or ("margin" if isinstance(large, RemoteModel) else "agreement")
+    if statistic not in STATISTICS:
+        raise RelaykitError(f"unknown cue statistic {statistic!r}; choose from {', '.join(STATISTICS)}")
     if not problems:
         raise RelaykitError("calibration needs at least one problem")
     prompts = [_prompt_ids(large.tokenizer, p) for p in problems]
@@ -62,15 +78,18 @@ def calibrate(
     for start in range(0, len(prompts), batch_size):
         traces += [r.token_ids for r in writer.generate(prompts[start : start + batch_size])]
     reader = Runner(small, "small")
+    judge = Runner(large, "large") if statistic == "agreement" else None
     scored = []
     for prompt, trace in zip(prompts, traces):
         if trace:
-            scored.append((token_pieces(small.tokenizer, prompt, trace), small_margins(reader, prompt, trace)))
+            scored.append((token_pieces(small.tokenizer, prompt, trace), token_scores(reader, judge, prompt, trace)))
             reader.reset()
+            if judge is not None:
+                judge.reset()
     candidates = list(cues) if cues is not None else list(CANDIDATE_CUES)
     discovered = sentence_openings(["".join(pieces) for pieces, _ in scored], min_occurrences) if cues is None and discover else []
     result = cue_statistics(scored, list(dict.fromkeys(candidates + discovered)), threshold, min_occurrences)
-    result.update(large=large.source, small=small.source, problems=len(prompts), max_new_tokens=max_new_tokens,
+    result.update(statistic=statistic, large=large.source, small=small.source, problems=len(prompts), max_new_tokens=max_new_tokens,
                   discovered=[c for c in discovered if c not in candidates])
     return result
 
@@ -95,11 +114,16 @@ def _prompt_ids(tokenizer, problem) -> list[int]:
     return encode_prompt(tokenizer, problem.question)
 
 
-def small_margins(runner: Runner, prompt: list[int], trace: list[int]) -> list[float]:
-    """Teacher forcing: the small model's p(top1) - p(top2) before each trace token, one forward."""
-    logits = runner.score([Sequence(prompt + trace)], len(trace) + 1)[0, :-1]
-    top = logits.float().softmax(-1).topk(2, dim=-1).values
-    return (top[:, 0] - top[:, 1]).tolist()
+def token_scores(small: Runner, large: Runner | None, prompt: list[int], trace: list[int]) -> list[float]:
+    """Teacher forcing, one forward a model: before each trace token, the small model's
+    p(top1) - p(top2) (`large` None: the paper's margin), or p_large(small's top) / p_large(large's top)."""
+    logits = small.score([Sequence(prompt + trace)], len(trace) + 1)[0, :-1].float()
+    if large is None:
+        top = logits.softmax(-1).topk(2, dim=-1).values
+        return (top[:, 0] - top[:, 1]).tolist()
+    judged = large.score([Sequence(prompt + trace)], len(trace) + 1)[0, :-1].float()
+    chosen = judged.gather(-1, logits.argmax(-1, keepdim=True))[:, 0]
+    return (chosen - judged.max(-1).values).exp().tolist()
 
 
 def token_pieces(tokenizer, prompt: list[int], trace: list[int], context: int = 4) -> list[str]:
@@ -116,10 +140,10 @@ def token_pieces(tokenizer, prompt: list[int], trace: list[int], context: int = 
 
 
 def cue_statistics(traces: list[tuple[list[str], list[float]]], cues: list[str], threshold: float = 0.0, min_occurrences: int = 5) -> dict:
-    """Per cue: regions (occurrences), their tokens, mean margin inside them, mean margin on every
-    other thinking token, delta = inside - elsewhere and its standard error (regions as clusters
-    inside, tokens outside). `traces`: (token texts, margins) pairs. Selected: delta > threshold
-    and occurrences >= min_occurrences, best first."""
+    """Per cue: regions (occurrences), their tokens, mean score inside them (`mean_margin`, whatever
+    the statistic), mean score on every other thinking token, delta = inside - elsewhere and its
+    standard error (regions as clusters inside, tokens outside). `traces`: (token texts, per-token
+    scores) pairs. Selected: delta > threshold and occurrences >= min_occurrences, best first."""
     thinking = [_thinking_part(pieces, margins) for pieces, margins in traces]
     all_margins = [m for _, _, margins in thinking for m in margins]
     stats = {}
@@ -200,7 +224,8 @@ def write_calibration(result: dict, out_path: str | Path) -> dict[str, Path]:
         colours = ["tab:green" if c in result["selected"] else "tab:gray" for c, _ in seen]
         axes.barh(names, [s["delta"] for _, s in seen], xerr=[s["stderr"] for _, s in seen], color=colours, capsize=2)
     axes.axvline(result["threshold"], color="black", linewidth=0.8, linestyle="--")
-    axes.set_xlabel("small-model margin after the cue minus elsewhere (+-1 s.e.; green: selected)")
+    score = "large model's agreement with the small one" if result.get("statistic") == "agreement" else "small-model margin"
+    axes.set_xlabel(f"{score} after the cue minus elsewhere (+-1 s.e.; green: selected)")
     axes.set_title("RelayGen cue calibration")
     figure.tight_layout()
     figure.savefig(plot_path, dpi=120)
@@ -211,10 +236,10 @@ def write_calibration(result: dict, out_path: str | Path) -> dict[str, Path]:
 def summary(result: dict) -> str:
     """A short text table of the cues that occurred, best first, and the selection."""
     rows = sorted(((c, s) for c, s in result["cues"].items() if s["occurrences"]), key=lambda item: -(item[1]["delta"] or -9))
-    lines = [f"{'cue':<16}{'n':>6}{'margin':>9}{'delta':>9}{'s.e.':>8}"]
+    lines = [f"{'cue':<16}{'n':>6}{result.get('statistic', 'margin'):>10}{'delta':>9}{'s.e.':>8}"]
     for cue, s in rows:
         if s["delta"] is not None:
-            lines.append(f"{cue!r:<16}{s['occurrences']:>6}{s['mean_margin']:>9.3f}{s['delta']:>9.3f}{s['stderr']:>8.3f}")
+            lines.append(f"{cue!r:<16}{s['occurrences']:>6}{s['mean_margin']:>10.3f}{s['delta']:>9.3f}{s['stderr']:>8.3f}")
     lines.append(f"selected ({len(result['selected'])}): {', '.join(map(repr, result['selected'])) or 'none'}")
     if "check" in result:
         sweep = ", ".join(f"{t}: {e['accuracy']:.1%}" for t, e in result["check_sweep"].items())
