@@ -85,6 +85,7 @@ def test_calibrate_writes_files_relaygen_reads(toy_pair, tmp_path):
         toy_pair, QUESTIONS, tmp_path / "cues.json", check=False, cues=words, min_occurrences=1, max_new_tokens=30, batch_size=4
     )
     assert result["problems"] == len(QUESTIONS) and result["traces"] == len(QUESTIONS)
+    assert result["statistic"] == "agreement"  # the default with an in-process large model
     assert any(s["occurrences"] for s in result["cues"].values())
     for cue in result["selected"]:
         assert result["cues"][cue]["delta"] > 0 and result["cues"][cue]["occurrences"] >= 1
