@@ -159,3 +159,58 @@ def test_stop_strings_and_budget(models):
         ).generate([prompt])[0]
         assert stopped.finish_reason == "stop" and stopped.text.endswith(needle)
         assert free.text.startswith(stopped.text)
+
+
+def test_ngram_index_proposes_what_followed_the_latest_earlier_occurrence():
+    from relaykit.strategies.lookup import NgramIndex
+
+    index = NgramIndex(longest=3)
+    assert index.propose([5], 4) == []
+    tokens = [1, 2, 3, 9, 1, 2, 3, 7, 8, 1, 2, 3]
+    assert index.propose(tokens, 4) == [7, 8, 1, 2]  # the latest earlier "1 2 3", not the first
+    assert index.propose(tokens + [7, 4], 2) == []  # "7 4", "4": never seen before
+    assert index.propose(tokens + [7, 4, 8], 3) == [1, 2, 3]  # falls back to the 1-gram "8"
+
+
+@pytest.mark.parametrize("arch", ["llama", "qwen2"])
+def test_lookup_greedy_equals_greedy(models, arch):
+    model = models[(arch, "large")]
+    batch = prompts(model.tokenizer, 8, seed=5)
+    batch = [p + p[:3] for p in batch]  # a repeated n-gram, so drafts are proposed from the start
+    stop = StopConfig(max_new_tokens=40)
+    expected = [r.token_ids for r in get_strategy("single")({"large": model}, stop=stop).generate(batch)]
+    lookup = get_strategy("lookup")({"large": model}, stop=stop)
+    assert [r.token_ids for r in lookup.generate(batch)] == expected  # batched
+    assert [lookup.generate([p])[0].token_ids for p in batch[:3]] == expected[:3]
+
+
+def test_lookup_greedy_equals_greedy_on_the_toy_world_and_checks_several_tokens_a_forward(shipped_pair):
+    from relaykit.decoding.prompt import encode_prompt
+    from relaykit.toyworld import load_split
+
+    large = shipped_pair["large"]
+    batch = [encode_prompt(large.tokenizer, p.question) for p in load_split("test", 3)]
+    stop = StopConfig(max_new_tokens=160)
+    expected = get_strategy("single")({"large": large}, stop=stop).generate(batch)
+    results = get_strategy("lookup")({"large": large}, stop=stop).generate(batch)
+    assert [r.token_ids for r in results] == [r.token_ids for r in expected]
+    tokens = sum(len(r.token_ids) for r in results)
+    assert sum(r.usage["large"]["forward_calls"] for r in results) < tokens / 1.5  # the check rounds repeat
+
+
+def test_lookup_sampling_follows_the_models_distribution(models):
+    from relaykit.decoding.sampler import Sampler
+    from relaykit.strategies.lookup import LookupConfig
+
+    model = models[("llama", "large")]
+    prompt = prompts(model.tokenizer, 1, seed=12)[0]
+    prompt = prompt + prompt[:2]  # the first token is a checked draft
+    sampling = SamplingConfig(temperature=2.0, seed=0)
+    lookup = get_strategy("lookup")({"large": model}, LookupConfig(k=3), sampling, StopConfig(max_new_tokens=3))
+    results = lookup.generate([prompt] * 3000)
+    counts = torch.bincount(torch.tensor([r.token_ids[0] for r in results]), minlength=len(model.tokenizer)).float()
+    with torch.no_grad():
+        p = Sampler(sampling).probs(model.hf(torch.tensor([prompt])).logits[0, -1].float())
+    statistic, df = chi_square(counts, p)
+    assert statistic < chi_square_quantile(df), (statistic, df)
+    assert counts[prompt[2]] < 0.9 * len(results)  # the draft is not simply kept

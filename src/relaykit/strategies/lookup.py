@@ -1,0 +1,79 @@
+"""Prompt lookup decoding (Saxena 2023; LLMA, Yang et al. 2023): one model, no drafter. The
+newest n tokens are looked up earlier in the sequence (the prompt included); the tokens that
+followed their latest earlier occurrence are proposed as drafts, and the model checks them in one
+forward, as speculative decoding checks a small model's. Greedy: the output is the model's greedy
+output. Sampling: a draft is kept with the model's probability of it, else the token is drawn
+without it, so the output is distributed as the model's."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from ..errors import RelaykitError
+from ..runtime.asks import Logits
+from .base import Strategy, register
+from .speculative import verify
+
+
+@dataclass
+class LookupConfig:
+    k: int = 10  # most drafts a forward checks (the prompt-lookup reference code: num_pred_tokens 10)
+    ngram: int = 3  # longest n-gram looked up, then shorter ones (reference code: max_ngram_size 3)
+
+    def __post_init__(self) -> None:
+        if self.k < 1 or self.ngram < 1:
+            raise RelaykitError(f"lookup needs k >= 1 and ngram >= 1, got k={self.k} ngram={self.ngram}")
+
+
+class NgramIndex:
+    """For each n-gram of a token list (n = 1..`longest`), the position after its latest
+    occurrence that has a token after it."""
+
+    def __init__(self, longest: int):
+        self.longest = longest
+        self.after: dict[tuple[int, ...], int] = {}
+        self.indexed = 0  # n-grams ending before this position are indexed
+
+    def propose(self, tokens: list[int], k: int) -> list[int]:
+        """Up to k tokens that followed the latest earlier occurrence of the longest n-gram ending
+        `tokens` that occurred before."""
+        for end in range(self.indexed + 1, len(tokens)):  # n-grams ending at end - 1, followed by tokens[end]
+            for n in range(1, min(self.longest, end) + 1):
+                self.after[tuple(tokens[end - n : end])] = end
+        self.indexed = max(self.indexed, len(tokens) - 1)
+        for n in range(min(self.longest, len(tokens)), 0, -1):
+            start = self.after.get(tuple(tokens[-n:]))
+            if start is not None:
+                return tokens[start : start + k]
+        return []
+
+
+@register("lookup")
+class Lookup(Strategy):
+    """The model alone, checking drafts copied from its own context."""
+
+    Config = LookupConfig
+
+    def holdback(self) -> int:
+        return self.config.k
+
+    def run(self, request):
+        sequence, sampler = request.sequence, request.sampler
+        index = NgramIndex(self.config.ngram)
+        while not sequence.finished:
+            start = len(sequence)
+            drafts = index.propose(sequence.tokens, max(0, min(self.config.k, request.remaining() - 1)))
+            sequence.extend(drafts, "large")
+            logits = yield Logits("large", sequence, len(drafts) + 1)
+            if sampler.greedy:
+                target, one_hot = logits.argmax(-1).tolist(), None
+            else:
+                target = sampler.probs(logits)
+                one_hot = torch.zeros(len(drafts), logits.shape[-1], device=logits.device)
+                one_hot[range(len(drafts)), drafts] = 1.0
+            accepted, token = verify(sampler, drafts, one_hot, target)
+            sequence.truncate(start + accepted)
+            sequence.append(token, "large")
+            request.finish_if_done(sequence, len(sequence) - start)
