@@ -19,7 +19,9 @@ from .speculative import verify
 
 @dataclass
 class LookupConfig:
-    k: int = 10  # most drafts a forward checks (the prompt-lookup reference code: num_pred_tokens 10)
+    # most drafts a forward checks; the prompt-lookup reference code checks 10 (num_pred_tokens), 5 ran
+    # 3% faster on a CPU, where a forward's cost grows with its tokens, at 1.75x the FLOPs instead of 2.4x
+    k: int = 5
     ngram: int = 3  # longest n-gram looked up, then shorter ones (reference code: max_ngram_size 3)
 
     def __post_init__(self) -> None:
