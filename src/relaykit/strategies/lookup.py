@@ -9,12 +9,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-import torch
-
 from ..errors import RelaykitError
-from ..runtime.asks import Logits
 from .base import Strategy, register
-from .speculative import verify
+from .speculative import check_drafts
 
 
 @dataclass
@@ -62,20 +59,10 @@ class Lookup(Strategy):
         return self.config.k
 
     def run(self, request):
-        sequence, sampler = request.sequence, request.sampler
+        sequence = request.sequence
         index = NgramIndex(self.config.ngram)
         while not sequence.finished:
             start = len(sequence)
-            drafts = index.propose(sequence.tokens, max(0, min(self.config.k, request.remaining() - 1)))
-            sequence.extend(drafts, "large")
-            logits = yield Logits("large", sequence, len(drafts) + 1)
-            if sampler.greedy:
-                target, one_hot = logits.argmax(-1).tolist(), None
-            else:
-                target = sampler.probs(logits)
-                one_hot = torch.zeros(len(drafts), logits.shape[-1], device=logits.device)
-                one_hot[range(len(drafts)), drafts] = 1.0
-            accepted, token = verify(sampler, drafts, one_hot, target)
-            sequence.truncate(start + accepted)
-            sequence.append(token, "large")
+            sequence.extend(index.propose(sequence.tokens, max(0, min(self.config.k, request.remaining() - 1))), "large")
+            yield from check_drafts(request, sequence, start, [])  # no draft distributions: proposed with certainty
             request.finish_if_done(sequence, len(sequence) - start)

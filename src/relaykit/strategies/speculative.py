@@ -35,7 +35,8 @@ def verify(sampler, drafts: list[int], draft_probs, target) -> tuple[int, int]:
 
     Greedy: `target` lists the large model's argmax at the d draft positions and after them.
     Sampling: `target` [d+1, V] holds its distributions there and `draft_probs` [d, V] the small
-    model's; a draft is kept with probability min(1, p/q), else the token comes from (p - q)+.
+    model's (None: each draft was proposed with certainty, q = 1, as a lookup proposes); a draft is
+    kept with probability min(1, p/q), else the token comes from (p - q)+.
     """
     if sampler.greedy:
         accepted = 0
@@ -44,9 +45,13 @@ def verify(sampler, drafts: list[int], draft_probs, target) -> tuple[int, int]:
         return accepted, target[accepted]
     coins = sampler.uniform(len(drafts)).tolist()
     for i, token in enumerate(drafts):
-        p, q = float(target[i, token]), float(draft_probs[i, token])
+        p, q = float(target[i, token]), 1.0 if draft_probs is None else float(draft_probs[i, token])
         if coins[i] * q > p:
-            residual = (target[i] - draft_probs[i]).clamp(min=0)
+            if draft_probs is None:  # (p - q)+ with q one-hot: p without the draft
+                residual = target[i].clone()
+                residual[token] = 0.0
+            else:
+                residual = (target[i] - draft_probs[i]).clamp(min=0)
             if residual.sum() <= 0:
                 residual = target[i]
             return i, int(sampler.draw(residual / residual.sum()))
@@ -106,7 +111,8 @@ def draft(request, sequence: Sequence, k: int, draft_confidence: float = 0.0,
 def check_drafts(request, sequence: Sequence, start: int, draft_probs: list, checked_from: int | None = None,
                  threshold: float | list[float] = 0.0):
     """The large model scores the drafts from `start` in one forward (use with `yield from`); the
-    accepted drafts plus its own token stay. With `checked_from`, the tokens from there to the
+    accepted drafts plus its own token stay. `draft_probs`: the drafts' distributions when sampling
+    ([]: proposed with certainty, see `verify`). With `checked_from`, the tokens from there to the
     drafts (written by the small model on its own) are read in the same forward and pass the
     lenient check (`lenient_cut` at `threshold`) first; a cut there ends the round.
     Returns (index of the first token added, drafts accepted, drafts written, the check's cut)."""
