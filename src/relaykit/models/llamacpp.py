@@ -5,6 +5,17 @@ logits come back for the last k positions asked, rollback removes KV cells by po
 copies a sequence (llama.cpp shares the copied cells).
 
 Needs `pip install 'relaykit[llamacpp]'` (llama-cpp-python; it compiles llama.cpp on install).
+
+On a CPU with AMX, models load without llama.cpp's extra buffer types (`use_extra_bufts = False`):
+there llama.cpp repacks weights for its AMX kernels, and the first decode segfaults (upstream
+llama.cpp issue #20824, a crash in `ggml_backend_amx_mul_mat`). Measured with llama-cpp-python
+0.3.36 on a Xeon with AVX-512 BF16 and AMX (2 threads): SmolLM2-135M Q4_1 with the defaults crashes
+in its first decode, with `use_extra_bufts = False` it decodes at 65-66 tokens/s. ggml reads no
+setting that turns off AMX alone at run time (AMX is a build option, GGML_AMX_* or GGML_NATIVE on an
+AMX CPU), and for Q4_1 weights the other extra buffer type (CPU_REPACK) has no layout: on an AMD EPYC
+without AMX, llama.cpp reports that none of the model's tensors can use it, and it decodes as
+fast with the extra buffer types off as on. Without AMX the default stays: CPU_REPACK has faster
+layouts for other quantisations (Q4_0, Q4_K, Q8_0, ...).
 """
 
 from __future__ import annotations
@@ -38,6 +49,20 @@ def llama_cpp_module():
                             f"(it compiles llama.cpp, a few minutes) ({error})") from None
     _logger.set_verbose(False)
     return llama_cpp
+
+
+def cpu_has_amx() -> bool:
+    """Whether the CPU reports AMX (Linux's /proc/cpuinfo flags)."""
+    try:
+        flags = set(Path("/proc/cpuinfo").read_text().split())
+    except OSError:
+        return False
+    return bool(flags & {"amx_tile", "amx_int8", "amx_bf16"})
+
+
+def use_extra_bufts() -> bool:
+    """Whether models load with llama.cpp's extra buffer types (repacked weights): not with AMX."""
+    return not cpu_has_amx()
 
 
 def available() -> bool:
@@ -86,6 +111,8 @@ def load_llamacpp(path: Path, name: str, tokenizer, threads: int) -> LlamaCppMod
     llama_cpp.llama_backend_init()
     params = llama_cpp.llama_model_default_params()
     params.n_gpu_layers = 0
+    if not use_extra_bufts() and hasattr(params, "use_extra_bufts"):  # an older llama-cpp-python lacks the field
+        params.use_extra_bufts = False
     handle = llama_cpp.llama_model_load_from_file(str(path).encode(), params)
     if not handle:
         raise RelaykitError(f"llama.cpp could not load {path}")
