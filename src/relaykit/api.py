@@ -13,7 +13,7 @@ from pathlib import Path
 from .decoding.sampler import SamplingConfig
 from .decoding.stopping import StopConfig
 from .errors import RelaykitError
-from .evals.datasets import load_dataset
+from .evals.datasets import load_dataset, token_budget
 from .evals.harness import EvalSettings, evaluate
 from .evals.report import write_report
 from .models.kv import KVPolicy
@@ -22,11 +22,13 @@ from .models.loading import Model, load_model
 from .models.remote import RemoteModel, is_remote, load_remote
 from .options import config_from_dict, flag, strategy_variant
 from .strategies.base import EXPERTS, Strategy, expert_roles, get_strategy
+from .tuned import Settings, Tuned, find_tuned
 from .toyworld import CHECKPOINTS, FUSIONROUTE, SHIPPED_CUES, TOY_DIFFICULTY, TOY_LARGE, TOY_PROBER, TOY_SMALL, TOY_VERIFIER, is_shipped_pair
 
 __all__ = [
     "SHIPPED_CUES", "build_strategies", "build_strategy", "default_model", "evaluate_strategies", "kv_policy",
-    "load_models", "parse_variant", "required_roles", "sampling_and_stop", "split_variants",
+    "load_models", "parse_variant", "required_roles", "sampling_and_stop", "split_variants", "token_budget",
+    "tuned_for", "tuned_settings",
 ]
 
 _SHIPPED = {"large": TOY_LARGE, "small": TOY_SMALL}
@@ -147,9 +149,45 @@ def parse_variant(text: str) -> tuple[str, tuple[str, dict]]:
     return text.strip(), (cls.name, options)
 
 
-def _variants(names: list[str], options: dict | None, add_baseline: bool) -> dict[str, tuple[type[Strategy], dict]]:
-    """label -> (strategy class, its options: the shared ones it has, then its own); the `large`
-    baseline first when `add_baseline`. An option that no variant has is an error."""
+def tuned_settings(large: str | None, small: str | None, given: str | None = None) -> Tuned | None:
+    """The tuned settings of the pair named by the model specs `large` and `small` (None: the
+    shipped toy checkpoints): the settings file `given` ("none": no tuned settings), else the one
+    `relaykit calibrate settings` wrote beside the large model for this small one."""
+    return find_tuned(large or default_model("large"), small or default_model("small"), given)
+
+
+def tuned_for(models: dict) -> Tuned | None:
+    """The tuned settings of loaded models' pair (see `tuned_settings`)."""
+    sources = [getattr(models.get(role), "source", None) for role in ("large", "small")]
+    return find_tuned(*sources) if all(sources) else None
+
+
+def _with_tuned(cls: type[Strategy], given: dict, tuned: Tuned | None) -> tuple[dict, Settings]:
+    """A variant's options: `given` alone when it names one of the options the strategy tunes (or
+    it tunes none), else the pair's tuned settings under `given`. A strategy whose default could
+    lose the answer (`tuning_required`) is refused without tuned settings; so is one whose
+    calibration kept no setting."""
+    if not cls.tunes or set(given) & set(cls.tunes):
+        return given, Settings(given, "given" if given else "defaults")
+    entry = tuned.entry(cls.name) if tuned is not None else None
+    if entry is None:
+        if cls.tuning_required:
+            example = " ".join(f"{key}={getattr(cls.Config(), key)}" for key in cls.tunes)
+            raise RelaykitError(
+                f"{cls.name} has no settings tuned for this pair, and its default rule can lose the answer "
+                f"(relaykit calibrate settings measures one); to run a rule anyway, name it: {cls.name}[{example}]")
+        return given, Settings(given, "given" if given else "defaults")
+    if "refused" in entry:
+        raise RelaykitError(f"{cls.name}: no setting kept the large model's accuracy on this pair "
+                            f"({entry['refused']}; {tuned.path}); name one to run it anyway")
+    return {**entry["options"], **given}, Settings(entry["options"], f"tuned: {tuned.path}")
+
+
+def _variants(names: list[str], options: dict | None, add_baseline: bool,
+              tuned: Tuned | None = None) -> dict[str, tuple[type[Strategy], dict, Settings]]:
+    """label -> (strategy class, its options: the pair's tuned settings unless it names a tuned
+    option, the shared ones it has, then its own; where they came from); the `large` baseline
+    first when `add_baseline`. An option that no variant has is an error."""
     parsed = dict(parse_variant(name) for name in names)
     if add_baseline:
         parsed = {"large": parsed.pop("large", ("large", {})), **parsed}
@@ -160,7 +198,7 @@ def _variants(names: list[str], options: dict | None, add_baseline: bool) -> dic
         flags = ", ".join(flag(key) for key in sorted(set(shared) - owned))
         raise RelaykitError(f"no chosen strategy ({', '.join(parsed)}) has the option(s) {flags}")
     return {
-        label: (cls, {**{k: v for k, v in shared.items() if k in _option_names(cls)}, **parsed[label][1]})
+        label: (cls, *_with_tuned(cls, {**{k: v for k, v in shared.items() if k in _option_names(cls)}, **parsed[label][1]}, tuned))
         for label, cls in classes.items()
     }
 
@@ -169,11 +207,13 @@ def _option_names(cls: type[Strategy]) -> set[str]:
     return {field.name for field in dataclasses.fields(cls.Config)}
 
 
-def required_roles(names: list[str], options: dict | None = None, add_baseline: bool = True) -> tuple[str, ...]:
-    """The models ("large", "small") that the strategy variants `names` need. Checks the names and
-    the shared `options` as `build_strategies` does, so a mistake shows before any model loads."""
-    variants = _variants(names, options, add_baseline)
-    return tuple(dict.fromkeys(role for cls, values in variants.values() for role in cls.roles_of(config_from_dict(cls, values))))
+def required_roles(names: list[str], options: dict | None = None, add_baseline: bool = True,
+                   tuned: Tuned | None = None) -> tuple[str, ...]:
+    """The models ("large", "small") that the strategy variants `names` need, with the pair's
+    `tuned` settings. Checks the names and the shared `options` as `build_strategies` does, so a
+    mistake shows before any model loads."""
+    variants = _variants(names, options, add_baseline, tuned)
+    return tuple(dict.fromkeys(role for cls, values, _ in variants.values() for role in cls.roles_of(config_from_dict(cls, values))))
 
 
 def shipped_swaps(cls: type[Strategy], models: dict) -> dict[str, Path]:
@@ -192,10 +232,13 @@ def build_strategies(
     stop: StopConfig | None = None,
     kv_policy: KVPolicy | None = None,
     add_baseline: bool = True,
+    tuned: Tuned | None = None,
 ) -> dict[str, Strategy]:
     """label -> strategy for the variants `names` (NAME or NAME[option=value ...]), sharing
     `models`. Each shared option in `options` goes to the strategies that have it; with
-    `add_baseline`, the `large` strategy (speed-ups are measured against it) comes first.
+    `add_baseline`, the `large` strategy (speed-ups are measured against it) comes first. A
+    variant that names none of the options its strategy tunes runs the pair's `tuned` settings
+    (`tuned_for(models)`); each strategy's `settings` say what it ran with.
     On the shipped toy pair, a strategy that ships its own trained model for a role (RelayLLM's
     toy-small-relay) gets that model (RelayGen takes the pair's calibrated cues by itself). With
     the shipped domain experts, query routing gets their shipped prompt classifier; a variant
@@ -203,12 +246,12 @@ def build_strategies(
     experts = {role.split(":", 1)[1]: models[role].source for role in expert_roles(models)}
     shipped_classifier = experts and experts == shipped_experts() and _SHIPPED_CLASSIFIER.is_file()
     strategies, trained = {}, {}
-    variants = _variants(names, options, add_baseline)
-    for label, (cls, values) in list(variants.items()):
+    variants = _variants(names, options, add_baseline, tuned)
+    for label, (cls, values, settings) in list(variants.items()):
         if cls.one_entry_per_expert and not values.get("name"):  # `expert`: each expert, one entry
             del variants[label]
-            variants.update({f"{label}[name={name}]": (cls, {**values, "name": name}) for name in experts})
-    for label, (cls, values) in variants.items():
+            variants.update({f"{label}[name={name}]": (cls, {**values, "name": name}, settings) for name in experts})
+    for label, (cls, values, settings) in variants.items():
         mine = models
         if shipped_classifier and "classifier" in _option_names(cls) and not values.get("classifier"):
             values = {**values, "classifier": str(_SHIPPED_CLASSIFIER)}
@@ -218,6 +261,7 @@ def build_strategies(
                 trained[folder] = load_model(str(folder), name=role, device=device)
             mine = {**mine, role: trained[folder]}
         strategies[label] = cls(mine, config_from_dict(cls, values), sampling, stop, kv_policy)
+        strategies[label].settings = settings
     return strategies
 
 
@@ -228,9 +272,10 @@ def build_strategy(
     sampling: SamplingConfig | None = None,
     stop: StopConfig | None = None,
     kv_policy: KVPolicy | None = None,
+    tuned: Tuned | None = None,
 ) -> Strategy:
     """One strategy from NAME or NAME[option=value ...], as `build_strategies` builds it."""
-    built = build_strategies([spec], models, options, sampling, stop, kv_policy, add_baseline=False)
+    built = build_strategies([spec], models, options, sampling, stop, kv_policy, add_baseline=False, tuned=tuned)
     return next(iter(built.values()))
 
 

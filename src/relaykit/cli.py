@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import sys
@@ -14,6 +15,8 @@ from .options import add_strategy_options, options_from_args
 
 COLOURS = {"large": "bold magenta", "small": "cyan", "prompt": "dim"}
 SHORT_DTYPES = {"float32": "f32", "bfloat16": "bf16", "float16": "f16"}  # the usage table's engine column
+TUNED_NOTE = ("A strategy named without the options it tunes runs the settings relaykit calibrate settings measured "
+              "for the pair (the shipped pair ships them); naming any of those options runs its defaults with yours.")
 CUES_NOTE = ("With the shipped toy pair (the default models), --cues defaults to the pair's calibrated cues and "
              "--check to the threshold calibrated with them (--check inf: no check).")
 
@@ -71,7 +74,9 @@ def add_sampling_options(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--top-k", type=int, default=0, help="keep the k most likely tokens (0 = off)")
     group.add_argument("--top-p", type=float, default=1.0, help="nucleus sampling mass (1 = off)")
     group.add_argument("--seed", type=int, default=None, help="random seed for sampling")
-    group.add_argument("--max-new-tokens", type=int, default=256)
+    group.add_argument("--max-new-tokens", type=int, default=256,
+                       help="new tokens at most (generate: 256; eval and demo: the dataset's own budget, which fits its "
+                       "solutions: toy 512, toy:long 2048, JSONL files 4096)")
     group.add_argument("--stop", action="append", default=[], metavar="TEXT", help="stop string (repeatable)")
     group.add_argument("--stop-token-id", action="append", type=int, default=[], metavar="ID", help="stop token id (repeatable; eos always stops)")
     group.add_argument("--raw", action="store_true", help="do not apply the tokenizer's chat template")
@@ -124,13 +129,15 @@ def sampling_from_args(args: argparse.Namespace):
 
 
 def strategies_from_args(args: argparse.Namespace, names: list[str], add_baseline: bool = True) -> dict:
-    """The strategy variants `names` with the models, sampling, KV policy and options of the flags."""
+    """The strategy variants `names` with the models, sampling, KV policy and options of the flags,
+    and the pair's tuned settings for the variants that name none of their tuned options."""
     options = options_from_args(args)
-    roles = api.required_roles(names, options, add_baseline)  # mistakes show before models load
+    tuned = api.tuned_settings(args.large, args.small, args.settings)
+    roles = api.required_roles(names, options, add_baseline, tuned)  # mistakes show before models load
     sampling, stop = sampling_from_args(args)
     policy = kv_policy_from_args(args)
     models = load_models_from_args(args, roles)
-    return api.build_strategies(names, models, options, sampling, stop, policy, add_baseline)
+    return api.build_strategies(names, models, options, sampling, stop, policy, add_baseline, tuned)
 
 
 def cmd_generate(args: argparse.Namespace) -> int:
@@ -180,14 +187,18 @@ def run_evaluation(args: argparse.Namespace, names: list[str]):
     """Evaluate the strategy variants `names` (and the large baseline); print the table."""
     from rich.console import Console
 
-    from .evals.report import rich_group_tables, rich_table
+    from .evals.report import rich_group_tables, rich_table, settings_lines
 
+    if args.max_new_tokens is None:
+        args.max_new_tokens = api.token_budget(args.dataset)
     strategies = strategies_from_args(args, names)
     results, paths = api.evaluate_strategies(strategies, args.dataset, args.limit, args.batch_size, args.raw, args.out)
     console = Console()
     console.print(rich_table(results))
     for table in rich_group_tables(results):
         console.print(table)
+    for line in settings_lines(results):
+        console.print(line, markup=False, highlight=False)
     console.print(f"[dim]wrote {', '.join(str(p) for p in paths.values())}[/]")
     return results, paths, console
 
@@ -224,7 +235,10 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
 
     if args.what == "adaptive":
         return calibrate_adaptive_command(args)
-    problems = load_dataset(args.dataset or "toy:calibration", args.limit)
+    if args.what == "settings":
+        return calibrate_settings_command(args)
+    dataset = args.dataset or "toy:calibration"
+    problems = load_dataset(dataset, args.limit or 100)
     models = load_models_from_args(args, ("large", "small"))
     result, paths = run_calibrate_command(
         models,
@@ -233,8 +247,8 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
         cues=load_cues(args.candidates) if args.candidates else None,
         threshold=args.threshold,
         min_occurrences=args.min_occurrences,
-        max_new_tokens=args.max_new_tokens,
-        batch_size=args.batch_size,
+        max_new_tokens=args.max_new_tokens or api.token_budget(dataset),
+        batch_size=args.batch_size or 8,
         check=args.check,
         discover=args.discover,
         statistic=args.statistic,
@@ -250,15 +264,57 @@ def calibrate_adaptive_command(args: argparse.Namespace) -> int:
     from .strategies.adaptive import Adaptive, AdaptiveConfig
 
     config = AdaptiveConfig(signal=args.signal, k=args.samples, more=args.more, escalate=args.escalate)
-    problems = load_dataset(args.dataset or "toy:dev", args.limit)
+    dataset = args.dataset or "toy:dev"
+    problems = load_dataset(dataset, args.limit or 100)
     models = load_models_from_args(args, Adaptive.roles_of(config))
     if args.budget is not None and args.budget <= 0:
         raise RelaykitError(f"--budget must be > 0, got {args.budget}")
-    result = calibrate_adaptive(models, problems, config, args.tolerance, args.max_new_tokens, args.batch_size, args.budget)
+    tolerance = 0.005 if args.tolerance is None else args.tolerance
+    result = calibrate_adaptive(models, problems, config, tolerance, args.max_new_tokens or api.token_budget(dataset),
+                                args.batch_size or 8, args.budget)
     out = Path(args.out or "adaptive.json")
     out.write_text(json.dumps(result, indent=2) + "\n")
     print(json.dumps(result, indent=2))
     print(f"wrote {out}")
+    return 0
+
+
+def calibrate_settings_command(args: argparse.Namespace) -> int:
+    import time
+
+    from .calibrate.settings import SettingsCalibration, calibrate_settings
+    from .strategies.base import get_strategy
+    from .tuned import settings_path, write_tuned
+
+    calibration = SettingsCalibration()
+    changes = {key: getattr(args, key) for key in ("limit", "batch_size", "tolerance") if getattr(args, key) is not None}
+    if args.strategies:
+        changes["strategies"] = tuple(name.strip() for name in args.strategies.split(",") if name.strip())
+        for name in changes["strategies"]:
+            if not get_strategy(name).tunes:
+                raise RelaykitError(f"{name} has no settings to tune; these do: speculative, relaygen, lookup, adaptive, early-exit")
+    if args.dataset:
+        changes["dataset"] = args.dataset
+    workloads = {}
+    for item in args.workload:
+        name, sep, dataset = item.partition("=")
+        if not sep or not dataset:
+            raise RelaykitError(f"--workload takes NAME=DATASET, got {item!r}")
+        workloads[name.strip()] = dataset.strip()
+    fixed = {"relaygen": {"cues": args.cues}} if args.cues else {}
+    calibration = dataclasses.replace(calibration, **changes, workloads=workloads, fixed=fixed)
+    if calibration.limit < 1 or calibration.batch_size < 1:
+        raise RelaykitError("--limit and --batch-size must be >= 1")
+    roles = ("large", "small", *(role for role in ("difficulty", "prober") if getattr(args, role) or
+                                 (args.large is None and args.small is None)))
+    models = load_models_from_args(args, roles)
+    out = args.out or settings_path(models["large"].source)
+    if out is None:
+        raise RelaykitError("the large model is not a local file or folder: give --out FILE (and --settings FILE to use it)")
+    started = time.perf_counter()
+    chosen = calibrate_settings(models, calibration, progress=lambda line: print(line, flush=True))
+    path = write_tuned(out, models["large"].source, models["small"].source, chosen)
+    print(f"wrote {path} ({time.perf_counter() - started:.0f} s)")
     return 0
 
 
@@ -399,8 +455,10 @@ def add_evaluation_options(parser: argparse.ArgumentParser, strategies: dict) ->
     add_model_options(parser)
     add_sampling_options(parser)
     add_kv_options(parser)
-    parser.set_defaults(max_new_tokens=512)
-    add_strategy_options(parser, strategies, note=CUES_NOTE)
+    parser.set_defaults(max_new_tokens=None)  # the dataset's own budget (see run_evaluation)
+    parser.add_argument("--settings", help="a settings file of relaykit calibrate settings for the pair (default: the one "
+                        "beside the large model, if any; the shipped pair ships its own); none: the strategies' defaults")
+    add_strategy_options(parser, strategies, note=f"{CUES_NOTE} {TUNED_NOTE}")
 
 
 def add_training(what, name: str, run, help: str, description: str) -> argparse.ArgumentParser:
@@ -440,10 +498,12 @@ def build_parser() -> argparse.ArgumentParser:
     generate.add_argument("--strategy", default="single", help=f"one of: {', '.join(sorted(STRATEGIES))} (default single); "
                           "NAME[option=value ...] gives it options, e.g. 'speculative[k=2 adaptive=true]'")
     generate.add_argument("--json", action="store_true", help="print one JSON object per prompt")
+    generate.add_argument("--settings", help="a settings file of relaykit calibrate settings (default: the pair's own); "
+                          "none: the strategy's defaults")
     add_model_options(generate)
     add_sampling_options(generate)
     add_kv_options(generate)
-    add_strategy_options(generate, STRATEGIES, note=CUES_NOTE)
+    add_strategy_options(generate, STRATEGIES, note=f"{CUES_NOTE} {TUNED_NOTE}")
     generate.set_defaults(run=cmd_generate)
 
     evaluate = commands.add_parser(
@@ -491,20 +551,34 @@ def build_parser() -> argparse.ArgumentParser:
         "the small model's samples, the escalation strategy and the small model alone run on every problem; the "
         "cheapest answer/more-samples thresholds whose accuracy is within --tolerance of the escalation alone are "
         "written to adaptive.json (adaptive[calibration=FILE]); with --signal difficulty, the threshold on the "
-        "difficulty model's probability instead.",
+        "difficulty model's probability instead. relaykit calibrate settings: the speed settings of speculative, relaygen, "
+        "lookup, adaptive and early-exit for the pair; each strategy runs its candidate settings beside the large model alone "
+        "on the same problems, and the fastest by wall time that keeps the large model's accuracy (--tolerance) is written beside the "
+        "large model (relaykit-settings.json), where a bare strategy name finds it; every candidate's speed-up and "
+        "FLOPs are written too. On the toy world adaptive is calibrated on toy:mixed:calibration and early-exit on "
+        "toy:long:calibration (--workload NAME=DATASET for others). About 12 minutes for the shipped pair on 2 cores.",
     )
-    calibrate.add_argument("what", nargs="?", choices=("cues", "adaptive"), default="cues",
-                           help="cues (default): RelayGen's cues and check; adaptive: the adaptive strategy's thresholds")
+    calibrate.add_argument("what", nargs="?", choices=("cues", "adaptive", "settings"), default="cues",
+                           help="cues (default): RelayGen's cues and check; adaptive: the adaptive strategy's thresholds; "
+                           "settings: every strategy's speed settings for the pair")
     calibrate.add_argument("--dataset", help="dataset spec (default toy:calibration; adaptive: toy:dev)")
-    calibrate.add_argument("--limit", type=int, default=100, help="problems to run (default 100)")
-    calibrate.add_argument("--out", help="output JSON (default cues.json, with a PNG plot beside it; adaptive: adaptive.json)")
+    calibrate.add_argument("--limit", type=int, help="problems to run (default 100; settings: 40 per workload; on the toy world adaptive 100 and early-exit 16, batched by 8)")
+    calibrate.add_argument("--out", help="output JSON (default cues.json, with a PNG plot beside it; adaptive: adaptive.json; "
+                           "settings: relaykit-settings.json beside the large model)")
+    calibrate.add_argument("--strategies", help="settings: the strategies to tune, comma-separated (default: "
+                           "speculative,relaygen,lookup,adaptive,early-exit)")
+    calibrate.add_argument("--cues", help="settings: the cues.json relaygen runs with (default: the shipped pair's, "
+                           "else every candidate cue; relaykit calibrate cues writes one)")
+    calibrate.add_argument("--workload", action="append", default=[], metavar="NAME=DATASET",
+                           help="settings: calibrate strategy NAME on DATASET instead of --dataset (repeatable)")
     calibrate.add_argument("--escalate", default="relaygen", help="adaptive: the strategy a problem escalates to (default relaygen)")
     calibrate.add_argument("--signal", default="samples", choices=("samples", "difficulty"),
                            help="adaptive: the signal calibrated (default samples; difficulty needs --difficulty PATH)")
     calibrate.add_argument("--samples", type=int, default=4, help="adaptive: the small model's first samples, k (default 4)")
     calibrate.add_argument("--more", type=int, default=4, help="adaptive: samples drawn next in the middle band (default 4)")
-    calibrate.add_argument("--tolerance", type=float, default=0.005,
-                           help="adaptive: accuracy it may lose against the escalation alone (default 0.005)")
+    calibrate.add_argument("--tolerance", type=float,
+                           help="adaptive: accuracy it may lose against the escalation alone (default 0.005); settings: "
+                           "against the large model alone (default 0.01: one point)")
     calibrate.add_argument("--budget", type=float,
                            help="adaptive: instead, the most accurate thresholds whose FLOPs are at most this share of "
                            "the escalation's (e.g. 0.5)")
@@ -519,8 +593,8 @@ def build_parser() -> argparse.ArgumentParser:
                            "top-1 minus top-2 probability")
     calibrate.add_argument("--threshold", type=float, default=0.0, help="minimum delta of the statistic (default 0)")
     calibrate.add_argument("--min-occurrences", type=int, default=5)
-    calibrate.add_argument("--batch-size", type=int, default=8)
-    calibrate.add_argument("--max-new-tokens", type=int, default=512)
+    calibrate.add_argument("--batch-size", type=int, help="problems per batch (default 8; settings: 1, the latency of one request)")
+    calibrate.add_argument("--max-new-tokens", type=int, help="default: the dataset's budget")
     calibrate.add_argument("--check", action=argparse.BooleanOptionalAction, default=True,
                            help="also calibrate the segment check's threshold (default: yes)")
     add_model_options(calibrate)

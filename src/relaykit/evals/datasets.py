@@ -15,6 +15,12 @@ _ID_KEYS = ("id", "unique_id")
 _TOY_SPLITS = ("test", "dev", "calibration")
 _TOY_FAMILIES = ("long", "domains", "mixed", "worded")
 _FRESH_DEFAULT_N = 100
+# New tokens a dataset's solutions need (`--max-new-tokens` overrides): the toy world's solutions run
+# to ~250 tokens, the long variant's to 1,716 (56-60 check rounds); benchmark files are for reasoning
+# models, whose traces run to thousands of tokens, so a run that cuts them says so in its report
+TOY_BUDGET = 512
+TOY_LONG_BUDGET = 2048
+FILE_BUDGET = 4096
 
 
 class DatasetError(RelaykitError, ValueError):
@@ -49,6 +55,13 @@ def load_dataset(spec: str, limit: int | None = None) -> list[EvalProblem]:
     if spec.startswith("toy:"):
         return _load_toy(spec, limit)
     return _load_jsonl(Path(spec), limit)
+
+
+def token_budget(spec: str) -> int:
+    """The new-token budget that fits the solutions of dataset `spec` (see `load_dataset`)."""
+    if spec.startswith("toy:"):
+        return TOY_LONG_BUDGET if spec.split(":")[1] == "long" else TOY_BUDGET
+    return FILE_BUDGET
 
 
 def _load_jsonl(path: Path, limit: int | None) -> list[EvalProblem]:

@@ -14,6 +14,7 @@ from .answers import answers_match, extract_answer
 from .datasets import EvalProblem
 from .overthinking import efficiency
 
+LENGTH_FLAG = 0.05  # a report flags a strategy whose answers stopped at the token budget on more problems than this
 # appended to benchmark prompts that do not already ask for a boxed answer (Qwen/DeepSeek style)
 BOXED_INSTRUCTION = "\nPlease reason step by step, and put your final answer within \\boxed{}."
 
@@ -85,6 +86,8 @@ def _records(strategy: Strategy, problems: list[EvalProblem], results: list, wal
         "outcome_efficiency": _mean([r["outcome_efficiency"] for r in records if "outcome_efficiency" in r]),
         "process_efficiency": _mean([r["process_efficiency"] for r in records if "process_efficiency" in r]),
         "speedup_vs_large": None,
+        # answers cut by the token budget rather than finished: a strategy above LENGTH_FLAG is flagged
+        "length_stops": sum(r["finish_reason"] == "length" for r in records) / max(len(records), 1),
         **{f"by_{group}": _by(records, group) for group in ("domain", "level") if any(r[group] for r in records)},
         "problems": records,
     }
@@ -127,7 +130,10 @@ def evaluate(strategies: dict[str, Strategy], problems: list[EvalProblem], datas
     models = {role: model.describe() for s in strategies.values() for role, model in s.models.items()}
     results = {"dataset": dataset, "n_problems": len(problems), "models": models, "strategies": {}}
     for name, strategy in strategies.items():
-        results["strategies"][name] = _records(strategy, problems, outputs[name], walls[name])
+        entry = results["strategies"][name] = _records(strategy, problems, outputs[name], walls[name])
+        entry["max_new_tokens"] = strategy.stop_config.max_new_tokens
+        entry["settings"] = asdict(strategy.settings) if strategy.settings else None
+        entry["cut_by_length"] = entry["length_stops"] > LENGTH_FLAG
     baseline = results["strategies"].get("large")
     if baseline:
         for entry in results["strategies"].values():

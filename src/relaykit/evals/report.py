@@ -5,7 +5,8 @@ The input is the harness's results dict::
     {"dataset": str, "n_problems": int,
      "strategies": {NAME: {"accuracy", "large_token_share", "switches_per_problem", "flops",
                            "wall_seconds", "tokens_per_second", "speedup_vs_large", "samples_per_problem",
-                           "outcome_efficiency", "process_efficiency", "problems": [...]}}}
+                           "outcome_efficiency", "process_efficiency", "length_stops", "cut_by_length",
+                           "max_new_tokens", "settings", "problems": [...]}}}
 
 where each problem has id, prediction, reference, correct, text, segments ([text, writer]
 runs) and usage.
@@ -29,12 +30,35 @@ _RICH_PALETTE = ("green", "yellow", "blue", "red", "bright_cyan", "bright_magent
 _MARKER_AREA = 60  # of a plotted point, in points squared
 _NAME_WIDTH = 21  # the strategy column's width in an 80-column terminal
 _COLUMNS = ("strategy", "accuracy", "large-token share", "switches/problem", "FLOPs", "wall s", "tokens/s", "speed-up vs large",
-            "samples/problem", "outcome efficiency", "process efficiency")
+            "samples/problem", "outcome efficiency", "process efficiency", "stopped at length")
+CUT_NOTE = "! answers stopped at the length limit on over 5% of problems: raise --max-new-tokens"
 
 
 def markdown_table(results: dict) -> str:
-    """A Markdown table with one row per strategy."""
-    return _markdown([_COLUMNS, *(_row(results, name) for name in results["strategies"])])
+    """A Markdown table with one row per strategy, and a note under it when a strategy's answers
+    were cut by the token budget (`cut_by_length`)."""
+    table = _markdown([_COLUMNS, *(_row(results, name) for name in results["strategies"])])
+    notes = ([CUT_NOTE] if _any_cut(results) else []) + [f"- {line}" for line in settings_lines(results)]
+    return table + "".join(f"\n{note}" for note in notes) + ("\n" if notes else "")
+
+
+def settings_lines(results: dict) -> list[str]:
+    """One line per strategy that ran tuned settings: which, and from where."""
+    lines = []
+    for name, s in results["strategies"].items():
+        settings = s.get("settings") or {}
+        if settings.get("source", "").startswith("tuned"):
+            options = " ".join(f"{k}={v}" for k, v in settings["options"].items())
+            lines.append(f"{name}: {options} ({settings['source']})")
+    return lines
+
+
+def _any_cut(results: dict) -> bool:
+    return any(s.get("cut_by_length") for s in results["strategies"].values())
+
+
+def _cut_mark(s: dict) -> str:
+    return " !" if s.get("cut_by_length") else ""
 
 
 def _markdown(rows: list) -> str:
@@ -111,8 +135,9 @@ def rich_table(results: dict) -> Table:
     relative = all(_relative(results, name, "flops") is not None for name in results["strategies"])
     headers = ["strategy", "acc", "large %", "switch/pb", "FLOPs", "wall s", "tok/s"] + (["speed-up"] if relative else [])
     legend = "large %: tokens by large · switch/pb: switches per problem" + (" · x: vs large" if relative else "")
+    legend += f"\n{CUT_NOTE}" if _any_cut(results) else ""
     title = f"{results.get('dataset', '')} ({results.get('n_problems', '?')} problems)"
-    caption = Text(legend, no_wrap=True, overflow="ignore")  # one line, even under a narrow table
+    caption = Text(legend, no_wrap=True, overflow="ignore")  # whole lines, even under a narrow table
     table = Table(title=title, caption=caption, caption_justify="left", box=box.SIMPLE_HEAD, show_edge=False,
                   pad_edge=False, collapse_padding=True)
     table.add_column(headers[0], overflow="fold", max_width=_NAME_WIDTH)
@@ -145,7 +170,7 @@ def _wrappable(name: str) -> Text:
 def _terminal_row(results: dict, name: str, relative: bool) -> list[str]:
     s = results["strategies"][name]
     row = [
-        f"{100 * s['accuracy']:.1f}%",
+        f"{100 * s['accuracy']:.1f}%{_cut_mark(s)}",
         f"{100 * s['large_token_share']:.1f}%",
         f"{s.get('switches_per_problem', 0.0):.1f}",
         f"{_relative(results, name, 'flops'):.2f}x" if relative else _scientific(s["flops"]),
@@ -181,6 +206,7 @@ def _row(results: dict, name: str) -> tuple[str, ...]:
         "-" if speedup is None else f"{speedup:.2f}x",
         f"{s.get('samples_per_problem', 1.0):.1f}",
         *("-" if s.get(key) is None else f"{s[key]:.2f}" for key in ("outcome_efficiency", "process_efficiency")),
+        f"{100 * s.get('length_stops', 0.0):.1f}%{_cut_mark(s)}",
     )
 
 

@@ -36,6 +36,7 @@ class Service:
         self.active = 0  # requests being answered
         self.strategies: dict[str, Strategy] = {}
         self.names: list[str] | None = None  # see `available`
+        self.tuned = api.tuned_for(scheduler.models)  # the settings a bare strategy name runs
         self.streams = Streams(scheduler)
         # for calls that wait for the scheduler's lock (held during a step): reading metrics
         self.calls = concurrent.futures.ThreadPoolExecutor(max_workers=2, thread_name_prefix="relaykit-call")
@@ -78,7 +79,7 @@ class Service:
                 raise APIError(404, f"The model {spec!r} does not exist; available: {', '.join(self.available())} "
                                "(or NAME[option=value ...])", param="model", code="model_not_found")
             try:
-                built = api.build_strategy(spec, self.scheduler.models, options, kv_policy=self.kv_policy)
+                built = api.build_strategy(spec, self.scheduler.models, options, kv_policy=self.kv_policy, tuned=self.tuned)
             except RelaykitError as error:
                 param = "relaykit.options" if options and "option" in str(error) else "model"
                 raise APIError(400, f"model {spec!r}: {error}", param=param) from error

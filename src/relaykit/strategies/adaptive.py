@@ -57,6 +57,7 @@ class AdaptiveConfig:
 class Adaptive(Strategy):
     Config = AdaptiveConfig
     in_demo = False
+    tunes = ("signal", "escalate", "answer_at", "more_at", "calibration")
 
     def __init__(self, models: dict, config=None, *args, **kwargs):
         from ..api import build_strategy

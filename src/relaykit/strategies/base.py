@@ -14,6 +14,7 @@ from ..errors import RelaykitError
 from ..models.kv import KVPolicy
 from ..models.loading import check_same_tokenizer
 from ..models.remote import RemoteModel
+from ..tuned import Settings
 
 STRATEGIES: dict[str, type["Strategy"]] = {}
 EXPERTS = "expert:*"  # a role that stands for every loaded expert model (roles "expert:NAME")
@@ -55,6 +56,9 @@ class Strategy:
     in_demo = True  # `relaykit demo` runs it
     one_entry_per_expert = False  # `--strategy NAME` without name=...: one entry per loaded expert
     shipped_models: dict[str, str] = {}  # role -> shipped checkpoint it uses on the shipped pair (e.g. a trained small)
+    tunes: tuple[str, ...] = ()  # options `relaykit calibrate settings` measures per pair (a bare name runs them)
+    tuning_required = False  # a bare name needs tuned settings: a default rule could lose the answer
+    settings: Settings | None = None  # the options it was built with and where they came from (set by the api)
 
     def __init__(
         self,

@@ -46,6 +46,8 @@ class Transition:
 class EarlyExit(Strategy):
     Config = EarlyExitConfig
     in_demo = False
+    tunes = ("probe_model", "threshold")
+    tuning_required = True  # a reasoning model probing itself can be confident and wrong (RESULTS: early exit)
 
     def __init__(self, models: dict, config=None, *args, **kwargs):
         from ..api import build_strategy

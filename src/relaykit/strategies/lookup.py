@@ -54,6 +54,7 @@ class Lookup(Strategy):
     """The model alone, checking drafts copied from its own context."""
 
     Config = LookupConfig
+    tunes = ("k",)
 
     def holdback(self) -> int:
         return self.config.k

@@ -35,6 +35,7 @@ class RelayGen(SegmentRelay):
     """The large model drives; a selected cue hands the rest of the sentence to the small model."""
 
     Config = RelayGenConfig
+    tunes = ("speculative", "draft_confidence")
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)

@@ -145,6 +145,7 @@ def speculative_round(request, sequence: Sequence, k: int, draft_confidence: flo
 class Speculative(Strategy):
     roles = ("large", "small")
     Config = SpeculativeConfig
+    tunes = ("k", "max_k", "adaptive", "draft_confidence")
 
     def holdback(self) -> int:
         return self.config.max_k if self.config.adaptive else self.config.k
