@@ -303,7 +303,7 @@ def calibrate_settings_command(args: argparse.Namespace) -> int:
         workloads[name.strip()] = dataset.strip()
     fixed = {"relaygen": {"cues": args.cues}} if args.cues else {}
     calibration = dataclasses.replace(calibration, **changes, workloads=workloads, fixed=fixed)
-    if calibration.limit < 1 or calibration.batch_size < 1:
+    if any(value is not None and value < 1 for value in (calibration.limit, calibration.batch_size)):
         raise RelaykitError("--limit and --batch-size must be >= 1")
     roles = ("large", "small", *(role for role in ("difficulty", "prober") if getattr(args, role) or
                                  (args.large is None and args.small is None)))
@@ -562,7 +562,7 @@ def build_parser() -> argparse.ArgumentParser:
                            help="cues (default): RelayGen's cues and check; adaptive: the adaptive strategy's thresholds; "
                            "settings: every strategy's speed settings for the pair")
     calibrate.add_argument("--dataset", help="dataset spec (default toy:calibration; adaptive: toy:dev)")
-    calibrate.add_argument("--limit", type=int, help="problems to run (default 100; settings: 40 per workload; on the toy world adaptive 100 and early-exit 16, batched by 8)")
+    calibrate.add_argument("--limit", type=int, help="problems to run (default 100; settings: 40 per workload; on the toy world adaptive 300 and early-exit 100, batched by 8)")
     calibrate.add_argument("--out", help="output JSON (default cues.json, with a PNG plot beside it; adaptive: adaptive.json; "
                            "settings: relaykit-settings.json beside the large model)")
     calibrate.add_argument("--strategies", help="settings: the strategies to tune, comma-separated (default: "
@@ -578,7 +578,7 @@ def build_parser() -> argparse.ArgumentParser:
     calibrate.add_argument("--more", type=int, default=4, help="adaptive: samples drawn next in the middle band (default 4)")
     calibrate.add_argument("--tolerance", type=float,
                            help="adaptive: accuracy it may lose against the escalation alone (default 0.005); settings: "
-                           "against the large model alone (default 0.01: one point)")
+                           "against the large model alone (default: 0.01 for adaptive, 0 for the others)")
     calibrate.add_argument("--budget", type=float,
                            help="adaptive: instead, the most accurate thresholds whose FLOPs are at most this share of "
                            "the escalation's (e.g. 0.5)")
