@@ -27,12 +27,13 @@ RELAYGEN = [dict(speculative=0, draft_confidence=0.0), dict(speculative=32, draf
             dict(speculative=128, draft_confidence=0.8)]
 LOOKUP = [dict(k=5), dict(k=3), dict(k=10)]
 EXIT_THRESHOLDS = (0.95, 0.99, 0.9)  # DEER's 0.95 first: on a tie the paper's default stays
+LIMIT = 40  # calibration problems per strategy
+BATCH_SIZE = 1  # speed-ups at one request at a time (latency), as speculative methods are used
 # The workloads a strategy is for, on the toy world, as (dataset, problems, batch size): compute by
-# difficulty needs problems of several levels, early exit long thinking (1,600 tokens a problem,
-# batched); other pairs calibrate every strategy on --dataset
-# (adaptive's thresholds are chosen on the same problems: 300, as the shipped adaptive calibration)
+# difficulty needs problems of several levels (its thresholds are chosen on the same 300, as the
+# shipped adaptive calibration was), early exit long thinking (1,600 tokens a problem, batched);
+# other pairs calibrate every strategy on --dataset
 TOY_WORKLOADS = {"adaptive": ("toy:mixed:calibration", 300, 8), "early-exit": ("toy:long:calibration", 100, 8)}
-LIMIT = 40
 # Accuracy a setting may lose against the large model alone on the calibration problems. Compute by
 # difficulty hands whole problems to the small model, so any useful threshold trades some answers
 # (Snell et al. 2024 allocate compute under a budget): one point, 3 of 300 toy problems. The others
@@ -40,7 +41,6 @@ LIMIT = 40
 # it (early exit: on 100 calibration problems threshold 0.9 lost one that 0.95 kept, and one of 60
 # unseen ones too)
 TOLERANCE = {"adaptive": 0.01}
-BATCH_SIZE = 1  # speed-ups at one request at a time (latency), as speculative methods are used
 TIE = 0.03  # speed-ups this close to the fastest count as a tie (a run's noise), broken by fewer FLOPs
 
 
