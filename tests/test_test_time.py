@@ -78,7 +78,7 @@ def test_early_exit_answers_with_its_probe(shipped_pair):
     the inducer, then the probe's tokens."""
     problems = load_split("test", 2, long=True)
     prompts = [encode_prompt(shipped_pair["large"].tokenizer, p.question) for p in problems]
-    results = _make(shipped_pair, "early-exit", budget=2400).generate(prompts)
+    results = _make(shipped_pair, "early-exit", budget=2400, probe_model="large").generate(prompts)  # DEER: it probes itself
     for result in results:
         assert [e.reason for e in result.events] == ["early exit"]
         assert len(result.token_ids) < 200  # the long variant writes about 1,600 tokens

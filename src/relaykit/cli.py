@@ -17,6 +17,16 @@ COLOURS = {"large": "bold magenta", "small": "cyan", "prompt": "dim"}
 SHORT_DTYPES = {"float32": "f32", "bfloat16": "bf16", "float16": "f16"}  # the usage table's engine column
 TUNED_NOTE = ("A strategy named without the options it tunes runs the settings relaykit calibrate settings measured "
               "for the pair (the shipped pair ships them); naming any of those options runs its defaults with yours.")
+
+
+def tuned_note() -> str:
+    """TUNED_NOTE and the shipped pair's tuned settings, for --help."""
+    tuned = api.tuned_settings(None, None)
+    if tuned is None:
+        return TUNED_NOTE
+    chosen = ", ".join(f"{name}[{' '.join(f'{k}={v}' for k, v in entry['options'].items())}]"
+                       for name, entry in tuned.strategies.items() if "options" in entry)
+    return f"{TUNED_NOTE} The shipped pair's: {chosen}."
 CUES_NOTE = ("With the shipped toy pair (the default models), --cues defaults to the pair's calibrated cues and "
              "--check to the threshold calibrated with them (--check inf: no check).")
 
@@ -154,7 +164,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
     if args.json:
         models = {role: model.describe() for role, model in strategy.models.items()}
         for result in results:
-            print(json.dumps({**result.to_dict(), "models": models}))
+            print(json.dumps({**result.to_dict(), "models": models, "settings": dataclasses.asdict(strategy.settings)}))
         return 0
     console = Console()
     for prompt, result in zip(args.prompt, results):
@@ -165,6 +175,9 @@ def cmd_generate(args: argparse.Namespace) -> int:
         console.print(text)
         legend = "  ".join(f"[{COLOURS.get(r, 'green')}]{r}[/]" for r in strategy.roles)
         console.print(f"[dim]written by:[/] {legend}   [dim]finish: {result.finish_reason}, {result.seconds:.2f} s[/]")
+        if strategy.settings.source.startswith("tuned"):
+            options = " ".join(f"{k}={v}" for k, v in strategy.settings.options.items())
+            console.print(f"settings: {options} ({strategy.settings.source})", style="dim", markup=False, highlight=False)
         table = Table("model", "engine", "prefill tokens", "decode tokens", "tokens written", "forward calls", "seconds")
         table.add_column("FLOPs", no_wrap=True)
         for role, usage in result.usage.items():
@@ -458,7 +471,7 @@ def add_evaluation_options(parser: argparse.ArgumentParser, strategies: dict) ->
     parser.set_defaults(max_new_tokens=None)  # the dataset's own budget (see run_evaluation)
     parser.add_argument("--settings", help="a settings file of relaykit calibrate settings for the pair (default: the one "
                         "beside the large model, if any; the shipped pair ships its own); none: the strategies' defaults")
-    add_strategy_options(parser, strategies, note=f"{CUES_NOTE} {TUNED_NOTE}")
+    add_strategy_options(parser, strategies, note=f"{CUES_NOTE} {tuned_note()}")
 
 
 def add_training(what, name: str, run, help: str, description: str) -> argparse.ArgumentParser:
@@ -503,7 +516,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_model_options(generate)
     add_sampling_options(generate)
     add_kv_options(generate)
-    add_strategy_options(generate, STRATEGIES, note=f"{CUES_NOTE} {TUNED_NOTE}")
+    add_strategy_options(generate, STRATEGIES, note=f"{CUES_NOTE} {tuned_note()}")
     generate.set_defaults(run=cmd_generate)
 
     evaluate = commands.add_parser(

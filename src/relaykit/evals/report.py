@@ -23,6 +23,8 @@ from rich import box
 from rich.table import Table
 from rich.text import Text
 
+from .harness import LENGTH_FLAG
+
 _HTML_COLOURS = {"small": "#cfe3ff", "large": "#ffd6a5", "prompt": "#e9e9e9"}
 _HTML_PALETTE = ("#caffbf", "#ffc6ff", "#fdffb6", "#9bf6ff", "#ffadad", "#bdb2ff")
 _RICH_STYLES = {"small": "cyan", "large": "bold magenta", "prompt": "dim"}
@@ -31,7 +33,7 @@ _MARKER_AREA = 60  # of a plotted point, in points squared
 _NAME_WIDTH = 21  # the strategy column's width in an 80-column terminal
 _COLUMNS = ("strategy", "accuracy", "large-token share", "switches/problem", "FLOPs", "wall s", "tokens/s", "speed-up vs large",
             "samples/problem", "outcome efficiency", "process efficiency", "stopped at length")
-CUT_NOTE = "! answers stopped at the length limit on over 5% of problems: raise --max-new-tokens"
+CUT_NOTE = f"! answers stopped at the length limit on over {LENGTH_FLAG:.0%} of problems: raise --max-new-tokens"
 
 
 def markdown_table(results: dict) -> str:
