@@ -453,7 +453,10 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from .strategies.base import EXPERTS
 
     fusion = ("router", EXPERTS) if args.router or args.expert else ()  # FusionRoute's models when named
-    models = load_models_from_args(args, ("large", "small", *fusion))
+    tuned = api.tuned_settings(args.large, args.small)
+    tuned_names = [name for name, entry in (tuned.strategies if tuned else {}).items() if "options" in entry]
+    helpers = api.required_roles(tuned_names, add_baseline=False, tuned=tuned)  # what bare names run with (a prober, ...)
+    models = load_models_from_args(args, tuple(dict.fromkeys(("large", "small", *fusion, *helpers))))
     api_key = args.api_key or os.environ.get("RELAYKIT_API_KEY") or None
     app = create_app(models, kv_policy=policy, api_key=api_key, max_concurrency=args.max_concurrency)
     names = ", ".join(app.state.service.available())
