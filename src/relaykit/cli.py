@@ -296,7 +296,7 @@ def calibrate_settings_command(args: argparse.Namespace) -> int:
     import time
 
     from .calibrate.settings import SettingsCalibration, calibrate_settings
-    from .strategies.base import get_strategy
+    from .strategies.base import get_strategy, load_all
     from .tuned import settings_path, write_tuned
 
     calibration = SettingsCalibration()
@@ -305,7 +305,8 @@ def calibrate_settings_command(args: argparse.Namespace) -> int:
         changes["strategies"] = tuple(name.strip() for name in args.strategies.split(",") if name.strip())
         for name in changes["strategies"]:
             if not get_strategy(name).tunes:
-                raise RelaykitError(f"{name} has no settings to tune; these do: speculative, relaygen, lookup, adaptive, early-exit")
+                tuned = ", ".join(other for other, cls in sorted(load_all().items()) if cls.tunes)
+                raise RelaykitError(f"{name} has no settings to tune; these do: {tuned}")
     if args.dataset:
         changes["dataset"] = args.dataset
     workloads = {}
@@ -572,7 +573,7 @@ def build_parser() -> argparse.ArgumentParser:
         "on the same problems, and the fastest by wall time that keeps the large model's accuracy (--tolerance) is written beside the "
         "large model (relaykit-settings.json), where a bare strategy name finds it; every candidate's speed-up and "
         "FLOPs are written too. On the toy world adaptive is calibrated on toy:mixed:calibration and early-exit on "
-        "toy:long:calibration (--workload NAME=DATASET for others). About 12 minutes for the shipped pair on 2 cores.",
+        "toy:long:calibration (--workload NAME=DATASET for others). About 7 minutes for the shipped pair on 2 cores.",
     )
     calibrate.add_argument("what", nargs="?", choices=("cues", "adaptive", "settings"), default="cues",
                            help="cues (default): RelayGen's cues and check; adaptive: the adaptive strategy's thresholds; "
