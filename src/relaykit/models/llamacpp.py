@@ -8,9 +8,10 @@ Needs `pip install 'relaykit[llamacpp]'` (llama-cpp-python; it compiles llama.cp
 
 On a CPU with AMX, models load without llama.cpp's extra buffer types (`use_extra_bufts = False`):
 there llama.cpp repacks weights for its AMX kernels, and the first decode segfaults (upstream
-llama.cpp issue #20824, a crash in `ggml_backend_amx_mul_mat`). As measured for this project with
-llama-cpp-python 0.3.36 on a Xeon with AVX-512 BF16 and AMX (2 threads; shared engine notes): SmolLM2-135M Q4_1 with the defaults crashes
-in its first decode, with `use_extra_bufts = False` it decodes at 65-66 tokens/s. ggml reads no
+llama.cpp issue #20824, a crash in `ggml_backend_amx_mul_mat`). As measured for this project
+(llama-cpp-python 0.3.36, a Xeon with AVX-512 BF16 and AMX, 2 threads; shared engine notes),
+SmolLM2-135M Q4_1 with the defaults crashes in its first decode, and with `use_extra_bufts = False`
+it decodes at 65-66 tokens/s. ggml reads no
 setting that turns off AMX alone at run time (AMX is a build option, GGML_AMX_* or GGML_NATIVE on an
 AMX CPU), and for Q4_1 weights the other extra buffer type (CPU_REPACK) has no layout: on an AMD EPYC
 without AMX, llama.cpp reports that none of the model's tensors can use it, and it decodes as
