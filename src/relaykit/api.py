@@ -20,7 +20,7 @@ from .models.kv import KVPolicy
 from .models.kv import make_policy as kv_policy
 from .models.loading import Model, load_model
 from .models.remote import RemoteModel, is_remote, load_remote
-from .options import config_from_dict, flag, strategy_variant
+from .options import config_from_dict, flag, strategy_variant, variant_text
 from .strategies.base import EXPERTS, Strategy, expert_roles, get_strategy
 from .tuned import Settings, Tuned, find_tuned
 from .toyworld import CHECKPOINTS, FUSIONROUTE, SHIPPED_CUES, TOY_DIFFICULTY, TOY_LARGE, TOY_PROBER, TOY_SMALL, TOY_VERIFIER, is_shipped_pair
@@ -167,15 +167,14 @@ def _with_tuned(cls: type[Strategy], given: dict, tuned: Tuned | None) -> tuple[
     it tunes none), else the pair's tuned settings under `given`. A strategy whose default could
     lose the answer (`tuning_required`) is refused without tuned settings; so is one whose
     calibration kept no setting."""
-    if not cls.tunes or set(given) & set(cls.tunes):
-        return given, Settings(given, "given" if given else "defaults")
-    entry = tuned.entry(cls.name) if tuned is not None else None
+    named = not cls.tunes or set(given) & set(cls.tunes)
+    entry = tuned.entry(cls.name) if tuned is not None and not named else None
     if entry is None:
-        if cls.tuning_required:
-            example = " ".join(f"{key}={getattr(cls.Config(), key)}" for key in cls.tunes)
+        if cls.tuning_required and not named:
+            example = variant_text(cls.name, {key: getattr(cls.Config(), key) for key in cls.tunes})
             raise RelaykitError(
                 f"{cls.name} has no settings tuned for this pair, and its default rule can lose the answer "
-                f"(relaykit calibrate settings measures one); to run a rule anyway, name it: {cls.name}[{example}]")
+                f"(relaykit calibrate settings measures one); to run a rule anyway, name it: {example}")
         return given, Settings(given, "given" if given else "defaults")
     if "refused" in entry:
         raise RelaykitError(f"{cls.name}: no setting kept the large model's accuracy on this pair "

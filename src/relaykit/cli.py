@@ -11,7 +11,7 @@ from pathlib import Path
 
 from . import api
 from .errors import RelaykitError
-from .options import add_strategy_options, options_from_args
+from .options import add_strategy_options, options_from_args, options_text, variant_text
 
 COLOURS = {"large": "bold magenta", "small": "cyan", "prompt": "dim"}
 SHORT_DTYPES = {"float32": "f32", "bfloat16": "bf16", "float16": "f16"}  # the usage table's engine column
@@ -24,8 +24,7 @@ def tuned_note() -> str:
     tuned = api.tuned_settings(None, None)
     if tuned is None:
         return TUNED_NOTE
-    chosen = ", ".join(f"{name}[{' '.join(f'{k}={v}' for k, v in entry['options'].items())}]"
-                       for name, entry in tuned.strategies.items() if "options" in entry)
+    chosen = ", ".join(variant_text(name, entry["options"]) for name, entry in tuned.strategies.items() if "options" in entry)
     return f"{TUNED_NOTE} The shipped pair's: {chosen}."
 CUES_NOTE = ("With the shipped toy pair (the default models), --cues defaults to the pair's calibrated cues and "
              "--check to the threshold calibrated with them (--check inf: no check).")
@@ -176,8 +175,8 @@ def cmd_generate(args: argparse.Namespace) -> int:
         legend = "  ".join(f"[{COLOURS.get(r, 'green')}]{r}[/]" for r in strategy.roles)
         console.print(f"[dim]written by:[/] {legend}   [dim]finish: {result.finish_reason}, {result.seconds:.2f} s[/]")
         if strategy.settings.source.startswith("tuned"):
-            options = " ".join(f"{k}={v}" for k, v in strategy.settings.options.items())
-            console.print(f"settings: {options} ({strategy.settings.source})", style="dim", markup=False, highlight=False)
+            console.print(f"settings: {options_text(strategy.settings.options)} ({strategy.settings.source})", style="dim",
+                          markup=False, highlight=False)
         table = Table("model", "engine", "prefill tokens", "decode tokens", "tokens written", "forward calls", "seconds")
         table.add_column("FLOPs", no_wrap=True)
         for role, usage in result.usage.items():

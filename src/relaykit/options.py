@@ -14,6 +14,16 @@ import typing
 from .errors import RelaykitError
 
 
+def options_text(options: dict) -> str:
+    """{"k": 8, "draft_confidence": 0.8} -> "k=8 draft_confidence=0.8", as a variant writes them."""
+    return " ".join(f"{key}={value}" for key, value in options.items())
+
+
+def variant_text(name: str, options: dict) -> str:
+    """("speculative", {"k": 8}) -> "speculative[k=8]": the variant `strategy_variant` reads back."""
+    return f"{name}[{options_text(options)}]"
+
+
 def flag(name: str) -> str:
     """The command-line flag of option `name`: draft_confidence -> --draft-confidence."""
     return "--" + name.replace("_", "-")

@@ -14,6 +14,7 @@ import time
 from ..decoding.stopping import StopConfig
 from ..evals.datasets import load_dataset, token_budget
 from ..evals.harness import EvalSettings, evaluate
+from ..options import variant_text
 from ..strategies.adaptive import AdaptiveConfig
 from ..strategies.base import get_strategy
 from .adaptive import calibrate_adaptive
@@ -26,6 +27,7 @@ SPECULATIVE = [dict(k=4, max_k=16, adaptive=False, draft_confidence=0.0), dict(k
 RELAYGEN = [dict(speculative=0, draft_confidence=0.0), dict(speculative=32, draft_confidence=0.8),
             dict(speculative=128, draft_confidence=0.8)]
 LOOKUP = [dict(k=5), dict(k=3), dict(k=10)]
+FIXED_CANDIDATES = {"speculative": SPECULATIVE, "relaygen": RELAYGEN, "lookup": LOOKUP}
 EXIT_THRESHOLDS = (0.95, 0.99, 0.9)  # DEER's 0.95 first: on a tie the paper's default stays
 LIMIT = 40  # calibration problems per strategy
 BATCH_SIZE = 1  # speed-ups at one request at a time (latency), as speculative methods are used
@@ -71,12 +73,8 @@ def tolerance(name: str, calibration: SettingsCalibration) -> float:
 
 def candidates(name: str, models: dict, problems: list, calibration: SettingsCalibration, budget: int, progress) -> list[dict]:
     """The settings of strategy `name` to try on `models`."""
-    if name == "speculative":
-        return SPECULATIVE
-    if name == "relaygen":
-        return RELAYGEN
-    if name == "lookup":
-        return LOOKUP
+    if name in FIXED_CANDIDATES:
+        return FIXED_CANDIDATES[name]
     if name == "early-exit":
         probes = ["prober", "large"] if "prober" in models else ["large"]
         return [dict(probe_model=probe, threshold=t) for probe in probes for t in EXIT_THRESHOLDS]
@@ -99,10 +97,6 @@ def losses(large: dict, entry: dict) -> int:
     return sum(a["correct"] and not b["correct"] for a, b in zip(large["problems"], entry["problems"]))
 
 
-def label(name: str, options: dict) -> str:
-    return f"{name}[{' '.join(f'{k}={v}' for k, v in options.items())}]"
-
-
 def calibrate_settings(models: dict, calibration: SettingsCalibration, progress=print) -> dict:
     """Strategy name -> its entry for the settings file: the chosen options and figures, every
     candidate's figures; or "refused" with the reason."""
@@ -116,10 +110,10 @@ def calibrate_settings(models: dict, calibration: SettingsCalibration, progress=
         started = time.perf_counter()
         dataset, limit, batch_size = workload(name, calibration)
         problems = load_dataset(dataset, limit)
-        options = candidates(name, models, problems, calibration, token_budget(dataset), progress)
-        stop = StopConfig(max_new_tokens=token_budget(dataset))
-        labels = {label(name, {**calibration.fixed.get(name, {}), **o}): o for o in options}
-        strategies = build_strategies(["large", *labels], models, stop=stop)
+        budget = token_budget(dataset)
+        options = candidates(name, models, problems, calibration, budget, progress)
+        labels = {variant_text(name, {**calibration.fixed.get(name, {}), **o}): o for o in options}
+        strategies = build_strategies(["large", *labels], models, stop=StopConfig(max_new_tokens=budget))
         progress(f"{name}: {len(options)} settings on {len(problems)} problems of {dataset}")
         results = evaluate(strategies, problems, dataset, EvalSettings(batch_size=batch_size))["strategies"]
         large = results["large"]
@@ -139,6 +133,6 @@ def calibrate_settings(models: dict, calibration: SettingsCalibration, progress=
         else:
             entry = {"refused": f"every setting tried lost accuracy against the large model alone on {dataset}", **entry}
         chosen[name] = entry
-        progress(f"{name}: " + (label(name, entry["options"]) + f" {entry['speedup_vs_large']:.2f}x, "
+        progress(f"{name}: " + (variant_text(name, entry["options"]) + f" {entry['speedup_vs_large']:.2f}x, "
                                 f"{entry['flops_vs_large']:.2f}x FLOPs" if "options" in entry else "refused"))
     return chosen

@@ -23,6 +23,7 @@ from rich import box
 from rich.table import Table
 from rich.text import Text
 
+from ..options import options_text
 from .harness import LENGTH_FLAG
 
 _HTML_COLOURS = {"small": "#cfe3ff", "large": "#ffd6a5", "prompt": "#e9e9e9"}
@@ -50,8 +51,7 @@ def settings_lines(results: dict) -> list[str]:
     for name, s in results["strategies"].items():
         settings = s.get("settings") or {}
         if settings.get("source", "").startswith("tuned"):
-            options = " ".join(f"{k}={v}" for k, v in settings["options"].items())
-            lines.append(f"{name}: {options} ({settings['source']})")
+            lines.append(f"{name}: {options_text(settings['options'])} ({settings['source']})")
     return lines
 
 
