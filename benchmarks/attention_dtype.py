@@ -46,9 +46,12 @@ def main() -> None:
         query = torch.randn(args.rows, HEADS, 1, HEAD_DIM, dtype=dtype)
         mask = torch.zeros(args.rows, 1, 1, args.span, dtype=dtype)
         name = str(dtype).removeprefix("torch.")
-        figures[f"sdpa_{name}_ms"] = best_ms(lambda: F.scaled_dot_product_attention(query, keys, values, attn_mask=mask))
-        figures[f"matmul_{name}_ms"] = best_ms(lambda: torch.softmax(query @ keys.transpose(-1, -2) + mask, -1) @ values)
-    ratios = {form: round(figures[f"{form}_bfloat16_ms"] / figures[f"{form}_float32_ms"], 3) for form in ("sdpa", "matmul")}
+        figures[f"sdpa_{name}_ms"] = best_ms(
+            lambda q=query, k=keys, v=values, m=mask: F.scaled_dot_product_attention(q, k, v, attn_mask=m))
+        figures[f"matmul_{name}_ms"] = best_ms(
+            lambda q=query, k=keys, v=values, m=mask: torch.softmax(q @ k.transpose(-1, -2) + m, -1) @ v)
+    ratios = {form: round(figures[f"{form}_bfloat16_ms"] / figures[f"{form}_float32_ms"], 3)
+              for form in ("sdpa", "matmul")}
     for name, value in figures.items():
         print(f"{name}: {value:.3f}")
     print(json.dumps({"rows": args.rows, "span": args.span, "threads": args.threads,

@@ -37,7 +37,8 @@ TUNED = ("speculative", "relaygen", "lookup")  # the worded pair has no difficul
 
 
 def run_eval(strategies: str, dataset: str, limit: int, out: Path, flags: list[str]) -> dict:
-    code = relaykit(["eval", "--strategy", strategies, "--dataset", dataset, "--limit", str(limit), "--out", str(out), *flags])
+    code = relaykit(["eval", "--strategy", strategies, "--dataset", dataset, "--limit", str(limit), "--out", str(out),
+                     *flags])
     if code:
         raise SystemExit(f"relaykit eval {strategies} on {dataset} failed with exit code {code}")
     return json.loads((out / "results.json").read_text())["strategies"]
@@ -47,7 +48,8 @@ def figures(entries: dict) -> dict:
     """Per strategy: accuracy, its difference from the large model's, speed-up, FLOPs and tokens
     against the large model alone, and the share of answers cut by the budget."""
     large = entries["large"]
-    return {name: {"accuracy": round(e["accuracy"], 4), "accuracy_minus_large": round(e["accuracy"] - large["accuracy"], 4),
+    return {name: {"accuracy": round(e["accuracy"], 4),
+                   "accuracy_minus_large": round(e["accuracy"] - large["accuracy"], 4),
                    "speedup": round(e["speedup_vs_large"], 3), "flops_vs_large": round(e["flops"] / large["flops"], 3),
                    "tokens_vs_large": round(e["tokens"] / large["tokens"], 3), "length_stops": e["length_stops"],
                    "settings": e["settings"]}
@@ -67,10 +69,13 @@ def worded(seed: int, folder: Path, out: Path) -> dict:
             raise SystemExit(f"relaykit calibrate settings failed with exit code {code}")
     names = ",".join(TUNED)
     dataset = f"toy:worded:fresh:{seed}"
-    tuned = figures(run_eval(names, dataset, 150, out / "worded-tuned", [*pair, "--settings", str(settings), "--batch-size", "1"]))
-    default = figures(run_eval(names, dataset, 150, out / "worded-defaults", [*pair, "--settings", "none", "--batch-size", "1"]))
+    tuned = figures(run_eval(names, dataset, 150, out / "worded-tuned",
+                             [*pair, "--settings", str(settings), "--batch-size", "1"]))
+    default = figures(run_eval(names, dataset, 150, out / "worded-defaults",
+                               [*pair, "--settings", "none", "--batch-size", "1"]))
     return {"tuned": tuned, "defaults": default,
-            "tuned_over_defaults": {name: round(tuned[name]["speedup"] / default[name]["speedup"], 3) for name in TUNED}}
+            "tuned_over_defaults": {name: round(tuned[name]["speedup"] / default[name]["speedup"], 3)
+                                    for name in TUNED}}
 
 
 def main() -> None:
@@ -78,7 +83,8 @@ def main() -> None:
     parser.add_argument("--seed", type=int, required=True, help="a fresh toy seed never used before")
     parser.add_argument("--only", default=",".join(CHECKS), help=f"checks to run (default all: {', '.join(CHECKS)})")
     parser.add_argument("--pair", choices=("shipped", "worded"), default="shipped")
-    parser.add_argument("--pair-folder", default="runs/bench-relaygen-fresh/pair", help="worded: the fine-tuned pair's folder")
+    parser.add_argument("--pair-folder", default="runs/bench-relaygen-fresh/pair",
+                        help="worded: the fine-tuned pair's folder")
     parser.add_argument("--out", default="runs/bench-defaults")
     args = parser.parse_args()
     out = Path(args.out) / f"seed-{args.seed}"

@@ -1,6 +1,6 @@
 """A native forward's fixed CPU cost on the shipped toy models (batch 1, one thread).
 
-Each step feeds `width` tokens to a ~200-token sequence through `Runner.score`, then rolls them
+Each step feeds `width` tokens to a ~200-token sequence through `LocalRunner.score`, then rolls them
 back, so every step sees the same length. Prints the median milliseconds per step: the whole
 `score` call and the engine's forward alone. Ends with one JSON line of the ratios that bound
 what a small model can save at batch 1: a large forward over a small one, and a 9-token
@@ -26,13 +26,13 @@ import torch
 
 from relaykit.decoding.sequence import Sequence
 from relaykit.models.loading import load_model
-from relaykit.models.runner import Runner
+from relaykit.runtime.local_runner import LocalRunner
 
 CHECKPOINTS = Path(__file__).resolve().parents[1] / "src" / "relaykit" / "toyworld" / "checkpoints"
 CASES = [("toy-small", 1), ("toy-large", 1), ("toy-large", 2), ("toy-large", 9)]
 
 
-def measure(runner: Runner, width: int, repeats: int, blocks: int = 5) -> tuple[float, float]:
+def measure(runner: LocalRunner, width: int, repeats: int, blocks: int = 5) -> tuple[float, float]:
     """Median ms per step over `blocks` blocks: (score call, engine forward)."""
     rng = random.Random(0)
     sequence = Sequence([rng.randrange(3, 182) for _ in range(200)])
@@ -55,7 +55,7 @@ def measure(runner: Runner, width: int, repeats: int, blocks: int = 5) -> tuple[
 def per_row(model, rows: int, cached: int, repeats: int = 30) -> float:
     """Median microseconds per row of a decode step of `rows` rows over `cached` tokens each."""
     rng = random.Random(0)
-    runner = Runner(model, "large")
+    runner = LocalRunner(model, "large")
     sequences = [Sequence([rng.randrange(3, 182) for _ in range(cached)]) for _ in range(rows)]
     runner.score(sequences, 1)
     steps = []
@@ -81,7 +81,7 @@ def main() -> None:
     print(f"{'model':<10} {'width':>5} {'score ms':>9} {'forward ms':>11}")
     ms = {}
     for name, width in CASES:
-        total, forward = measure(Runner(models[name], "large"), width, args.repeats)
+        total, forward = measure(LocalRunner(models[name], "large"), width, args.repeats)
         ms[f"{name}/{width}"] = total
         print(f"{name:<10} {width:>5} {total:>9.3f} {forward:>11.3f}")
     figures = {"benchmark": "engine_overhead", "score_ms": {k: round(v, 3) for k, v in ms.items()},

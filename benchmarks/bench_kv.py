@@ -16,15 +16,15 @@ from pathlib import Path
 import torch
 
 from pairs import build_pair, prompts
+from relaykit.answers import answers_match, extract_answer
 from relaykit.api import default_model
-from relaykit.toyworld.tasks import load_split
 from relaykit.decoding.prompt import encode_prompt
 from relaykit.decoding.stopping import StopConfig
-from relaykit.evals.answers import answers_match, extract_answer
 from relaykit.models.kv import make_policy
 from relaykit.models.loading import load_model
+from relaykit.runtime.session import Session
 from relaykit.strategies.base import get_strategy
-
+from relaykit.toyworld.tasks import load_split
 
 COMPARED = ("rpc", "h2o", "streaming")  # the policies measured beside the full cache
 
@@ -45,15 +45,16 @@ def measure(model, policies: dict, batch: list[list[int]], new_tokens: int, repe
     """Per policy: throughput (the best of `repeats` rounds, interleaved: the machine is shared)
     and peak KV bytes."""
     stop = StopConfig(max_new_tokens=new_tokens, ignore_eos=True)
-    strategies = {name: get_strategy("single")({"large": model}, stop=stop, kv_policy=p) for name, p in policies.items()}
+    strategy = get_strategy("single")({"large": model}, stop=stop)
+    sessions = {name: Session(strategy.models, p) for name, p in policies.items()}
     seconds = {name: float("inf") for name in policies}
     for _ in range(repeats):
-        for name, strategy in strategies.items():
+        for name, session in sessions.items():
             started = time.perf_counter()
-            strategy.generate(batch)
+            session.generate(strategy, batch)
             seconds[name] = min(seconds[name], time.perf_counter() - started)
     tokens = len(batch) * new_tokens
-    caches = {name: strategy.runners["large"].engine.cache for name, strategy in strategies.items()}
+    caches = {name: session.runners["large"].engine.cache for name, session in sessions.items()}
     return {name: {"tokens_per_second": tokens / seconds[name], "peak_kv_bytes": cache.peak_bytes,
                    "peak_used_kv_bytes": cache.peak_used_bytes} for name, cache in caches.items()}
 
@@ -62,9 +63,9 @@ def profile(model, policies: dict, batch: list[list[int]], new_tokens: int, top:
     """Where a generation's time goes, per policy: the functions with the most own time (cProfile)."""
     stop = StopConfig(max_new_tokens=new_tokens, ignore_eos=True)
     for name, policy in policies.items():
-        strategy = get_strategy("single")({"large": model}, stop=stop, kv_policy=policy)
+        strategy = get_strategy("single")({"large": model}, stop=stop)
         profiler = cProfile.Profile()
-        profiler.runcall(strategy.generate, batch)
+        profiler.runcall(Session(strategy.models, policy).generate, strategy, batch)
         stats = pstats.Stats(profiler)
         total = stats.total_tt
         print(f"  profile {name} ({total:.1f} s under cProfile):")
@@ -83,17 +84,19 @@ def accuracy(model, policies: dict, count: int, max_new_tokens: int) -> dict:
     batch = [encode_prompt(model.tokenizer, p.question) for p in problems]
     scores = {}
     for name, policy in policies.items():
-        strategy = get_strategy("single")({"large": model}, stop=StopConfig(max_new_tokens=max_new_tokens),
-                                          kv_policy=policy)
-        results = [r for start in range(0, len(batch), 8) for r in strategy.generate(batch[start : start + 8])]
+        strategy = get_strategy("single")({"large": model}, stop=StopConfig(max_new_tokens=max_new_tokens))
+        session = Session(strategy.models, policy)
+        results = [r for start in range(0, len(batch), 8) for r in session.generate(strategy, batch[start : start + 8])]
         scores[name] = sum(answers_match(extract_answer(r.text), p.answer) for r, p in zip(results, problems)) / count
-        print(f"  accuracy {name:10s} {scores[name]:.3f} (mean length {sum(len(r.token_ids) for r in results) / count:.0f})")
+        print(f"  accuracy {name:10s} {scores[name]:.3f} "
+              f"(mean length {sum(len(r.token_ids) for r in results) / count:.0f})")
     return scores
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--large", help="checkpoint (default: the shipped toy-large, else a 16-layer Llama built from a config)")
+    parser.add_argument("--large", help="checkpoint (default: the shipped toy-large, "
+                                        "else a 16-layer Llama built from a config)")
     parser.add_argument("--new-tokens", type=int, default=1536)
     parser.add_argument("--prompt-length", type=int, default=32)
     parser.add_argument("--interval", type=int, default=256, help="RPC P (scaled down from 4096)")
@@ -132,9 +135,12 @@ def main() -> None:
         full = measured["full"]
         print(f"batch {size}:")
         for name, m in measured.items():
-            print(f"  {name:10s} {m['tokens_per_second']:8.1f} tok/s  x{m['tokens_per_second'] / full['tokens_per_second']:.2f}"
-                  f"   peak KV used {m['peak_used_kv_bytes'] / 2**20:7.2f} MiB ({m['peak_used_kv_bytes'] / full['peak_used_kv_bytes']:.0%})"
-                  f"   allocated {m['peak_kv_bytes'] / 2**20:7.2f} MiB ({m['peak_kv_bytes'] / full['peak_kv_bytes']:.0%})")
+            print(f"  {name:10s} {m['tokens_per_second']:8.1f} tok/s"
+                  f"  x{m['tokens_per_second'] / full['tokens_per_second']:.2f}"
+                  f"   peak KV used {m['peak_used_kv_bytes'] / 2**20:7.2f} MiB"
+                  f" ({m['peak_used_kv_bytes'] / full['peak_used_kv_bytes']:.0%})"
+                  f"   allocated {m['peak_kv_bytes'] / 2**20:7.2f} MiB"
+                  f" ({m['peak_kv_bytes'] / full['peak_kv_bytes']:.0%})")
         ratios[f"batch{size}"] = {
             name: {"throughput": round(m["tokens_per_second"] / full["tokens_per_second"], 3),
                    "peak_kv_used": round(m["peak_used_kv_bytes"] / full["peak_used_kv_bytes"], 3),

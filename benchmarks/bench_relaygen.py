@@ -65,8 +65,8 @@ def main() -> None:
                   f"relaygen[speculative={k} draft_confidence=0.4 min_large_tokens=1]",
                   "speculative[k=128 max_k=128 draft_confidence=0.8]", "relaygen[speculative=32 draft_confidence=0.8]",
                   f"random-switch[small_share={share:.3f}]", "uncertainty", "speculative-thinking"]
-    run(["eval", "--strategy", ",".join(strategies), "--cues", cues, "--dataset", "toy:test", "--limit", str(args.limit),
-         "--batch-size", "1", "--out", str(out / "test"), *common])
+    run(["eval", "--strategy", ",".join(strategies), "--cues", cues, "--dataset", "toy:test",
+         "--limit", str(args.limit), "--batch-size", "1", "--out", str(out / "test"), *common])
     results = json.loads((out / "test" / "results.json").read_text())["strategies"]
     large = results["large"]["accuracy"]
     figures = {
@@ -78,7 +78,8 @@ def main() -> None:
         }
         for name, entry in results.items()
     }
-    print(json.dumps({"benchmark": "relaygen", "large_accuracy": large, "random_switch_share": round(share, 3), "strategies": figures}))
+    print(json.dumps({"benchmark": "relaygen", "large_accuracy": large, "random_switch_share": round(share, 3),
+                      "strategies": figures}))
 
 
 if __name__ == "__main__":

@@ -1,4 +1,4 @@
-"""Benchmark (issue 20): RelayGen on problems it has never seen, against the large model alone and
+"""Benchmark: RelayGen on problems it has never seen, against the large model alone and
 speculative decoding, with its ablations; one `relaykit eval` run per fresh toy seed, pooled.
 
 Each seed's run has every strategy on the same `toy:fresh:SEED` problems at batch 1 (per-request
@@ -30,7 +30,7 @@ import torch
 
 from relaykit.cli import main as relaykit
 from relaykit.toyworld import TOY_LARGE, TOY_SMALL
-from relaykit.toyworld.train import train_worded
+from relaykit.train.toy.pair import train_worded
 
 # the cues calibration selects from the paper's candidates alone (relaykit calibrate --no-discover)
 PAPER_CUES = "Again|Again,|Wait|Wait,|Also|Also,|Alternatively|Alternatively,|So|Hence|Hence,|Therefore|Therefore,"
@@ -38,7 +38,7 @@ STRATEGIES = [
     "relaygen",  # defaults: calibrated cues and check, a cue may fire at once
     f"relaygen[cues={PAPER_CUES}]",
     "relaygen[check=inf]",  # the paper's plain hand-off
-    "relaygen[check=inf min_large_tokens=5]",  # as shipped before issue 20 (public code's wait)
+    "relaygen[check=inf min_large_tokens=5]",  # the public code's wait, the default before the segment check
     "relaygen[cues=all]",
     "relaygen[cues=all check=inf]",
     "relaygen[cues=none]",  # answer hand-off only
@@ -48,7 +48,7 @@ STRATEGIES = [
     "speculative[k=32 max_k=32 draft_confidence=0.8]",
     "speculative[k=64 max_k=64 draft_confidence=0.8]",
     "speculative[k=128 max_k=128 draft_confidence=0.8]",  # the best on toy:test (dev); longer drafts gain less
-    "speculative[k=128 max_k=128 draft_confidence=0.9]",  # after stop 22's cheaper steps, as good on toy:dev
+    "speculative[k=128 max_k=128 draft_confidence=0.9]",  # as good on toy:dev since the decode step got cheaper
     "relaygen[speculative=8 draft_confidence=0.4]",
     "relaygen[speculative=32 draft_confidence=0.8]",  # drafts at cues wait for the next check
     "relaygen[speculative=64 draft_confidence=0.9]",
@@ -78,8 +78,8 @@ def worded_pair(folder: Path) -> list[str]:
     flags = ["--large", str(folder / "toy-large"), "--small", str(folder / "toy-small")]
     for name, statistic in (("cues.json", []), ("cues-margin.json", ["--statistic", "margin"])):
         if not (folder / name).is_file():
-            code = relaykit(["calibrate", "cues", *flags, *statistic, "--dataset", "toy:worded:calibration", "--limit", "100",
-                             "--threads", "1", "--out", str(folder / name)])
+            code = relaykit(["calibrate", "cues", *flags, *statistic, "--dataset", "toy:worded:calibration",
+                             "--limit", "100", "--threads", "1", "--out", str(folder / name)])
             if code:
                 raise SystemExit(f"relaykit calibrate failed with exit code {code}")
     return flags
@@ -99,19 +99,21 @@ def main() -> None:
     if args.pair == "worded":
         pair = Path(args.out) / "pair"
         flags = worded_pair(pair)
-        strategies = [s.format(cues=pair / "cues.json", margin_cues=pair / "cues-margin.json") for s in WORDED_STRATEGIES]
+        strategies = [s.format(cues=pair / "cues.json", margin_cues=pair / "cues-margin.json")
+                      for s in WORDED_STRATEGIES]
         dataset = "toy:worded:fresh:{}"
     pooled: dict[str, dict] = {}
     for seed in args.seeds.split(","):
         out = Path(args.out) / f"seed-{seed}"
         if not args.reuse:
-            code = relaykit(["eval", "--strategy", ",".join(strategies), "--dataset", dataset.format(seed), *flags, "--limit",
-                             str(args.limit), "--batch-size", "1", "--threads", args.threads, "--out", str(out)])
+            code = relaykit(["eval", "--strategy", ",".join(strategies), "--dataset", dataset.format(seed), *flags,
+                             "--limit", str(args.limit), "--batch-size", "1", "--threads", args.threads,
+                             "--out", str(out)])
             if code:
                 raise SystemExit(f"relaykit eval on seed {seed} failed with exit code {code}")
         for name, entry in json.loads((out / "results.json").read_text())["strategies"].items():
-            total = pooled.setdefault(name, {"correct": 0, "problems": 0, "wall": 0.0, "tokens": 0, "large_tokens": 0, "cuts": 0,
-                                             "large_forwards": 0, "small_forwards": 0})
+            total = pooled.setdefault(name, {"correct": 0, "problems": 0, "wall": 0.0, "tokens": 0,
+                                             "large_tokens": 0, "cuts": 0, "large_forwards": 0, "small_forwards": 0})
             total["problems"] += len(entry["problems"])
             total["correct"] += sum(p["correct"] for p in entry["problems"])
             total["wall"] += entry["wall_seconds"]
@@ -119,7 +121,8 @@ def main() -> None:
             total["large_tokens"] += sum(p["tokens_by"].get("large", 0) for p in entry["problems"])
             total["cuts"] += sum(e["reason"] == "check" for p in entry["problems"] for e in p["events"])
             for role in ("large", "small"):
-                total[f"{role}_forwards"] += sum(p["usage"].get(role, {}).get("forward_calls", 0) for p in entry["problems"])
+                total[f"{role}_forwards"] += sum(p["usage"].get(role, {}).get("forward_calls", 0)
+                                                 for p in entry["problems"])
     large = pooled["large"]
     figures = {
         name: {
@@ -150,8 +153,8 @@ def main() -> None:
     if all(best.values()):
         summary["relaygen_speculative_over_speculative"] = round(
             figures[best["relaygen[speculative="]]["speedup"] / figures[best["speculative"]]["speedup"], 3)
-    print(json.dumps({"benchmark": "relaygen_fresh", "pair": args.pair, "seeds": args.seeds, "problems": large["problems"], **summary,
-                      "strategies": figures}))
+    print(json.dumps({"benchmark": "relaygen_fresh", "pair": args.pair, "seeds": args.seeds,
+                      "problems": large["problems"], **summary, "strategies": figures}))
 
 
 if __name__ == "__main__":

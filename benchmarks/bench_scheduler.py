@@ -33,13 +33,12 @@ from pathlib import Path
 
 import torch
 
+from pairs import shipped_pair
 from relaykit import api
 from relaykit.decoding.prompt import encode_prompt
 from relaykit.decoding.stopping import StopConfig
-from relaykit.runtime import Scheduler
+from relaykit.runtime import Session
 from relaykit.toyworld import load_split
-
-from pairs import shipped_pair
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -57,45 +56,48 @@ def continuous_over_static(pair, prompts, strategies, gap: float, seed: int) -> 
         clock += rng.expovariate(1 / gap)
         arrivals.append((clock, strategies[i % len(strategies)], prompt))
 
-    def forward_seconds(schedulers) -> dict[str, float]:
-        """Seconds each model spent in forwards, over `schedulers`."""
-        return {role: sum(s.runners[role].usage.seconds for s in schedulers if role in s.runners) for role in pair}
+    def forward_seconds(sessions) -> dict[str, float]:
+        """Seconds each model spent in forwards, over `sessions`."""
+        return {role: sum(s.runners[role].usage.seconds for s in sessions if role in s.runners) for role in pair}
 
     def continuous() -> tuple[int, float]:
-        scheduler, handles, pending = Scheduler(pair), [], list(arrivals)
+        session, handles, pending = Session(pair), [], list(arrivals)
+        scheduler = session.scheduler
         start = time.perf_counter()
         while pending or scheduler.busy:
             now = time.perf_counter() - start
             while pending and pending[0][0] <= now:
                 _, strategy, prompt = pending.pop(0)
-                handles.append(scheduler.submit(prompt, strategy))
+                handles.append(session.submit(strategy, prompt))
             if scheduler.busy:
                 scheduler.step()
             elif pending:
                 time.sleep(max(0.0, pending[0][0] - now))
         tokens = sum(len(h.result().token_ids) for h in handles)
-        spent["continuous"] = forward_seconds([scheduler])
+        spent["continuous"] = forward_seconds([session])
         return tokens, time.perf_counter() - start - arrivals[0][0]
 
     def static() -> tuple[int, float]:
         batches = []
         for strategy in strategies:
             mine = [(t, p) for t, s, p in arrivals if s is strategy]
-            batches += [(mine[i : i + 8][-1][0], strategy, [p for _, p in mine[i : i + 8]]) for i in range(0, len(mine), 8)]
+            batches += [(mine[i : i + 8][-1][0], strategy, [p for _, p in mine[i : i + 8]])
+                        for i in range(0, len(mine), 8)]
         batches.sort(key=lambda b: b[0])
-        before = forward_seconds([s.scheduler for s in strategies])
+        before = forward_seconds(own.values())
         start, tokens = time.perf_counter(), 0
         for ready, strategy, batch in batches:
             wait = ready - (time.perf_counter() - start)
             if wait > 0:
                 time.sleep(wait)
-            tokens += sum(len(r.token_ids) for r in strategy.generate(batch))
-        after = forward_seconds([s.scheduler for s in strategies])
+            tokens += sum(len(r.token_ids) for r in own[id(strategy)].generate(strategy, batch))
+        after = forward_seconds(own.values())
         spent["static"] = {role: after[role] - before[role] for role in pair}
         return tokens, time.perf_counter() - start - arrivals[0][0]
 
+    own = {id(strategy): Session(strategy.models) for strategy in strategies}  # static batches: a session each
     for strategy in strategies:
-        strategy.generate(prompts[:1])  # warm-up
+        own[id(strategy)].generate(strategy, prompts[:1])  # warm-up
     spent: dict[str, dict[str, float]] = {}
     (tokens_c, wall_c), (tokens_s, wall_s) = continuous(), static()
     # greedy: the same text either way on the CPU; a GPU's kernels may round differently by batch shape
@@ -111,13 +113,15 @@ def mixed_forwards_saved(pair, prompts, max_new_tokens: int) -> dict:
     large, relaygen = build(pair, "large", max_new_tokens), build(pair, "relaygen", max_new_tokens)
 
     def forwards(groups) -> int:
-        scheduler = Scheduler(pair)
-        scheduler.run([scheduler.submit(p, s) for s, batch in groups for p in batch])
-        return scheduler.runners["large"].usage.forward_calls
+        session = Session(pair)
+        for handle in [session.submit(s, p) for s, batch in groups for p in batch]:
+            handle.result()
+        return session.runners["large"].usage.forward_calls
 
     together = forwards([(large, prompts), (relaygen, prompts)])
     apart = forwards([(large, prompts)]) + forwards([(relaygen, prompts)])
-    return {"large_forwards_together": together, "large_forwards_apart": apart, "mixed_forwards_saved": 1 - together / apart}
+    return {"large_forwards_together": together, "large_forwards_apart": apart,
+            "mixed_forwards_saved": 1 - together / apart}
 
 
 def fork_figures(pair, prompt: list[int], n: int, max_new_tokens: int, repeats: int) -> dict:
@@ -128,11 +132,12 @@ def fork_figures(pair, prompt: list[int], n: int, max_new_tokens: int, repeats: 
     read = {}
     for _ in range(repeats):
         for name, strategy, prompts in (("fork", best_of, [prompt]), ("independent", child, [prompt] * n)):
-            scheduler = Scheduler(pair)
+            session = Session(pair)
             started = time.perf_counter()
-            scheduler.run([scheduler.submit(p, strategy) for p in prompts])
+            for handle in [session.submit(strategy, p) for p in prompts]:
+                handle.result()
             walls[name].append(time.perf_counter() - started)
-            read[name] = scheduler.runners["large"].usage.prefill_tokens  # prompt tokens read (children write the rest)
+            read[name] = session.runners["large"].usage.prefill_tokens  # prompt tokens read (children write the rest)
     fork, independent = statistics.median(walls["fork"]), statistics.median(walls["independent"])
     return {"prompt_tokens": len(prompt), "prefill_fork": read["fork"], "prefill_independent": read["independent"],
             "fork_prefill_ratio": read["fork"] / read["independent"], "fork_speedup": independent / fork}
@@ -149,11 +154,17 @@ from relaykit.toyworld import TOY_LARGE, load_split
 large = load_model(str(TOY_LARGE), name="large")
 strategy = get_strategy("single")({{"large": large}}, stop=StopConfig(max_new_tokens={tokens}, ignore_eos=True))
 prompt = encode_prompt(large.tokenizer, load_split("test", 1)[0].question)
-strategy.generate([prompt])
+try:  # a session runs strategies; older revisions ran them by themselves
+    from relaykit.runtime.session import Session
+    session = Session(strategy.models)
+    run = lambda prompts: session.generate(strategy, prompts)
+except ImportError:
+    run = strategy.generate
+run([prompt])
 rates = []
 for _ in range({repeats}):
     started = time.perf_counter()
-    count = len(strategy.generate([prompt])[0].token_ids)
+    count = len(run([prompt])[0].token_ids)
     rates.append(count / (time.perf_counter() - started))
 print(statistics.median(rates))
 """
@@ -162,7 +173,8 @@ print(statistics.median(rates))
 def batch1_over_v1(revision: str, rounds: int, tokens: int, threads: int) -> dict:
     """`single` at batch 1: this code against `revision`, each in a subprocess, interleaved."""
     old = Path(tempfile.mkdtemp(prefix="relaykit-v1-"))
-    archive = subprocess.run(["git", "-C", str(ROOT), "archive", revision, "src"], check=True, capture_output=True).stdout
+    archive = subprocess.run(["git", "-C", str(ROOT), "archive", revision, "src"], check=True,
+                             capture_output=True).stdout
     with tarfile.open(fileobj=__import__("io").BytesIO(archive)) as tar:
         tar.extractall(old, filter="data")
     code = SINGLE_RATE.format(threads=threads, tokens=tokens, repeats=5)
@@ -181,12 +193,13 @@ def relaygen_over_large(pair, prompts, max_new_tokens: int, repeats: int, specul
     runs = {"large": build(pair, "large", max_new_tokens), "relaygen": build(pair, "relaygen", max_new_tokens),
             "relaygen_speculative": build(pair, "relaygen", max_new_tokens, speculative=speculative)}
     rates = {name: [] for name in runs}
-    for strategy in runs.values():
-        strategy.generate(prompts[:1])  # warm-up
+    sessions = {name: Session(strategy.models) for name, strategy in runs.items()}
+    for name, strategy in runs.items():
+        sessions[name].generate(strategy, prompts[:1])  # warm-up
     for _ in range(repeats):
         for name, strategy in runs.items():
             started = time.perf_counter()
-            tokens = sum(len(r.token_ids) for r in strategy.generate(prompts))
+            tokens = sum(len(r.token_ids) for r in sessions[name].generate(strategy, prompts))
             rates[name].append(tokens / (time.perf_counter() - started))
     large = statistics.median(rates["large"])
     return {"relaygen_batch8_over_large": statistics.median(rates["relaygen"]) / large,
@@ -204,7 +217,8 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--skip", default="", help="comma-separated parts to skip: continuous,mixed,fork,v1,relaygen")
     parser.add_argument("--device", default="cpu", help="where the pair runs (cuda on a GPU machine; skip v1 there)")
-    parser.add_argument("--dtype", default="auto", help="the pair's dtype (auto: float32 for the toy pair on a CPU, bfloat16 on a GPU)")
+    parser.add_argument("--dtype", default="auto",
+                        help="the pair's dtype (auto: float32 for the toy pair on a CPU, bfloat16 on a GPU)")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     skip = set(args.skip.split(","))
@@ -219,7 +233,8 @@ def main() -> None:
             measured = continuous_over_static(pair, prompts[: args.requests], strategies, gap, seed=0)
             walls, in_forwards = measured.pop("wall_seconds"), measured.pop("forward_seconds")
             print(f"gap {gap} s: continuous {measured['continuous_tokens_per_s']:.0f} tok/s, "
-                  f"static {measured['static_tokens_per_s']:.0f} tok/s; walls {walls}, seconds in forwards {in_forwards}")
+                  f"static {measured['static_tokens_per_s']:.0f} tok/s; walls {walls}, "
+                  f"seconds in forwards {in_forwards}")
             if i == 0:
                 figures |= measured | {"gap": gap}
             figures[f"continuous_over_static_gap_{gap}"] = measured["continuous_over_static"]
@@ -236,7 +251,8 @@ def main() -> None:
     if "relaygen" not in skip:
         figures |= relaygen_over_large(pair, prompts[:8], args.max_new_tokens, args.repeats, speculative=8)
     ratios = {k: round(v, 3) if isinstance(v, float) else v for k, v in figures.items()}
-    print(json.dumps({"benchmark": "scheduler", "device": args.device, "dtype": pair["large"].dtype, "threads": args.threads, **ratios}))
+    print(json.dumps({"benchmark": "scheduler", "device": args.device, "dtype": pair["large"].dtype,
+                      "threads": args.threads, **ratios}))
 
 
 if __name__ == "__main__":

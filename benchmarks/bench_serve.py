@@ -14,7 +14,7 @@ Request i asks strategy `large`, `speculative`, `relaygen`, `small` in turn, on 
   non-200 status, an error event, an exception, a missing usage chunk or [DONE], or a request
   still running at --timeout.
 - Sequential: the same requests one at a time, not streamed, against the same server.
-- Direct (--direct): the same requests submitted at once to a fresh in-process `Scheduler`, no HTTP;
+- Direct (--direct): the same requests submitted at once to a fresh in-process `Session`, no HTTP;
   what the server could reach if HTTP and the event loop cost nothing.
 
 Throughput = completion tokens (from the usage the server returns) / seconds from the first send
@@ -35,14 +35,13 @@ import httpx2
 import numpy as np
 import torch
 
+from pairs import shipped_pair
 from relaykit import api
 from relaykit.decoding.stopping import StopConfig
-from relaykit.runtime import Scheduler
+from relaykit.runtime import Session
 from relaykit.serve import create_app, serving
 from relaykit.serve.service import Service
 from relaykit.toyworld import load_split
-
-from pairs import shipped_pair
 
 STRATEGIES = ("large", "speculative", "relaygen", "small")
 
@@ -156,20 +155,20 @@ def run_sequential(url: str, bodies: list[dict], deadline: float) -> tuple[list[
 
 
 def run_direct(pair: dict, bodies: list[dict]) -> tuple[int, float]:
-    """The requests submitted at once to a fresh Scheduler stepped in this thread, with the
+    """The requests submitted at once to a fresh Session stepped in this thread, with the
     prompts and budgets the server would use: (completion tokens, seconds)."""
     strategies = {name: api.build_strategy(name, pair) for name in STRATEGIES}
     jobs = []
     for body in bodies:
         strategy = strategies[body["model"]]
         jobs.append((Service.chat_prompt(strategy, body["messages"]), strategy))
-    scheduler = Scheduler(pair)
-    scheduler.run([scheduler.submit(*jobs[0], stop=StopConfig(max_new_tokens=8))])  # warm-up
-    scheduler = Scheduler(pair)
+    prompt, strategy = jobs[0]
+    Session(pair).submit(strategy, prompt, stop=StopConfig(max_new_tokens=8)).result()  # warm-up
+    session = Session(pair)
     started = time.perf_counter()
-    handles = [scheduler.submit(prompt, strategy, stop=StopConfig(max_new_tokens=body["max_tokens"]))
+    handles = [session.submit(strategy, prompt, stop=StopConfig(max_new_tokens=body["max_tokens"]))
                for (prompt, strategy), body in zip(jobs, bodies)]
-    tokens = sum(len(result.token_ids) for result in scheduler.run(handles))
+    tokens = sum(len(handle.result().token_ids) for handle in handles)
     return tokens, time.perf_counter() - started
 
 
@@ -192,9 +191,10 @@ def main() -> None:
     parser.add_argument("--max-tokens", type=int, default=256)
     parser.add_argument("--threads", type=int, default=1, help="torch threads")
     parser.add_argument("--timeout", type=float, default=600.0, help="seconds the whole run may take")
-    parser.add_argument("--direct", action="store_true", help="also run the requests on an in-process Scheduler")
+    parser.add_argument("--direct", action="store_true", help="also run the requests on an in-process Session")
     parser.add_argument("--device", default="cpu", help="where the pair runs (cuda on a GPU machine)")
-    parser.add_argument("--dtype", default="auto", help="the pair's dtype (auto: float32 for the toy pair on a CPU, bfloat16 on a GPU)")
+    parser.add_argument("--dtype", default="auto",
+                        help="the pair's dtype (auto: float32 for the toy pair on a CPU, bfloat16 on a GPU)")
     args = parser.parse_args()
     deadline = time.perf_counter() + args.timeout
     torch.set_num_threads(args.threads)
@@ -260,7 +260,7 @@ def main() -> None:
     print(f"one at a time: {sequential_tokens} tokens at {sequential_rate:.0f} tok/s; "
           f"concurrent / sequential = {figures['throughput_over_sequential'] or 0:.2f}")
     if args.direct:
-        print(f"direct Scheduler, no HTTP: {figures['direct_tokens_per_s']:.0f} tok/s")
+        print(f"direct Session, no HTTP: {figures['direct_tokens_per_s']:.0f} tok/s")
     rounded = {key: round(value, 4) if isinstance(value, float) else value for key, value in figures.items()}
     print(json.dumps({"benchmark": "serve", **rounded}))
 

@@ -12,6 +12,7 @@ import torch
 
 from pairs import add_pair_options, load_pair, prompts
 from relaykit.decoding.stopping import StopConfig
+from relaykit.runtime.session import Session
 from relaykit.strategies.base import get_strategy
 
 
@@ -22,8 +23,8 @@ def hf_generate(model, batch: list[list[int]], new_tokens: int) -> int:
     return (out.shape[1] - ids.shape[1]) * out.shape[0]
 
 
-def relaykit_single(strategy, batch: list[list[int]]) -> int:
-    return sum(len(r.token_ids) for r in strategy.generate(batch))
+def relaykit_single(session: Session, strategy, batch: list[list[int]]) -> int:
+    return sum(len(r.token_ids) for r in session.generate(strategy, batch))
 
 
 def main() -> None:
@@ -34,12 +35,16 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=5)
     args = parser.parse_args()
     large, _, what = load_pair(args)
-    print(f"model: large of the {what}; {large.parameters / 1e6:.1f}M parameters; torch threads {torch.get_num_threads()}")
-    strategy = get_strategy("single")({"large": large}, stop=StopConfig(max_new_tokens=args.new_tokens, ignore_eos=True))
+    print(f"model: large of the {what}; {large.parameters / 1e6:.1f}M parameters; "
+          f"torch threads {torch.get_num_threads()}")
+    strategy = get_strategy("single")({"large": large},
+                                      stop=StopConfig(max_new_tokens=args.new_tokens, ignore_eos=True))
+    session = Session(strategy.models)
     ratios = {}
     for batch_size in (1, 8):
         batch = prompts(large.tokenizer, batch_size, args.prompt_length, toy=what == "toy pair")
-        runs = {"hf": (lambda: hf_generate(large, batch, args.new_tokens)), "relaykit": (lambda: relaykit_single(strategy, batch))}
+        runs = {"hf": (lambda batch=batch: hf_generate(large, batch, args.new_tokens)),
+                "relaykit": (lambda batch=batch: relaykit_single(session, strategy, batch))}
         for run in runs.values():
             run()  # warm-up
         rates = {name: [] for name in runs}
@@ -50,7 +55,8 @@ def main() -> None:
                 rates[name].append(tokens / (time.perf_counter() - started))
         hf, ours = statistics.median(rates["hf"]), statistics.median(rates["relaykit"])
         ratios[f"batch{batch_size}"] = round(ours / hf, 3)
-        print(f"batch {batch_size}: HF generate {hf:8.1f} tok/s   relaykit single {ours:8.1f} tok/s   ratio {ours / hf:.2f}x")
+        print(f"batch {batch_size}: HF generate {hf:8.1f} tok/s   relaykit single {ours:8.1f} tok/s   "
+              f"ratio {ours / hf:.2f}x")
     print(json.dumps({"benchmark": "single_vs_hf_generate", "relaykit_over_hf_tokens_per_second": ratios}))
 
 

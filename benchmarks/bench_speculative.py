@@ -14,6 +14,7 @@ import torch
 
 from pairs import add_pair_options, load_pair, prompts
 from relaykit.decoding.stopping import StopConfig
+from relaykit.runtime.session import Session
 from relaykit.strategies.base import get_strategy
 from relaykit.strategies.speculative import SpeculativeConfig
 
@@ -52,16 +53,19 @@ def main() -> None:
     stop = StopConfig(max_new_tokens=args.new_tokens)
     pair = {"large": large, "small": small}
     single = get_strategy("single")(pair, stop=stop)
-    speculative = get_strategy("speculative")(pair, SpeculativeConfig(k=args.k, adaptive=args.adaptive, max_k=max(args.k, 16), draft_confidence=args.draft_confidence), stop=stop)
+    speculative = get_strategy("speculative")(
+        pair, SpeculativeConfig(k=args.k, adaptive=args.adaptive, max_k=max(args.k, 16),
+                                draft_confidence=args.draft_confidence), stop=stop)
     batch = prompts(large.tokenizer, args.prompts, args.prompt_length, toy=what == "toy pair")
+    session = Session(pair)
 
     # exactness first: all four produce the large model's greedy text
-    reference = [r.token_ids for r in single.generate(batch)]
-    assert [r.token_ids for r in speculative.generate(batch)] == reference
+    reference = [r.token_ids for r in session.generate(single, batch)]
+    assert [r.token_ids for r in session.generate(speculative, batch)] == reference
     eos = large.tokenizer.eos_token_id
     cut = lambda t: t[: t.index(eos) + 1] if eos in t else t  # noqa: E731
     assert [cut(hf_run(large, None, [p], args.new_tokens)[0]) for p in batch] == reference
-    accepted = [r.provenance.count("small") for r in speculative.generate(batch)]
+    accepted = [r.provenance.count("small") for r in session.generate(speculative, batch)]
     acceptance = sum(accepted) / sum(len(t) for t in reference)
 
     count = lambda results: sum(len(r.token_ids) for r in results)  # noqa: E731
@@ -69,10 +73,10 @@ def main() -> None:
     runs = {
         "hf_generate": (lambda: [hf_run(large, None, [p], args.new_tokens) for p in batch], count_hf),
         "hf_assisted": (lambda: [hf_run(large, small, [p], args.new_tokens) for p in batch], count_hf),
-        "relaykit_single": (lambda: [r for p in batch for r in single.generate([p])], count),
-        "relaykit_speculative": (lambda: [r for p in batch for r in speculative.generate([p])], count),
-        "relaykit_single_batched": (lambda: single.generate(batch), count),
-        "relaykit_speculative_batched": (lambda: speculative.generate(batch), count),
+        "relaykit_single": (lambda: [r for p in batch for r in session.generate(single, [p])], count),
+        "relaykit_speculative": (lambda: [r for p in batch for r in session.generate(speculative, [p])], count),
+        "relaykit_single_batched": (lambda: session.generate(single, batch), count),
+        "relaykit_speculative_batched": (lambda: session.generate(speculative, batch), count),
     }
     for run, counter in runs.values():
         counter(run())  # warm-up

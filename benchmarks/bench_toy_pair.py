@@ -1,4 +1,4 @@
-"""The toy pair's properties (issue 3, item 4), measured with relaykit's own runtime:
+"""The toy pair's properties, measured with relaykit's own runtime:
 test accuracy of each model (greedy, `relaykit eval`'s harness), the long-trajectory variant,
 the parameter ratio, the batch-1 decode-speed ratio, and the share of "hard" solution tokens
 (where the small model's teacher-forced top-1 differs from the reference token)."""
@@ -16,23 +16,25 @@ from relaykit.decoding.sequence import Sequence
 from relaykit.decoding.stopping import StopConfig
 from relaykit.evals.datasets import load_dataset
 from relaykit.evals.harness import EvalSettings, evaluate
-from relaykit.models.runner import Runner
+from relaykit.runtime.local_runner import LocalRunner
+from relaykit.runtime.session import Session
 from relaykit.strategies.base import get_strategy
 from relaykit.toyworld.tasks import load_split
 
 
 def hard_token_share(small, problems) -> float:
     """Teacher-forced on the reference solutions: share of solution tokens the small model misses."""
-    runner, missed, total = Runner(small, "small"), 0, 0
+    runner, missed, total = LocalRunner(small, "small"), 0, 0
     for problem in problems:
         prompt = encode_prompt(small.tokenizer, problem.question)
-        solution = small.tokenizer(problem.solution, add_special_tokens=False)["input_ids"] + [small.tokenizer.eos_token_id]
+        solution = (small.tokenizer(problem.solution, add_special_tokens=False)["input_ids"]
+                    + [small.tokenizer.eos_token_id])
         sequence = Sequence(prompt)
         sequence.extend(solution, "reference")
         logits = runner.score([sequence], len(solution) + 1)[0, :-1]
         missed += int((logits.argmax(-1) != torch.tensor(solution)).sum())
         total += len(solution)
-        runner.reset()
+        runner.release(sequence)
     return missed / total
 
 
@@ -53,12 +55,14 @@ def main() -> None:
                     load_dataset("toy:long:test", args.long_limit), "toy:long:test", settings)
     # decode speed at batch 1, forced to 200 tokens: the best of 5 rounds, interleaved
     prompt = encode_prompt(large.tokenizer, load_split("test", 1)[0].question)
-    timed = {name: get_strategy(name)({"large": large, "small": small}, stop=StopConfig(max_new_tokens=200, ignore_eos=True))
+    timed = {name: get_strategy(name)({"large": large, "small": small},
+                                      stop=StopConfig(max_new_tokens=200, ignore_eos=True))
              for name in ("large", "small")}
     seconds = {name: float("inf") for name in timed}
+    session = Session({"large": large, "small": small})
     for _ in range(6):  # the first round warms up
         for name, strategy in timed.items():
-            seconds[name] = min(seconds[name], strategy.generate([prompt])[0].seconds)
+            seconds[name] = min(seconds[name], session.generate(strategy, [prompt])[0].seconds)
     speed = {name: 200 / s for name, s in seconds.items()}
     figures = {
         "accuracy_large": test["strategies"]["large"]["accuracy"],

@@ -17,7 +17,9 @@ def train_once(steps: int, threads: int, deterministic: bool) -> str:
     import torch
 
     from relaykit.toyworld.tokenizer import build_tokenizer
-    from relaykit.toyworld.train import ToyPairConfig, build_model, train_model
+    from relaykit.train.toy.config import ToyPairConfig
+    from relaykit.train.toy.model import build_model
+    from relaykit.train.toy.stage import train_model
 
     torch.set_num_threads(threads)
     pair = ToyPairConfig()
@@ -45,11 +47,13 @@ def main() -> None:
     for setting in ("on", "off"):
         hashes = []
         for _ in range(args.runs):
-            command = [sys.executable, __file__, "--child", setting, "--steps", str(args.steps), "--threads", str(args.threads)]
+            command = [sys.executable, __file__, "--child", setting, "--steps", str(args.steps),
+                       "--threads", str(args.threads)]
             hashes.append(subprocess.run(command, check=True, capture_output=True, text=True).stdout.split()[-1])
         distinct[f"deterministic_{setting}"] = len(set(hashes))
         print(f"deterministic algorithms {setting}: {args.runs} processes, weight hashes {hashes}")
-    print(json.dumps({"benchmark": "train_determinism", "steps": args.steps, "threads": args.threads, "distinct_hashes": distinct}))
+    print(json.dumps({"benchmark": "train_determinism", "steps": args.steps, "threads": args.threads,
+                      "distinct_hashes": distinct}))
 
 
 if __name__ == "__main__":

@@ -65,7 +65,8 @@ def shipped_pair(device: str = "cpu", dtype: str = "auto") -> dict[str, Model]:
     """The shipped toy pair by role, on `device` in `dtype`."""
     from relaykit.toyworld import TOY_LARGE, TOY_SMALL
 
-    return {role: load_model(str(path), name=role, device=device, dtype=dtype) for role, path in (("large", TOY_LARGE), ("small", TOY_SMALL))}
+    return {role: load_model(str(path), name=role, device=device, dtype=dtype)
+            for role, path in (("large", TOY_LARGE), ("small", TOY_SMALL))}
 
 
 def prompts(tokenizer, count: int, length: int, seed: int = 0, toy: bool = False) -> list[list[int]]:

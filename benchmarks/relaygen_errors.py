@@ -1,4 +1,4 @@
-"""Where RelayGen's plain hand-off goes wrong on unseen problems (issue 20): for every problem the
+"""Where RelayGen's plain hand-off goes wrong on unseen problems: for every problem the
 large model alone gets right and `relaygen[check=inf]` gets wrong in a `bench_relaygen_fresh.py`
 run, the first place the two texts part: who wrote it, inside which segment (the cue that opened
 it, or the answer) and the two versions. Also whether the checked `relaygen` got it back.
@@ -31,7 +31,8 @@ def first_departure(large_text: str, segments: list) -> dict:
                 before = "".join(t for t, _ in segments)
                 return {
                     "writer": writer,
-                    "where": "answer" if THINK_END in before[:at] else f"after {opened!r}" if writer == "small" else "large turn",
+                    "where": ("answer" if THINK_END in before[:at]
+                              else f"after {opened!r}" if writer == "small" else "large turn"),
                     "relaygen": before[max(0, at - 12) : at + 6].replace("\n", " "),
                     "large": large_text[max(0, at - 12) : at + 6].replace("\n", " "),
                 }

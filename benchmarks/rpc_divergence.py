@@ -4,16 +4,21 @@ Usage: python rpc_divergence.py THREADS P [window=R ratio=C per_group=1 kernel=K
 Free-running (default): both caches generate, and the first differing token is shown. With teacher=1
 the full cache's output is fed through the RPC cache token by token, and every position where RPC's
 top-1 differs is listed (how far it is from the full cache's token, in logits)."""
-import sys, torch
+import sys
+
+import torch
+
 from relaykit.api import default_model
-from relaykit.models.loading import load_model
-from relaykit.models.kv import make_policy
-from relaykit.models.runner import Runner
-from relaykit.strategies.base import get_strategy
-from relaykit.decoding.stopping import StopConfig
 from relaykit.decoding.prompt import encode_prompt
 from relaykit.decoding.sequence import Sequence
+from relaykit.decoding.stopping import StopConfig
+from relaykit.models.kv import make_policy
+from relaykit.models.loading import load_model
+from relaykit.runtime.local_runner import LocalRunner
+from relaykit.runtime.session import Session
+from relaykit.strategies.base import get_strategy
 from relaykit.toyworld.tasks import load_split
+
 torch.set_num_threads(int(sys.argv[1]) if len(sys.argv) > 1 else 1)
 P = int(sys.argv[2]) if len(sys.argv) > 2 else 256
 kw = dict(x.split("=") for x in sys.argv[3:])
@@ -24,18 +29,21 @@ tok = model.tokenizer
 problems = load_split("test", n=n, long=True)
 batch = [encode_prompt(tok, p.question) for p in problems]
 stop = StopConfig(max_new_tokens=2600)
-full = get_strategy("single")({"large": model}, stop=stop).generate(batch)
+single = get_strategy("single")({"large": model}, stop=stop)
+full = Session(single.models).generate(single, batch)
 def teacher_forced():
     """Every position where RPC's top-1 departs while fed the full cache's output."""
     departing = 0
     for p, prompt, f in zip(problems, batch, full):
-        runner, sequence, found = Runner(model, "large", make_policy("rpc", interval=P, **kw)), Sequence(prompt), []
+        runner = LocalRunner(model, "large", make_policy("rpc", interval=P, **kw))
+        sequence, found = Sequence(prompt), []
         with torch.no_grad():
             for i, token in enumerate(f.token_ids):
                 logits = runner.next_logits([sequence])[0]
                 if int(logits.argmax()) != token:
                     found.append(f"{i}: {tok.decode([int(logits.argmax())])!r} for {tok.decode([token])!r} "
-                                 f"({float(logits[token] - logits.max()):.1f}) after {tok.decode(f.token_ids[max(0, i - 12):i])!r}")
+                                 f"({float(logits[token] - logits.max()):.1f}) "
+                                 f"after {tok.decode(f.token_ids[max(0, i - 12):i])!r}")
                 sequence.append(token, "large")
         departing += bool(found)
         print(f"--- {p.id}: {len(found)} departures in {len(f.token_ids)} tokens", *found, sep="\n   ")
@@ -44,7 +52,7 @@ def teacher_forced():
 
 def free_running():
     """The first token where RPC's own output departs from the full cache's."""
-    rpc = get_strategy("single")({"large": model}, stop=stop, kv_policy=make_policy("rpc", interval=P, **kw)).generate(batch)
+    rpc = Session(single.models, make_policy("rpc", interval=P, **kw)).generate(single, batch)
     ok = 0
     for p, f, r in zip(problems, full, rpc):
         a, b = f.token_ids, r.token_ids

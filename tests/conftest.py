@@ -88,14 +88,15 @@ def shipped_pair():
     from relaykit import api
     from relaykit.strategies.base import EXPERTS
 
-    return api.load_models({"large": None, "small": None, "verifier": None, "prober": None, "difficulty": None, "router": None, "base": None, EXPERTS: None})
+    return api.load_models({"large": None, "small": None, "verifier": None, "prober": None, "difficulty": None,
+                            "router": None, "base": None, EXPERTS: None})
 
 
 def prompts(tokenizer, count: int, seed: int = 0) -> list[list[int]]:
     """Varied short prompts of different lengths."""
     generator = torch.Generator().manual_seed(seed)
     out = []
-    for i in range(count):
+    for _ in range(count):
         length = 3 + int(torch.randint(0, 12, (1,), generator=generator))
         text = "".join(CHARACTERS[int(j)] for j in torch.randint(0, 62, (length,), generator=generator))
         out.append(tokenizer(text, add_special_tokens=False)["input_ids"])

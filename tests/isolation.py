@@ -55,7 +55,8 @@ def run_children(config, items: list) -> dict[str, list]:
         log = Path(tempfile.mkstemp(prefix="isolated-", suffix=".jsonl")[1])
         path = [str(Path(__file__).parent), *filter(None, [os.environ.get("PYTHONPATH")])]  # for `-p isolation`
         env = {**os.environ, LOG: str(log), "PYTHONPATH": os.pathsep.join(path)}
-        child = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", __name__, "-p", "no:cacheprovider", *pending],
+        child = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", __name__, "-p", "no:cacheprovider",
+                                *pending],
                                cwd=config.rootpath, env=env, capture_output=True, text=True)
         started = None
         for entry in map(json.loads, log.read_text().splitlines()):
@@ -74,16 +75,20 @@ def run_children(config, items: list) -> dict[str, list]:
             break
         if child.returncode < 0:
             number = -child.returncode
-            died = f"died from {signal.Signals(number).name} (signal {number}) in this test: a crash of native code (llama.cpp)"
+            died = (f"died from {signal.Signals(number).name} (signal {number}) in this test: "
+                    "a crash of native code (llama.cpp)")
         else:
             died = f"exited with code {child.returncode} before this test finished"
-        output = child.stderr[:3000] or child.stdout[-3000:]  # the crash's Python traceback (faulthandler), else pytest's own report
+        # the crash's Python traceback (faulthandler), else pytest's own report
+        output = child.stderr[:3000] or child.stdout[-3000:]
         # the test that was running; else (a crash between tests, or a child that ran none) the rest
         for nodeid in [started] if started else list(pending):
             item = by_id[nodeid]
-            when = {"setup": "call", "call": "teardown"}.get(reports[nodeid][-1].when if reports[nodeid] else None, "setup")
+            when = {"setup": "call", "call": "teardown"}.get(reports[nodeid][-1].when if reports[nodeid] else None,
+                                                             "setup")
             message = f"the process {died}\n\nits output:\n{output}"
-            reports[nodeid].append(pytest.TestReport(nodeid, item.location, dict.fromkeys(item.keywords, 1), "failed", message, when))
+            reports[nodeid].append(pytest.TestReport(nodeid, item.location, dict.fromkeys(item.keywords, 1), "failed",
+                                                     message, when))
             pending.pop(nodeid, None)
     return reports
 

@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pytest
 
-from relaykit.evals.answers import answers_match, extract_answer
+from relaykit.answers import answers_match, extract_answer
 from relaykit.evals.datasets import EvalProblem, load_dataset
 
 DATA = Path(__file__).parents[2] / "shared" / "data"
@@ -195,8 +195,8 @@ def test_bad_files_raise_clear_value_errors(tmp_path, content, message):
         load_dataset(str(path))
 
 
-@pytest.mark.parametrize("spec", ["toy:bogus", "toy:", "toy:long", "toy:fresh:abc", "toy:long:test:x", "toy:long:fresh:x",
-                                  "toy:domains", "toy:domains:fresh:x"])
+@pytest.mark.parametrize("spec", ["toy:bogus", "toy:", "toy:long", "toy:fresh:abc", "toy:long:test:x",
+                                  "toy:long:fresh:x", "toy:domains", "toy:domains:fresh:x"])
 def test_unknown_toy_specs_raise(spec):
     with pytest.raises(ValueError, match="toy"):
         load_dataset(spec)
@@ -213,4 +213,5 @@ def test_toy_specs_load_the_toy_world():
     domains = load_dataset("toy:domains:test", limit=30)
     assert {p.domain for p in domains} == {"add", "sub", "mixed"}
     unseen = load_dataset("toy:domains:fresh:7", limit=30)
-    assert unseen == load_dataset("toy:domains:fresh:7", limit=30) and not {p.prompt for p in unseen} & {p.prompt for p in domains}
+    assert (unseen == load_dataset("toy:domains:fresh:7", limit=30)
+            and not {p.prompt for p in unseen} & {p.prompt for p in domains})

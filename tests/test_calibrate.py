@@ -6,15 +6,23 @@ import math
 import pytest
 import torch
 
-from relaykit.calibrate import calibrate, calibrate_check, cue_statistics, run_calibrate_command, summary, write_calibration
+from relaykit import api
+from relaykit.calibrate import (
+    calibrate,
+    calibrate_check,
+    cue_statistics,
+    run_calibrate_command,
+    summary,
+    write_calibration,
+)
 from relaykit.calibrate.check import THRESHOLDS
 from relaykit.calibrate.cues import token_pieces, token_scores
 from relaykit.decoding.prompt import encode_prompt
-from relaykit.models.runner import Runner
 from relaykit.errors import RelaykitError
 from relaykit.evals.datasets import load_dataset
-from relaykit.strategies.relaygen import RelayGen, RelayGenConfig
-from relaykit.text import load_cues
+from relaykit.resolve import load_cues
+from relaykit.runtime.local_runner import LocalRunner
+from relaykit.strategies.relaygen import RelayGenConfig
 from test_relaygen import QUESTIONS, run, toy_pair, words_of  # noqa: F401 (toy_pair is a fixture)
 
 PIECES = ["<think>", "First", ",", " x", " =", " 3", ".", "5", ".", "\n", "So", ",", " y", ".", "\n",
@@ -54,7 +62,7 @@ def test_margins_are_the_small_models_teacher_forced_top2_gap(toy_pair):
     small = toy_pair["small"]
     prompt = encode_prompt(small.tokenizer, QUESTIONS[0])
     trace = run(toy_pair, "single", max_new_tokens=20)[0].token_ids
-    margins = token_scores(Runner(small, "small"), None, prompt, trace)
+    margins = token_scores(LocalRunner(small, "small"), None, prompt, trace)
     with torch.no_grad():
         probs = small.hf(torch.tensor([prompt + trace])).logits[0, len(prompt) - 1 : -1].float().softmax(-1)
     top = probs.topk(2, dim=-1).values
@@ -67,7 +75,7 @@ def test_agreement_is_the_large_models_likelihood_of_the_small_models_top_token(
     large, small = toy_pair["large"], toy_pair["small"]
     prompt = encode_prompt(small.tokenizer, QUESTIONS[0])
     trace = run(toy_pair, "single", max_new_tokens=20)[0].token_ids
-    scores = token_scores(Runner(small, "small"), Runner(large, "large"), prompt, trace)
+    scores = token_scores(LocalRunner(small, "small"), LocalRunner(large, "large"), prompt, trace)
     with torch.no_grad():
         ids = torch.tensor([prompt + trace])
         chosen = small.hf(ids).logits[0, len(prompt) - 1 : -1].argmax(-1)
@@ -82,7 +90,8 @@ def test_agreement_is_the_large_models_likelihood_of_the_small_models_top_token(
 def test_calibrate_writes_files_relaygen_reads(toy_pair, tmp_path):
     _, words = words_of(toy_pair, max_new_tokens=30)
     result, paths = run_calibrate_command(
-        toy_pair, QUESTIONS, tmp_path / "cues.json", check=False, cues=words, min_occurrences=1, max_new_tokens=30, batch_size=4
+        toy_pair, QUESTIONS, tmp_path / "cues.json", check=False, cues=words, min_occurrences=1, max_new_tokens=30,
+        batch_size=4
     )
     assert result["problems"] == len(QUESTIONS) and result["traces"] == len(QUESTIONS)
     assert result["statistic"] == "agreement"  # the default with an in-process large model
@@ -91,7 +100,7 @@ def test_calibrate_writes_files_relaygen_reads(toy_pair, tmp_path):
         assert result["cues"][cue]["delta"] > 0 and result["cues"][cue]["occurrences"] >= 1
     assert json.loads(paths["json"].read_text())["selected"] == result["selected"]
     assert paths["plot"].suffix == ".png" and paths["plot"].stat().st_size > 0
-    assert load_cues(str(paths["json"])) == result["selected"]
+    assert load_cues(str(paths["json"]))[0] == result["selected"]
     run(toy_pair, "relaygen", RelayGenConfig(cues=str(paths["json"])))
     again = calibrate(toy_pair["large"], toy_pair["small"], QUESTIONS, cues=words, min_occurrences=1, max_new_tokens=30)
     assert again["cues"] == result["cues"]  # batching does not change the traces
@@ -108,9 +117,9 @@ def test_the_check_threshold_is_calibrated_and_relaygen_takes_it(shipped_pair, t
     assert sweep[f"{result['check']:g}"]["accuracy"] >= sweep["0"]["accuracy"]
     assert all(m >= 0 for m in result["check_cut_margins"])
     assert "check threshold" in summary(result)
-    strategy = RelayGen(pair, RelayGenConfig(cues=str(paths["json"])))
+    strategy = api.build_strategy(f"relaygen[cues={paths['json']}]", pair)
     assert strategy.config.check == result["check"] and strategy.check == result["check"]
-    assert RelayGen(pair, RelayGenConfig(cues=str(paths["json"]), check=float("inf"))).check is None
+    assert api.build_strategy(f"relaygen[cues={paths['json']} check=inf]", pair).check is None
     with pytest.raises(RelaykitError, match="references"):
         calibrate_check(pair, QUESTIONS, result["selected"])
 

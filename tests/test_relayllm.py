@@ -8,13 +8,15 @@ import torch
 
 from relaykit.decoding.stopping import StopConfig
 from relaykit.models.loading import load_model
+from relaykit.runtime.session import Session
 from relaykit.strategies.relayllm import RelayLLM, RelayLLMConfig
 from relaykit.toyworld.tokenizer import build_tokenizer, save_tokenizer
-from relaykit.toyworld.train import ToyModelConfig, build_model
 from relaykit.train.grpo import GRPOConfig, group_advantages, grpo_loss
 from relaykit.train.loop import TrainConfig, train
 from relaykit.train.relayllm import critical, relayllm_rewards, spans, with_calls
 from relaykit.train.sft import sft_loss
+from relaykit.train.toy.config import ToyModelConfig
+from relaykit.train.toy.model import build_model
 
 TINY = ToyModelConfig(layers=2, hidden=64, heads=2, intermediate=128)
 # What the small model writes for each prompt, and what the large model writes when it reads the
@@ -57,7 +59,8 @@ def scripted(tmp_path_factory):
             large = large[:3]  # the clamp delivers three tokens
         text = prompt + before + large + after + ("</s>" if prompt != "Q5?" else "")
         ids = tokenizer(text, add_special_tokens=False)["input_ids"]
-        n_prompt, n_before = (len(tokenizer(s, add_special_tokens=False)["input_ids"]) for s in (prompt, prompt + before))
+        n_prompt, n_before = (len(tokenizer(s, add_special_tokens=False)["input_ids"])
+                              for s in (prompt, prompt + before))
         n_large = len(tokenizer(large, add_special_tokens=False)["input_ids"])
         mask = [False] * n_prompt + [True] * (n_before - n_prompt) + [False] * n_large
         small_texts.append((text, mask + [True] * (len(ids) - len(mask))))
@@ -70,8 +73,9 @@ def scripted(tmp_path_factory):
 def _run(models, prompt: str, config: RelayLLMConfig | None = None):
     tokenizer = models["small"].tokenizer
     strategy = RelayLLM(models, config, stop=StopConfig(max_new_tokens=24))
+    session = Session(strategy.models)
     read: list[int] = []
-    engine = strategy.runners["large"].engine
+    engine = session.runners["large"].engine
     forward = engine.forward
 
     def observed(tokens, positions, wanted):  # what the large model reads
@@ -79,7 +83,7 @@ def _run(models, prompt: str, config: RelayLLMConfig | None = None):
         return forward(tokens, positions, wanted)
 
     engine.forward = observed
-    result = strategy.generate([tokenizer(prompt, add_special_tokens=False)["input_ids"]])[0]
+    result = session.generate(strategy, [tokenizer(prompt, add_special_tokens=False)["input_ids"]])[0]
     return result, tokenizer.convert_ids_to_tokens(read)
 
 
@@ -129,10 +133,12 @@ def test_the_shipped_pair_calls_with_its_trained_small_model(shipped_pair):
     tokenizer = strategy.tokenizer
     commands = set(tokenizer.convert_tokens_to_ids(["<call>", "</call>"]))
     read: list[int] = []
-    engine = strategy.runners["large"].engine
+    session = Session(strategy.models)
+    engine = session.runners["large"].engine
     forward = engine.forward
-    engine.forward = lambda tokens, positions, wanted: (read.extend(t for r in tokens for t in r), forward(tokens, positions, wanted))[1]
-    results = strategy.generate([encode_prompt(tokenizer, p.question) for p in load_split("test", 4)])
+    engine.forward = lambda tokens, positions, wanted: (read.extend(t for r in tokens for t in r),
+                                                        forward(tokens, positions, wanted))[1]
+    results = session.generate(strategy, [encode_prompt(tokenizer, p.question) for p in load_split("test", 4)])
     calls = [e.detail for r in results for e in r.events if e.reason == "call"]
     assert calls and sum(c["delivered"] for c in calls) == sum(r.tokens_by("large") for r in results)
     assert read and not commands & set(read)
@@ -169,7 +175,10 @@ def test_only_slips_that_change_the_answer_are_critical(shipped_pair):
     problem = next(p for p in load_split("test", 20) if "Check it 3 times" in p.question)
     prompt = encode_prompt(tokenizer, problem.question)
     tokens = prompt + tokenizer(problem.solution, add_special_tokens=False)["input_ids"]
-    digit = lambda text, at: len(tokenizer(text[:at], add_special_tokens=False)["input_ids"]) + len(prompt)
+
+    def digit(text, at):
+        return len(tokenizer(text[:at], add_special_tokens=False)["input_ids"]) + len(prompt)
+
     counter = digit(problem.solution, problem.solution.index("Check 3.") + len("Check "))
     second = digit(problem.solution, problem.solution.index(" = " + problem.answer) + len(" = "))
     assert tokenizer.decode(tokens[counter]) == "3" and tokenizer.decode(tokens[second]) == problem.answer[0]

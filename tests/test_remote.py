@@ -18,6 +18,7 @@ from relaykit.errors import RelaykitError
 from relaykit.models.kv import make_policy
 from relaykit.models.loading import load_model
 from relaykit.models.remote import load_remote
+from relaykit.runtime.session import Session, generate
 from relaykit.strategies.base import get_strategy
 from relaykit.strategies.relaygen import RelayGenConfig
 from relaykit.toyworld import TOY_LARGE, TOY_SMALL, TOY_SMALL_RELAY, load_split
@@ -61,7 +62,8 @@ def endpoint():
 
 def _pairs(url):
     local = {role: load_model(str(folder), name=role) for role, folder in (("large", TOY_LARGE), ("small", TOY_SMALL))}
-    remote = {role: load_remote(f"{url}#{folder}", name=role) for role, folder in (("large", TOY_LARGE), ("small", TOY_SMALL))}
+    remote = {role: load_remote(f"{url}#{folder}", name=role)
+              for role, folder in (("large", TOY_LARGE), ("small", TOY_SMALL))}
     return local, remote
 
 
@@ -72,8 +74,8 @@ def test_relaygen_over_transformers_serve_matches_in_process(endpoint):
     stop = StopConfig(max_new_tokens=256)
     # the plain hand-off in-process too: the check needs the large model's logits, which an endpoint does not give
     for name, config in (("large", None), ("relaygen", RelayGenConfig(cues=CUES, check=float("inf")))):
-        here = get_strategy(name)(local, config, stop=stop).generate(prompts)
-        there = get_strategy(name)(remote, config, stop=stop).generate(prompts)
+        here = generate(get_strategy(name)(local, config, stop=stop), prompts)
+        there = generate(get_strategy(name)(remote, config, stop=stop), prompts)
         tokenizer = local["large"].tokenizer
         for a, b in zip(here, there):
             assert b.text == a.text
@@ -81,7 +83,7 @@ def test_relaygen_over_transformers_serve_matches_in_process(endpoint):
             assert [(e.direction, e.cue) for e in b.events] == [(e.direction, e.cue) for e in a.events]
         if name == "relaygen":
             assert sum(r.tokens_by("small") for r in there) > 0
-            assert all(r.usage["small"]["forward_calls"] > 0 for r in there)
+            assert all(r.usage["small"].forward_calls > 0 for r in there)
 
 
 def test_relayllm_over_transformers_serve_matches_in_process(endpoint):
@@ -92,8 +94,8 @@ def test_relayllm_over_transformers_serve_matches_in_process(endpoint):
     remote = {role: load_remote(f"{endpoint}#{folder}", name=role) for role, folder in folders.items()}
     prompts = [encode_prompt(local["large"].tokenizer, p.question) for p in load_split("test", 10)]
     stop = StopConfig(max_new_tokens=256)
-    here = get_strategy("relayllm")(local, stop=stop).generate(prompts)
-    there = get_strategy("relayllm")(remote, stop=stop).generate(prompts)
+    here = generate(get_strategy("relayllm")(local, stop=stop), prompts)
+    there = generate(get_strategy("relayllm")(remote, stop=stop), prompts)
     tokenizer = local["large"].tokenizer
     for a, b in zip(here, there):
         assert b.text == a.text
@@ -107,8 +109,8 @@ def test_budget_inside_thinking_still_answers_remotely(endpoint):
     local, remote = _pairs(endpoint)
     prompt = encode_prompt(remote["large"].tokenizer, load_split("test", 1)[0].question)
     config, stop = RelayGenConfig(cues=CUES, check=float("inf")), StopConfig(max_new_tokens=60)
-    there = get_strategy("relaygen")(remote, config, stop=stop).generate([prompt])[0]
-    here = get_strategy("relaygen")(local, config, stop=stop).generate([prompt])[0]
+    there = generate(get_strategy("relaygen")(remote, config, stop=stop), [prompt])[0]
+    here = generate(get_strategy("relaygen")(local, config, stop=stop), [prompt])[0]
     assert there.text == here.text and there.events == here.events
     assert [e.reason for e in there.events][-2:] == ["budget", "answer"]
     assert there.text.split("</think>")[1].strip()
@@ -130,6 +132,6 @@ def test_clear_errors(tmp_path, capsys):
     with pytest.raises(RelaykitError, match="needs in-process models"):
         get_strategy("speculative")({"large": tokenizer_only, "small": tokenizer_only})
     with pytest.raises(RelaykitError, match="KV policies"):
-        get_strategy("large")({"large": tokenizer_only}, kv_policy=make_policy("rpc"))
+        Session({"large": tokenizer_only}, make_policy("rpc"))
     code = main(["generate", "--large", "http://127.0.0.1:9/v1#" + str(TOY_LARGE), "hello"])
     assert code == 2 and "cannot reach" in capsys.readouterr().err

@@ -128,7 +128,8 @@ def test_markdown_table_has_one_row_per_strategy():
     assert len(lines) == 2 + len(RESULTS["strategies"])
     rows = {line.split("|")[1].strip(): [c.strip() for c in line.split("|")[2:-1]] for line in lines[2:]}
     assert list(rows) == ["large", "small", "relay"]
-    assert rows["relay"] == ["100.0%", "25.0%", "0.0", "8.00e8 (0.40x)", "5.0", "20.0", "2.00x", "1.0", "-", "-", "0.0%"]
+    assert rows["relay"] == ["100.0%", "25.0%", "0.0", "8.00e8 (0.40x)", "5.0", "20.0", "2.00x", "1.0", "-", "-",
+                             "0.0%"]
     assert rows["small"][6] == "-"
 
 

@@ -1,12 +1,12 @@
-"""Runner properties: incremental catch-up equals full recompute, rollback, hidden tokens."""
+"""LocalRunner properties: incremental catch-up equals full recompute, rollback, hidden tokens."""
 
 import pytest
 import torch
 
 from conftest import prompts
 from relaykit.decoding.sequence import Sequence
-from relaykit.models.engines import HFEngine
-from relaykit.models.runner import Runner
+from relaykit.models.hf_engine import HFEngine
+from relaykit.runtime.local_runner import LocalRunner
 
 ARCHS = ["llama", "qwen2"]
 
@@ -17,8 +17,8 @@ def full_logits(model, tokens: list[int]) -> torch.Tensor:
 
 
 def hf_runner(model, name="large"):
-    runner = Runner(model, name)
-    runner.engine = HFEngine(model.hf)
+    runner = LocalRunner(model, name)
+    runner.engine = HFEngine(model)
     return runner
 
 
@@ -29,8 +29,8 @@ def test_catch_up_equals_full_recompute_at_arbitrary_splits(models, arch, engine
     assert model.native
     generator = torch.Generator().manual_seed(3)
     texts = prompts(model.tokenizer, 5, seed=1)
-    for trial in range(3):
-        runner = Runner(model, "large") if engine == "native" else hf_runner(model)
+    for _ in range(3):
+        runner = LocalRunner(model, "large") if engine == "native" else hf_runner(model)
         sequences = [Sequence(t) for t in texts]
         full = [t + torch.randint(3, 70, (40,), generator=generator).tolist() for t in texts]
         # extend each row by different random amounts, asking for logits at every step
@@ -49,7 +49,7 @@ def test_single_sequence_catch_up(models, arch):
     model = models[(arch, "small")]
     tokens = prompts(model.tokenizer, 1, seed=5)[0] + list(range(10, 60))
     for split in (1, 2, 7, len(tokens) - 1):
-        runner = Runner(model, "small")
+        runner = LocalRunner(model, "small")
         sequence = Sequence(tokens[:split])
         runner.next_logits([sequence])
         sequence.extend(tokens[split:], "other")
@@ -67,7 +67,7 @@ def test_qwen3_catch_up_equals_full_recompute(tmp_path):
     assert model.native
     tokens = prompts(model.tokenizer, 1, seed=6)[0] + list(range(10, 70)) * 2
     for split in (1, 5, len(tokens) - 40, len(tokens) - 1):
-        runner, sequence = Runner(model, "large"), Sequence(tokens[:split])
+        runner, sequence = LocalRunner(model, "large"), Sequence(tokens[:split])
         runner.next_logits([sequence])
         for step in (1, 3, 36):
             sequence.extend(tokens[len(sequence) : len(sequence) + step], "other")
@@ -78,7 +78,7 @@ def test_qwen3_catch_up_equals_full_recompute(tmp_path):
 @pytest.mark.parametrize("arch", ARCHS)
 def test_score_returns_the_last_k_positions(models, arch):
     model = models[(arch, "large")]
-    runner = Runner(model, "large")
+    runner = LocalRunner(model, "large")
     sequences = [Sequence(t + [20, 21, 22, 23, 24]) for t in prompts(model.tokenizer, 3, seed=2)]
     runner.next_logits(sequences)  # everything already seen: score must rewind by itself
     scored = runner.score(sequences, 4)
@@ -90,7 +90,7 @@ def test_score_returns_the_last_k_positions(models, arch):
 def test_rollback_then_reextend_equals_never_extended(models, arch):
     model = models[(arch, "large")]
     texts = prompts(model.tokenizer, 4, seed=3)
-    fresh, used = Runner(model, "large"), Runner(model, "large")
+    fresh, used = LocalRunner(model, "large"), LocalRunner(model, "large")
     a = [Sequence(t) for t in texts]
     b = [Sequence(t) for t in texts]
     used.next_logits(b)
@@ -108,7 +108,7 @@ def test_rollback_then_reextend_equals_never_extended(models, arch):
 
 def test_hidden_tokens_are_invisible_to_that_model(models):
     model = models[("llama", "large")]
-    runner = Runner(model, "large")
+    runner = LocalRunner(model, "large")
     prompt = prompts(model.tokenizer, 1, seed=4)[0]
     sequence = Sequence(prompt)
     sequence.extend([11, 12], "small")
@@ -122,7 +122,7 @@ def test_hidden_tokens_are_invisible_to_that_model(models):
 
 def test_usage_counts_prefill_and_own_tokens(models):
     model = models[("llama", "large")]
-    runner = Runner(model, "large")
+    runner = LocalRunner(model, "large")
     sequence = Sequence([5, 6, 7, 8])
     runner.next_logits([sequence])
     sequence.extend([9, 10], "large")

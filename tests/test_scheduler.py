@@ -10,16 +10,16 @@ import threading
 import pytest
 import torch
 
+from relaykit import api
 from relaykit.decoding.prompt import encode_prompt
 from relaykit.decoding.sequence import PROMPT, Sequence
 from relaykit.decoding.stopping import StopConfig
 from relaykit.errors import RelaykitError
 from relaykit.models.kv import POLICIES, make_policy
-from relaykit.models.runner import Runner
-from relaykit.runtime import Scheduler
+from relaykit.runtime.local_runner import LocalRunner
+from relaykit.runtime.session import Session, generate
 from relaykit.strategies.base import get_strategy, load_all
 from relaykit.strategies.single import Single
-from relaykit.options import config_from_dict, strategy_variant
 from relaykit.toyworld import FUSIONROUTE, load_split
 
 BUDGET = 48
@@ -43,15 +43,22 @@ def questions(shipped_pair):
 OPTIONS = {"expert": {"name": "add"}, "query-route": {"classifier": str(FUSIONROUTE / "query-classifier.safetensors")}}
 
 
-def make(pair, variant: str, policy: str = "full", budget: int = BUDGET):
-    cls, options = strategy_variant(variant)
-    return cls(pair, config_from_dict(cls, {**OPTIONS.get(cls.name, {}), **options}), stop=StopConfig(max_new_tokens=budget),
-               kv_policy=make_policy(policy, **KV_OPTIONS[policy]))
+def make(pair, variant: str, budget: int = BUDGET):
+    name = variant.split("[")[0]
+    return api.build_strategy(variant, pair, OPTIONS.get(name), stop=StopConfig(max_new_tokens=budget))
+
+
+def kv(policy: str):
+    return make_policy(policy, **KV_OPTIONS[policy])
+
+
+def wait(handles) -> list:
+    return [handle.result() for handle in handles]
 
 
 def usage_totals(results, role: str) -> tuple:
     used = [r.usage[role] for r in results if role in r.usage]
-    return tuple(sum(u[key] for u in used) for key in ("prefill_tokens", "decode_tokens", "flops"))
+    return tuple(sum(getattr(u, key) for u in used) for key in ("prefill_tokens", "decode_tokens", "flops"))
 
 
 def test_every_kv_policy_has_contract_options():
@@ -60,9 +67,9 @@ def test_every_kv_policy_has_contract_options():
 
 @pytest.mark.parametrize("name,policy", CASES)
 def test_contract(shipped_pair, questions, name, policy):
-    strategy = make(shipped_pair, name, policy)
-    alone = [strategy.generate([q])[0] for q in questions]
-    batched = strategy.generate(questions)
+    strategy = make(shipped_pair, name)
+    alone = [generate(strategy, [q], kv=kv(policy))[0] for q in questions]
+    batched = generate(strategy, questions, kv=kv(policy))
     assert [r.token_ids for r in batched] == [r.token_ids for r in alone]
     for result in batched:
         assert 0 < len(result.token_ids) <= BUDGET and result.finish_reason in ("stop", "length")
@@ -70,25 +77,27 @@ def test_contract(shipped_pair, questions, name, policy):
         assert set(result.provenance) <= {*strategy.roles, PROMPT}
 
     # requests arriving at different steps, other strategies' requests beside them
-    scheduler = Scheduler({**shipped_pair, **strategy.models}, strategy.kv_policy)  # a merged model is the strategy's own
-    neighbour = make(shipped_pair, "speculative", policy)
+    session = Session({**shipped_pair, **strategy.models}, kv(policy))  # a merged model is the strategy's own
+    scheduler = session.scheduler
+    neighbour = make(shipped_pair, "speculative")
     handles, others = [], []
     for i, question in enumerate(questions):
-        handles.append(scheduler.submit(question, strategy))
-        others.append(scheduler.submit(questions[-1 - i], neighbour))
+        handles.append(session.submit(strategy, question))
+        others.append(session.submit(neighbour, questions[-1 - i]))
         for _ in range(i + 1):
             scheduler.step()
-    results = scheduler.run(handles)
+    results = wait(handles)
     assert [r.token_ids for r in results] == [r.token_ids for r in alone]
-    everything = results + scheduler.run(others)
+    everything = results + wait(others)
     for role, runner in scheduler.runners.items():
         total = runner.usage
         assert usage_totals(everything, role) == pytest.approx((total.prefill_tokens, total.decode_tokens, total.flops))
         assert runner.rows == [] and runner.kv_bytes == 0  # every row freed
 
     # cancelling one request mid-way frees its rows; the others are not disturbed
-    scheduler = Scheduler({**shipped_pair, **strategy.models}, strategy.kv_policy)
-    handles = [scheduler.submit(q, strategy) for q in questions]
+    session = Session({**shipped_pair, **strategy.models}, kv(policy))
+    scheduler = session.scheduler
+    handles = [session.submit(strategy, q) for q in questions]
     for _ in range(6):
         scheduler.step()
     handles[1].cancel()
@@ -101,7 +110,7 @@ def test_contract(shipped_pair, questions, name, policy):
         assert not cancelled & {row.sequence.uid for row in live}
         held = sum(int(runner.engine.cache.lengths[runner.index[row.sequence.uid]]) for row in live)
         assert runner.kv_bytes == held * runner.engine.cache.slot_bytes()  # the cancelled rows hold nothing
-    rest = scheduler.run([h for i, h in enumerate(handles) if i != 1])
+    rest = wait([h for i, h in enumerate(handles) if i != 1])
     assert [r.token_ids for r in rest] == [r.token_ids for i, r in enumerate(alone) if i != 1]
 
 
@@ -111,7 +120,7 @@ def test_streamed_tokens_are_final_and_add_up_to_the_result(shipped_pair, questi
     strategy = get_strategy(name)(shipped_pair, stop=StopConfig(max_new_tokens=80))
     if name == "relaygen":
         strategy.config.speculative = 3  # drafts that may be rejected
-    handle = strategy.scheduler.submit(questions[0], strategy)
+    handle = Session(strategy.models).submit(strategy, questions[0])
     chunks = list(handle.stream())
     assert [token for chunk in chunks for token, _ in chunk] == handle.result().token_ids
     assert [writer for chunk in chunks for _, writer in chunk] == handle.result().provenance
@@ -120,7 +129,7 @@ def test_streamed_tokens_are_final_and_add_up_to_the_result(shipped_pair, questi
 
 def test_fork_shares_what_was_read_and_survives_a_cut_into_it(models):
     model = models[("llama", "large")]
-    runner = Runner(model, "large")
+    runner = LocalRunner(model, "large")
     parent = Sequence([5, 6, 7, 8, 9, 10])
     parent.extend([11, 12, 13, 14, 15], "large")
     runner.prefill([parent])
@@ -143,31 +152,31 @@ def test_fork_shares_what_was_read_and_survives_a_cut_into_it(models):
 def test_best_of_reads_the_prompt_once_and_rolls_up_its_children(shipped_pair, questions):
     best_of = get_strategy("best-of-n")(shipped_pair, get_strategy("best-of-n").Config(n=5, inner="large"),
                                       stop=StopConfig(max_new_tokens=20))
-    result = best_of.generate(questions[:1])[0]
-    single = make(shipped_pair, "large", budget=20).generate(questions[:1])[0]
+    result = generate(best_of, questions[:1])[0]
+    single = generate(make(shipped_pair, "large", budget=20), questions[:1])[0]
     assert result.token_ids == single.token_ids
     prompt = len(questions[0])
-    assert result.usage["large"]["prefill_tokens"] == prompt - 1 + 5  # once, then each copy's last prompt token
-    assert result.usage["large"]["decode_tokens"] == 5 * (len(single.token_ids) - 1)
+    assert result.usage["large"].prefill_tokens == prompt - 1 + 5  # once, then each copy's last prompt token
+    assert result.usage["large"].decode_tokens == 5 * (len(single.token_ids) - 1)
     assert [e.reason for e in result.events] == ["vote"]
 
 
 def test_a_background_loop_serves_several_threads(shipped_pair, questions):
     strategy = make(shipped_pair, "speculative")
-    expected = [r.token_ids for r in strategy.generate(questions)]
-    scheduler = Scheduler(strategy.models)
-    scheduler.start()
+    expected = [r.token_ids for r in generate(strategy, questions)]
+    session = Session(strategy.models)
+    session.start()
     got = [None] * len(questions)
 
     def client(i):
-        got[i] = scheduler.submit(questions[i], strategy).result().token_ids
+        got[i] = session.submit(strategy, questions[i]).result().token_ids
 
     threads = [threading.Thread(target=client, args=(i,)) for i in range(len(questions))]
     for thread in threads:
         thread.start()
     for thread in threads:
         thread.join(timeout=120)
-    scheduler.stop()
+    session.stop()
     assert got == expected
 
 
@@ -182,14 +191,16 @@ class Failing(Single):
 
 
 def test_a_failing_request_fails_alone(shipped_pair, questions):
-    good, bad = make(shipped_pair, "large"), Failing({"large": shipped_pair["large"]}, stop=StopConfig(max_new_tokens=8))
-    scheduler = Scheduler(shipped_pair)
-    handles = [scheduler.submit(questions[0], bad), scheduler.submit(questions[1], good)]
-    assert scheduler.run(handles[1:])[0].token_ids == good.generate(questions[1:2])[0].token_ids
+    good = make(shipped_pair, "large")
+    bad = Failing({"large": shipped_pair["large"]}, stop=StopConfig(max_new_tokens=8))
+    session = Session(shipped_pair)
+    handles = [session.submit(bad, questions[0]), session.submit(good, questions[1])]
+    assert wait(handles[1:])[0].token_ids == generate(good, questions[1:2])[0].token_ids
     with pytest.raises(RelaykitError, match="failed"):
         handles[0].result()
-    with pytest.raises(RelaykitError, match="no such small model"):
-        scheduler.submit(questions[0], make({"large": shipped_pair["large"], "small": shipped_pair["large"]}, "speculative"))
+    with pytest.raises(RelaykitError, match="small model this session does not hold"):
+        lookalike = {"large": shipped_pair["large"], "small": shipped_pair["large"]}
+        session.submit(make(lookalike, "speculative"), questions[0])
 
 
 def test_the_hf_engine_keeps_each_rows_cache_when_rows_leave(tmp_path):
@@ -211,20 +222,20 @@ def test_the_hf_engine_keeps_each_rows_cache_when_rows_leave(tmp_path):
     strategy = get_strategy("large")({"large": model}, stop=StopConfig(max_new_tokens=20, ignore_eos=True))
     prompts = [[5 + i, 9, 14, 20 + i][: 2 + i % 3] for i in range(5)]
     budgets = [StopConfig(max_new_tokens=n, ignore_eos=True) for n in (4, 20, 9, 15, 6)]
-    alone = [strategy.generate([p], stop)[0].token_ids for p, stop in zip(prompts, budgets)]
-    scheduler = Scheduler({"large": model})
-    handles = [scheduler.submit(p, strategy, stop=stop) for p, stop in zip(prompts, budgets)]
-    assert [r.token_ids for r in scheduler.run(handles)] == alone
+    alone = [generate(strategy, [p], stop)[0].token_ids for p, stop in zip(prompts, budgets)]
+    session = Session({"large": model})
+    handles = [session.submit(strategy, p, stop=stop) for p, stop in zip(prompts, budgets)]
+    assert [r.token_ids for r in wait(handles)] == alone
 
 
 def test_n_requests_on_one_prompt_read_it_once(shipped_pair, questions):
     """`submit_n`: the prompt is prefilled once and copied into each request's row."""
     strategy = make(shipped_pair, "relaygen", budget=40)
-    alone = strategy.generate(questions[:1])[0]
-    scheduler = Scheduler(shipped_pair)
-    handles = scheduler.submit_n(questions[0], strategy, [strategy.sampling] * 4)
-    results = scheduler.run(handles)
+    alone = generate(strategy, questions[:1])[0]
+    session = Session(shipped_pair)
+    handles = session.submit_n(strategy, questions[0], [strategy.sampling] * 4)
+    results = wait(handles)
     assert all(r.token_ids == alone.token_ids for r in results)
-    large = scheduler.runners["large"].usage
-    assert large.prefill_tokens == sum(r.usage["large"]["prefill_tokens"] for r in results)
-    assert large.prefill_tokens == 4 * alone.usage["large"]["prefill_tokens"] - 3 * (len(questions[0]) - 1)
+    large = session.runners["large"].usage
+    assert large.prefill_tokens == sum(r.usage["large"].prefill_tokens for r in results)
+    assert large.prefill_tokens == 4 * alone.usage["large"].prefill_tokens - 3 * (len(questions[0]) - 1)

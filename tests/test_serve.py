@@ -17,8 +17,9 @@ from relaykit import api  # noqa: E402
 from relaykit.decoding.prompt import encode_prompt  # noqa: E402
 from relaykit.decoding.stopping import StopConfig  # noqa: E402
 from relaykit.evals.datasets import load_dataset  # noqa: E402
-from relaykit.runtime import Scheduler  # noqa: E402
+from relaykit.runtime.session import Session, generate  # noqa: E402
 from relaykit.serve import create_app, serving  # noqa: E402
+from relaykit.toyworld import SHIPPED_CUES  # noqa: E402
 
 KEY = "test-key"
 QUESTION = "What is 41 * 7, then its last two digits * 3? Check it 2 times."
@@ -27,9 +28,9 @@ QUESTION = "What is 41 * 7, then its last two digits * 3? Check it 2 times."
 @pytest.fixture(scope="module")
 def server(shipped_pair):
     """(base URL, scheduler) of a server with an API key, for the whole module."""
-    scheduler = Scheduler(shipped_pair)
-    with serving(create_app(scheduler, api_key=KEY)) as url:
-        yield url, scheduler
+    session = Session(shipped_pair)
+    with serving(create_app(session, api_key=KEY)) as url:
+        yield url, session.scheduler
 
 
 @pytest.fixture(scope="module")
@@ -76,7 +77,8 @@ def test_completion_and_chat_shapes(client):
 
     answer = chat(client, "relaygen", temperature=0)
     assert answer.object == "chat.completion" and answer.choices[0].message.role == "assistant"
-    assert answer.choices[0].finish_reason == "stop" and answer.choices[0].message.content.endswith("The answer is 261.")
+    assert (answer.choices[0].finish_reason == "stop"
+            and answer.choices[0].message.content.endswith("The answer is 261."))
     share = answer.usage.relaykit["large_token_share"]
     assert 0 < share < 1 and set(answer.usage.relaykit["models"]) == {"large", "small"}
 
@@ -178,7 +180,7 @@ def test_a_chunked_body_past_the_limit_gets_a_413_and_a_small_one_is_served(serv
 def test_greedy_text_equals_in_process(client, shipped_pair, name):
     problems = load_dataset("toy:test", 2)
     strategy = api.build_strategy(name, shipped_pair, stop=StopConfig(max_new_tokens=200))
-    expected = strategy.generate([encode_prompt(strategy.tokenizer, p.prompt) for p in problems])
+    expected = generate(strategy, [encode_prompt(strategy.tokenizer, p.prompt) for p in problems])
     for problem, result in zip(problems, expected):
         served = chat(client, name, problem.prompt, temperature=0, max_tokens=200)
         assert served.choices[0].message.content == result.text
@@ -231,7 +233,8 @@ def test_metrics(server, client):
     assert status == 200
     assert 'relaykit_requests_total{path="/v1/chat/completions",strategy="relaygen",status="200"}' in text
     assert 'relaykit_requests_total{path="/v1/chat/completions",strategy="",status="404"}' in text
-    assert 'relaykit_time_to_first_token_seconds_bucket{le="+Inf"}' in text and "relaykit_inter_token_seconds_count" in text
+    assert ('relaykit_time_to_first_token_seconds_bucket{le="+Inf"}' in text
+            and "relaykit_inter_token_seconds_count" in text)
     assert 'relaykit_tokens_total{model="small"}' in text and "relaykit_requests_running" in text
     assert 'relaykit_kv_bytes{model="large"}' in text
 
@@ -254,17 +257,18 @@ def test_a_relaykit_server_is_another_ones_large_model(shipped_pair):
     from relaykit.models.remote import load_remote
     from relaykit.toyworld import TOY_LARGE
 
-    relaygen = f"relaygen[cues={api.SHIPPED_CUES}]"
+    relaygen = f"relaygen[cues={SHIPPED_CUES}]"
     in_process = api.build_strategy(relaygen, shipped_pair, stop=StopConfig(max_new_tokens=256))
     questions = [problem.prompt for problem in load_dataset("toy:test", 10)]
-    expected = in_process.generate([encode_prompt(shipped_pair["large"].tokenizer, q) for q in questions])
+    expected = generate(in_process, [encode_prompt(shipped_pair["large"].tokenizer, q) for q in questions])
     with serving(create_app({"large": shipped_pair["large"]})) as first:
         large = load_remote(f"{first}/v1#large", str(TOY_LARGE), name="large")
         with serving(create_app({"large": large, "small": shipped_pair["small"]})) as second:
             client = openai.OpenAI(base_url=second + "/v1", api_key="none", max_retries=0)
             for question, result in zip(questions, expected):
-                answer = client.chat.completions.create(model=relaygen, messages=[{"role": "user", "content": question}],
-                                                        temperature=0, max_tokens=256, extra_body={"relaykit": {"provenance": True}})
+                answer = client.chat.completions.create(
+                    model=relaygen, messages=[{"role": "user", "content": question}], temperature=0, max_tokens=256,
+                    extra_body={"relaykit": {"provenance": True}})
                 assert answer.choices[0].message.content == result.text
                 assert answer.choices[0].model_extra["relaykit"]["provenance"] == result.provenance
     assert sum(r.tokens_by("small") for r in expected) > 0

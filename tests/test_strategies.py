@@ -8,6 +8,7 @@ import torch
 from conftest import prompts
 from relaykit.decoding.sampler import SamplingConfig
 from relaykit.decoding.stopping import StopConfig
+from relaykit.runtime.session import generate
 from relaykit.strategies.base import get_strategy
 from relaykit.strategies.speculative import SpeculativeConfig
 
@@ -32,11 +33,11 @@ def test_single_greedy_equals_hf_generate(models, arch):
     model = models[(arch, "large")]
     batch = prompts(model.tokenizer, 6, seed=7)
     strategy = get_strategy("single")({"large": model}, stop=StopConfig(max_new_tokens=24))
-    batched = strategy.generate(batch)
+    batched = generate(strategy, batch)
     for prompt, result in zip(batch, batched):
         expected = hf_greedy(model, prompt, 24)
         assert result.token_ids == expected
-        assert strategy.generate([prompt])[0].token_ids == expected
+        assert generate(strategy, [prompt])[0].token_ids == expected
 
 
 @pytest.mark.parametrize("arch", ["llama", "qwen2"])
@@ -46,10 +47,10 @@ def test_speculative_greedy_equals_large_greedy(models, arch, k):
     stop = StopConfig(max_new_tokens=30)
     single = get_strategy("single")(pair(models, arch), stop=stop)
     speculative = get_strategy("speculative")(pair(models, arch), SpeculativeConfig(k=k), stop=stop)
-    expected = [r.token_ids for r in single.generate(batch)]
-    assert [r.token_ids for r in speculative.generate(batch)] == expected  # batched
+    expected = [r.token_ids for r in generate(single, batch)]
+    assert [r.token_ids for r in generate(speculative, batch)] == expected  # batched
     for prompt, tokens in list(zip(batch, expected))[:5]:
-        result = speculative.generate([prompt])[0]
+        result = generate(speculative, [prompt])[0]
         assert result.token_ids == tokens
         assert set(result.provenance) <= {"small", "large"}
 
@@ -62,7 +63,7 @@ def test_speculative_greedy_in_low_precision_equals_greedy_run_alone(checkpoints
     equals greedy token for token for a prompt run alone (batched rows share masks: not exact)."""
     from relaykit.decoding.sequence import Sequence
     from relaykit.models.loading import load_model
-    from relaykit.models.runner import Runner
+    from relaykit.runtime.local_runner import LocalRunner
 
     low = {role: load_model(str(checkpoints[("llama", role)]), name=role, dtype=dtype) for role in ("large", "small")}
     assert low["large"].dtype == dtype
@@ -71,10 +72,10 @@ def test_speculative_greedy_in_low_precision_equals_greedy_run_alone(checkpoints
     single = get_strategy("single")(low, stop=stop)
     speculative = get_strategy("speculative")(low, SpeculativeConfig(k=4), stop=stop)
     for prompt in batch:
-        assert speculative.generate([prompt])[0].token_ids == single.generate([prompt])[0].token_ids
+        assert generate(speculative, [prompt])[0].token_ids == generate(single, [prompt])[0].token_ids
     tokens = batch[0] + list(range(10, 19))
     chunked, decoded = Sequence(tokens[:-6]), Sequence(tokens[:-6])
-    chunk_runner, decode_runner = Runner(low["large"]), Runner(low["large"])
+    chunk_runner, decode_runner = LocalRunner(low["large"]), LocalRunner(low["large"])
     chunk_runner.next_logits([chunked])
     chunked.extend(tokens[-6:], "other")
     logits = chunk_runner.score([chunked], 6)[0]
@@ -89,20 +90,21 @@ def test_speculative_with_itself_as_draft_accepts_everything(models):
     speculative = get_strategy("speculative")(
         {"large": model, "small": model}, SpeculativeConfig(k=4), stop=StopConfig(max_new_tokens=21)
     )
-    result = speculative.generate(prompts(model.tokenizer, 1, seed=9))[0]
+    result = generate(speculative, prompts(model.tokenizer, 1, seed=9))[0]
     if len(result.token_ids) == 21:  # no early eos: 4 rounds of 4 drafts + 1 bonus, one last step
-        assert result.usage["large"]["forward_calls"] == 5
+        assert result.usage["large"].forward_calls == 5
         assert result.provenance.count("large") == 5
 
 
 def test_adaptive_k_and_draft_confidence_stay_greedy_exact(models):
     batch = prompts(models[("llama", "large")].tokenizer, 8, seed=11)
     stop = StopConfig(max_new_tokens=30)
-    expected = [r.token_ids for r in get_strategy("single")(pair(models, "llama"), stop=stop).generate(batch)]
+    expected = [r.token_ids for r in generate(get_strategy("single")(pair(models, "llama"), stop=stop), batch)]
     adaptive = get_strategy("speculative")(pair(models, "llama"), SpeculativeConfig(k=2, adaptive=True), stop=stop)
-    assert [r.token_ids for r in adaptive.generate(batch)] == expected
-    confident = get_strategy("speculative")(pair(models, "llama"), SpeculativeConfig(k=6, draft_confidence=0.5), stop=stop)
-    assert [r.token_ids for r in confident.generate(batch)] == expected
+    assert [r.token_ids for r in generate(adaptive, batch)] == expected
+    confident = get_strategy("speculative")(pair(models, "llama"), SpeculativeConfig(k=6, draft_confidence=0.5),
+                                            stop=stop)
+    assert [r.token_ids for r in generate(confident, batch)] == expected
 
 
 def chi_square_quantile(df: int, z: float = 3.09) -> float:
@@ -131,7 +133,7 @@ def test_speculative_sampling_follows_the_large_distribution(models, sampling):
     speculative = get_strategy("speculative")(
         {"large": large, "small": small}, SpeculativeConfig(k=3), sampling, StopConfig(max_new_tokens=4)
     )
-    results = speculative.generate([prompt] * draws)
+    results = generate(speculative, [prompt] * draws)
     first = torch.tensor([r.token_ids[0] for r in results])
     counts = torch.bincount(first, minlength=len(large.tokenizer)).float()
     from relaykit.decoding.sampler import Sampler
@@ -150,13 +152,13 @@ def test_speculative_sampling_follows_the_large_distribution(models, sampling):
 def test_stop_strings_and_budget(models):
     model = models[("llama", "large")]
     prompt = prompts(model.tokenizer, 1, seed=13)[0]
-    free = get_strategy("single")({"large": model}, stop=StopConfig(max_new_tokens=20)).generate([prompt])[0]
+    free = generate(get_strategy("single")({"large": model}, stop=StopConfig(max_new_tokens=20)), [prompt])[0]
     assert free.finish_reason in {"length", "stop"} and len(free.token_ids) <= 20
     if len(free.text) >= 6:
         needle = free.text[3:5]
-        stopped = get_strategy("single")(
+        stopped = generate(get_strategy("single")(
             {"large": model}, stop=StopConfig(max_new_tokens=20, stop_strings=[needle])
-        ).generate([prompt])[0]
+        ), [prompt])[0]
         assert stopped.finish_reason == "stop" and stopped.text.endswith(needle)
         assert free.text.startswith(stopped.text)
 
@@ -178,10 +180,10 @@ def test_lookup_greedy_equals_greedy(models, arch):
     batch = prompts(model.tokenizer, 8, seed=5)
     batch = [p + p[:3] for p in batch]  # a repeated n-gram, so drafts are proposed from the start
     stop = StopConfig(max_new_tokens=40)
-    expected = [r.token_ids for r in get_strategy("single")({"large": model}, stop=stop).generate(batch)]
+    expected = [r.token_ids for r in generate(get_strategy("single")({"large": model}, stop=stop), batch)]
     lookup = get_strategy("lookup")({"large": model}, stop=stop)
-    assert [r.token_ids for r in lookup.generate(batch)] == expected  # batched
-    assert [lookup.generate([p])[0].token_ids for p in batch[:3]] == expected[:3]
+    assert [r.token_ids for r in generate(lookup, batch)] == expected  # batched
+    assert [generate(lookup, [p])[0].token_ids for p in batch[:3]] == expected[:3]
 
 
 def test_lookup_greedy_equals_greedy_on_the_toy_world_and_checks_several_tokens_a_forward(shipped_pair):
@@ -191,11 +193,11 @@ def test_lookup_greedy_equals_greedy_on_the_toy_world_and_checks_several_tokens_
     large = shipped_pair["large"]
     batch = [encode_prompt(large.tokenizer, p.question) for p in load_split("test", 3)]
     stop = StopConfig(max_new_tokens=160)
-    expected = get_strategy("single")({"large": large}, stop=stop).generate(batch)
-    results = get_strategy("lookup")({"large": large}, stop=stop).generate(batch)
+    expected = generate(get_strategy("single")({"large": large}, stop=stop), batch)
+    results = generate(get_strategy("lookup")({"large": large}, stop=stop), batch)
     assert [r.token_ids for r in results] == [r.token_ids for r in expected]
     tokens = sum(len(r.token_ids) for r in results)
-    assert sum(r.usage["large"]["forward_calls"] for r in results) < tokens / 1.5  # the check rounds repeat
+    assert sum(r.usage["large"].forward_calls for r in results) < tokens / 1.5  # the check rounds repeat
 
 
 def test_lookup_sampling_follows_the_models_distribution(models):
@@ -207,7 +209,7 @@ def test_lookup_sampling_follows_the_models_distribution(models):
     prompt = prompt + prompt[:2]  # the first token is a checked draft
     sampling = SamplingConfig(temperature=2.0, seed=0)
     lookup = get_strategy("lookup")({"large": model}, LookupConfig(k=3), sampling, StopConfig(max_new_tokens=3))
-    results = lookup.generate([prompt] * 3000)
+    results = generate(lookup, [prompt] * 3000)
     counts = torch.bincount(torch.tensor([r.token_ids[0] for r in results]), minlength=len(model.tokenizer)).float()
     with torch.no_grad():
         p = Sampler(sampling).probs(model.hf(torch.tensor([prompt])).logits[0, -1].float())

@@ -11,6 +11,7 @@ import torch
 from relaykit import api
 from relaykit.decoding.prompt import encode_prompt
 from relaykit.decoding.stopping import StopConfig
+from relaykit.runtime.session import Session, generate
 from relaykit.strategies.adaptive import AdaptiveConfig
 from relaykit.strategies.self_consistency import leader_beats_runner_up, should_stop
 from relaykit.toyworld import load_split
@@ -56,8 +57,8 @@ def _make(pair, name, budget=160, **options):
 
 @pytest.mark.parametrize("rerank", ["majority", "likelihood"])
 def test_best_of_one_equals_its_inner_strategy(shipped_pair, questions, rerank):
-    inner = _make(shipped_pair, "relaygen").generate(questions)
-    best = _make(shipped_pair, "best-of-n", n=1, inner="relaygen", rerank=rerank).generate(questions)
+    inner = generate(_make(shipped_pair, "relaygen"), questions)
+    best = generate(_make(shipped_pair, "best-of-n", n=1, inner="relaygen", rerank=rerank), questions)
     assert [r.token_ids for r in best] == [r.token_ids for r in inner]
     assert [r.provenance for r in best] == [r.provenance for r in inner]
 
@@ -66,11 +67,11 @@ def test_a_probe_never_changes_the_trace(shipped_pair, questions):
     """With a threshold no probe reaches, early exit writes what its inner strategy writes, and
     pays for its probes."""
     for inner in ("large", "relaygen"):
-        plain = _make(shipped_pair, inner).generate(questions)
-        probed = _make(shipped_pair, "early-exit", inner=inner, threshold=1.01).generate(questions)
+        plain = generate(_make(shipped_pair, inner), questions)
+        probed = generate(_make(shipped_pair, "early-exit", inner=inner, threshold=1.01), questions)
         assert [r.token_ids for r in probed] == [r.token_ids for r in plain]
         assert [r.provenance for r in probed] == [r.provenance for r in plain]
-        assert all(p.usage["large"]["forward_calls"] > q.usage["large"]["forward_calls"] for p, q in zip(probed, plain))
+        assert all(p.usage["large"].forward_calls > q.usage["large"].forward_calls for p, q in zip(probed, plain))
 
 
 def test_early_exit_answers_with_its_probe(shipped_pair):
@@ -78,7 +79,8 @@ def test_early_exit_answers_with_its_probe(shipped_pair):
     the inducer, then the probe's tokens."""
     problems = load_split("test", 2, long=True)
     prompts = [encode_prompt(shipped_pair["large"].tokenizer, p.question) for p in problems]
-    results = _make(shipped_pair, "early-exit", budget=2400, probe_model="large").generate(prompts)  # DEER: it probes itself
+    # DEER: it probes itself
+    results = generate(_make(shipped_pair, "early-exit", budget=2400, probe_model="large"), prompts)
     for result in results:
         assert [e.reason for e in result.events] == ["early exit"]
         assert len(result.token_ids) < 200  # the long variant writes about 1,600 tokens
@@ -92,11 +94,11 @@ def test_early_exit_with_the_prober_keeps_the_answer(shipped_pair):
     the answer, and writes that answer (toy-large as its own prober answers wrong there)."""
     problems = load_split("test", 2, long=True)
     prompts = [encode_prompt(shipped_pair["large"].tokenizer, p.question) for p in problems]
-    results = _make(shipped_pair, "early-exit", budget=2400, probe_model="prober").generate(prompts)
+    results = generate(_make(shipped_pair, "early-exit", budget=2400, probe_model="prober"), prompts)
     for problem, result in zip(problems, results):
         assert [e.reason for e in result.events] == ["early exit"]
         assert result.text.endswith(f"</think>The answer is {problem.answer}.")
-        assert result.usage["prober"]["forward_calls"] > 0
+        assert result.usage["prober"].forward_calls > 0
 
 
 def test_the_shipped_prober_is_sure_only_once_the_thinking_holds_the_answer(shipped_pair):
@@ -122,7 +124,8 @@ def test_the_shipped_prober_is_sure_only_once_the_thinking_holds_the_answer(ship
 
 
 def test_self_consistency_draws_what_its_rule_allows(shipped_pair, questions):
-    results = _make(shipped_pair, "self-consistency", budget=256, inner="large", n=40, stop="esc").generate(questions[:1])
+    results = generate(_make(shipped_pair, "self-consistency", budget=256, inner="large", n=40, stop="esc"),
+                       questions[:1])
     vote = [e for e in results[0].events if e.reason == "vote"][0]
     assert vote.detail == {"samples": 5} and vote.cue == "5/5"  # greedy samples agree in the first window
 
@@ -152,23 +155,26 @@ def test_beam_search_of_one_whole_answer_step_equals_best_of_n(shipped_pair, que
     built = {
         name: api.build_strategy(name, shipped_pair, options, sampling=sampling, stop=StopConfig(max_new_tokens=200))
         for name, options in (("best-of-n", dict(n=4, inner="small", rerank="likelihood")),
-                              ("beam-search", dict(n=4, beam_width=4, writer="small", step_end="", scorer="likelihood")))
+                              ("beam-search", dict(n=4, beam_width=4, writer="small", step_end="",
+                                                   scorer="likelihood")))
     }
-    best, beam = (built[name].generate(questions[:2]) for name in ("best-of-n", "beam-search"))
+    sessions = {name: Session(strategy.models) for name, strategy in built.items()}
+    best, beam = (sessions[name].generate(built[name], questions[:2]) for name in ("best-of-n", "beam-search"))
     assert [r.token_ids for r in beam] == [r.token_ids for r in best]
     assert [r.provenance for r in beam] == [r.provenance for r in best]
-    work = lambda r: {k: r.usage["large"][k] for k in ("prefill_tokens", "forward_calls", "flops")}  # noqa: E731
+    work = lambda r: {k: getattr(r.usage["large"], k) for k in ("prefill_tokens", "forward_calls", "flops")}  # noqa: E731
     assert [work(r) for r in beam] == [work(r) for r in best]  # scoring counted alike
-    assert all(runner.rows == [] for s in built.values() for runner in s.runners.values())
+    assert all(runner.rows == [] for s in sessions.values() for runner in s.runners.values())
 
 
 @pytest.mark.parametrize("name", ["beam-search", "dvts"])
 def test_step_search_keeps_n_beams_and_frees_pruned_rows(shipped_pair, questions, name):
     strategy = api.build_strategy(name, shipped_pair, dict(n=8, beam_width=4, max_steps=3, scorer="likelihood"),
                                   stop=StopConfig(max_new_tokens=120))
-    results = strategy.generate(questions[:2])
+    session = Session(strategy.models)
+    results = session.generate(strategy, questions[:2])
     assert all(r.token_ids and set(r.provenance) == {"small"} for r in results)
-    assert all(runner.rows == [] for runner in strategy.runners.values())  # every beam's row freed
+    assert all(runner.rows == [] for runner in session.runners.values())  # every beam's row freed
     assert [e.reason for e in results[0].events] == ["search"]
 
 
@@ -193,20 +199,22 @@ def test_verifier_reranking_picks_a_rated_sample(shipped_pair, questions, rerank
     strategy = api.build_strategy("best-of-n", shipped_pair, dict(n=3, inner="small", rerank=rerank),
                                   sampling=SamplingConfig(temperature=1.0, seed=1), stop=StopConfig(max_new_tokens=200))
     assert strategy.roles == ("small", "verifier")
-    results = strategy.generate(questions[:2])
+    session = Session(strategy.models)
+    results = session.generate(strategy, questions[:2])
     for result in results:
         assert [e.reason for e in result.events] == ["rerank"] and result.events[0].cue.startswith(rerank)
-        assert result.usage["verifier"]["forward_calls"] > 0 and set(result.provenance) == {"small"}
-    assert all(runner.rows == [] for runner in strategy.runners.values())
+        assert result.usage["verifier"].forward_calls > 0 and set(result.provenance) == {"small"}
+    assert all(runner.rows == [] for runner in session.runners.values())
 
 
 def test_adaptive_that_never_trusts_the_small_model_equals_its_escalation(shipped_pair, questions):
     """With an answer threshold no agreement reaches, every problem escalates: the text is the
     escalation strategy's, and the small model's samples are paid for."""
-    alone = _make(shipped_pair, "large").generate(questions)
-    adaptive = _make(shipped_pair, "adaptive", escalate="large", answer_at=2.0, more=0, calibration="none").generate(questions)
+    alone = generate(_make(shipped_pair, "large"), questions)
+    adaptive = generate(_make(shipped_pair, "adaptive", escalate="large", answer_at=2.0, more=0, calibration="none"),
+                        questions)
     assert [r.token_ids for r in adaptive] == [r.token_ids for r in alone]
-    assert all(r.usage["small"]["decode_tokens"] > 0 for r in adaptive)
+    assert all(r.usage["small"].decode_tokens > 0 for r in adaptive)
     assert all([e.detail["samples"] for e in r.events] == [4] for r in adaptive)
 
 
@@ -226,14 +234,15 @@ def test_adaptive_calibration_replays_the_strategys_decisions(shipped_pair):
         return evaluate({"adaptive": strategy}, problems, "dev", EvalSettings())["strategies"]["adaptive"]["problems"]
 
     every = run(answer_at=2.0, more_at=0.0)  # every problem escalates to large: its correctness too
-    rows = [{"answers": p["events"][-1]["detail"]["answers"], "reference": p["reference"], "escalate_correct": p["correct"],
-             "sample_flops": 0.0, "escalate_flops": 0.0} for p in every]
+    rows = [{"answers": p["events"][-1]["detail"]["answers"], "reference": p["reference"],
+             "escalate_correct": p["correct"], "sample_flops": 0.0, "escalate_flops": 0.0} for p in every]
     for answer_at, more_at in ((0.5, 0.5), (1.0, 0.5), (1.0, 2.0)):
         ran = run(answer_at=answer_at, more_at=more_at)
         accuracy, _, answered = replay(rows, 2, 4, answer_at, more_at)
         assert answered == sum(p["events"][-1]["cue"].startswith("small") for p in ran)
         assert accuracy == sum(p["correct"] for p in ran) / len(ran)
-    chosen = calibrate_adaptive(shipped_pair, problems, AdaptiveConfig(k=2, more=2, escalate="large"), max_new_tokens=256)
+    chosen = calibrate_adaptive(shipped_pair, problems, AdaptiveConfig(k=2, more=2, escalate="large"),
+                                max_new_tokens=256)
     assert chosen["accuracy"] >= chosen["escalate_accuracy"] - chosen["tolerance"]
 
 
@@ -267,12 +276,12 @@ def test_adaptive_by_difficulty_answers_with_the_small_model_or_escalates(with_d
     """Above any probability the difficulty model gives, every problem escalates (the large model's
     text, the difficulty model's prefill paid); at zero the small model answers every one."""
     options = {"signal": "difficulty", "escalate": "large", "calibration": "none"}
-    never = _make(with_difficulty, "adaptive", answer_at=2.0, **options).generate(questions)
-    assert [r.token_ids for r in never] == [r.token_ids for r in _make(with_difficulty, "large").generate(questions)]
-    assert all(r.usage["difficulty"]["prefill_tokens"] > 0 and r.usage["small"]["forward_calls"] == 0 for r in never)
-    always = _make(with_difficulty, "adaptive", answer_at=0.0, **options).generate(questions)
-    assert [r.token_ids for r in always] == [r.token_ids for r in _make(with_difficulty, "small").generate(questions)]
-    assert all(r.events[-1].cue.startswith("small") and r.usage["large"]["forward_calls"] == 0 for r in always)
+    never = generate(_make(with_difficulty, "adaptive", answer_at=2.0, **options), questions)
+    assert [r.token_ids for r in never] == [r.token_ids for r in generate(_make(with_difficulty, "large"), questions)]
+    assert all(r.usage["difficulty"].prefill_tokens > 0 and r.usage["small"].forward_calls == 0 for r in never)
+    always = generate(_make(with_difficulty, "adaptive", answer_at=0.0, **options), questions)
+    assert [r.token_ids for r in always] == [r.token_ids for r in generate(_make(with_difficulty, "small"), questions)]
+    assert all(r.events[-1].cue.startswith("small") and r.usage["large"].forward_calls == 0 for r in always)
 
 
 def test_adaptive_difficulty_calibration_replays_the_strategys_decisions(with_difficulty):
@@ -285,13 +294,16 @@ def test_adaptive_difficulty_calibration_replays_the_strategys_decisions(with_di
     ordered = sorted(probabilities)
     middle = (ordered[len(problems) // 2 - 1] + ordered[len(problems) // 2]) / 2
     assert ordered[len(problems) // 2] - ordered[len(problems) // 2 - 1] > 1e-3, ordered
-    strategy = _make(with_difficulty, "adaptive", budget=256, signal="difficulty", escalate="large", calibration="none", answer_at=middle)
-    ran = evaluate({"adaptive": strategy}, problems, "dev", EvalSettings(progress=False))["strategies"]["adaptive"]["problems"]
+    strategy = _make(with_difficulty, "adaptive", budget=256, signal="difficulty", escalate="large",
+                     calibration="none", answer_at=middle)
+    ran = evaluate({"adaptive": strategy}, problems, "dev",
+                   EvalSettings(progress=False))["strategies"]["adaptive"]["problems"]
     assert [p["events"][-1]["detail"]["p_small"] for p in ran] == pytest.approx(probabilities, abs=1e-4)
     answered = sum(p["events"][-1]["cue"].startswith("small") for p in ran)
     rows = [{"p_small": q} for q in probabilities]
     assert answered == sum(q >= middle for q in probabilities) == len(problems) - len(problems) // 2
-    chosen = calibrate_adaptive(with_difficulty, problems, AdaptiveConfig(signal="difficulty", escalate="large"), max_new_tokens=256)
+    chosen = calibrate_adaptive(with_difficulty, problems, AdaptiveConfig(signal="difficulty", escalate="large"),
+                                max_new_tokens=256)
     assert chosen["signal"] == "difficulty" and chosen["accuracy"] >= chosen["escalate_accuracy"] - chosen["tolerance"]
     within = calibrate_adaptive(with_difficulty, problems, AdaptiveConfig(signal="difficulty", escalate="large"),
                                 max_new_tokens=256, budget=0.5)

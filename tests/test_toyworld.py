@@ -53,7 +53,8 @@ def test_product_drills():
 
 def test_chain_answers():
     for problem in load_split("test", 100):
-        numbers = [int(n) for n in problem.question.replace(",", " ").replace("?", " ").replace(".", " ").split() if n.isdigit()]
+        numbers = [int(n) for n in problem.question.replace(",", " ").replace("?", " ").replace(".", " ").split()
+                   if n.isdigit()]
         pick = (max if "largest" in problem.question else min)(numbers[:3]) if problem.domain == "list" else numbers[0]
         b, c = numbers[-3:-1]
         assert int(problem.answer) == (pick * b) % 100 * c
@@ -82,7 +83,8 @@ def test_tokenizer_round_trip_digits_and_specials(tokenizer):
         assert tokenizer.decode(ids) == problem.solution
     for digit in "0123456789":
         assert len(tokenizer(digit, add_special_tokens=False)["input_ids"]) == 1
-    assert tokenizer.convert_ids_to_tokens(tokenizer("1234567890", add_special_tokens=False)["input_ids"]) == list("1234567890")
+    assert (tokenizer.convert_ids_to_tokens(tokenizer("1234567890", add_special_tokens=False)["input_ids"])
+            == list("1234567890"))
     vocab = tokenizer.get_vocab()
     for token in SPECIAL_TOKENS:
         assert token in vocab
@@ -94,10 +96,13 @@ def test_tokenizer_round_trip_digits_and_specials(tokenizer):
 
 def test_chat_template(tokenizer):
     problem = load_split("test", 1)[0]
-    prompt = tokenizer.apply_chat_template([{"role": "user", "content": problem.question}], add_generation_prompt=True, tokenize=False)
+    prompt = tokenizer.apply_chat_template(
+        [{"role": "user", "content": problem.question}], add_generation_prompt=True, tokenize=False
+    )
     assert prompt.startswith(tokenizer.bos_token) and problem.question in prompt
     full = tokenizer.apply_chat_template(
-        [{"role": "user", "content": problem.question}, {"role": "assistant", "content": problem.solution}], tokenize=False
+        [{"role": "user", "content": problem.question}, {"role": "assistant", "content": problem.solution}],
+        tokenize=False
     )
     assert full == prompt + problem.solution + tokenizer.eos_token
 
@@ -120,7 +125,8 @@ def test_shipped_pair_reaches_its_accuracy_through_the_generic_loading_path(ship
     from relaykit.strategies.base import get_strategy
 
     strategies = {name: get_strategy(name)(shipped_pair) for name in ("large", "small")}
-    results = evaluate(strategies, load_dataset("toy:test", 20), "toy:test", EvalSettings(batch_size=20, progress=False))
+    results = evaluate(strategies, load_dataset("toy:test", 20), "toy:test",
+                       EvalSettings(batch_size=20, progress=False))
     assert results["strategies"]["large"]["accuracy"] >= 0.85
     assert results["strategies"]["small"]["accuracy"] <= 0.4
 
@@ -128,7 +134,9 @@ def test_shipped_pair_reaches_its_accuracy_through_the_generic_loading_path(ship
 def test_training_is_deterministic():
     """Same seed, same data and weights: a few steps of the toy-small shape twice on two threads give
     identical weights (without deterministic algorithms, compiled reductions on two threads do not)."""
-    from relaykit.toyworld.train import ToyPairConfig, ToyTrainConfig, build_model, train_model
+    from relaykit.train.toy.config import ToyPairConfig, ToyTrainConfig
+    from relaykit.train.toy.model import build_model
+    from relaykit.train.toy.stage import train_model
 
     tokenizer = build_tokenizer()
     config = ToyTrainConfig(steps=3, rows=4, row_tokens=256, long_every=0, warmup=2)
@@ -149,13 +157,14 @@ def test_training_is_deterministic():
 
 def test_hidden_context_mask():
     """Causal everywhere; a hidden row still shows every query its prompt and its recent window."""
-    from relaykit.toyworld.train import HIDDEN_WINDOW, hidden_context_mask
+    from relaykit.train.toy.hidden_context import HIDDEN_WINDOW, hidden_context_mask
 
     length, prompt = 900, 40
     labels = torch.full((6, length), 5)
     labels[:, :prompt] = -100
     causal = torch.tril(torch.ones(length, length, dtype=torch.bool))
-    assert torch.equal(hidden_context_mask(labels, 0.0, torch.Generator().manual_seed(0))[:, 0], causal.expand(6, -1, -1))
+    assert torch.equal(hidden_context_mask(labels, 0.0, torch.Generator().manual_seed(0))[:, 0],
+                       causal.expand(6, -1, -1))
     masks = hidden_context_mask(labels, 1.0, torch.Generator().manual_seed(0))[:, 0]
     assert not (masks & ~causal).any()
     assert masks[:, :, :prompt][causal[:, :prompt].expand(6, -1, -1)].all()
@@ -174,7 +183,8 @@ def test_expert_domains_use_their_operations():
         assert ops == {"add": {"+"}, "sub": {"-"}, "mixed": {"+", "-"}}[domain]
         a, op, b = problem.question.split(",")[0].split(" ")[2:5]
         first = int(a) + int(b) if op == "+" else int(a) - int(b)
-        assert f"{a} {op} {b} = {first}." in problem.solution and problem.solution.endswith(f"The answer is {problem.answer}.")
+        assert (f"{a} {op} {b} = {first}." in problem.solution
+                and problem.solution.endswith(f"The answer is {problem.answer}."))
     assert operation_drill(rng, "sub").question.count(" - ") == 1
     assert all(split_of(p.question) == "test" for p in load_expert_split("test", 20))
 
@@ -188,7 +198,8 @@ def test_mixed_world_levels_have_their_shares_and_their_kind():
     for p in problems:
         first = int(p.solution.split(" * ")[0].split()[-1])  # the chain's first number
         assert (first % 10 == 0) == (p.level == "round"), p.question
-        assert p.domain == ("list" if p.level == "sort" else p.domain) and p.solution.endswith(f"The answer is {p.answer}.")
+        assert (p.domain == ("list" if p.level == "sort" else p.domain)
+                and p.solution.endswith(f"The answer is {p.answer}."))
     assert {p.domain for p in problems if p.level == "chain"} == {"arith"}
     unseen = fresh_mixed(7, 50)
     assert unseen == fresh_mixed(7, 50) and not {p.question for p in unseen} & {p.question for p in problems}
@@ -215,4 +226,5 @@ def test_worded_world_changes_only_the_restatements_joints():
                 seen.add(joint)
     assert seen == set(JOINTS)  # every joint is drawn
     assert worded == load_split("dev", 60, worded=True)
-    assert [p.prompt for p in load_dataset("toy:worded:fresh:3", 5)] == [p.prompt for p in load_dataset("toy:fresh:3", 5)]
+    assert ([p.prompt for p in load_dataset("toy:worded:fresh:3", 5)]
+            == [p.prompt for p in load_dataset("toy:fresh:3", 5)])

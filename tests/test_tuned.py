@@ -41,7 +41,8 @@ def test_naming_a_tuned_option_runs_the_defaults_with_it(shipped_pair):
 
 
 def test_early_exit_without_tuned_settings_is_refused_not_run(shipped_pair, tmp_path):
-    with pytest.raises(RelaykitError, match=r"early-exit has no settings tuned .*early-exit\[probe_model=large threshold=0.95\]"):
+    with pytest.raises(RelaykitError,
+                       match=r"early-exit has no settings tuned .*early-exit\[probe_model=large threshold=0.95\]"):
         api.build_strategy("early-exit", shipped_pair)
     api.build_strategy("early-exit[threshold=0.95]", shipped_pair)  # a rule named is run as asked
     path = write_tuned(tmp_path / "settings.json", str(TOY_LARGE), str(TOY_SMALL),
@@ -51,7 +52,8 @@ def test_early_exit_without_tuned_settings_is_refused_not_run(shipped_pair, tmp_
 
 
 def test_settings_are_found_beside_the_large_model_for_its_own_small_model(tmp_path, checkpoints):
-    large, small, other = (str(checkpoints[key]) for key in (("llama", "large"), ("llama", "small"), ("qwen2", "small")))
+    large, small, other = (str(checkpoints[key])
+                           for key in (("llama", "large"), ("llama", "small"), ("qwen2", "small")))
     assert find_tuned(large, small) is None
     write_tuned(settings_path(large), large, small, {"lookup": {"options": {"k": 7}}})
     try:
@@ -92,7 +94,8 @@ def test_a_report_flags_answers_cut_by_the_budget(shipped_pair):
     entry = results["strategies"]["large"]
     assert entry["length_stops"] == 1.0 and entry["cut_by_length"] and entry["max_new_tokens"] == 6
     assert CUT_NOTE in markdown_table(results)
-    fits = api.build_strategies(["large"], shipped_pair, stop=api.sampling_and_stop(max_new_tokens=token_budget("toy:test"))[1])
+    fits = api.build_strategies(["large"], shipped_pair,
+                                stop=api.sampling_and_stop(max_new_tokens=token_budget("toy:test"))[1])
     results, _ = api.evaluate_strategies(fits, "toy:test", limit=2)
     assert not results["strategies"]["large"]["cut_by_length"] and CUT_NOTE not in markdown_table(results)
 

@@ -7,7 +7,6 @@ rule such as the shipped toy pair's calibrated cues holds for all of them.
 from __future__ import annotations
 
 import dataclasses
-import re
 from pathlib import Path
 
 from .decoding.sampler import SamplingConfig
@@ -20,41 +19,17 @@ from .models.kv import KVPolicy
 from .models.kv import make_policy as kv_policy
 from .models.loading import Model, load_model
 from .models.remote import RemoteModel, is_remote, load_remote
-from .options import config_from_dict, flag, strategy_variant, variant_text
-from .strategies.base import EXPERTS, Strategy, expert_roles, get_strategy
+from .options import config_from_dict, flag, split_variants, variant_text
+from .resolve import Loader, resolve
+from .strategies.base import Strategy, get_strategy, parse_variant
+from .toyworld.presets import default_model, shipped_experts
 from .tuned import Settings, Tuned, find_tuned
-from .toyworld import CHECKPOINTS, FUSIONROUTE, SHIPPED_CUES, TOY_DIFFICULTY, TOY_LARGE, TOY_PROBER, TOY_SMALL, TOY_VERIFIER, is_shipped_pair
+from .vocabulary import EXPERTS, expert_role, expert_roles
 
 __all__ = [
-    "SHIPPED_CUES", "build_strategies", "build_strategy", "default_model", "evaluate_strategies", "kv_policy",
-    "load_models", "parse_variant", "required_roles", "sampling_and_stop", "split_variants", "token_budget",
-    "tuned_for", "tuned_settings",
+    "build_strategies", "build_strategy", "default_model", "evaluate_strategies", "kv_policy", "load_models",
+    "sampling_and_stop", "split_variants", "required_roles", "token_budget", "tuned_for", "tuned_settings",
 ]
-
-_SHIPPED = {"large": TOY_LARGE, "small": TOY_SMALL}
-# models some strategies add (not part of the pair): the step verifier; early exit's answer prober; adaptive's
-# difficulty model; FusionRoute's router and the base its experts were fine-tuned from (model merging's task
-# arithmetic reads it)
-_SHIPPED_HELPERS = {"verifier": TOY_VERIFIER, "prober": TOY_PROBER, "difficulty": TOY_DIFFICULTY,
-                    "router": FUSIONROUTE / "router", "base": TOY_LARGE}
-# options that default to a shipped artefact when the models they go with are the shipped ones
-_SHIPPED_CLASSIFIER = FUSIONROUTE / "query-classifier.safetensors"
-_SWEEP = re.compile(r"(?<=[\[ ])\w+=(?P<first>\d+)\.\.(?P<last>\d+)(?=[\] ])")
-
-
-def shipped_experts() -> dict[str, str]:
-    """name -> folder of each shipped toy domain expert (FusionRoute)."""
-    return {folder.name.removeprefix("expert-"): str(folder) for folder in sorted(FUSIONROUTE.glob("expert-*"))
-            if (folder / "config.json").is_file()}
-
-
-def default_model(role: str) -> str | None:
-    """The shipped toy checkpoint for `role` ("large", "small", "verifier", "router", "base",
-    "expert:NAME"), when present."""
-    if role.startswith("expert:"):
-        return shipped_experts().get(role.split(":", 1)[1])
-    folder = _SHIPPED.get(role) or _SHIPPED_HELPERS.get(role)
-    return str(folder) if folder is not None and (folder / "config.json").is_file() else None
 
 
 def load_models(
@@ -65,26 +40,19 @@ def load_models(
     device: str = "cpu",
     trust_remote_code: bool = False,
     allow_pickle: bool = False,
-    threads: int = 0,
     engine: str = "auto",
 ) -> dict[str, Model | RemoteModel]:
     """Load role -> spec: a checkpoint folder, a .gguf file, `pkg:PACKAGE`, a hub id or an
     endpoint `URL#MODEL` (whose tokenizer is `tokenizer`, else MODEL); None: the shipped toy
     checkpoint for the role. The role `EXPERTS` ("expert:*") takes a dict name -> spec of domain
-    experts (None: the shipped ones), loaded as roles "expert:NAME". `threads` > 0 sets torch's
-    CPU thread count (and llama.cpp's). `engine`: see `relaykit.models.loading.load_model`."""
-    import torch
-
-    if threads < 0:
-        raise RelaykitError(f"threads must be >= 0, got {threads}")
-    if threads:
-        torch.set_num_threads(threads)
+    experts (None: the shipped ones), loaded as roles "expert:NAME". `engine`: see
+    `relaykit.models.loading.load_model`."""
     specs = dict(specs)
     if EXPERTS in specs:
         experts = specs.pop(EXPERTS) or shipped_experts()
         if not experts:
             raise RelaykitError("no expert models given (--expert NAME=PATH) and no shipped toy experts found")
-        specs.update({f"expert:{name}": spec for name, spec in experts.items()})
+        specs.update({expert_role(name): spec for name, spec in experts.items()})
     models = {}
     for role, given in specs.items():
         spec = given or default_model(role)
@@ -114,39 +82,6 @@ def sampling_and_stop(
     stop = StopConfig(max_new_tokens=max_new_tokens, stop_strings=list(stop_strings or []),
                       stop_token_ids=list(stop_token_ids or []))
     return sampling, stop
-
-
-def split_variants(text: str) -> list[str]:
-    """"small,relaygen[cues=Wait,|So]" -> ["small", "relaygen[cues=Wait,|So]"]: only commas outside
-    brackets separate variants. A sweep `n=1..64` in a variant's options gives one variant per
-    power of two from 1 to 64 (a curve of that strategy in the report)."""
-    names, depth, start = [], 0, 0
-    for i, char in enumerate(text):
-        depth += (char == "[") - (char == "]")
-        if char == "," and depth == 0:
-            names.append(text[start:i])
-            start = i + 1
-    names.append(text[start:])
-    return [swept for name in names if name.strip() for swept in _sweep(name.strip())]
-
-
-def _sweep(name: str) -> list[str]:
-    """"best-of-n[n=1..8]" -> ["best-of-n[n=1]", "best-of-n[n=2]", "best-of-n[n=4]", "best-of-n[n=8]"]."""
-    found = _SWEEP.search(name) if "[" in name else None
-    if found is None:
-        return [name]
-    first, last = int(found["first"]), int(found["last"])
-    if not 1 <= first <= last:
-        raise RelaykitError(f"{name}: a sweep needs 1 <= first <= last, got {found[0]}")
-    values = [first * 2**i for i in range((last // first).bit_length()) if first * 2**i <= last]
-    return [name[: found.start("first")] + str(v) + name[found.end("last") :] for v in values]
-
-
-def parse_variant(text: str) -> tuple[str, tuple[str, dict]]:
-    """"relaygen[cues=none speculative=4]" -> (that label, ("relaygen", {"cues": "none",
-    "speculative": 4})): a strategy with its own options, to run beside others."""
-    cls, options = strategy_variant(text)
-    return text.strip(), (cls.name, options)
 
 
 def tuned_settings(large: str | None, small: str | None, given: str | None = None) -> Tuned | None:
@@ -187,17 +122,18 @@ def _variants(names: list[str], options: dict | None, add_baseline: bool,
     """label -> (strategy class, its options: the pair's tuned settings unless it names a tuned
     option, the shared ones it has, then its own; where they came from); the `large` baseline
     first when `add_baseline`. An option that no variant has is an error."""
-    parsed = dict(parse_variant(name) for name in names)
+    parsed = {name.strip(): parse_variant(name) for name in names}
     if add_baseline:
-        parsed = {"large": parsed.pop("large", ("large", {})), **parsed}
-    classes = {label: get_strategy(name) for label, (name, _) in parsed.items()}
+        parsed = {"large": parsed.pop("large", (get_strategy("large"), {})), **parsed}
+    classes = {label: cls for label, (cls, _) in parsed.items()}
     shared = {key: value for key, value in (options or {}).items() if value is not None}
     owned = {key for cls in classes.values() for key in _option_names(cls)}
     if set(shared) - owned:
         flags = ", ".join(flag(key) for key in sorted(set(shared) - owned))
         raise RelaykitError(f"no chosen strategy ({', '.join(parsed)}) has the option(s) {flags}")
     return {
-        label: (cls, *_with_tuned(cls, {**{k: v for k, v in shared.items() if k in _option_names(cls)}, **parsed[label][1]}, tuned))
+        label: (cls, *_with_tuned(cls, {**{k: v for k, v in shared.items() if k in _option_names(cls)},
+                                         **parsed[label][1]}, tuned))
         for label, cls in classes.items()
     }
 
@@ -212,15 +148,8 @@ def required_roles(names: list[str], options: dict | None = None, add_baseline: 
     `tuned` settings. Checks the names and the shared `options` as `build_strategies` does, so a
     mistake shows before any model loads."""
     variants = _variants(names, options, add_baseline, tuned)
-    return tuple(dict.fromkeys(role for cls, values, _ in variants.values() for role in cls.roles_of(config_from_dict(cls, values))))
-
-
-def shipped_swaps(cls: type[Strategy], models: dict) -> dict[str, Path]:
-    """role -> the shipped checkpoint a strategy uses instead of `models[role]` on the shipped pair
-    (RelayLLM's trained toy-small-relay); empty elsewhere."""
-    if not cls.shipped_models or not is_shipped_pair(models):
-        return {}
-    return {role: CHECKPOINTS / folder for role, folder in cls.shipped_models.items()}
+    roles = (role for cls, values, _ in variants.values() for role in cls.roles_of(config_from_dict(cls, values)))
+    return tuple(dict.fromkeys(roles))
 
 
 def build_strategies(
@@ -229,37 +158,29 @@ def build_strategies(
     options: dict | None = None,
     sampling: SamplingConfig | None = None,
     stop: StopConfig | None = None,
-    kv_policy: KVPolicy | None = None,
     add_baseline: bool = True,
     tuned: Tuned | None = None,
+    loader: Loader | None = None,
 ) -> dict[str, Strategy]:
     """label -> strategy for the variants `names` (NAME or NAME[option=value ...]), sharing
     `models`. Each shared option in `options` goes to the strategies that have it; with
     `add_baseline`, the `large` strategy (speed-ups are measured against it) comes first. A
     variant that names none of the options its strategy tunes runs the pair's `tuned` settings
-    (`tuned_for(models)`); each strategy's `settings` say what it ran with.
-    On the shipped toy pair, a strategy that ships its own trained model for a role (RelayLLM's
-    toy-small-relay) gets that model (RelayGen takes the pair's calibrated cues by itself). With
-    the shipped domain experts, query routing gets their shipped prompt classifier; a variant
-    `expert` without a name becomes one entry per expert."""
-    experts = {role.split(":", 1)[1]: models[role].source for role in expert_roles(models)}
-    shipped_classifier = experts and experts == shipped_experts() and _SHIPPED_CLASSIFIER.is_file()
-    strategies, trained = {}, {}
+    (`tuned_for(models)`); each strategy's `settings` say what it ran with. Files that options
+    name are read first (`relaykit.resolve`; on the shipped pair unnamed ones take its presets,
+    e.g. RelayGen's calibrated cues and RelayLLM's trained small model; `loader` loads added
+    checkpoints). A variant `expert` without a name becomes one entry per loaded expert."""
+    experts = [role.split(":", 1)[1] for role in expert_roles(models)]
+    loader = loader or Loader.like(models)
     variants = _variants(names, options, add_baseline, tuned)
     for label, (cls, values, settings) in list(variants.items()):
         if cls.one_entry_per_expert and not values.get("name"):  # `expert`: each expert, one entry
             del variants[label]
             variants.update({f"{label}[name={name}]": (cls, {**values, "name": name}, settings) for name in experts})
+    strategies = {}
     for label, (cls, values, settings) in variants.items():
-        mine = models
-        if shipped_classifier and "classifier" in _option_names(cls) and not values.get("classifier"):
-            values = {**values, "classifier": str(_SHIPPED_CLASSIFIER)}
-        for role, folder in shipped_swaps(cls, models).items():
-            if folder not in trained:
-                device = str(next(models[role].hf.parameters()).device)
-                trained[folder] = load_model(str(folder), name=role, device=device)
-            mine = {**mine, role: trained[folder]}
-        strategies[label] = cls(mine, config_from_dict(cls, values), sampling, stop, kv_policy)
+        config, mine = resolve(cls, config_from_dict(cls, values), models, loader)
+        strategies[label] = cls(mine, config, sampling, stop)
         strategies[label].settings = settings
     return strategies
 
@@ -270,11 +191,11 @@ def build_strategy(
     options: dict | None = None,
     sampling: SamplingConfig | None = None,
     stop: StopConfig | None = None,
-    kv_policy: KVPolicy | None = None,
     tuned: Tuned | None = None,
+    loader: Loader | None = None,
 ) -> Strategy:
     """One strategy from NAME or NAME[option=value ...], as `build_strategies` builds it."""
-    built = build_strategies([spec], models, options, sampling, stop, kv_policy, add_baseline=False, tuned=tuned)
+    built = build_strategies([spec], models, options, sampling, stop, add_baseline=False, tuned=tuned, loader=loader)
     return next(iter(built.values()))
 
 
@@ -285,12 +206,14 @@ def evaluate_strategies(
     batch_size: int = 8,
     raw: bool = False,
     out: str | Path | None = None,
+    kv: KVPolicy | None = None,
 ) -> tuple[dict, dict[str, Path]]:
-    """Run every strategy on the same problems of `dataset` (see `load_dataset`) and, when `out`
-    is a folder, write the report there. Returns the results dict and the written paths."""
+    """Run every strategy on the same problems of `dataset` (see `load_dataset`), with the KV
+    policy `kv` on every in-process model, and, when `out` is a folder, write the report there.
+    Returns the results dict and the written paths."""
     if batch_size < 1:
         raise RelaykitError(f"batch-size must be >= 1, got {batch_size}")
     problems = load_dataset(dataset, limit)
-    results = evaluate(strategies, problems, dataset, EvalSettings(batch_size=batch_size, raw=raw))
+    results = evaluate(strategies, problems, dataset, EvalSettings(batch_size=batch_size, raw=raw), kv)
     paths = write_report(results, out) if out is not None else {}
     return results, paths

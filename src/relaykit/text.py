@@ -8,9 +8,7 @@ arrives, so "now" never fires inside "know" and "3." is no sentence end until a 
 from __future__ import annotations
 
 import functools
-import json
 import re
-from pathlib import Path
 from typing import Callable, NamedTuple
 
 from .errors import RelaykitError
@@ -97,7 +95,8 @@ def decoder(tokenizer) -> Callable[[list[int]], str]:
     vocabulary, as the toy tokenizer's), it joins the tokens' texts instead: a rule asked after
     every forward finds the tokenizer's tables out of the CPU's caches, and a join costs a third."""
     backend = getattr(tokenizer, "_tokenizer", None)
-    if backend is None or not hasattr(backend, "decode") or getattr(tokenizer, "clean_up_tokenization_spaces", True) is not False:
+    cleans_up = getattr(tokenizer, "clean_up_tokenization_spaces", True) is not False
+    if backend is None or not hasattr(backend, "decode") or cleans_up:
         return lambda ids: tokenizer.decode(ids, skip_special_tokens=False)
     decode = functools.partial(backend.decode, skip_special_tokens=False)
     size = backend.get_vocab_size(with_added_tokens=True)
@@ -115,7 +114,8 @@ def decoder(tokenizer) -> Callable[[list[int]], str]:
     return decode
 
 
-def decode_tail(decode: Callable[[list[int]], str], tokens: list[int], end: int, turn_start: int, floor: int, window: int) -> Tail:
+def decode_tail(decode: Callable[[list[int]], str], tokens: list[int], end: int, turn_start: int, floor: int,
+                window: int) -> Tail:
     """Decode (with `decode`, see `decoder`) the last `window` tokens before `end`, with one token of
     context before the turn when it starts in the window, so that a word boundary at its start is
     visible. `floor`: the first index allowed. Every rule reads only the last few characters, so a
@@ -131,24 +131,21 @@ def decode_tail(decode: Callable[[list[int]], str], tokens: list[int], end: int,
     return Tail(text(end), len(text(end - 1)), len(text(turn_start)) if turn_start > start else 0)
 
 
-def load_cues(spec: str | list[str] | None) -> list[str]:
-    """Cues from a list, a `cues.json` written by calibration (its "selected" list), a text file
-    of one cue per line, or a "|"-separated string ("Wait|So|Therefore,"); None or "all": every
-    candidate; "none" or "": no cue (RelayGen then hands off only the answer)."""
+def parse_cues(spec: str | list[str] | None) -> list[str]:
+    """Cues from a list or a "|"-separated string ("Wait|So|Therefore,"); None or "all": every
+    candidate; "none" or "": no cue (RelayGen then hands off only the answer). A cues file is
+    read before a strategy is built (`relaykit.resolve.load_cues`)."""
     if spec is None or spec == "all":
         return list(CANDIDATE_CUES)
     if spec == "none":
         return []
     if isinstance(spec, list):
         return [c for c in spec if c]
-    path = Path(spec).expanduser()
-    if spec.endswith(".json") or path.is_file():
-        if not path.is_file():
-            raise RelaykitError(f"no such cues file: {spec}")
-        if path.suffix == ".json":
-            try:
-                return [c for c in json.loads(path.read_text())["selected"] if c]
-            except (json.JSONDecodeError, KeyError, TypeError) as error:
-                raise RelaykitError(f"{spec} is not a calibration file with a 'selected' list ({error})") from None
-        return [line.rstrip("\n") for line in path.read_text().splitlines() if line.strip()]
+    if looks_like_file(spec):
+        raise RelaykitError(f"cues {spec!r} name a file: read it with relaykit.resolve before building the strategy")
     return [c for c in spec.split("|") if c]
+
+
+def looks_like_file(spec: str) -> bool:
+    """Whether a cues option names a file rather than cues."""
+    return spec.endswith((".json", ".txt")) or "/" in spec

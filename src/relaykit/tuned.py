@@ -93,7 +93,8 @@ def write_tuned(path: str | Path, large: str, small: str, strategies: dict) -> P
             for role, source in (("large", large), ("small", small))}
     if path.is_file():
         kept = load_tuned(path)
-        if _local(kept.large, path.parent) == _local(large, Path.cwd()) and _local(kept.small, path.parent) == _local(small, Path.cwd()):
+        same_large = _local(kept.large, path.parent) == _local(large, Path.cwd())
+        if same_large and _local(kept.small, path.parent) == _local(small, Path.cwd()):
             strategies = {**kept.strategies, **strategies}
     path.write_text(json.dumps({**pair, "strategies": strategies}, indent=2) + "\n")
     return path

@@ -16,9 +16,10 @@ from __future__ import annotations
 
 import dataclasses
 
+from ..answers import answers_match
 from ..decoding.stopping import StopConfig
 from ..errors import RelaykitError
-from ..evals.answers import answers_match
+from ..resolve import resolve
 from ..strategies.adaptive import Adaptive, AdaptiveConfig, leader
 
 NEVER = 2.0  # an agreement threshold no sample set reaches
@@ -39,15 +40,18 @@ def calibrate_adaptive(models: dict, problems: list, config=None, tolerance: flo
         raise RelaykitError("calibrating adaptive needs evaluation problems with references (a dataset)")
     config = config or AdaptiveConfig()
     stop = StopConfig(max_new_tokens=max_new_tokens)
-    strategies = {"small": build_strategy("small", models, stop=stop), "escalate": build_strategy(config.escalate, models, stop=stop)}
+    strategies = {"small": build_strategy("small", models, stop=stop),
+                  "escalate": build_strategy(config.escalate, models, stop=stop)}
     if config.signal == "samples":
         every = dataclasses.replace(config, answer_at=NEVER, more_at=0.0, calibration="none")
-        strategies["samples"] = Adaptive(models, every, stop=stop)
+        every, mine = resolve(Adaptive, every, models)
+        strategies["samples"] = Adaptive(mine, every, stop=stop)
     results = evaluate(strategies, problems, "calibration", EvalSettings(batch_size=batch_size))["strategies"]
     flops = lambda record: sum(u["flops"] for u in record["usage"].values())  # noqa: E731
     rows = []
     for small, escalated, problem in zip(results["small"]["problems"], results["escalate"]["problems"], problems):
-        rows.append({"reference": problem.reference, "small_answer": small["prediction"], "escalate_correct": escalated["correct"],
+        rows.append({"reference": problem.reference, "small_answer": small["prediction"],
+                     "escalate_correct": escalated["correct"],
                      "sample_flops": flops(small), "escalate_flops": flops(escalated)})
     if config.signal == "samples":
         for row, sampled in zip(rows, results["samples"]["problems"]):
@@ -78,7 +82,8 @@ def calibrate_adaptive(models: dict, problems: list, config=None, tolerance: flo
                             "small_answers": replays[pair][2] / len(rows)}
     return {"signal": config.signal, "answer_at": answer_at, "more_at": more_at, "k": config.k, "more": config.more,
             "temperature": config.temperature, "escalate": config.escalate, "problems": len(rows),
-            "tolerance": tolerance, "budget": budget, "escalate_accuracy": escalate_accuracy, **figures((answer_at, more_at)),
+            "tolerance": tolerance, "budget": budget, "escalate_accuracy": escalate_accuracy,
+            **figures((answer_at, more_at)),
             "replays": [{"answer_at": a, "more_at": m, **figures((a, m))} for a, m in candidates]}
 
 

@@ -1,5 +1,6 @@
-"""Calibration of RelayGen's segment check (ours; issue 20): the margin, in logits, at which the
-large model's catch-up forward cuts a segment the small model wrote.
+"""Calibration of RelayGen's segment check (ours; benchmarks/RESULTS.md, "RelayGen on unseen
+problems"): the margin, in logits, at which the large model's catch-up forward cuts a segment the
+small model wrote.
 
 RelayGen runs on the calibration problems with the selected cues under each candidate threshold;
 threshold 0 cuts at every disagreement, which keeps the large model's greedy text. Among the
@@ -27,7 +28,8 @@ def calibrate_check(models: dict, problems: list, cues: list[str], thresholds=TH
     thresholds = sorted(thresholds)
     stop = StopConfig(max_new_tokens=max_new_tokens)
     strategies = {t: RelayGen(models, RelayGenConfig(cues=list(cues), check=t), stop=stop) for t in thresholds}
-    results = evaluate({f"check={t:g}": s for t, s in strategies.items()}, problems, "calibration", EvalSettings(batch_size=batch_size))
+    results = evaluate({f"check={t:g}": s for t, s in strategies.items()}, problems, "calibration",
+                       EvalSettings(batch_size=batch_size))
     entries = {t: results["strategies"][f"check={t:g}"] for t in thresholds}
     safe = []
     for t in thresholds:
@@ -35,9 +37,11 @@ def calibrate_check(models: dict, problems: list, cues: list[str], thresholds=TH
             break
         safe.append(t)
     chosen = min(safe, key=lambda t: (entries[t]["large_token_share"], t))
-    margins = sorted(e["detail"]["margin"] for p in entries[thresholds[0]]["problems"] for e in p["events"] if e["reason"] == "check")
+    margins = sorted(e["detail"]["margin"] for p in entries[thresholds[0]]["problems"] for e in p["events"]
+                     if e["reason"] == "check")
     return {
         "check": chosen,
-        "check_sweep": {f"{t:g}": {"accuracy": e["accuracy"], "large_token_share": round(e["large_token_share"], 4)} for t, e in entries.items()},
+        "check_sweep": {f"{t:g}": {"accuracy": e["accuracy"], "large_token_share": round(e["large_token_share"], 4)}
+                        for t, e in entries.items()},
         "check_cut_margins": [round(m, 2) for m in margins],
     }

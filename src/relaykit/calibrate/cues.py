@@ -29,14 +29,13 @@ import re
 from collections import Counter
 from pathlib import Path
 
-
 from ..decoding.prompt import encode_prompt
 from ..decoding.sequence import Sequence
 from ..decoding.stopping import StopConfig
 from ..errors import RelaykitError
 from ..models.loading import Model, check_same_tokenizer
-from ..models.remote import RemoteModel
-from ..models.runner import Runner
+from ..runtime.runners import BatchedRunner
+from ..runtime.session import Session
 from ..text import CANDIDATE_CUES, THINK_END, cue_pattern, cue_regions
 
 STATISTICS = ("margin", "agreement")
@@ -67,30 +66,29 @@ def calibrate(
     from ..strategies.single import LargeOnly
 
     check_same_tokenizer(large, small)
-    statistic = statistic or ("margin" if isinstance(large, RemoteModel) else "agreement")
+    statistic = statistic or ("agreement" if large.in_process else "margin")
     if statistic not in STATISTICS:
         raise RelaykitError(f"unknown cue statistic {statistic!r}; choose from {', '.join(STATISTICS)}")
     if not problems:
         raise RelaykitError("calibration needs at least one problem")
     prompts = [_prompt_ids(large.tokenizer, p) for p in problems]
-    writer = LargeOnly({"large": large}, stop=StopConfig(max_new_tokens=max_new_tokens))
+    session = Session({"large": large, "small": small})
+    writer = LargeOnly(session.models, stop=StopConfig(max_new_tokens=max_new_tokens))
     traces = []
     for start in range(0, len(prompts), batch_size):
-        traces += [r.token_ids for r in writer.generate(prompts[start : start + batch_size])]
-    reader = Runner(small, "small")
-    judge = Runner(large, "large") if statistic == "agreement" else None
+        traces += [r.token_ids for r in session.generate(writer, prompts[start : start + batch_size])]
+    reader = session.runners["small"]
+    judge = session.runners["large"] if statistic == "agreement" else None
     scored = []
     for prompt, trace in zip(prompts, traces):
         if trace:
             scored.append((token_pieces(small.tokenizer, prompt, trace), token_scores(reader, judge, prompt, trace)))
-            reader.reset()
-            if judge is not None:
-                judge.reset()
     candidates = list(cues) if cues is not None else list(CANDIDATE_CUES)
-    discovered = sentence_openings(["".join(pieces) for pieces, _ in scored], min_occurrences) if cues is None and discover else []
+    discovered = (sentence_openings(["".join(pieces) for pieces, _ in scored], min_occurrences)
+                  if cues is None and discover else [])
     result = cue_statistics(scored, list(dict.fromkeys(candidates + discovered)), threshold, min_occurrences)
-    result.update(statistic=statistic, large=large.source, small=small.source, problems=len(prompts), max_new_tokens=max_new_tokens,
-                  discovered=[c for c in discovered if c not in candidates])
+    result.update(statistic=statistic, large=large.source, small=small.source, problems=len(prompts),
+                  max_new_tokens=max_new_tokens, discovered=[c for c in discovered if c not in candidates])
     return result
 
 
@@ -114,16 +112,24 @@ def _prompt_ids(tokenizer, problem) -> list[int]:
     return encode_prompt(tokenizer, problem.question)
 
 
-def token_scores(small: Runner, large: Runner | None, prompt: list[int], trace: list[int]) -> list[float]:
+def token_scores(small: BatchedRunner, large: BatchedRunner | None, prompt: list[int], trace: list[int]) -> list[float]:
     """Teacher forcing, one forward a model: before each trace token, the small model's
     p(top1) - p(top2) (`large` None: the paper's margin), or p_large(small's top) / p_large(large's top)."""
-    logits = small.score([Sequence(prompt + trace)], len(trace) + 1)[0, :-1].float()
+    logits = _read(small, prompt + trace, len(trace) + 1)[:-1]
     if large is None:
         top = logits.softmax(-1).topk(2, dim=-1).values
         return (top[:, 0] - top[:, 1]).tolist()
-    judged = large.score([Sequence(prompt + trace)], len(trace) + 1)[0, :-1].float()
+    judged = _read(large, prompt + trace, len(trace) + 1)[:-1]
     chosen = judged.gather(-1, logits.argmax(-1, keepdim=True))[:, 0]
     return (chosen - judged.max(-1).values).exp().tolist()
+
+
+def _read(runner: BatchedRunner, tokens: list[int], k: int):
+    """Logits [k, V] after the last k tokens of a sequence the runner reads once and forgets."""
+    sequence = Sequence(tokens)
+    logits = runner.score([sequence], k)[0].float()
+    runner.release(sequence)
+    return logits
 
 
 def token_pieces(tokenizer, prompt: list[int], trace: list[int], context: int = 4) -> list[str]:
@@ -135,11 +141,13 @@ def token_pieces(tokenizer, prompt: list[int], trace: list[int], context: int = 
         window = tokens[i : i + context + 1]
         before = tokenizer.decode(window[:-1], skip_special_tokens=False)
         text = tokenizer.decode(window, skip_special_tokens=False)
-        pieces.append(text[len(before) :] if text.startswith(before) else tokenizer.decode(window[-1:], skip_special_tokens=False))
+        pieces.append(text[len(before) :] if text.startswith(before)
+                      else tokenizer.decode(window[-1:], skip_special_tokens=False))
     return pieces
 
 
-def cue_statistics(traces: list[tuple[list[str], list[float]]], cues: list[str], threshold: float = 0.0, min_occurrences: int = 5) -> dict:
+def cue_statistics(traces: list[tuple[list[str], list[float]]], cues: list[str], threshold: float = 0.0,
+                   min_occurrences: int = 5) -> dict:
     """Per cue: regions (occurrences), their tokens, mean score inside them (`mean_margin`, whatever
     the statistic), mean score on every other thinking token, delta = inside - elsewhere and its
     standard error (regions as clusters inside, tokens outside). `traces`: (token texts, per-token
@@ -161,7 +169,8 @@ def cue_statistics(traces: list[tuple[list[str], list[float]]], cues: list[str],
                         inside[i] = True
             outside += [m for m, flag in zip(margins, inside) if not flag]
         stats[cue] = _cue_entry(regions, outside)
-    selected = [c for c, s in stats.items() if s["occurrences"] >= min_occurrences and s["delta"] is not None and s["delta"] > threshold]
+    selected = [c for c, s in stats.items()
+                if s["occurrences"] >= min_occurrences and s["delta"] is not None and s["delta"] > threshold]
     selected.sort(key=lambda c: -stats[c]["delta"])
     return {
         "selected": selected,
@@ -189,7 +198,8 @@ def _thinking_part(pieces: list[str], margins: list[float]) -> tuple[str, list[i
 def _cue_entry(regions: list[list[float]], outside: list[float]) -> dict:
     tokens = sum(len(r) for r in regions)
     if not tokens or not outside:
-        return {"occurrences": len(regions), "tokens": tokens, "mean_margin": None, "mean_margin_elsewhere": None, "delta": None, "stderr": None}
+        return {"occurrences": len(regions), "tokens": tokens, "mean_margin": None, "mean_margin_elsewhere": None,
+                "delta": None, "stderr": None}
     inside_mean = sum(sum(r) for r in regions) / tokens
     outside_mean = sum(outside) / len(outside)
     # cluster-robust variance of a ratio mean (tokens of one region are not independent)
@@ -217,14 +227,16 @@ def write_calibration(result: dict, out_path: str | Path) -> dict[str, Path]:
     json_path.parent.mkdir(parents=True, exist_ok=True)
     json_path.write_text(json.dumps(result, indent=2) + "\n")
     plot_path = json_path.with_suffix(".png")
-    seen = sorted(((c, s) for c, s in result["cues"].items() if s["delta"] is not None), key=lambda item: item[1]["delta"])
+    seen = sorted(((c, s) for c, s in result["cues"].items() if s["delta"] is not None),
+                  key=lambda item: item[1]["delta"])
     figure, axes = plt.subplots(figsize=(7, 1.5 + 0.25 * max(len(seen), 1)))
     if seen:
         names = [f"{c!r} (n={s['occurrences']})" for c, s in seen]
         colours = ["tab:green" if c in result["selected"] else "tab:gray" for c, _ in seen]
         axes.barh(names, [s["delta"] for _, s in seen], xerr=[s["stderr"] for _, s in seen], color=colours, capsize=2)
     axes.axvline(result["threshold"], color="black", linewidth=0.8, linestyle="--")
-    score = "large model's agreement with the small one" if result.get("statistic") == "agreement" else "small-model margin"
+    score = ("large model's agreement with the small one" if result.get("statistic") == "agreement"
+             else "small-model margin")
     axes.set_xlabel(f"{score} after the cue minus elsewhere (+-1 s.e.; green: selected)")
     axes.set_title("RelayGen cue calibration")
     figure.tight_layout()
@@ -235,7 +247,8 @@ def write_calibration(result: dict, out_path: str | Path) -> dict[str, Path]:
 
 def summary(result: dict) -> str:
     """A short text table of the cues that occurred, best first, and the selection."""
-    rows = sorted(((c, s) for c, s in result["cues"].items() if s["occurrences"]), key=lambda item: -(item[1]["delta"] or -9))
+    rows = sorted(((c, s) for c, s in result["cues"].items() if s["occurrences"]),
+                  key=lambda item: -(item[1]["delta"] or -9))
     lines = [f"{'cue':<16}{'n':>6}{result.get('statistic', 'margin'):>10}{'delta':>9}{'s.e.':>8}"]
     for cue, s in rows:
         if s["delta"] is not None:
@@ -247,7 +260,8 @@ def summary(result: dict) -> str:
     return "\n".join(lines)
 
 
-def run_calibrate_command(models: dict[str, Model], problems: list, out: str | Path, check: bool = True, **options) -> tuple[dict, dict[str, Path]]:
+def run_calibrate_command(models: dict[str, Model], problems: list, out: str | Path, check: bool = True,
+                          **options) -> tuple[dict, dict[str, Path]]:
     """What `relaykit calibrate` does: `calibrate(models["large"], models["small"], problems, **options)`,
     then, with `check`, the segment check's threshold for the selected cues (`calibrate_check`),
     then `write_calibration` to `out`. Returns the result and the written paths."""

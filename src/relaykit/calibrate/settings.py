@@ -22,8 +22,10 @@ from .adaptive import calibrate_adaptive
 # The candidates of each strategy: the config's defaults first, then the settings the papers and
 # our measurements suggest (benchmarks/RESULTS.md: speculative decoding's best on a CPU drafts long
 # runs cut by the draft's confidence; lookup's reference checks 10 drafts)
-SPECULATIVE = [dict(k=4, max_k=16, adaptive=False, draft_confidence=0.0), dict(k=32, max_k=32, adaptive=False, draft_confidence=0.8),
-               dict(k=128, max_k=128, adaptive=False, draft_confidence=0.8), dict(k=128, max_k=128, adaptive=False, draft_confidence=0.6)]
+SPECULATIVE = [dict(k=4, max_k=16, adaptive=False, draft_confidence=0.0),
+               dict(k=32, max_k=32, adaptive=False, draft_confidence=0.8),
+               dict(k=128, max_k=128, adaptive=False, draft_confidence=0.8),
+               dict(k=128, max_k=128, adaptive=False, draft_confidence=0.6)]
 RELAYGEN = [dict(speculative=0, draft_confidence=0.0), dict(speculative=32, draft_confidence=0.8),
             dict(speculative=128, draft_confidence=0.8)]
 LOOKUP = [dict(k=5), dict(k=3), dict(k=10)]
@@ -54,7 +56,8 @@ class SettingsCalibration:
     tolerance: float | None = None  # accuracy a setting may lose against the large model alone (None: TOLERANCE)
     strategies: tuple[str, ...] = ("speculative", "relaygen", "lookup", "adaptive", "early-exit")
     workloads: dict = dataclasses.field(default_factory=dict)  # strategy -> dataset, instead of `dataset`
-    fixed: dict = dataclasses.field(default_factory=dict)  # strategy -> options every candidate runs with (RelayGen's cues)
+    # strategy -> options every candidate runs with (RelayGen's cues)
+    fixed: dict = dataclasses.field(default_factory=dict)
 
 
 def workload(name: str, calibration: SettingsCalibration) -> tuple[str, int, int]:
@@ -71,7 +74,8 @@ def tolerance(name: str, calibration: SettingsCalibration) -> float:
     return calibration.tolerance if calibration.tolerance is not None else TOLERANCE.get(name, 0.0)
 
 
-def candidates(name: str, models: dict, problems: list, calibration: SettingsCalibration, budget: int, progress) -> list[dict]:
+def candidates(name: str, models: dict, problems: list, calibration: SettingsCalibration, budget: int,
+               progress) -> list[dict]:
     """The settings of strategy `name` to try on `models`."""
     if name in FIXED_CANDIDATES:
         return FIXED_CANDIDATES[name]
@@ -80,7 +84,8 @@ def candidates(name: str, models: dict, problems: list, calibration: SettingsCal
         return [dict(probe_model=probe, threshold=t) for probe in probes for t in EXIT_THRESHOLDS]
     if name == "adaptive":  # thresholds from calibrate_adaptive, per signal and escalation
         found = []  # a difficulty model reads the prompt once; without one, the small model's samples
-        routes = [("difficulty", "large"), ("difficulty", "relaygen")] if "difficulty" in models else [("samples", "relaygen")]
+        routes = ([("difficulty", "large"), ("difficulty", "relaygen")] if "difficulty" in models
+                  else [("samples", "relaygen")])
         for signal, escalate in routes:
             progress(f"adaptive thresholds: signal={signal} escalate={escalate}")
             config = AdaptiveConfig(signal=signal, escalate=escalate)
@@ -131,7 +136,8 @@ def calibrate_settings(models: dict, calibration: SettingsCalibration, progress=
             best = min(ties, key=lambda text: figures[text]["flops_vs_large"])
             entry = {"options": labels[best], **figures[best], **entry}
         else:
-            entry = {"refused": f"every setting tried lost accuracy against the large model alone on {dataset}", **entry}
+            entry = {"refused": f"every setting tried lost accuracy against the large model alone on {dataset}",
+                     **entry}
         chosen[name] = entry
         progress(f"{name}: " + (variant_text(name, entry["options"]) + f" {entry['speedup_vs_large']:.2f}x, "
                                 f"{entry['flops_vs_large']:.2f}x FLOPs" if "options" in entry else "refused"))

@@ -2,21 +2,39 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
+from typing import NamedTuple
 
+from ..vocabulary import EventKind, FinishReason
 from .sequence import Sequence
+from .usage import Usage
+
+
+class Handoff(NamedTuple):
+    """The writer changes from one model (role) to another."""
+
+    source: str
+    target: str
+
+    def __str__(self) -> str:
+        return f"{self.source}->{self.target}"
 
 
 @dataclass
 class Event:
-    """A moment of a generation worth recording: a hand-off between models (`direction`
-    "large->small"), a budget closing the thinking (`direction` None), a vote, ..."""
+    """A moment of a generation worth recording: a hand-off between models, a budget closing the
+    thinking, a vote, ..."""
 
     position: int  # generated tokens before it
-    direction: str | None  # "from->to" when the writer changes
-    reason: str  # "cue", "sentence end", "answer", "budget", "margin", ...
+    reason: EventKind
+    handoff: Handoff | None = None  # set when the writer changes
     cue: str | None = None  # the text that triggered it, if any
     detail: dict | None = None  # what a method adds (a call's tokens requested and delivered)
+
+    def to_dict(self) -> dict:
+        direction = str(self.handoff) if self.handoff is not None else None
+        return {"position": self.position, "direction": direction, "reason": str(self.reason), "cue": self.cue,
+                "detail": self.detail}
 
 
 @dataclass
@@ -24,9 +42,9 @@ class GenerationResult:
     text: str
     token_ids: list[int]
     provenance: list[str]  # per generated token, the role of the model that wrote it
-    usage: dict[str, dict]  # per role: prefill_tokens, decode_tokens, forward_calls, seconds, flops
+    usage: dict[str, Usage]  # per role
     seconds: float
-    finish_reason: str | None = None
+    finish_reason: FinishReason | None = None
     events: list[Event] = field(default_factory=list)
     uid: int | None = None  # the request's uid
 
@@ -52,14 +70,15 @@ class GenerationResult:
             "text": self.text,
             "token_ids": self.token_ids,
             "provenance": self.provenance,
-            "usage": self.usage,
+            "usage": {role: usage.to_dict() for role, usage in self.usage.items()},
             "seconds": self.seconds,
-            "finish_reason": self.finish_reason,
-            "events": [asdict(e) for e in self.events],
+            "finish_reason": str(self.finish_reason) if self.finish_reason is not None else None,
+            "events": [e.to_dict() for e in self.events],
         }
 
 
-def make_result(sequence: Sequence, tokenizer, usage: dict[str, dict], seconds: float, events=None, uid=None) -> GenerationResult:
+def make_result(sequence: Sequence, tokenizer, usage: dict[str, Usage], seconds: float, events=None,
+                uid=None) -> GenerationResult:
     """Build the result of a finished sequence."""
     tokens, writers = sequence.generated, sequence.generated_writers
     text = tokenizer.decode(tokens, skip_special_tokens=True)

@@ -74,3 +74,18 @@ class Sampler:
 
     def uniform(self, n: int) -> torch.Tensor:
         return torch.rand(n, generator=self.generator)
+
+
+def next_tokens(samplers: list[Sampler], logits: torch.Tensor) -> list[int]:
+    """One token per row of next-token `logits` [B, V], row b drawn by `samplers[b]`: the greedy
+    rows in one argmax, the others one by one."""
+    greedy = [b for b, sampler in enumerate(samplers) if sampler.greedy]
+    tokens: dict[int, int] = {}
+    if len(greedy) == len(samplers):
+        return logits.argmax(-1).tolist()
+    if greedy:
+        tokens.update(zip(greedy, logits[greedy].argmax(-1).tolist()))
+    for b, sampler in enumerate(samplers):
+        if b not in tokens:
+            tokens[b] = int(sampler.sample(logits[b]))
+    return [tokens[b] for b in range(len(samplers))]

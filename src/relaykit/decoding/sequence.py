@@ -5,6 +5,8 @@ from __future__ import annotations
 import itertools
 from collections.abc import Iterable
 
+from ..vocabulary import FinishReason
+
 PROMPT = "prompt"
 _uids = itertools.count()
 
@@ -30,7 +32,7 @@ class Sequence:
         self.final = self.prompt_length
         self.truncations: list[int] = []  # lengths cut back to, in order; runners replay these
         self.finished = False
-        self.finish_reason: str | None = None
+        self.finish_reason: FinishReason | None = None
 
     def __len__(self) -> int:
         return len(self.tokens)
@@ -84,7 +86,7 @@ class Sequence:
     def generated_writers(self) -> list[str]:
         return self.writers[self.prompt_length :]
 
-    def finish(self, reason: str) -> None:
+    def finish(self, reason: FinishReason) -> None:
         self.finished = True
         self.finish_reason = reason
 

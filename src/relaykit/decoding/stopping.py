@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from ..vocabulary import FinishReason
 from .sequence import Sequence
 
 
@@ -40,13 +41,13 @@ class StopChecker:
                 return True
         return False
 
-    def _reason(self, seq: Sequence, end: int) -> str | None:
+    def _reason(self, seq: Sequence, end: int) -> FinishReason | None:
         if end > seq.prompt_length and seq.tokens[end - 1] in self.stop_ids:
-            return "stop"
+            return FinishReason.STOP
         if self.stop_strings and self._ends_with_stop_string(seq, end):
-            return "stop"
+            return FinishReason.STOP
         if end - seq.prompt_length >= self.config.max_new_tokens:
-            return "length"
+            return FinishReason.LENGTH
         return None
 
     def _ends_with_stop_string(self, seq: Sequence, end: int) -> bool:

@@ -7,7 +7,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from relaykit.errors import RelaykitError
-from relaykit.evals.answers import extract_answer
+
+from ..answers import extract_answer
 
 _PROMPT_KEYS = ("prompt", "question", "problem")
 _REFERENCE_KEYS = ("answer", "reference", "solution")

@@ -7,10 +7,12 @@ from dataclasses import asdict, dataclass
 
 from tqdm import tqdm
 
+from ..answers import answers_match, extract_answer
 from ..decoding.prompt import encode_prompt
 from ..decoding.stopping import StopConfig
+from ..models.kv import KVPolicy
+from ..runtime.session import sessions_for
 from ..strategies.base import Strategy
-from .answers import answers_match, extract_answer
 from .datasets import EvalProblem
 from .overthinking import efficiency
 
@@ -51,9 +53,9 @@ def _records(strategy: Strategy, problems: list[EvalProblem], results: list, wal
                 "segments": [list(s) for s in result.segments(tokenizer)],
                 "tokens": len(result.token_ids),
                 "tokens_by": {w: result.tokens_by(w) for w in set(result.provenance)},
-                "usage": result.usage,
-                "events": [asdict(e) for e in result.events],
-                "finish_reason": result.finish_reason,
+                "usage": {role: usage.to_dict() for role, usage in result.usage.items()},
+                "events": [event.to_dict() for event in result.events],
+                "finish_reason": str(result.finish_reason) if result.finish_reason else None,
             }
         )
         measured = efficiency(result.text, problem.reference, count)
@@ -104,25 +106,29 @@ def _mean(values: list[float]) -> float | None:
     return sum(values) / len(values) if values else None
 
 
-def evaluate(strategies: dict[str, Strategy], problems: list[EvalProblem], dataset: str, settings: EvalSettings) -> dict:
-    """Every strategy on the same problems in this process; speed-ups are against the `large`
-    strategy (the large model alone) of the same run. The strategies take turns chunk by chunk
-    (`batch_size` problems each), so a slower or faster spell of a shared machine falls on all of
-    them alike; each strategy's wall time is the sum of its own turns."""
+def evaluate(strategies: dict[str, Strategy], problems: list[EvalProblem], dataset: str, settings: EvalSettings,
+             kv: KVPolicy | None = None) -> dict:
+    """Every strategy on the same problems in this process, in sessions that share their models'
+    runners (`sessions_for`; `kv`: the KV policy of every in-process model); speed-ups are against
+    the `large` strategy (the large model alone) of the same run. The strategies take turns chunk
+    by chunk (`batch_size` problems each), so a slower or faster spell of a shared machine falls on
+    all of them alike; each strategy's wall time is the sum of its own turns."""
+    sessions = sessions_for(strategies, kv)
     prompts = {
         name: [encode_prompt(s.tokenizer, prompt_text(p), raw=settings.raw) for p in problems]
         for name, s in strategies.items()
     }
     for name, strategy in strategies.items():  # warm-up: first calls are not the method's cost
-        strategy.generate(prompts[name][:1], StopConfig(max_new_tokens=2))
+        sessions[name].generate(strategy, prompts[name][:1], StopConfig(max_new_tokens=2))
     outputs = {name: [] for name in strategies}
     walls = dict.fromkeys(strategies, 0.0)
-    bar = tqdm(total=len(problems) * len(strategies), desc="eval", unit="problem", disable=not settings.progress, leave=False)
+    bar = tqdm(total=len(problems) * len(strategies), desc="eval", unit="problem", disable=not settings.progress,
+               leave=False)
     for chunk in range(0, len(problems), settings.batch_size):
         end = min(chunk + settings.batch_size, len(problems))
         for name, strategy in strategies.items():
             started = time.perf_counter()
-            outputs[name] += strategy.generate(prompts[name][chunk:end])
+            outputs[name] += sessions[name].generate(strategy, prompts[name][chunk:end])
             walls[name] += time.perf_counter() - started
             bar.set_postfix_str(name)
             bar.update(end - chunk)
@@ -137,7 +143,8 @@ def evaluate(strategies: dict[str, Strategy], problems: list[EvalProblem], datas
     baseline = results["strategies"].get("large")
     if baseline:
         for entry in results["strategies"].values():
-            entry["speedup_vs_large"] = baseline["wall_seconds"] / entry["wall_seconds"] if entry["wall_seconds"] else None
+            entry["speedup_vs_large"] = (baseline["wall_seconds"] / entry["wall_seconds"] if entry["wall_seconds"]
+                                         else None)
     curves = n_curves(strategies, results["strategies"])
     if curves:
         results["curves"] = curves
@@ -155,7 +162,8 @@ def n_curves(strategies: dict[str, Strategy], entries: dict) -> dict:
         others = {k: v for k, v in asdict(config).items() if k != "n"}
         key = f"{strategy.name}[n=N {' '.join(f'{k}={v}' for k, v in sorted(others.items()))}]"
         entry = entries[label]
-        families.setdefault(key, []).append({"n": config.n, "strategy": label, "accuracy": entry["accuracy"], "flops": entry["flops"],
-                                             "tokens_generated": entry["tokens_generated"],
+        families.setdefault(key, []).append({"n": config.n, "strategy": label, "accuracy": entry["accuracy"],
+                                             "flops": entry["flops"], "tokens_generated": entry["tokens_generated"],
                                              "samples_per_problem": entry["samples_per_problem"]})
-    return {key: sorted(points, key=lambda p: p["n"]) for key, points in families.items() if len({p["n"] for p in points}) > 1}
+    return {key: sorted(points, key=lambda p: p["n"]) for key, points in families.items()
+            if len({p["n"] for p in points}) > 1}

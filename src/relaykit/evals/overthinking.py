@@ -3,8 +3,8 @@
 The thinking is split into solutions: a new solution starts at a line holding a reflection cue
 (Wait, Alternatively, Hmm, Check, But wait, ...) at the start of one of its sentences. In the toy
 world this makes the first derivation one solution and each check round ("Check 3. Wait, 47 * 6 =
-282 and ...") another; in real traces it splits at the paragraphs where the model re-examines. A solution's answer is its last
-`\\boxed{...}` or else its last number.
+282 and ...") another; in real traces it splits at the paragraphs where the model re-examines. A
+solution's answer is its last `\\boxed{...}` or else its last number.
 
 - outcome efficiency: tokens up to and including the first solution whose answer is right, over
   all thinking tokens (0 when no solution is right);
@@ -17,7 +17,7 @@ from __future__ import annotations
 import re
 from typing import Callable
 
-from .answers import answers_match
+from ..answers import answers_match
 
 REFLECTION = re.compile(r"(?:^|[.!?]\s+)\s*(?:Wait|Alternatively|Hmm|Check|But wait|Let me check|Double-check)\b")
 BOXED = re.compile(r"\\boxed\{([^{}]*)\}")

@@ -32,8 +32,8 @@ _RICH_STYLES = {"small": "cyan", "large": "bold magenta", "prompt": "dim"}
 _RICH_PALETTE = ("green", "yellow", "blue", "red", "bright_cyan", "bright_magenta")
 _MARKER_AREA = 60  # of a plotted point, in points squared
 _NAME_WIDTH = 21  # the strategy column's width in an 80-column terminal
-_COLUMNS = ("strategy", "accuracy", "large-token share", "switches/problem", "FLOPs", "wall s", "tokens/s", "speed-up vs large",
-            "samples/problem", "outcome efficiency", "process efficiency", "stopped at length")
+_COLUMNS = ("strategy", "accuracy", "large-token share", "switches/problem", "FLOPs", "wall s", "tokens/s",
+            "speed-up vs large", "samples/problem", "outcome efficiency", "process efficiency", "stopped at length")
 CUT_NOTE = f"! answers stopped at the length limit on over {LENGTH_FLAG:.0%} of problems: raise --max-new-tokens"
 
 
@@ -103,11 +103,13 @@ def curves_markdown(results: dict) -> str:
     text = ""
     for family, points in results.get("curves", {}).items():
         against = f" vs {baseline}" if baseline else ""
-        lines = [f"| n | accuracy | FLOPs{against} | tokens generated{against} | samples/problem |", "|---:|---:|---:|---:|---:|"]
+        lines = [f"| n | accuracy | FLOPs{against} | tokens generated{against} | samples/problem |",
+                 "|---:|---:|---:|---:|---:|"]
         for p in points:
             flops, tokens = (_relative(results, p["strategy"], key) for key in ("flops", "tokens_generated"))
             lines.append(f"| {p['n']} | {100 * p['accuracy']:.1f}% | " + " | ".join(
-                _scientific(p[key]) if value is None else f"{value:.2f}x" for key, value in (("flops", flops), ("tokens_generated", tokens)))
+                _scientific(p[key]) if value is None else f"{value:.2f}x"
+                for key, value in (("flops", flops), ("tokens_generated", tokens)))
                 + f" | {p['samples_per_problem']:.1f} |")
         text += f"\nCurve of {family}:\n\n" + "\n".join(lines) + "\n"
     return text
@@ -120,7 +122,8 @@ def rich_group_tables(results: dict) -> list[Table]:
         rows = group_rows(results, group)
         if rows is None:
             continue
-        table = Table(title=f"accuracy per {group}", box=box.SIMPLE_HEAD, show_edge=False, pad_edge=False, collapse_padding=True)
+        table = Table(title=f"accuracy per {group}", box=box.SIMPLE_HEAD, show_edge=False, pad_edge=False,
+                      collapse_padding=True)
         table.add_column(rows[0][0], overflow="fold", max_width=_NAME_WIDTH)
         for header in rows[0][1:]:
             table.add_column(header.replace(f"mean over {group}s", "mean"), justify="right", no_wrap=True)
@@ -135,7 +138,8 @@ def rich_table(results: dict) -> Table:
     long strategy names wrapped, FLOPs and speed-ups relative to the large baseline when there is
     one (else absolute FLOPs and no speed-up), and a one-line legend."""
     relative = all(_relative(results, name, "flops") is not None for name in results["strategies"])
-    headers = ["strategy", "acc", "large %", "switch/pb", "FLOPs", "wall s", "tok/s"] + (["speed-up"] if relative else [])
+    headers = (["strategy", "acc", "large %", "switch/pb", "FLOPs", "wall s", "tok/s"]
+               + (["speed-up"] if relative else []))
     legend = "large %: tokens by large · switch/pb: switches per problem" + (" · x: vs large" if relative else "")
     legend += f"\n{CUT_NOTE}" if _any_cut(results) else ""
     title = f"{results.get('dataset', '')} ({results.get('n_problems', '?')} problems)"
@@ -240,7 +244,8 @@ def write_report(results: dict, out_dir: str | Path, max_problems: int = 5) -> d
     }
     paths["json"].write_text(json.dumps(results, indent=2), encoding="utf-8")
     heading = f"# {results.get('dataset', 'results')} ({results.get('n_problems', '?')} problems)\n\n"
-    paths["markdown"].write_text(heading + markdown_table(results) + groups_markdown(results) + curves_markdown(results), encoding="utf-8")
+    paths["markdown"].write_text(
+        heading + markdown_table(results) + groups_markdown(results) + curves_markdown(results), encoding="utf-8")
     _plot(results, paths["plot"])
     paths["html"].write_text(trajectories_html(results, max_problems), encoding="utf-8")
     return paths
@@ -259,7 +264,8 @@ def _plot(results: dict, path: Path) -> None:
     baseline = _large_baseline(results)
     # a curve's points are labelled by their n, its last point by its whole name
     labels = {p["strategy"]: f"n={p['n']}" for points in results.get("curves", {}).values() for p in points[:-1]}
-    for ax, key, label in ((axes[0], "flops", "FLOPs"), (axes[1], "tokens_generated", "tokens generated"), (axes[2], "wall_seconds", "wall time")):
+    for ax, key, label in ((axes[0], "flops", "FLOPs"), (axes[1], "tokens_generated", "tokens generated"),
+                           (axes[2], "wall_seconds", "wall time")):
         relative = all(_relative(results, name, key) is not None for name in results["strategies"])
         where = {}
         for i, (name, s) in enumerate(results["strategies"].items()):
@@ -267,7 +273,8 @@ def _plot(results: dict, path: Path) -> None:
             y = 100 * s["accuracy"]
             where[name] = (x, y)
             ax.scatter([x], [y], s=_MARKER_AREA, color=f"C{i % 10}", zorder=3)
-            ax.annotate(labels.get(name, name), (x, y), textcoords="offset points", xytext=(6, 5), fontsize=9, color=f"C{i % 10}")
+            ax.annotate(labels.get(name, name), (x, y), textcoords="offset points", xytext=(6, 5), fontsize=9,
+                        color=f"C{i % 10}")
         for points in results.get("curves", {}).values():
             xs, ys = zip(*(where[p["strategy"]] for p in points))
             ax.plot(xs, ys, color="grey", linewidth=1, zorder=2)

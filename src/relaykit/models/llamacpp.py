@@ -25,12 +25,14 @@ import ctypes
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import SimpleNamespace
+from typing import ClassVar
 
 import numpy as np
 import torch
 
 from ..errors import RelaykitError
-from .loading import Model
+from .kv import KVPolicy
+from .model import Model
 
 # A context holds every row of a runner: at most MAX_ROWS sequences and, over all of them, the
 # model's training context or CONTEXT_TOKENS KV cells (tokens), whichever is fewer; llama.cpp
@@ -84,6 +86,8 @@ class LlamaCppModel(Model):
     description: str = ""
     threads: int = 1
 
+    policy_hint: ClassVar[str] = " (--engine native loads a .gguf file's weights for it)"
+
     @property
     def config(self):
         return self.settings
@@ -91,6 +95,10 @@ class LlamaCppModel(Model):
     @property
     def engine(self) -> str:
         return "llamacpp"
+
+    @property
+    def engine_type(self) -> type[LlamaCppEngine]:
+        return LlamaCppEngine
 
     @property
     def native(self) -> bool:
@@ -134,9 +142,12 @@ def load_llamacpp(path: Path, name: str, tokenizer, threads: int) -> LlamaCppMod
 
 
 class LlamaCppEngine:
-    """The runner's engine interface over one llama.cpp context (see `NativeEngine`)."""
+    """The `Engine` protocol over one llama.cpp context; its KV cells are not measured (the KV byte
+    figures are 0)."""
 
-    def __init__(self, model: LlamaCppModel):
+    runs_kv_policies: ClassVar[bool] = False
+
+    def __init__(self, model: LlamaCppModel, policy: KVPolicy | None = None):
         llama_cpp = self.llama_cpp = llama_cpp_module()
         params = llama_cpp.llama_context_default_params()
         self.cells = min(CONTEXT_TOKENS, model.config.max_position_embeddings)
@@ -193,8 +204,17 @@ class LlamaCppEngine:
             self.llama_cpp.llama_memory_seq_rm(self.memory, row, length, -1)
             self.lengths[row] = length
 
+    def kv_bytes(self) -> int:
+        return 0
+
+    def kv_peak_bytes(self) -> int:
+        return 0
+
+    def kv_slot_bytes(self) -> int:
+        return 0
+
     def forward(self, tokens: list[list[int]], positions: list[int], wanted: list[int]) -> torch.Tensor:
-        """As `NativeEngine.forward`: logits [F, K, V] of the last K fed tokens of each fed row."""
+        """As `Engine.forward`: logits [F, K, V] of the last K fed tokens of each fed row."""
         last_k = max(wanted)
         fed = [b for b, row_tokens in enumerate(tokens) if row_tokens]
         out = np.zeros((len(fed), last_k, self.vocab), dtype=np.float32)
@@ -218,7 +238,8 @@ class LlamaCppEngine:
                                     f"({self.cells} tokens over at most {MAX_ROWS} sequences)")
             for i, (_, _, _, target) in enumerate(chunk):
                 if target is not None:
-                    out[target] = np.ctypeslib.as_array(self.llama_cpp.llama_get_logits_ith(self.context, i), shape=(self.vocab,))
+                    logits = self.llama_cpp.llama_get_logits_ith(self.context, i)
+                    out[target] = np.ctypeslib.as_array(logits, shape=(self.vocab,))
         for b in fed:
             self.lengths[b] += len(tokens[b])
         return torch.from_numpy(out)

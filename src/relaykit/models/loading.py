@@ -5,82 +5,18 @@ from __future__ import annotations
 import copy
 import functools
 import time
-from dataclasses import dataclass
-from functools import cached_property
 from pathlib import Path
 
 import torch
 
 from ..errors import RelaykitError
-from .engines import supports_native
+from . import llamacpp
+from .model import ENGINE_TYPES, Model
+from .native import supports_native
 from .router import attach_saved_head
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
-ENGINES = ("auto", "native", "hf", "llamacpp")
-
-
-@dataclass
-class Model:
-    """A loaded causal LM with its tokenizer and the sizes used for FLOP accounting."""
-
-    name: str
-    source: str
-    hf: torch.nn.Module
-    tokenizer: object
-    parameters: int
-    non_embedding_parameters: int
-    force_hf: bool = False  # run through the model's own forward even where the native engine could
-    int8: bool = False  # the native engine multiplies by int8 copies of the weights (bfloat16 activations)
-
-    @property
-    def config(self):
-        return self.hf.config
-
-    @property
-    def native(self) -> bool:
-        return supports_native(self.hf) and not self.force_hf
-
-    @property
-    def engine(self) -> str:
-        return "native" if self.native else "hf"
-
-    @property
-    def dtype(self) -> str:
-        return "int8" if self.int8 else str(next(self.hf.parameters()).dtype).removeprefix("torch.")
-
-    def describe(self) -> dict:
-        """What a report says of the model: where it came from, its engine, dtype and size."""
-        return {"source": self.source, "engine": self.engine, "dtype": self.dtype, "parameters": self.parameters}
-
-    @property
-    def layers(self) -> int:
-        return self.config.num_hidden_layers
-
-    @property
-    def attention_width(self) -> int:
-        """heads x head_dim (the width of QK^T and AV)."""
-        head_dim = getattr(self.config, "head_dim", None) or self.config.hidden_size // self.config.num_attention_heads
-        return self.config.num_attention_heads * head_dim
-
-    @property
-    def eos_token_ids(self) -> list[int]:
-        ids = getattr(self.hf.generation_config, "eos_token_id", None) or self.tokenizer.eos_token_id
-        ids = ids if isinstance(ids, list) else [ids]
-        return [i for i in ids if i is not None]
-
-    @cached_property
-    def _flop_rates(self) -> tuple[float, float, float]:
-        """FLOPs per token fed, per attended (query, key) pair and per logit position."""
-        return (
-            2.0 * self.non_embedding_parameters,
-            4.0 * self.layers * self.attention_width,
-            2.0 * self.config.hidden_size * self.config.vocab_size,
-        )
-
-    def forward_flops(self, tokens: int, attended: int, logit_positions: int) -> float:
-        """FLOPs of one forward (formula in relaykit.decoding.usage)."""
-        per_token, per_pair, per_logit = self._flop_rates
-        return per_token * tokens + per_pair * attended + per_logit * logit_positions
+ENGINES = ("auto", *ENGINE_TYPES, "llamacpp")
 
 
 def _count_parameters(hf_model) -> tuple[int, int]:
@@ -165,12 +101,10 @@ def load_model(
     (a .gguf file's weights as shipped, through llama.cpp) or auto: llamacpp for a .gguf file when
     llama-cpp-python is installed and no dtype or device is asked for (else its weights are
     dequantised for the native engine), native for the models it supports, else hf. `dtype`: auto
-    (see `auto_dtype`), float32, bfloat16, float16 or int8 (weight-only, native engine). Only safetensors weights are read unless `allow_pickle`;
-    remote code runs only with `trust_remote_code`. Every failure becomes one `RelaykitError`
-    naming the source.
+    (see `auto_dtype`), float32, bfloat16, float16 or int8 (weight-only, native engine). Only
+    safetensors weights are read unless `allow_pickle`; remote code runs only with
+    `trust_remote_code`. Every failure becomes one `RelaykitError` naming the source.
     """
-    from . import llamacpp
-
     from transformers import AutoModelForCausalLM, AutoTokenizer
     from transformers.utils import logging as hf_logging
 
@@ -233,12 +167,13 @@ def load_model(
     total, non_embedding = _count_parameters(hf_model)
     if dtype == "auto":
         torch_dtype = auto_dtype(device, total)
-    hf_model.to(device=device, dtype=torch_dtype).eval()
+    hf_model.to(device=device, dtype=torch_dtype).eval()  # type: ignore[call-arg]
     display = name or (path.stem if gguf else path.name or spec)
     if (engine == "native" or dtype == "int8") and (engine == "hf" or not supports_native(hf_model)):
         raise RelaykitError(f"the native engine (which int8 weights need) runs Llama-family models; {spec} is a "
                             f"{hf_model.config.model_type!r} model on the {engine} engine")
-    return Model(display, spec, hf_model, tokenizer, total, non_embedding, force_hf=engine == "hf", int8=dtype == "int8")
+    choice = engine if engine in ENGINE_TYPES else "auto"
+    return Model(display, spec, hf_model, tokenizer, total, non_embedding, engine_choice=choice, int8=dtype == "int8")
 
 
 def packaged_model(package: str) -> str:

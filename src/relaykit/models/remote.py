@@ -17,17 +17,12 @@ import time
 import urllib.error
 import urllib.request
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
 
-from ..decoding.usage import Usage
 from ..errors import RelaykitError
-
-if TYPE_CHECKING:
-    from ..runtime.asks import Generated
 
 
 def is_remote(spec: str | None) -> bool:
-    return bool(spec) and spec.startswith(("http://", "https://"))
+    return spec is not None and spec.startswith(("http://", "https://"))
 
 
 @dataclass
@@ -43,6 +38,8 @@ class Completion:
 
 class RemoteModel:
     """A completions endpoint plus the local tokenizer of the model it serves."""
+
+    in_process = False  # it writes text; it gives no logits and holds no KV cache of relaykit's
 
     def __init__(self, spec: str, tokenizer, name: str | None = None, timeout: float = 600.0):
         url, model = split_spec(spec)
@@ -98,14 +95,16 @@ class RemoteModel:
         completion_tokens = usage.get("completion_tokens")
         if completion_tokens is None:
             completion_tokens = len(self.tokenizer(text, add_special_tokens=False)["input_ids"])
-        return Completion(text, choice.get("finish_reason") or "stop", usage.get("prompt_tokens", 0), completion_tokens, seconds)
+        reason = choice.get("finish_reason") or "stop"
+        return Completion(text, reason, usage.get("prompt_tokens", 0), completion_tokens, seconds)
 
 
 def split_spec(spec: str) -> tuple[str, str]:
     """`http://host:port/v1#model-name` -> (URL, model name)."""
     url, _, model = spec.partition("#")
     if not model:
-        raise RelaykitError(f"a remote model is written URL#MODEL (e.g. http://localhost:8000/v1#my-model), got {spec!r}")
+        raise RelaykitError("a remote model is written URL#MODEL (e.g. http://localhost:8000/v1#my-model), "
+                            f"got {spec!r}")
     return url, model
 
 
@@ -119,66 +118,8 @@ def load_remote(spec: str, tokenizer_spec: str | None = None, name: str | None =
         tokenizer = AutoTokenizer.from_pretrained(source)
     except Exception as error:  # noqa: BLE001 - transformers raises many types
         raise RelaykitError(
-            f"remote model {spec}: no tokenizer at {source!r} ({str(error).splitlines()[0] if str(error) else type(error).__name__}); "
+            f"remote model {spec}: no tokenizer at {source!r} "
+            f"({str(error).splitlines()[0] if str(error) else type(error).__name__}); "
             "pass --tokenizer PATH with the served model's tokenizer"
         ) from None
     return RemoteModel(spec, tokenizer, name=name)
-
-
-class RemoteRunner:
-    """A remote model as a runner: it answers text-level asks (`Generate`) with completion
-    requests, one worker thread per ask; the endpoint's own prefix cache reuses the KV cache.
-    Token counts and provenance use the local tokenizer; FLOPs are unknown and reported as 0."""
-
-    def __init__(self, model: RemoteModel, name: str | None = None):
-        self.model = model
-        self.name = name or model.name
-        self.usage = Usage()
-        self.usage_by_sequence: dict[int, Usage] = {}
-        self.kv_bytes = 0
-
-    def generate(self, request, ask) -> "Generated":
-        """Write on `ask.sequence` until the turn ends (see `Generate`); requests pause after the
-        ask's `pause_at` strings and the request's own stop strings, so that `ends_turn` is
-        checked there; a pause string that may need the next character asks for one more token."""
-        from ..runtime.asks import Generated
-
-        sequence, tokenizer, sampling = ask.sequence, self.model.tokenizer, request.sampling
-        stops = list(dict.fromkeys([*ask.pause_at, *request.stop_config.stop_strings]))
-        usage = self.usage_by_sequence.setdefault(sequence.uid, Usage())
-        size = ask.max_tokens
-        while True:
-            room = ask.max_tokens - (len(sequence) - ask.start)
-            if room <= 0 or sequence.finished:
-                return Generated(len(sequence) - ask.start)
-            text = tokenizer.decode(sequence.visible_to(self.name), skip_special_tokens=False)
-            answer = self.model.complete(text, min(room, size), stops, sampling.temperature, sampling.top_p, sampling.seed)
-            before = len(sequence)
-            sequence.extend(tokenizer(answer.text, add_special_tokens=False)["input_ids"], self.name)
-            sequence.truncate(before + room)  # the local tokenizer may count a few more tokens
-            for u in (usage, self.usage):
-                u.prefill_tokens += answer.prompt_tokens
-                u.decode_tokens += answer.completion_tokens
-                u.forward_calls += 1
-                u.seconds += answer.seconds
-            # the engine stopped at the first stop string in its text (whose end may fall inside the last token)
-            found = [(answer.text.find(s) + len(s), s) for s in stops if s in answer.text]
-            matched = min(found)[1] if found and answer.finish_reason == "stop" else None
-            if answer.finish_reason == "stop" and matched is None:
-                sequence.append(tokenizer.eos_token_id, self.name)  # the model ended the text
-            ended = request.settle(sequence, before, ask.ends_turn)
-            if ended is not None or sequence.finished:
-                return Generated(len(sequence) - ask.start, ended)
-            size = 1 if matched is not None and answer.text.endswith(matched) else ask.max_tokens
-
-    def release(self, sequence) -> Usage:
-        return self.usage_by_sequence.pop(sequence.uid, Usage())
-
-    def fork(self, parent, children) -> None:
-        """Nothing to share in-process: the endpoint's prefix cache reads the prompt once."""
-
-    def prefill(self, sequences) -> None:
-        """Nothing to do: an endpoint reads the text with each request."""
-
-    def compact(self) -> None:
-        """Nothing to free in-process."""

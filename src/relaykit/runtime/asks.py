@@ -96,3 +96,6 @@ class Run:
     children: list[tuple[Any, Sequence]]
     keep: bool = False
     sampling: Any = None
+
+
+Ask = Logits | Generate | Fork | Drop | Run  # what a strategy's loop may yield

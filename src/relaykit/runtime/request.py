@@ -3,14 +3,39 @@
 from __future__ import annotations
 
 import time
-from typing import Any, Callable
+from typing import Any, Callable, Protocol
 
 import torch
 
-from ..decoding.result import Event, GenerationResult
+from ..decoding.result import Event, GenerationResult, Handoff
 from ..decoding.sampler import Sampler, SamplingConfig
 from ..decoding.sequence import Sequence
 from ..decoding.stopping import StopChecker, StopConfig
+from ..vocabulary import EventKind
+
+
+class Context(Protocol):
+    """What a strategy's `run` may read and do of its request: the sequence it extends, its
+    sampling, its stop conditions and its events."""
+
+    sequence: Sequence
+    sampling: SamplingConfig
+    sampler: Sampler
+    open_from: int | None
+
+    def sample(self, logits: torch.Tensor) -> int: ...
+
+    def remaining(self, sequence: Sequence | None = None) -> int: ...
+
+    def finish_if_done(self, sequence: Sequence, appended: int = 1) -> bool: ...
+
+    def event(self, reason: EventKind, handoff: tuple[str, str] | None = None, cue: str | None = None,
+              sequence: Sequence | None = None, detail: dict | None = None, position: int | None = None) -> Event: ...
+
+    def forget_events_after(self, position: int) -> None: ...
+
+    def settle(self, sequence: Sequence, first: int, ends_turn: Callable[[Sequence, int], Any] | None = None,
+               asked: int = 0) -> Any: ...
 
 
 class Request:
@@ -21,7 +46,8 @@ class Request:
     may still cut are waiting for a check; everything else is the scheduler's business.
     """
 
-    def __init__(self, strategy, sequence: Sequence, sampling: SamplingConfig, stop: StopConfig, parent: "Request | None" = None):
+    def __init__(self, strategy, sequence: Sequence, sampling: SamplingConfig, stop: StopConfig,
+                 parent: "Request | None" = None):
         self.uid = sequence.uid
         self.strategy = strategy
         self.sequence = sequence
@@ -64,10 +90,19 @@ class Request:
         """Apply the stop conditions to the newest `appended` tokens (see `StopChecker.check`)."""
         return self.stop.check(sequence, appended)
 
-    def event(self, direction: str | None, reason: str, cue: str | None = None, sequence: Sequence | None = None) -> Event:
-        event = Event(len((sequence or self.sequence).generated), direction, reason, cue)
+    def event(self, reason: EventKind, handoff: tuple[str, str] | None = None, cue: str | None = None,
+              sequence: Sequence | None = None, detail: dict | None = None, position: int | None = None) -> Event:
+        """Record an event after `position` generated tokens (default: the end of `sequence`, or of
+        the request's)."""
+        if position is None:
+            position = len((sequence or self.sequence).generated)
+        event = Event(position, reason, Handoff(*handoff) if handoff else None, cue, detail)
         self.events.append(event)
         return event
+
+    def forget_events_after(self, position: int) -> None:
+        """Drop the events recorded after `position` generated tokens (the strategy cut them back)."""
+        self.events = [e for e in self.events if e.position <= position]
 
     def settle(self, sequence: Sequence, first: int, ends_turn: Callable[[Sequence, int], Any] | None = None,
                asked: int = 0) -> Any:

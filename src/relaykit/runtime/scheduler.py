@@ -3,109 +3,47 @@
 Each step, every model with waiting asks runs one batched forward over them (token-level asks
 and the next token of every running `Generate`); the answered requests' loops then run on to
 their next ask. Requests join between steps; finished and cancelled ones leave at once (their KV
-rows are emptied for the next requests; memory is given back once most rows are free). Remote
-models answer text-level asks in worker threads while the in-process models go on stepping.
+rows are emptied for the next requests; memory is given back once most rows are free). Endpoint
+runners answer text-level asks in worker threads while the in-process models go on stepping.
 """
 
 from __future__ import annotations
 
 import concurrent.futures
-import dataclasses
 import threading
 import time
-from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import cast
 
-from ..decoding.result import GenerationResult, make_result
-from ..decoding.sampler import SamplingConfig
+from ..decoding.sampler import SamplingConfig, next_tokens
 from ..decoding.sequence import Sequence
 from ..decoding.stopping import StopConfig
-from ..decoding.usage import Usage
 from ..errors import RelaykitError
-from ..models.kv import KVPolicy
-from ..models.remote import RemoteModel, RemoteRunner
-from ..models.runner import Runner
 from .asks import LOW_CONFIDENCE, Draft, Drop, Fork, Generate, Generated, Logits, Run
+from .handle import Handle
 from .request import Request
-
-_WAITING = object()  # an ask that is not answered at once
-
-
-class Handle:
-    """A submitted request: stream its final tokens, wait for its result, or cancel it."""
-
-    def __init__(self, scheduler: "Scheduler", request: Request):
-        self.scheduler = scheduler
-        self.request = request
-        self.uid = request.uid
-        self._sent = 0
-
-    @property
-    def done(self) -> bool:
-        return self.request.done
-
-    def cancel(self) -> None:
-        """Stop the request at the next step; its rows are freed, its result says "cancelled"."""
-        self.scheduler.cancel(self)
-
-    def result(self) -> GenerationResult:
-        while not self.done:
-            self.scheduler.wait_for_progress()
-        if self.request.error is not None:
-            raise self.request.error
-        return self.request.result
-
-    def stream(self) -> Iterator[list[tuple[int, str]]]:
-        """Lists of (token id, writer) as they become final, then the rest at the end."""
-        while True:
-            done, new = self.take()
-            if new:
-                yield new
-            if done:
-                if self.request.error is not None:
-                    raise self.request.error
-                return
-            self.scheduler.wait_for_progress()
-
-    def take(self) -> tuple[bool, list[tuple[int, str]]]:
-        """(whether the request is done, the (token id, writer) pairs that became final since the
-        last take). A strategy may still cut its last `holdback` tokens, and those from the request's
-        `open_from` on; one with no bound on that gives everything at the end."""
-        with self.scheduler.lock:
-            return self.done, self._take()
-
-    def _take(self) -> list[tuple[int, str]]:
-        request = self.request
-        if request.done:
-            result = request.result
-            new = list(zip(result.token_ids[self._sent :], result.provenance[self._sent :])) if result else []
-        else:
-            holdback = request.strategy.holdback()
-            sequence = request.sequence
-            if holdback is None or request.in_flight:  # an endpoint is writing on it
-                return []
-            end = len(sequence) - holdback if request.open_from is None else min(len(sequence) - holdback, request.open_from)
-            sequence.final = max(end, sequence.final)
-            start = sequence.prompt_length + self._sent
-            new = list(zip(sequence.tokens[start : sequence.final], sequence.writers[start : sequence.final]))
-        self._sent += len(new)
-        return new
+from .runners import BatchedRunner, ThreadedRunner
+from .tree import WAITING, RequestTree
 
 
-class Scheduler:
+@dataclass
+class SchedulerStats:
+    """A snapshot for a server's metrics."""
+
+    running: int  # requests being generated (children included)
+    waiting: int  # submitted, joining at the next step
+    kv_bytes: dict[str, int]  # per model
+    steps: int
+
+
+class Scheduler(RequestTree):
     """Continuous batching over shared runners: `submit` requests at any time, `step` them."""
 
-    def __init__(self, models: dict, kv_policy: KVPolicy | None = None, remote_workers: int = 8):
-        remote = [role for role, model in models.items() if isinstance(model, RemoteModel)]
-        if remote and kv_policy is not None and kv_policy.name != "full":
-            raise RelaykitError("KV policies apply to in-process models; a remote engine manages its own cache")
-        self.models = dict(models)
-        self.runners: dict = {}
-        for role, model in models.items():
-            if isinstance(model, RemoteModel):
-                self.runners[role] = RemoteRunner(model, role)
-            else:
-                self.runners[role] = Runner(model, role, kv_policy.fresh() if kv_policy is not None else None)
-        self.pool = concurrent.futures.ThreadPoolExecutor(remote_workers) if remote else None
+    def __init__(self, runners: dict[str, BatchedRunner | ThreadedRunner], remote_workers: int = 8):
+        self.runners = dict(runners)
+        self.batched = {role: cast(BatchedRunner, r) for role, r in self.runners.items() if r.batched}
+        self.threaded = {role: cast(ThreadedRunner, r) for role, r in self.runners.items() if not r.batched}
+        self.pool = concurrent.futures.ThreadPoolExecutor(remote_workers) if self.threaded else None
         self.queues: dict[str, list[Request]] = {role: [] for role in self.runners}
         self.cost: dict[str, float] = dict.fromkeys(self.runners, 0.0)  # seconds of each model's last forward
         self.in_flight: dict[concurrent.futures.Future, Request] = {}
@@ -123,18 +61,16 @@ class Scheduler:
 
     # submitting
 
-    def submit(self, prompt: list[int] | Sequence, strategy, sampling: SamplingConfig | None = None,
-               stop: StopConfig | None = None) -> Handle:
-        """Queue one request of `strategy` (whose models must be this scheduler's); it joins at the
-        next step. Thread-safe."""
+    def submit(self, prompt: list[int] | Sequence, strategy, sampling: SamplingConfig, stop: StopConfig) -> Handle:
+        """Queue one request of `strategy`; it joins at the next step. Thread-safe."""
         for role in strategy.roles:
-            if self.models.get(role) is not strategy.models[role]:
-                raise RelaykitError(f"strategy {strategy.name!r}: this scheduler holds no such {role} model")
-        sampling = sampling or strategy.sampling
-        if sampling.top_k and any(isinstance(self.models[r], RemoteModel) for r in strategy.roles):
-            raise RelaykitError("remote models take temperature, top-p and seed; top-k is not part of the completions API")
+            if role not in self.runners:
+                raise RelaykitError(f"strategy {strategy.name!r} needs a {role} model, which is not loaded")
+            refusal = self.runners[role].refuses_sampling(sampling)
+            if refusal:
+                raise RelaykitError(refusal)
         sequence = prompt if isinstance(prompt, Sequence) else Sequence(prompt)
-        request = Request(strategy, sequence, sampling, stop or strategy.stop_config)
+        request = Request(strategy, sequence, sampling, stop)
         with self.arrivals:
             if sequence.uid in self.live or any(r.uid == sequence.uid for r in self.incoming):
                 raise RelaykitError(f"sequence {sequence.uid} is already being generated; fork it for a second request")
@@ -142,7 +78,7 @@ class Scheduler:
         self._wake()
         return Handle(self, request)
 
-    def submit_n(self, prompt: list[int], strategy, samplings: list[SamplingConfig], stop: StopConfig | None = None) -> list[Handle]:
+    def submit_n(self, prompt: list[int], strategy, samplings: list[SamplingConfig], stop: StopConfig) -> list[Handle]:
         """One request per sampling on one prompt, which each model reads once: when they join, the
         prompt is prefilled and every request starts from a copy of it (fork). The first request's
         usage carries that prefill. Thread-safe."""
@@ -172,13 +108,15 @@ class Scheduler:
             self.progress.notify_all()
             self.lock.release()
 
-    def run(self, handles: list[Handle]) -> list[GenerationResult]:
-        """Step until every handle is done; their results in order."""
-        return [handle.result() for handle in handles]
-
     @property
     def busy(self) -> bool:
         return bool(self.live or self.incoming)
+
+    def stats(self) -> SchedulerStats:
+        """Requests running and waiting, KV bytes per model (takes the lock: waits for a step)."""
+        with self.lock:
+            kv = {role: runner.kv_bytes for role, runner in self.runners.items()}
+            return SchedulerStats(len(self.live), len(self.incoming), kv, self.steps)
 
     # stepping
 
@@ -228,17 +166,17 @@ class Scheduler:
                 self._advance(request, None)
             for request in to_cancel:
                 self._cancel(request)
-            spent: dict[str, float] = {}
-            for role, runner in self.runners.items():
+            for role, threaded in self.threaded.items():
                 waiting, self.queues[role] = self.queues[role], []
-                if not waiting:
-                    continue
-                if isinstance(runner, RemoteRunner):
-                    for request in waiting:
-                        self.in_flight[self.pool.submit(runner.generate, request, request.ask)] = request
-                        request.in_flight = True
-                else:
-                    spent[role] = self._forward(runner, waiting)
+                for request in waiting:
+                    assert self.pool is not None
+                    self.in_flight[self.pool.submit(threaded.generate, request, request.ask)] = request
+                    request.in_flight = True
+            spent: dict[str, float] = {}
+            for role, batched in self.batched.items():
+                waiting, self.queues[role] = self.queues[role], []
+                if waiting:
+                    spent[role] = self._forward(batched, waiting)
             self._fill(spent)
             if self.in_flight:
                 timeout = 0 if spent else 0.05
@@ -260,7 +198,7 @@ class Scheduler:
         several tokens per step of the large model, without holding the large model's rows."""
         if len(spent) < 2:
             return
-        costliest = max(spent, key=self.cost.get)
+        costliest = max(spent, key=self.cost.__getitem__)
         longest = spent[costliest]
         more = True
         while more:
@@ -268,28 +206,21 @@ class Scheduler:
             pace = len(self.queues[costliest]) / max(self.cost[costliest], 1e-9)
             for role, seconds in spent.items():
                 waiting = self.queues[role]
-                if role != costliest and waiting and seconds + self.cost[role] <= longest and len(waiting) / max(self.cost[role], 1e-9) >= pace:
+                cheap_enough = seconds + self.cost[role] <= longest
+                if role != costliest and waiting and cheap_enough and len(waiting) / max(self.cost[role], 1e-9) >= pace:
                     self.queues[role] = []
-                    spent[role] += self._forward(self.runners[role], waiting)
+                    spent[role] += self._forward(self.batched[role], waiting)
                     more = True
 
-    def _forward(self, runner: Runner, waiting: list[Request]) -> float:
+    def _forward(self, runner: BatchedRunner, waiting: list[Request]) -> float:
         """One batched forward of an in-process model for every waiting ask; its seconds."""
         started = time.perf_counter()
         asks = [request.ask for request in waiting]
-        logits = runner.score([ask.sequence for ask in asks], [getattr(ask, "k", 1) for ask in asks])
+        logits = runner.score([ask.sequence for ask in asks], [ask.k if isinstance(ask, Logits) else 1 for ask in asks])
         self.cost[runner.name] = time.perf_counter() - started
         width = logits.shape[1]
         generating = [i for i, ask in enumerate(asks) if isinstance(ask, Generate)]
-        tokens: dict[int, int] = {}
-        greedy = [i for i in generating if waiting[i].sampler.greedy]
-        if len(greedy) == len(asks):
-            tokens.update(enumerate(logits[:, -1].argmax(-1).tolist()))
-        elif greedy:
-            tokens.update(zip(greedy, logits[greedy, -1].argmax(-1).tolist()))
-        for i in generating:
-            if i not in tokens:
-                tokens[i] = waiting[i].sample(logits[i, -1])
+        tokens = dict(zip(generating, next_tokens([waiting[i].sampler for i in generating], logits[generating, -1])))
         drafting = [i for i in generating if isinstance(asks[i], Draft) and asks[i].min_confidence]
         confidence = dict(zip(drafting, logits[drafting, -1].softmax(-1).amax(-1).tolist())) if drafting else {}
         for i, (request, ask) in enumerate(zip(waiting, asks)):
@@ -337,21 +268,24 @@ class Scheduler:
             except BaseException as error:  # noqa: BLE001
                 self._fail(request, error)
                 return
-            if answer is _WAITING:
+            if answer is WAITING:
                 return
 
     def _dispatch(self, request: Request, ask):
         """Queue a model ask, or answer the asks that need no forward of their own."""
         request.ask = ask
         if isinstance(ask, (Logits, Generate)):
-            if ask.model not in self.runners:
-                raise RelaykitError(f"strategy {request.strategy.name!r} asked for a {ask.model} model, which is not loaded")
+            runner = self.runners.get(ask.model)
+            if runner is None:
+                raise RelaykitError(f"strategy {request.strategy.name!r} asked for a {ask.model} model, "
+                                    "which is not loaded")
             if isinstance(ask, Generate) and (ask.max_tokens <= 0 or ask.sequence.finished):
                 return Generated(0)
-            if isinstance(ask, (Logits, Draft)) and isinstance(self.runners[ask.model], RemoteRunner):
-                raise RelaykitError(f"the {ask.model} model is an endpoint: it gives text, not logits")
+            refusal = runner.refuses(ask)
+            if refusal:
+                raise RelaykitError(refusal)
             self.queues[ask.model].append(request)
-            return _WAITING
+            return WAITING
         if isinstance(ask, Fork):
             return self._fork(request, ask)
         if isinstance(ask, Drop):
@@ -359,126 +293,3 @@ class Scheduler:
         if isinstance(ask, Run):
             return self._run_children(request, ask)
         raise RelaykitError(f"strategy {request.strategy.name!r} yielded {ask!r}, which is not an ask")
-
-    def _read_shared_prompts(self, incoming: list[Request]) -> None:
-        """For requests of `submit_n`: prefill their prompt once and copy it into each one's row."""
-        groups: dict[int, list[Request]] = {}
-        for request in incoming:
-            if request.shared_prompt is not None:
-                groups.setdefault(request.shared_prompt.uid, []).append(request)
-        for requests in groups.values():
-            prompt, first = requests[0].shared_prompt, requests[0]
-            self._share(prompt, [r.sequence for r in requests], first.strategy.roles)
-            for role in first.strategy.roles:
-                first.inherited.setdefault(role, Usage()).add(self.runners[role].release(prompt))
-
-    def _fork(self, request: Request, ask: Fork) -> list[Sequence]:
-        copies = [ask.sequence.fork() for _ in range(ask.n)]
-        self._share(ask.sequence, copies, ask.models)
-        request.sequences += copies
-        return copies
-
-    def _drop(self, request: Request, sequence: Sequence) -> None:
-        if sequence is request.sequence or sequence not in request.sequences:
-            raise RelaykitError(f"strategy {request.strategy.name!r} dropped a sequence it does not own")
-        request.sequences.remove(sequence)
-        for role, runner in self.runners.items():
-            spent = runner.release(sequence)
-            if spent.forward_calls or spent.prefill_tokens:
-                request.inherited.setdefault(role, Usage()).add(spent)
-
-    def _share(self, parent: Sequence, copies: list[Sequence], roles) -> None:
-        """`roles` read `parent` once (no logits) and give each copy a copy of its row."""
-        for role in roles:
-            self.runners[role].prefill([parent])
-            self.runners[role].fork(parent, copies)
-
-    def _run_children(self, request: Request, ask: Run):
-        if not ask.children:
-            return []
-        request.earlier_results += [r for r in request.child_results if r is not None]  # an earlier Run's
-        request.children = []
-        request.child_results = [None] * len(ask.children)
-        for index, (strategy, sequence) in enumerate(ask.children):
-            if sequence in request.sequences and not ask.keep:
-                request.sequences.remove(sequence)  # the child owns its usage from here
-            sampling = ask.sampling or request.sampling
-            if sampling.seed is not None:  # each child of the request, in any `Run`, samples on its own
-                sampling = dataclasses.replace(sampling, seed=sampling.seed * 1000 + request.children_started + index + 1)
-            child = Request(strategy, sequence, sampling, request.stop_config, parent=request)
-            child.index = index
-            if ask.keep:
-                child.sequences = []  # rows and usage stay with the parent
-            request.children.append(child)
-            self.live[child.uid] = child
-        request.children_started += len(ask.children)
-        for child in list(request.children):
-            self._advance(child, None)
-        return _WAITING
-
-    # leaving
-
-    def _release(self, request: Request) -> dict[str, dict]:
-        """Free the request's rows in every runner; its usage per model (children included)."""
-        usage = {role: Usage() for role in request.strategy.roles}
-        for role, spent in request.inherited.items():
-            usage.setdefault(role, Usage()).add(spent)
-        for role, runner in self.runners.items():
-            for sequence in request.sequences:
-                spent = runner.release(sequence)
-                if role in usage or spent.forward_calls:
-                    usage.setdefault(role, Usage()).add(spent)
-        for child in request.earlier_results + request.child_results:
-            if child is not None:
-                for role, spent in child.usage.items():
-                    usage.setdefault(role, Usage()).add(Usage(**spent))
-        return {role: u.to_dict() for role, u in usage.items()}
-
-    def _complete(self, request: Request, output) -> None:
-        usage = self._release(request)
-        seconds = time.perf_counter() - request.submitted
-        strategy = request.strategy
-        if isinstance(output, GenerationResult):  # a composite strategy's chosen child
-            result = dataclasses.replace(output, usage=usage, seconds=seconds, events=request.events + output.events, uid=request.uid)
-        else:
-            result = make_result(request.sequence, strategy.tokenizer, usage, seconds, request.events, request.uid)
-        self._leave(request, result)
-
-    def _fail(self, request: Request, error: BaseException) -> None:
-        self._release(request)
-        request.error = error
-        for child in request.children:
-            if not child.done:
-                self._cancel(child)
-        self._leave(request, None)
-
-    def _cancel(self, request: Request) -> None:
-        if request.done:
-            return
-        request.cancelled = True  # its children's ends no longer wake it
-        for child in request.children:
-            self._cancel(child)
-        for queue in self.queues.values():
-            if request in queue:
-                queue.remove(request)
-        for future, waiting in list(self.in_flight.items()):
-            if waiting is request:
-                future.cancel()
-                del self.in_flight[future]
-        request.generator.close()
-        if not request.sequence.finished:
-            request.sequence.finish("cancelled")
-        self._complete(request, None)
-
-    def _leave(self, request: Request, result: GenerationResult | None) -> None:
-        request.result = result
-        self.live.pop(request.uid, None)
-        parent = request.parent
-        if parent is None or parent.done or parent.cancelled:
-            return
-        if request.error is not None:
-            self._fail(parent, request.error)
-            return
-        parent.child_results[request.index] = result
-        if all(r is not None for r in parent.child_results):
-            self._advance(parent, list(parent.child_results))

@@ -17,14 +17,23 @@ from fastapi import Depends, FastAPI, Header, Request
 from fastapi.responses import JSONResponse, PlainTextResponse, StreamingResponse
 
 from ..errors import RelaykitError
-from ..runtime.scheduler import Handle, Scheduler
+from ..models.kv import KVPolicy
+from ..runtime.handle import Handle
+from ..runtime.session import Session
 from ..strategies.base import Strategy
 from .deltas import TextDeltas
 from .errors import APIError, BodyLimit, install_error_handlers, log
 from .metrics import CountRequests, Metrics
 from .responses import finish_reason, new_id, now, sse, usage
-from .schemas import (ChatCompletion, ChatCompletionRequest, Completion, CompletionRequest, ErrorBody, GenerationRequest,
-                      ModelList)
+from .schemas import (
+    ChatCompletion,
+    ChatCompletionRequest,
+    Completion,
+    CompletionRequest,
+    ErrorBody,
+    GenerationRequest,
+    ModelList,
+)
 from .service import Service
 
 MAX_BODY_BYTES = 4 * 1024 * 1024  # larger request bodies get a 413
@@ -49,20 +58,21 @@ def require_key(api_key: str):
     return check
 
 
-def create_app(models_or_scheduler: dict | Scheduler, *, kv_policy=None, api_key: str | None = None,
+def create_app(models_or_session: dict | Session, *, kv_policy: KVPolicy | None = None, api_key: str | None = None,
                max_concurrency: int | None = None) -> FastAPI:
-    """The server over `models_or_scheduler` (role -> loaded model, or a Scheduler over them).
-    The scheduler steps in a background thread from the app's creation and stops with the app. With `api_key`, every
-    endpoint but /health needs it; with `max_concurrency`, more requests get a 429."""
-    given = models_or_scheduler
-    scheduler = given if isinstance(given, Scheduler) else Scheduler(given, kv_policy)
-    service = Service(scheduler, kv_policy, max_concurrency)
-    metrics = Metrics(scheduler)
+    """The server over `models_or_session` (role -> loaded model, or a Session over them, which
+    then brings its own KV policy). The session's scheduler steps in a background thread from the
+    app's creation and stops with the app. With `api_key`, every endpoint but /health needs it;
+    with `max_concurrency`, more requests get a 429."""
+    given = models_or_session
+    session = given if isinstance(given, Session) else Session(given, kv_policy)
+    service = Service(session, max_concurrency)
+    metrics = Metrics(session.scheduler)
     started = now()
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI):
-        scheduler.start()
+        session.start()
         yield
         service.close()
 
@@ -125,11 +135,13 @@ def create_app(models_or_scheduler: dict | Scheduler, *, kv_policy=None, api_key
         for index, result in enumerate(results):
             deltas = TextDeltas(strategy.tokenizer, body.stop_strings())
             text = deltas.add(result.token_ids) + deltas.finish()
-            output = {"message": {"role": "assistant", "content": text}} if chat else {"text": text, "stop_reason": deltas.matched}
+            output = ({"message": {"role": "assistant", "content": text}} if chat
+                      else {"text": text, "stop_reason": deltas.matched})
             extra = {"relaykit": {"provenance": result.provenance}} if body.provenance else {}
             if deltas.matched and not chat:  # what was left out, so that a relaykit client can go on from it
                 extra = {"relaykit": {**extra.get("relaykit", {}), "stop_text": deltas.cut}}
-            choices.append({"index": index, **output, "logprobs": None, "finish_reason": finish_reason(result), **extra})
+            choices.append({"index": index, **output, "logprobs": None, "finish_reason": finish_reason(result),
+                            **extra})
         return JSONResponse({
             "id": new_id("chatcmpl" if chat else "cmpl"),
             "object": "chat.completion" if chat else "text_completion",

@@ -55,18 +55,19 @@ class Metrics:
                 self.tokens.update(result.provenance)
 
     def render(self) -> str:
-        """The Prometheus text exposition; takes the scheduler's lock (call it off the event loop)."""
-        with self.scheduler.lock:
-            running, waiting = len(self.scheduler.live), len(self.scheduler.incoming)
-            kv = {role: runner.kv_bytes for role, runner in self.scheduler.runners.items()}
+        """The Prometheus text exposition; waits for the scheduler's step (call it off the event loop)."""
+        stats = self.scheduler.stats()
+        running, waiting, kv = stats.running, stats.waiting, stats.kv_bytes
         lines = ["# HELP relaykit_requests_total HTTP requests by path, strategy and status.",
                  "# TYPE relaykit_requests_total counter"]
         with self.lock:
             for (path, strategy, status), count in sorted(self.requests.items()):
-                lines.append(f'relaykit_requests_total{{path="{path}",strategy="{_escape(strategy)}",status="{status}"}} {count}')
+                lines.append(f'relaykit_requests_total{{path="{path}",strategy="{_escape(strategy)}",'
+                             f'status="{status}"}} {count}')
             lines += ["# HELP relaykit_tokens_total Tokens written, by the model that wrote them.",
                       "# TYPE relaykit_tokens_total counter"]
-            lines += [f'relaykit_tokens_total{{model="{model}"}} {count}' for model, count in sorted(self.tokens.items())]
+            lines += [f'relaykit_tokens_total{{model="{model}"}} {count}'
+                      for model, count in sorted(self.tokens.items())]
             for kind, histogram in self.latency.items():
                 name = f"relaykit_{kind}_seconds"
                 lines += [f"# HELP {name} {kind.replace('_', ' ').capitalize()} latency.", f"# TYPE {name} histogram"]

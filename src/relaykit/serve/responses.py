@@ -7,6 +7,7 @@ import time
 import uuid
 
 from ..decoding.result import GenerationResult
+from ..vocabulary import LARGE, FinishReason
 
 USAGE_FIELDS = ("prefill_tokens", "decode_tokens", "forward_calls", "flops")
 
@@ -20,7 +21,7 @@ def now() -> int:
 
 
 def finish_reason(result: GenerationResult) -> str:
-    return "length" if result.finish_reason == "length" else "stop"
+    return "length" if result.finish_reason == FinishReason.LENGTH else "stop"
 
 
 def usage(prompts: list[list[int]], results: list[GenerationResult]) -> dict:
@@ -31,9 +32,9 @@ def usage(prompts: list[list[int]], results: list[GenerationResult]) -> dict:
         for role, spent in result.usage.items():
             total = models.setdefault(role, dict.fromkeys(USAGE_FIELDS, 0))
             for field in USAGE_FIELDS:
-                total[field] += spent.get(field, 0)
+                total[field] += getattr(spent, field)
     written = sum(len(result.provenance) for result in results)
-    by_large = sum(result.tokens_by("large") for result in results)
+    by_large = sum(result.tokens_by(LARGE) for result in results)
     prompt_tokens = sum(len(prompt) for prompt in prompts)
     completion_tokens = sum(len(result.token_ids) for result in results)
     return {

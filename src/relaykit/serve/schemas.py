@@ -22,7 +22,8 @@ class RelaykitOptions(BaseModel):
 
     provenance: bool = False  # each choice also carries the writer ("large", "small") of every token
     options: dict[str, str | int | float | bool] = Field(
-        default_factory=dict, description="strategy options, as NAME[option=value ...] gives them: {\"speculative\": 8}")
+        default_factory=dict,
+        description="strategy options, as NAME[option=value ...] gives them: {\"speculative\": 8}")
 
 
 class GenerationRequest(BaseModel):
@@ -30,7 +31,8 @@ class GenerationRequest(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    model: str = Field(description="a strategy (`relaygen`) or a variant (`relaygen[speculative=8]`); see GET /v1/models")
+    model: str = Field(description="a strategy (`relaygen`) or a variant (`relaygen[speculative=8]`); "
+                                   "see GET /v1/models")
     temperature: float = Field(1.0, ge=0, le=2, description="0 (or below 1e-5): greedy")
     top_p: float = Field(1.0, gt=0, le=1)
     top_k: int = Field(0, ge=0, description="relaykit extra: keep the k most likely tokens (0: off)")
@@ -41,7 +43,8 @@ class GenerationRequest(BaseModel):
     stream_options: StreamOptions | None = None
     user: str | None = None
     max_tokens: int | None = Field(None, ge=1)
-    relaykit: RelaykitOptions | None = Field(None, description="relaykit extra: {\"provenance\": true, \"options\": {...}}")
+    relaykit: RelaykitOptions | None = Field(
+        None, description="relaykit extra: {\"provenance\": true, \"options\": {...}}")
 
     @property
     def provenance(self) -> bool:
@@ -57,7 +60,8 @@ class GenerationRequest(BaseModel):
 
 
 class CompletionRequest(GenerationRequest):
-    prompt: Annotated[str, Field(min_length=1)] | Annotated[list[Annotated[str, Field(min_length=1)]], Field(min_length=1)]
+    prompt: (Annotated[str, Field(min_length=1)]
+             | Annotated[list[Annotated[str, Field(min_length=1)]], Field(min_length=1)])
 
     def prompts(self) -> list[str]:
         return [self.prompt] if isinstance(self.prompt, str) else list(self.prompt)
@@ -126,7 +130,8 @@ class Choice(BaseModel):
 
 class CompletionChoice(Choice):
     text: str
-    stop_reason: str | None = Field(None, description="the stop string that ended the text (left out of it), as vLLM names it")
+    stop_reason: str | None = Field(
+        None, description="the stop string that ended the text (left out of it), as vLLM names it")
 
 
 class Answer(BaseModel):

@@ -1,4 +1,4 @@
-"""What the endpoints share: one scheduler, strategies built per `model` name, prompt and budget
+"""What the endpoints share: one session, strategies built per `model` name, prompt and budget
 checks, submitting choices and waiting for them without blocking the event loop."""
 
 from __future__ import annotations
@@ -15,10 +15,13 @@ from .. import api
 from ..decoding.prompt import encode_prompt
 from ..decoding.sampler import SamplingConfig
 from ..decoding.stopping import StopConfig
-from ..errors import RelaykitError
-from ..models.remote import RemoteModel
-from ..runtime.scheduler import Handle, Scheduler
-from ..strategies.base import EXPERTS, STRATEGIES, Strategy, expert_roles, load_all
+from ..errors import OptionError, RelaykitError
+from ..runtime.handle import Handle
+from ..runtime.scheduler import Scheduler
+from ..runtime.session import Session
+from ..strategies.base import Strategy, load_all
+from ..toyworld.presets import preset_models
+from ..vocabulary import EXPERTS, expert_roles
 from .errors import APIError
 from .schemas import GenerationRequest
 
@@ -27,17 +30,18 @@ GREEDY_BELOW = 1e-5  # temperatures below this sample greedily (dividing logits 
 
 
 class Service:
-    """The server's state: a started scheduler and the strategies requests named."""
+    """The server's state: a session whose scheduler steps in the background, and the strategies
+    requests named."""
 
-    def __init__(self, scheduler: Scheduler, kv_policy=None, max_concurrency: int | None = None):
-        self.scheduler = scheduler
-        self.kv_policy = kv_policy
+    def __init__(self, session: Session, max_concurrency: int | None = None):
+        self.session = session
+        self.scheduler = session.scheduler
         self.max_concurrency = max_concurrency
         self.active = 0  # requests being answered
         self.strategies: dict[str, Strategy] = {}
         self.names: list[str] | None = None  # see `available`
-        self.tuned = api.tuned_for(scheduler.models)  # the settings a bare strategy name runs
-        self.streams = Streams(scheduler)
+        self.tuned = api.tuned_for(session.models)  # the settings a bare strategy name runs
+        self.streams = Streams(session.scheduler)
         # for calls that wait for the scheduler's lock (held during a step): reading metrics
         self.calls = concurrent.futures.ThreadPoolExecutor(max_workers=2, thread_name_prefix="relaykit-call")
 
@@ -50,16 +54,17 @@ class Service:
 
     def available(self) -> list[str]:
         """Strategies the loaded models allow: all their roles loaded; over an endpoint, only
-        those that run there; not those that would need other models than the scheduler's (on
+        those that run there; not those that would need other models than the session's (on
         the shipped pair, RelayLLM's trained small model)."""
         if self.names is None:
-            models = self.scheduler.models
+            models = self.session.models
             roles = {name: cls.roles_of(cls.Config()) for name, cls in load_all().items()}
             self.names = [
                 name for name, cls in sorted(load_all().items())
                 if all(role in models or (role == EXPERTS and expert_roles(models)) for role in roles[name])
-                and (cls.runs_over_endpoints() or not any(isinstance(models.get(role), RemoteModel) for role in roles[name]))
-                and not api.shipped_swaps(cls, models)
+                and (cls.runs_over_endpoints()
+                     or all(models[role].in_process for role in roles[name] if role in models))
+                and not preset_models(name, models)
             ]
         return self.names
 
@@ -70,7 +75,7 @@ class Service:
         key = spec + json.dumps(options or {}, sort_keys=True)
         if key not in self.strategies:
             name = spec.split("[", 1)[0].strip()
-            swaps = api.shipped_swaps(STRATEGIES[name], self.scheduler.models) if name in STRATEGIES else {}
+            swaps = preset_models(name, self.session.models)
             if swaps:
                 needs = ", ".join(f"--{role} {folder}" for role, folder in swaps.items())
                 raise APIError(400, f"{name} runs with its own trained models; serve them: relaykit serve {needs}",
@@ -79,9 +84,11 @@ class Service:
                 raise APIError(404, f"The model {spec!r} does not exist; available: {', '.join(self.available())} "
                                "(or NAME[option=value ...])", param="model", code="model_not_found")
             try:
-                built = api.build_strategy(spec, self.scheduler.models, options, kv_policy=self.kv_policy, tuned=self.tuned)
+                built = api.build_strategy(spec, self.session.models, options, tuned=self.tuned)
+                if not self.session.holds(built):
+                    raise RelaykitError("it runs on models this server did not load (serve them with relaykit serve)")
             except RelaykitError as error:
-                param = "relaykit.options" if options and "option" in str(error) else "model"
+                param = "relaykit.options" if options and isinstance(error, OptionError) else "model"
                 raise APIError(400, f"model {spec!r}: {error}", param=param) from error
             if len(self.strategies) >= STRATEGIES_KEPT:
                 del self.strategies[next(iter(self.strategies))]  # the oldest; requests using it keep theirs
@@ -119,8 +126,7 @@ class Service:
     @staticmethod
     def context(strategy: Strategy) -> int | None:
         """The smallest context of the strategy's in-process models (None: only endpoints)."""
-        sizes = [getattr(m.config, "max_position_embeddings", None) for m in strategy.models.values()
-                 if not isinstance(m, RemoteModel)]
+        sizes = [getattr(m.config, "max_position_embeddings", None) for m in strategy.models.values() if m.in_process]
         sizes = [s for s in sizes if s]
         return min(sizes) if sizes else None
 
@@ -157,9 +163,9 @@ class Service:
         for prompt, budget in zip(prompts, budgets):
             stop = StopConfig(max_new_tokens=budget, stop_strings=body.stop_strings())
             if body.n == 1:
-                handles.append(self.scheduler.submit(prompt, strategy, sampling, stop))
+                handles.append(self.session.submit(strategy, prompt, sampling, stop))
             else:
-                handles += self.scheduler.submit_n(prompt, strategy, samplings, stop)
+                handles += self.session.submit_n(strategy, prompt, samplings, stop)
         return handles
 
     async def tokens(self, handles: list[Handle]) -> AsyncIterator[tuple[int, list[tuple[int, str]] | None]]:

@@ -13,27 +13,25 @@ work counts in the usage."""
 from __future__ import annotations
 
 import dataclasses
-import json
 from collections import Counter
 from dataclasses import dataclass
-from pathlib import Path
+from typing import Literal, get_args
 
+from ..answers import extract_answer
 from ..errors import RelaykitError
-from ..evals.answers import extract_answer
 from ..models.router import router_experts
-from ..options import variant_config
 from ..runtime.asks import Fork, Logits, Run
-from ..toyworld import SHIPPED_ADAPTIVE, SHIPPED_ADAPTIVE_DIFFICULTY, is_shipped_pair
-from .base import Strategy, register
+from ..vocabulary import DIFFICULTY, SMALL, EventKind
+from .base import Strategy, get_strategy, reads, register, variant_of
 
-THRESHOLDS = ("answer_at", "more_at")
-SIGNALS = ("samples", "difficulty")
+Signal = Literal["samples", "difficulty"]
+SIGNALS = get_args(Signal)
 ROUTES = ("small", "escalate")  # a difficulty model's routing head, in order
 
 
 @dataclass
 class AdaptiveConfig:
-    signal: str = "samples"  # samples: the small model's agreement; difficulty: a difficulty model (ours)
+    signal: Signal = "samples"  # samples: the small model's agreement; difficulty: a difficulty model (ours)
     k: int = 4  # the small model's samples for the signal (ours)
     more: int = 4  # samples drawn next when the agreement is in the middle band (ours)
     temperature: float = 0.7  # the samples' temperature (greedy samples would always agree)
@@ -41,10 +39,10 @@ class AdaptiveConfig:
     # that the small model is right) at which the small model answers
     answer_at: float = 1.0
     more_at: float = 0.75  # agreement at which `more` samples are drawn before deciding
-    escalate: str = "relaygen"  # NAME or NAME[option=value ...]: the strategy for the rest
+    escalate: str = reads("strategy", "relaygen")  # NAME or NAME[option=value ...]: the strategy for the rest
     # an adaptive.json of `relaykit calibrate adaptive` whose thresholds replace the two above; None:
     # the shipped one for the signal on the shipped toy pair; "none": the thresholds above
-    calibration: str | None = None
+    calibration: str | None = reads("thresholds", None)
 
     def __post_init__(self) -> None:
         if self.signal not in SIGNALS:
@@ -60,34 +58,27 @@ class Adaptive(Strategy):
     tunes = ("signal", "escalate", "answer_at", "more_at", "calibration")
 
     def __init__(self, models: dict, config=None, *args, **kwargs):
-        from ..api import build_strategy
-
         config = config if config is not None else AdaptiveConfig()
         self.roles = self.roles_of(config)
         super().__init__(models, config, *args, **kwargs)
-        calibration = config.calibration
-        shipped = SHIPPED_ADAPTIVE if config.signal == "samples" else SHIPPED_ADAPTIVE_DIFFICULTY
-        if calibration is None and is_shipped_pair(self.models) and shipped.is_file():
-            calibration = str(shipped)
-        if calibration and calibration != "none":
-            self.config = dataclasses.replace(config, **load_thresholds(calibration, config.signal))
         if config.signal == "difficulty":
-            judge = self.models["difficulty"]
+            judge = self.models[DIFFICULTY]
             if router_experts(getattr(judge, "hf", None)) != list(ROUTES):
-                raise RelaykitError(f"{judge.source} is not a difficulty model (a routing head over {', '.join(ROUTES)}; "
+                raise RelaykitError(f"{judge.source} is not a difficulty model (a routing head over "
+                                    f"{', '.join(ROUTES)}; "
                                     "relaykit train difficulty writes one)")
-        self.small = build_strategy("small", self.models, stop=self.stop_config)
-        self.escalate = build_strategy(config.escalate, self.models, sampling=self.sampling, stop=self.stop_config, kv_policy=self.kv_policy)
+        self.small = get_strategy("small")(self.models, stop=self.stop_config)
+        self.escalate = variant_of(config.escalate).build(self.models, self.sampling, self.stop_config)
 
     @classmethod
     def roles_of(cls, config) -> tuple[str, ...]:
-        inner_class, inner_config = variant_config(config.escalate)
-        return tuple(dict.fromkeys(("small", *_signal_roles(config), *inner_class.roles_of(inner_config))))
+        inner = variant_of(config.escalate)
+        return tuple(dict.fromkeys((SMALL, *_signal_roles(config), *inner.cls.roles_of(inner.config))))
 
     @classmethod
     def needs_logits(cls, config) -> tuple[str, ...]:
-        inner_class, inner_config = variant_config(config.escalate)
-        return tuple(dict.fromkeys((*_signal_roles(config), *inner_class.needs_logits(inner_config))))
+        inner = variant_of(config.escalate)
+        return tuple(dict.fromkeys((*_signal_roles(config), *inner.cls.needs_logits(inner.config))))
 
     def holdback(self) -> None:
         return None  # who answers is known only once the samples (or the difficulty model) are in
@@ -100,33 +91,33 @@ class Adaptive(Strategy):
         sampling = dataclasses.replace(request.sampling, temperature=cfg.temperature, seed=seed)
         results, answers = [], []
         for count in (cfg.k, cfg.more):
-            branches = yield Fork(request.sequence, count, ("small",))
+            branches = yield Fork(request.sequence, count, (SMALL,))
             drawn = yield Run([(self.small, branch) for branch in branches], sampling=sampling)
             results += drawn
             answers += [extract_answer(r.text) for r in drawn]
             answer, agreement = leader(answers)
             detail = {"samples": len(answers), "answers": answers}
             if agreement >= cfg.answer_at:
-                request.event(None, "adaptive", f"small {agreement:.2f}").detail = detail
+                request.event(EventKind.ADAPTIVE, cue=f"small {agreement:.2f}", detail=detail)
                 return results[answers.index(answer)]
             if agreement < cfg.more_at or not cfg.more:
                 break
         result = yield from self._escalate(request)
-        request.event(None, "adaptive", f"{cfg.escalate} {agreement:.2f}").detail = detail
+        request.event(EventKind.ADAPTIVE, cue=f"{self.config.escalate} {agreement:.2f}", detail=detail)
         return result
 
     def _by_difficulty(self, request):
         """One read of the prompt by the difficulty model, then the small model or the escalation."""
-        routing = (yield Logits("difficulty", request.sequence))[-1][-len(ROUTES):]
+        routing = (yield Logits(DIFFICULTY, request.sequence))[-1][-len(ROUTES):]
         p_small = float(routing.softmax(-1)[0])
         detail = {"p_small": round(p_small, 4)}
         if p_small >= self.config.answer_at:
-            branch = (yield Fork(request.sequence, 1, ("small",)))[0]
+            branch = (yield Fork(request.sequence, 1, (SMALL,)))[0]
             result = (yield Run([(self.small, branch)]))[0]
-            request.event(None, "adaptive", f"small {p_small:.2f}").detail = detail
+            request.event(EventKind.ADAPTIVE, cue=f"small {p_small:.2f}", detail=detail)
             return result
         result = yield from self._escalate(request)
-        request.event(None, "adaptive", f"{self.config.escalate} {p_small:.2f}").detail = detail
+        request.event(EventKind.ADAPTIVE, cue=f"{self.config.escalate} {p_small:.2f}", detail=detail)
         return result
 
     def _escalate(self, request):
@@ -136,7 +127,7 @@ class Adaptive(Strategy):
 
 def _signal_roles(config: AdaptiveConfig) -> tuple[str, ...]:
     """The model the signal reads, besides the small model's samples."""
-    return ("difficulty",) if config.signal == "difficulty" else ()
+    return (DIFFICULTY,) if config.signal == "difficulty" else ()
 
 
 def leader(answers: list) -> tuple[str | None, float]:
@@ -147,16 +138,3 @@ def leader(answers: list) -> tuple[str | None, float]:
     answer, count = votes.most_common(1)[0]
     return answer, count / len(answers)
 
-
-def load_thresholds(path: str, signal: str = "samples") -> dict:
-    """answer_at and more_at from an adaptive.json of `relaykit calibrate adaptive` for `signal`."""
-    if not Path(path).is_file():
-        raise RelaykitError(f"adaptive calibration file not found: {path}")
-    try:
-        chosen = json.loads(Path(path).read_text())
-        thresholds = {name: float(chosen[name]) for name in THRESHOLDS}
-    except (ValueError, KeyError, TypeError) as error:
-        raise RelaykitError(f"{path}: not an adaptive.json of `relaykit calibrate adaptive` ({error})") from None
-    if chosen.get("signal", "samples") != signal:
-        raise RelaykitError(f"{path} was calibrated for signal={chosen.get('signal', 'samples')}, not signal={signal}")
-    return thresholds

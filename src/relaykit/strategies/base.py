@@ -3,37 +3,31 @@ each has a typed config."""
 
 from __future__ import annotations
 
-import dataclasses
+import sys
 from collections.abc import Generator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Any
 
 from ..decoding.result import GenerationResult
 from ..decoding.sampler import SamplingConfig
 from ..decoding.stopping import StopConfig
 from ..errors import RelaykitError
-from ..models.kv import KVPolicy
 from ..models.loading import check_same_tokenizer
-from ..models.remote import RemoteModel
+from ..options import config_from_dict, options_from_text, split_variant
+from ..registry import import_all, registrar
+from ..runtime.asks import Ask
+from ..runtime.request import Context
 from ..tuned import Settings
+from ..vocabulary import EXPERTS, LARGE, expert_roles
 
-STRATEGIES: dict[str, type["Strategy"]] = {}
-EXPERTS = "expert:*"  # a role that stands for every loaded expert model (roles "expert:NAME")
-
-
-def expert_roles(models: dict) -> list[str]:
-    """The roles of the expert models in `models` ("expert:NAME"), in name order."""
-    return sorted(role for role in models if role.startswith("expert:") and role != EXPERTS)
+STRATEGIES: dict[str, type] = {}
+register = registrar(STRATEGIES)  # @register(name): a strategy by that name
 
 
-def register(name: str):
-    """Class decorator: make a strategy available under `name`."""
-
-    def wrap(cls):
-        cls.name = name
-        STRATEGIES[name] = cls
-        return cls
-
-    return wrap
+def reads(kind: str, default: Any) -> Any:
+    """A config field that names something read before the strategy is built (`relaykit.resolve`):
+    "strategy" (an inner NAME[...]), "cues", "thresholds", "classifier" or "model" (a checkpoint)."""
+    return field(default=default, metadata={"reads": kind})
 
 
 @dataclass
@@ -46,16 +40,16 @@ class Strategy:
 
     Subclasses set `roles` (the models they need), `Config` (a dataclass of their options) and
     write `run(request)`: a generator that extends `request.sequence` until it is finished by
-    yielding asks (`relaykit.runtime.asks`) and receiving their answers. The scheduler batches
-    the asks of every request; `generate` is a thin user of it.
+    yielding asks (`relaykit.runtime.asks`) and receiving their answers. A `Session`'s scheduler
+    batches the asks of every request. A strategy does no I/O: files its options name are read
+    before it is built (`relaykit.resolve`).
     """
 
     name = "?"
-    roles: tuple[str, ...] = ("large",)
+    roles: tuple[str, ...] = (LARGE,)
     Config: type = NoOptions
     in_demo = True  # `relaykit demo` runs it
     one_entry_per_expert = False  # `--strategy NAME` without name=...: one entry per loaded expert
-    shipped_models: dict[str, str] = {}  # role -> shipped checkpoint it uses on the shipped pair (e.g. a trained small)
     tunes: tuple[str, ...] = ()  # options `relaykit calibrate settings` measures per pair (a bare name runs them)
     tuning_required = False  # a bare name needs tuned settings: a default rule could lose the answer
     settings: Settings | None = None  # the options it was built with and where they came from (set by the api)
@@ -66,7 +60,6 @@ class Strategy:
         config=None,
         sampling: SamplingConfig | None = None,
         stop: StopConfig | None = None,
-        kv_policy: KVPolicy | None = None,
     ):
         missing = [r for r in self.roles if r not in models]
         if missing:
@@ -77,20 +70,17 @@ class Strategy:
         self.config = config if config is not None else self.Config()
         self.sampling = sampling or SamplingConfig()
         self.stop_config = stop or StopConfig()
-        self.kv_policy = kv_policy
         self.tokenizer = self.models[self.roles[0]].tokenizer
         self.eos_token_ids = self.models[self.roles[0]].eos_token_ids
-        needed = [r for role in self.needs_logits(self.config) for r in (expert_roles(self.models) if role == EXPERTS else [role])]
-        remote = [role for role in needed if isinstance(self.models[role], RemoteModel)]
+        asked = self.needs_logits(self.config)
+        needed = [r for role in asked for r in (expert_roles(self.models) if role == EXPERTS else [role])]
+        remote = [role for role in needed if not self.models[role].in_process]
         if remote:
             runs = ", ".join(n for n, cls in sorted(load_all().items()) if cls.runs_over_endpoints())
             raise RelaykitError(
                 f"strategy {self.name!r} needs in-process models: it asks the {' and '.join(remote)} model for "
                 f"logits, which an OpenAI-compatible endpoint does not give; over an endpoint these run: {runs}"
             )
-        if kv_policy is not None and kv_policy.name != "full" and any(isinstance(m, RemoteModel) for m in self.models.values()):
-            raise RelaykitError("KV policies apply to in-process models; a remote engine manages its own cache")
-        self._scheduler = None
 
     @classmethod
     def roles_of(cls, config) -> tuple[str, ...]:
@@ -112,42 +102,15 @@ class Strategy:
         them); None: the output is known only at the end."""
         return 0
 
-    def run(self, request) -> Generator:
+    def run(self, request: Context) -> Generator[Ask, Any, GenerationResult | None]:
+        """The method's loop for one sequence: yields asks, receives their answers, and returns
+        None (the request's sequence is the output) or a child's `GenerationResult`."""
         raise NotImplementedError
-
-    @property
-    def scheduler(self):
-        """This strategy's own scheduler (created on first use) for `generate`."""
-        if self._scheduler is None:
-            from ..runtime.scheduler import Scheduler
-
-            self._scheduler = Scheduler(self.models, self.kv_policy)
-        return self._scheduler
-
-    @property
-    def runners(self) -> dict:
-        return self.scheduler.runners
-
-    def generate(self, prompts: list[list[int]], stop: StopConfig | None = None) -> list[GenerationResult]:
-        """Generate for tokenized prompts, all submitted at once (`stop` overrides the strategy's
-        own); with a seed, prompt i samples with seed + i."""
-        sampling = self.sampling
-        handles = []
-        for i, prompt in enumerate(prompts):
-            seeded = sampling if sampling.seed is None else dataclasses.replace(sampling, seed=sampling.seed + i)
-            handles.append(self.scheduler.submit(prompt, self, seeded, stop or self.stop_config))
-        return self.scheduler.run(handles)
 
 
 def load_all() -> dict[str, type[Strategy]]:
-    """Import every module of this package, so that each strategy registers itself."""
-    import importlib
-    import pkgutil
-
-    from .. import strategies
-
-    for module in pkgutil.iter_modules(strategies.__path__):
-        importlib.import_module(f"{strategies.__name__}.{module.name}")
+    """Every strategy, by name (each module of this package registers its own)."""
+    import_all(sys.modules[__package__])
     return STRATEGIES
 
 
@@ -157,3 +120,37 @@ def get_strategy(name: str) -> type[Strategy]:
     if name not in STRATEGIES:
         raise RelaykitError(f"unknown strategy {name!r}; available: {', '.join(sorted(STRATEGIES))}")
     return STRATEGIES[name]
+
+
+class Variant(str):
+    """A composite's inner strategy as written (`NAME[option=value ...]`), with its class and its
+    options read (files included). It compares, prints and serialises as its text."""
+
+    cls: type[Strategy]
+    config: Any
+
+    def __new__(cls, text: str, strategy: type[Strategy], config: Any) -> "Variant":
+        variant = super().__new__(cls, text.strip())
+        variant.cls, variant.config = strategy, config
+        return variant
+
+    def __reduce__(self):
+        return Variant, (str(self), self.cls, self.config)
+
+    def build(self, models: dict, sampling: SamplingConfig | None = None, stop: StopConfig | None = None) -> Strategy:
+        return self.cls(models, self.config, sampling, stop)
+
+
+def parse_variant(text: str) -> tuple[type[Strategy], dict]:
+    """`relaygen[cues=none speculative=4]` -> (the relaygen class, {"cues": "none", "speculative": 4})."""
+    name, options = split_variant(text)
+    cls = get_strategy(name)
+    return cls, options_from_text(cls, options) if options is not None else {}
+
+
+def variant_of(spec: str | Variant) -> Variant:
+    """A composite's inner strategy: as written (`NAME[...]`), or as the resolver read it."""
+    if isinstance(spec, Variant):
+        return spec
+    cls, options = parse_variant(spec)
+    return Variant(spec, cls, config_from_dict(cls, options))

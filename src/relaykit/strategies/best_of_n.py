@@ -11,24 +11,27 @@ chosen sample's."""
 from __future__ import annotations
 
 from collections import Counter
+from collections.abc import Generator
 from dataclasses import dataclass
+from typing import Any, Literal, get_args
 
+from ..answers import extract_answer
 from ..errors import RelaykitError
-from ..evals.answers import extract_answer
-from ..options import variant_config
 from ..runtime.asks import Fork, Logits, Run
-from ..train.verifier import step_scores, verdict_ids
-from .base import Strategy, register
+from ..verdicts import step_scores, verdict_ids
+from ..vocabulary import LARGE, VERIFIER, EventKind
+from .base import Strategy, reads, register, variant_of
 
-RERANKERS = ("majority", "likelihood", "verifier", "weighted")
-SCORER = {"majority": (), "likelihood": ("large",), "verifier": ("verifier",), "weighted": ("verifier",)}
+Rerank = Literal["majority", "likelihood", "verifier", "weighted"]
+RERANKERS = get_args(Rerank)
+SCORER = {"majority": (), "likelihood": (LARGE,), "verifier": (VERIFIER,), "weighted": (VERIFIER,)}
 
 
 @dataclass
 class BestOfNConfig:
     n: int = 4  # samples; Wang et al. 2023 sample up to 40 paths
-    inner: str = "single"  # the strategy each sample runs: NAME or NAME[option=value ...]
-    rerank: str = "majority"  # majority, likelihood, verifier or weighted
+    inner: str = reads("strategy", "single")  # the strategy each sample runs: NAME or NAME[option=value ...]
+    rerank: Rerank = "majority"  # majority, likelihood, verifier or weighted
 
     def __post_init__(self) -> None:
         if self.n < 1:
@@ -43,24 +46,22 @@ class BestOfN(Strategy):
     in_demo = False  # greedy samples all write the same text: best-of-n pays off with sampling
 
     def __init__(self, models: dict, config=None, *args, **kwargs):
-        from ..api import build_strategy
-
         config = config if config is not None else BestOfNConfig()
         self.roles = self.roles_of(config)
         super().__init__(models, config, *args, **kwargs)
-        self.inner = build_strategy(config.inner, self.models, sampling=self.sampling, stop=self.stop_config, kv_policy=self.kv_policy)
+        self.inner = variant_of(config.inner).build(self.models, self.sampling, self.stop_config)
         if "verifier" in self.roles:
             self.verdicts = verdict_ids(self.models["verifier"].tokenizer)
 
     @classmethod
     def roles_of(cls, config) -> tuple[str, ...]:
-        inner_class, inner_config = variant_config(config.inner)
-        return tuple(dict.fromkeys((*inner_class.roles_of(inner_config), *SCORER[config.rerank])))
+        inner = variant_of(config.inner)
+        return tuple(dict.fromkeys((*inner.cls.roles_of(inner.config), *SCORER[config.rerank])))
 
     @classmethod
     def needs_logits(cls, config) -> tuple[str, ...]:
-        inner_class, inner_config = variant_config(config.inner)
-        return tuple(dict.fromkeys((*inner_class.needs_logits(inner_config), *SCORER[config.rerank])))
+        inner = variant_of(config.inner)
+        return tuple(dict.fromkeys((*inner.cls.needs_logits(inner.config), *SCORER[config.rerank])))
 
     def holdback(self) -> None:
         return None  # the chosen sample is known only at the end
@@ -72,7 +73,7 @@ class BestOfN(Strategy):
         answers = [extract_answer(r.text) for r in results]
         if self.config.rerank == "majority":
             chosen, tally = majority(answers)
-            request.event(None, "vote", tally).detail = {"samples": len(results)}
+            request.event(EventKind.VOTE, cue=tally, detail={"samples": len(results)})
             return results[chosen]
         scores = []
         for branch, result in zip(branches, results):
@@ -88,7 +89,8 @@ class BestOfN(Strategy):
             best_answer = max((a for a in totals if a is not None), key=lambda a: totals[a], default=None)
             candidates = [i for i in candidates if answers[i] == best_answer] or list(candidates)
         best = max(candidates, key=lambda i: scores[i])
-        request.event(None, "rerank", f"{self.config.rerank} {scores[best]:.3f}").detail = {"samples": len(results)}
+        request.event(EventKind.RERANK, cue=f"{self.config.rerank} {scores[best]:.3f}",
+                      detail={"samples": len(results)})
         return results[best]
 
 
@@ -96,20 +98,22 @@ def majority(answers: list) -> tuple[int, str]:
     """The first sample giving the most frequent answer (0 when none has one), and "votes/samples"."""
     votes = Counter(a for a in answers if a is not None)
     winner = votes.most_common(1)[0][0] if votes else None
-    return (answers.index(winner) if winner is not None else 0), f"{votes[winner] if winner is not None else 0}/{len(answers)}"
+    if winner is None:
+        return 0, f"0/{len(answers)}"
+    return answers.index(winner), f"{votes[winner]}/{len(answers)}"
 
 
-def likelihood(sequence, written: int):
+def likelihood(sequence, written: int) -> Generator[Logits, Any, float]:
     """The large model's mean log-probability of the last `written` tokens of `sequence`."""
     if written <= 0:
         return float("-inf")
-    logits = (yield Logits("large", sequence, written + 1))[:-1].float()
+    logits = (yield Logits(LARGE, sequence, written + 1))[:-1].float()
     tokens = logits.new_tensor(sequence.tokens[len(sequence) - written :], dtype=int)[:, None]
     return float(logits.log_softmax(-1).gather(1, tokens).mean())
 
 
-def verified(sequence, verdicts: tuple[int, int], eos_token_ids) -> float:
+def verified(sequence, verdicts: tuple[int, int], eos_token_ids) -> Generator[Logits, Any, float]:
     """The verifier's P("+") at the sequence's last token (before a final end of sequence)."""
     ends = sequence.tokens[-1] in eos_token_ids and len(sequence) > sequence.prompt_length + 1
-    logits = yield Logits("verifier", sequence, 2 if ends else 1)
+    logits = yield Logits(VERIFIER, sequence, 2 if ends else 1)
     return float(step_scores(logits[0], *verdicts))

@@ -12,21 +12,24 @@ from dataclasses import dataclass
 
 from ..decoding.sequence import PROMPT, Sequence
 from ..errors import RelaykitError
-from ..options import variant_config
 from ..runtime.asks import Draft, Drop, Fork, Generate, Generated, Logits
 from ..text import THINK_END, decoder
-from .base import Strategy, register
+from ..vocabulary import EventKind, FinishReason
+from .base import Strategy, reads, register, variant_of
 
 TAIL_TOKENS = 12  # tokens decoded back from a new token to find a transition
 
 
 @dataclass
 class EarlyExitConfig:
-    inner: str = "large"  # the reasoning strategy: NAME or NAME[option=value ...], text-level (no token-level asks)
+    # the reasoning strategy: NAME or NAME[option=value ...], text-level (no token-level asks)
+    inner: str = reads("strategy", "large")
     threshold: float = 0.95  # exit once the probe's mean token probability reaches it (DEER: 0.95)
     probe_tokens: int = 20  # tokens a probe may write (DEER: 20)
-    transitions: str = "Wait|Check|Alternatively|Hmm"  # transition words, "|"-separated (DEER: "Wait"; the toy world's check rounds start with "Check")
-    probe: str = THINK_END + "The answer is"  # answer inducer (DEER's "</think>The answer is" for the toy world; real models: "</think>\\n\\boxed{")
+    # transition words, "|"-separated (DEER: "Wait"; the toy world's check rounds start with "Check")
+    transitions: str = "Wait|Check|Alternatively|Hmm"
+    # answer inducer (DEER's "</think>The answer is" for the toy world; real models: "</think>\\n\\boxed{")
+    probe: str = THINK_END + "The answer is"
     probe_end: str = r"\.$"  # a regex: the probe stops once its text matches (or at end of sequence)
     probe_model: str = "large"  # the model that probes (DEER: the reasoning model; "prober": a trained answer prober)
 
@@ -47,20 +50,18 @@ class EarlyExit(Strategy):
     Config = EarlyExitConfig
     in_demo = False
     tunes = ("probe_model", "threshold")
-    tuning_required = True  # a reasoning model probing itself can be confident and wrong (RESULTS: early exit)
+    tuning_required = True  # a reasoning model probing itself can be confident and wrong (RESULTS.md, "Early exit")
 
     def __init__(self, models: dict, config=None, *args, **kwargs):
-        from ..api import build_strategy
-
         config = config if config is not None else EarlyExitConfig()
-        inner_class, inner_config = variant_config(config.inner)
-        if inner_class is EarlyExit:
+        inner = variant_of(config.inner)
+        if inner.cls is EarlyExit:
             raise RelaykitError("early-exit cannot wrap early-exit")
-        if inner_class.needs_logits(inner_config):
+        if inner.cls.needs_logits(inner.config):
             raise RelaykitError(f"early-exit needs a text-level inner strategy; {config.inner!r} asks for logits")
         self.roles = self.roles_of(config)
         super().__init__(models, config, *args, **kwargs)
-        self.inner = build_strategy(config.inner, self.models, sampling=self.sampling, stop=self.stop_config, kv_policy=self.kv_policy)
+        self.inner = inner.build(self.models, self.sampling, self.stop_config)
         self.decode = decoder(self.tokenizer)
         words = [re.escape(w.strip()) for w in config.transitions.split("|") if w.strip()]
         self.cue = re.compile(r"^\s*(?:" + "|".join(words) + r")\W$")
@@ -73,8 +74,8 @@ class EarlyExit(Strategy):
 
     @classmethod
     def roles_of(cls, config) -> tuple[str, ...]:
-        inner_class, inner_config = variant_config(config.inner)
-        return tuple(dict.fromkeys((*inner_class.roles_of(inner_config), config.probe_model)))
+        inner = variant_of(config.inner)
+        return tuple(dict.fromkeys((*inner.cls.roles_of(inner.config), config.probe_model)))
 
     @classmethod
     def needs_logits(cls, config) -> tuple[str, ...]:
@@ -92,7 +93,8 @@ class EarlyExit(Strategy):
                 ask = inner.send(answer)
             except StopIteration as done:
                 return done.value
-            if isinstance(ask, Generate) and not isinstance(ask, Draft) and ask.sequence is request.sequence:  # drafts await a check
+            writes = isinstance(ask, Generate) and not isinstance(ask, Draft)  # drafts await a check
+            if writes and ask.sequence is request.sequence:
                 answer = yield from self._generate(request, ask)
                 if answer is None:  # exited
                     inner.close()
@@ -163,8 +165,8 @@ class EarlyExit(Strategy):
         if confidence < self.config.threshold or not fits:
             return False
         sequence.truncate(start)
-        request.event(None, "early exit", f"{confidence:.3f}")
+        request.event(EventKind.EARLY_EXIT, cue=f"{confidence:.3f}")
         sequence.extend(inducer, PROMPT)
         sequence.extend(answer, model)
-        sequence.finish("stop")
+        sequence.finish(FinishReason.STOP)
         return True

@@ -5,21 +5,21 @@ classifier on the prompt) and model merging (weight averaging; task arithmetic, 
 
 from __future__ import annotations
 
-import copy
 from dataclasses import dataclass
-from pathlib import Path
+from typing import Literal, NamedTuple
 
 import torch
 
 from ..errors import RelaykitError
-from ..models.loading import Model, _count_parameters
+from ..models.merging import merge
 from ..runtime.asks import Generate, Logits
-from .base import EXPERTS, Strategy, expert_roles, register
+from ..vocabulary import BASE, EXPERTS, expert_role, expert_roles
+from .base import Strategy, reads, register
 from .single import Single
 
 
 def _named(models: dict, name: str) -> str:
-    role = f"expert:{name}"
+    role = expert_role(name)
     if role not in models:
         loaded = ", ".join(r.split(":", 1)[1] for r in expert_roles(models)) or "none"
         raise RelaykitError(f"no expert {name!r} (loaded experts: {loaded}; --expert NAME=PATH adds one)")
@@ -42,7 +42,7 @@ class ExpertConfig:
 class ExpertAlone(Single):
     """One domain expert writes everything."""
 
-    roles = (EXPERTS,)
+    roles: tuple[str, ...] = (EXPERTS,)
     Config = ExpertConfig
     in_demo = False
     one_entry_per_expert = True
@@ -50,13 +50,14 @@ class ExpertAlone(Single):
     def __init__(self, models: dict, config=None, *args, **kwargs):
         name = (config or ExpertConfig()).name
         if not name:
-            raise RelaykitError("strategy 'expert' needs name=NAME (expert[name=add]); `--strategy expert` runs each expert")
+            raise RelaykitError("strategy 'expert' needs name=NAME (expert[name=add]); "
+                                "`--strategy expert` runs each expert")
         self.roles = (_named(models, name),)
         super().__init__(models, config, *args, **kwargs)
 
     @classmethod
     def roles_of(cls, config) -> tuple[str, ...]:
-        return (f"expert:{config.name}",) if config.name else (EXPERTS,)
+        return (expert_role(config.name),) if config.name else (EXPERTS,)
 
 
 @register("logit-average")
@@ -64,7 +65,7 @@ class LogitAverage(Strategy):
     """Every expert reads every token; the next token comes from the mean of their logits. The
     token is credited to the expert that gave it the highest probability."""
 
-    roles = (EXPERTS,)
+    roles: tuple[str, ...] = (EXPERTS,)
     in_demo = False
 
     def __init__(self, models: dict, *args, **kwargs):
@@ -83,21 +84,21 @@ class LogitAverage(Strategy):
             request.finish_if_done(sequence)
 
 
+class Classifier(NamedTuple):
+    """A linear prompt classifier over token counts: one row of `weight` [experts, vocabulary]
+    and one `bias` per expert, named in `experts`."""
+
+    weight: torch.Tensor
+    bias: torch.Tensor
+    experts: list[str]
+    source: str
+
+
 @dataclass
 class QueryRouteConfig:
     # prompt classifier (safetensors: `weight` [experts, vocabulary], `bias`, expert names in the
     # metadata); "" on the shipped experts: the shipped one (relaykit train fusionroute writes it)
-    classifier: str = ""
-
-
-def load_classifier(path: str | Path) -> tuple[torch.Tensor, torch.Tensor, list[str]]:
-    from safetensors import safe_open
-
-    if not Path(path).is_file():
-        raise RelaykitError(f"no such classifier file: {path}")
-    with safe_open(str(path), "pt") as file:
-        names = (file.metadata() or {}).get("experts", "")
-        return file.get_tensor("weight"), file.get_tensor("bias"), names.split(",") if names else []
+    classifier: str | Classifier = reads("classifier", "")
 
 
 @register("query-route")
@@ -105,21 +106,23 @@ class QueryRoute(Strategy):
     """Query-level routing: a linear classifier on the prompt's token counts picks one expert,
     which writes the whole answer."""
 
-    roles = (EXPERTS,)
+    roles: tuple[str, ...] = (EXPERTS,)
     Config = QueryRouteConfig
     in_demo = False
 
     def __init__(self, models: dict, config=None, *args, **kwargs):
         config = config or QueryRouteConfig()
-        if not config.classifier:
-            raise RelaykitError("query-route needs classifier=PATH (the shipped experts have one by default)")
-        self.weight, self.bias, names = load_classifier(config.classifier)
+        classifier = config.classifier
+        if not isinstance(classifier, Classifier):
+            raise RelaykitError("query-route needs classifier=PATH, read by relaykit.resolve "
+                                "(the shipped experts have one by default)")
+        self.weight, self.bias, names = classifier.weight, classifier.bias, classifier.experts
         self.roles = tuple(_named(models, name) for name in names)
         if not self.roles:
-            raise RelaykitError(f"{config.classifier} names no experts in its metadata")
+            raise RelaykitError(f"{classifier.source} names no experts in its metadata")
         super().__init__(models, config, *args, **kwargs)
         if self.weight.shape != (len(names), len(self.tokenizer)):
-            raise RelaykitError(f"{config.classifier}: a weight of shape {tuple(self.weight.shape)} does not fit "
+            raise RelaykitError(f"{classifier.source}: a weight of shape {tuple(self.weight.shape)} does not fit "
                                 f"{len(names)} experts and a vocabulary of {len(self.tokenizer)}")
 
     @classmethod
@@ -137,7 +140,8 @@ class QueryRoute(Strategy):
 
 @dataclass
 class MergedConfig:
-    method: str = "average"  # average: mean of the experts' weights; task-arithmetic: base + scale x sum of (expert - base)
+    # average: mean of the experts' weights; task-arithmetic: base + scale x sum of (expert - base)
+    method: Literal["average", "task-arithmetic"] = "average"
     scale: float = 1.0  # task arithmetic's lambda (Ilharco et al. 2023 tune it on validation data)
 
     def __post_init__(self) -> None:
@@ -150,35 +154,13 @@ class Merged(Single):
     """One model merged from the experts' weights (they must share the base's shape) writes
     everything."""
 
-    roles = ("base", EXPERTS)
+    roles: tuple[str, ...] = (BASE, EXPERTS)
     Config = MergedConfig
     in_demo = False
 
     def __init__(self, models: dict, config=None, *args, **kwargs):
         config = config or MergedConfig()
-        self.roles = ("base", *_all_experts(models, "merged"))
+        self.roles = (BASE, *_all_experts(models, "merged"))
         super().__init__(models, config, *args, **kwargs)
-        self.models = {"merged": merge([models[r] for r in self.roles[1:]], models["base"], config)}
+        self.models = {"merged": merge([models[r] for r in self.roles[1:]], models[BASE], config.method, config.scale)}
         self.roles = ("merged",)
-
-
-def merge(experts: list[Model], base: Model, config: MergedConfig) -> Model:
-    """The merged model (weights only; the base's config and tokenizer)."""
-    state, states = base.hf.state_dict(), [expert.hf.state_dict() for expert in experts]
-    merged = {}
-    for key, value in state.items():
-        weights = []
-        for expert, expert_state in zip(experts, states):
-            weight = expert_state.get(key)
-            if weight is None or weight.shape != value.shape:
-                raise RelaykitError(f"cannot merge {expert.name} into {base.name}: its {key} differs in shape "
-                                    "(merging needs experts fine-tuned from the base)")
-            weights.append(weight)
-        if config.method == "average":
-            merged[key] = torch.stack(weights).mean(0)
-        else:
-            merged[key] = value + config.scale * sum(w - value for w in weights)
-    hf = copy.deepcopy(base.hf)
-    hf.load_state_dict(merged)
-    label = f"merged[{config.method}]"
-    return Model(label, base.source, hf, base.tokenizer, *_count_parameters(hf))

@@ -10,6 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from ..errors import RelaykitError
+from ..vocabulary import LARGE
 from .base import Strategy, register
 from .speculative import check_drafts
 
@@ -64,6 +65,6 @@ class Lookup(Strategy):
         index = NgramIndex(self.config.ngram)
         while not sequence.finished:
             start = len(sequence)
-            sequence.extend(index.propose(sequence.tokens, max(0, min(self.config.k, request.remaining() - 1))), "large")
+            sequence.extend(index.propose(sequence.tokens, max(0, min(self.config.k, request.remaining() - 1))), LARGE)
             yield from check_drafts(request, sequence, start, [])  # no draft distributions: proposed with certainty
             request.finish_if_done(sequence, len(sequence) - start)

@@ -9,6 +9,7 @@ from dataclasses import dataclass
 
 from ..errors import RelaykitError
 from ..runtime.asks import Logits
+from ..vocabulary import LARGE, SMALL, EventKind
 from .base import Strategy, register
 
 
@@ -24,7 +25,7 @@ class RandomRouterConfig:
 
 @register("random-router")
 class RandomRouter(Strategy):
-    roles = ("large", "small")
+    roles = (LARGE, SMALL)
     Config = RandomRouterConfig
     in_demo = False
 
@@ -36,7 +37,7 @@ class RandomRouter(Strategy):
             now = "large" if coin < self.config.large_share else "small"
             logits = (yield Logits(now, sequence))[-1]
             if now != writer:
-                request.event(f"{writer}->{now}", "random")
+                request.event(EventKind.RANDOM, (writer, now))
                 writer = now
             sequence.append(request.sample(logits), now)
             request.finish_if_done(sequence)

@@ -11,13 +11,15 @@ from dataclasses import dataclass
 from ..decoding.sequence import Sequence
 from ..errors import RelaykitError
 from ..text import Tail, ends_sentence
+from ..vocabulary import LARGE, SMALL, EventKind
 from .base import register
 from .segments import Decision, SegmentConfig, SegmentRelay, Turn
 
 
 @dataclass
 class RandomSwitchConfig(SegmentConfig):
-    small_share: float = 0.3  # probability that a thinking sentence goes to the small model (ours; set it to RelayGen's share)
+    # probability that a thinking sentence goes to the small model (ours; set it to RelayGen's share)
+    small_share: float = 0.3
     switch_seed: int = 0  # with the prompt and the position, seeds each coin flip
 
     def __post_init__(self) -> None:
@@ -34,9 +36,9 @@ class RandomSwitch(SegmentRelay):
         if not ends_sentence(tail.text, tail.new_from, tail.turn_from):
             return None
         if turn.writer == "small":
-            return Decision("large", "sentence end")
+            return Decision(LARGE, EventKind.SENTENCE_END)
         if turn.thinking and self._coin(sequence, end) < self.config.small_share:
-            return Decision("small", "random")
+            return Decision(SMALL, EventKind.RANDOM)
         return None
 
     def _coin(self, sequence: Sequence, end: int) -> float:

@@ -12,6 +12,7 @@ from ..decoding.sequence import Sequence
 from ..errors import RelaykitError
 from ..runtime.asks import Generate
 from ..text import decoder
+from ..vocabulary import LARGE, SMALL, EventKind
 from .base import Strategy, register
 
 CALL_CLOSE = "</call>"
@@ -56,9 +57,8 @@ def find_command(decode, sequence: Sequence, end: int) -> Command | None:
 class RelayLLM(Strategy):
     """The small model drives and calls the large model for the tokens it asks for."""
 
-    roles = ("large", "small")
+    roles = (LARGE, SMALL)
     Config = RelayLLMConfig
-    shipped_models = {"small": "toy-small-relay"}  # toy-small trained to call (`relaykit train relayllm`)
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
@@ -74,17 +74,17 @@ class RelayLLM(Strategy):
     def run(self, request):
         sequence, calls = request.sequence, 0
         while not sequence.finished:
-            ask = Generate("small", sequence, request.remaining(), self._command, (CALL_CLOSE,))
+            ask = Generate(SMALL, sequence, request.remaining(), self._command, (CALL_CLOSE,))
             command = (yield ask).ended_by
             if command is None:
                 continue  # the stop conditions ended the answer
-            sequence.hide(command.start, len(sequence), "large")  # the large model never reads commands
+            sequence.hide(command.start, len(sequence), LARGE)  # the large model never reads commands
             if command.tokens == 0 or calls == self.config.max_calls or sequence.finished:
                 continue
             calls += 1
             asked = min(command.tokens, self.config.max_call_tokens)
-            event = request.event("small->large", "call", command.text)
-            written = (yield Generate("large", sequence, min(asked, request.remaining()))).tokens
+            event = request.event(EventKind.CALL, (SMALL, LARGE), command.text)
+            written = (yield Generate(LARGE, sequence, min(asked, request.remaining()))).tokens
             event.detail = {"requested": command.tokens, "delivered": written}
             if not sequence.finished:
-                request.event("large->small", "call end")
+                request.event(EventKind.CALL_END, (LARGE, SMALL))

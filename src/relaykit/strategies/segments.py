@@ -6,12 +6,12 @@ A turn is one `Generate` ask whose `ends_turn` is the method's rule, so a turn r
 token in-process and in one request per pause over an endpoint; with `speculative=K` the large
 model's turns are speculative rounds instead (in-process only).
 
-With `check=T` (ours; issue 20), the large model's catch-up forward over a segment the small
-model wrote also checks it: at the first token the large model ranks below its own top one by at
-least T logits, the segment is cut and the large model writes on. The answer after `</think>`,
-which no large turn follows, is checked by one forward once written (the small model writes on
-after a cut). T = 0 keeps exactly the large model's greedy text; no check keeps the paper's
-plain hand-off.
+With `check=T` (ours; benchmarks/RESULTS.md, "RelayGen on unseen problems"), the large model's
+catch-up forward over a segment the small model wrote also checks it: at the first token the large
+model ranks below its own top one by at least T logits, the segment is cut and the large model
+writes on. The answer after `</think>`, which no large turn follows, is checked by one forward
+once written (the small model writes on after a cut). T = 0 keeps exactly the large model's greedy
+text; no check keeps the paper's plain hand-off.
 """
 
 from __future__ import annotations
@@ -22,11 +22,11 @@ import re
 from dataclasses import dataclass
 from typing import NamedTuple
 
-from ..decoding.result import Event
 from ..decoding.sequence import PROMPT, Sequence
 from ..errors import RelaykitError
 from ..runtime.asks import Generate, Logits
 from ..text import THINK_END, Tail, decode_tail, decoder, ends_thinking
+from ..vocabulary import LARGE, SMALL, EventKind
 from .base import Strategy
 from .speculative import Cut, check_drafts, draft, lenient_cut
 
@@ -62,8 +62,8 @@ class SegmentConfig:
 class Turn:
     """Who writes the sequence now, why, and since which index."""
 
-    writer: str  # "large" or "small"
-    reason: str  # why this writer has the pen: "start", "cue", "sentence end", "answer", ...
+    writer: str  # the role writing: large or small
+    reason: EventKind | None  # why this writer has the pen (None: it started)
     start: int
     thinking: bool = True  # `</think>` not written yet
 
@@ -83,7 +83,7 @@ class Decision:
     sequence there instead; `thinking_ended`: the deciding text closed the thinking."""
 
     writer: str
-    reason: str
+    reason: EventKind | None
     cue: str | None = None
     cut: int | None = None
     thinking_ended: bool = False
@@ -92,9 +92,9 @@ class Decision:
 class SegmentRelay(Strategy):
     """Subclasses decide when a turn ends (`hand_off`) and where an endpoint should pause."""
 
-    roles = ("large", "small")
+    roles = (LARGE, SMALL)
     Config = SegmentConfig
-    first_writer = "large"
+    first_writer = LARGE
     every_token = False  # True: `hand_off` must see every token, not only those that may complete a match
 
     def __init__(self, *args, **kwargs):
@@ -108,7 +108,7 @@ class SegmentRelay(Strategy):
     def needs_logits(cls, config) -> tuple[str, ...]:
         if config.speculative:
             return cls.roles
-        return ("large",) if checking(config.check) else ()
+        return (LARGE,) if checking(config.check) else ()
 
     @property
     def check(self) -> float | None:
@@ -130,9 +130,9 @@ class SegmentRelay(Strategy):
 
     def run(self, request):
         sequence = request.sequence
-        turn = Turn(self.first_writer, "start", len(sequence))
+        turn = Turn(self.first_writer, None, len(sequence))
         rule = functools.partial(self._ends_turn, turn)  # the turn changes in place
-        if self.check is not None and turn.writer == "small":
+        if self.check is not None and turn.writer == SMALL:
             request.open_from = turn.start
         deferred: list[Deferred] = []  # drafts that ended a large turn, checked strictly with what follows them
         while True:
@@ -141,8 +141,8 @@ class SegmentRelay(Strategy):
                 if room <= 0 and turn.thinking and self.config.answer_handoff:
                     self._close_thinking(request, turn)
                     continue
-                ends_turn = None if turn.reason == "answer" else rule
-                if turn.writer == "large" and (self.config.speculative or request.open_from is not None):
+                ends_turn = None if turn.reason == EventKind.ANSWER else rule
+                if turn.writer == LARGE and (self.config.speculative or request.open_from is not None):
                     # drafts past the end of the turn would be cut whatever the large model says
                     k = max(0, min(self.config.speculative, room - 1))
                     start = len(sequence)
@@ -156,7 +156,8 @@ class SegmentRelay(Strategy):
                     else:
                         checked = request.open_from
                         threshold = self._thresholds(sequence, checked, start, deferred) if checked is not None else 0.0
-                        first, accepted, drafted, cut = yield from check_drafts(request, sequence, start, draft_probs, checked, threshold)
+                        first, accepted, drafted, cut = yield from check_drafts(
+                            request, sequence, start, draft_probs, checked, threshold)
                         request.open_from = None
                         if cut is not None:
                             self._after_cut(request, turn, first, cut, deferred)
@@ -174,7 +175,7 @@ class SegmentRelay(Strategy):
             first = yield from self._check_tail(request, turn, deferred)
             deferred = []
             if first is not None:
-                decision = request.settle(sequence, first, None if turn.reason == "answer" else rule)
+                decision = request.settle(sequence, first, None if turn.reason == EventKind.ANSWER else rule)
                 if decision is not None and not sequence.finished:
                     self._switch(request, turn, decision)
 
@@ -189,7 +190,8 @@ class SegmentRelay(Strategy):
         """The check's threshold for each token of [start, end): 0 for deferred drafts, none for
         text neither model wrote (a `</think>` the budget inserted)."""
         strict = set().union(*(range(d.start, d.end) for d in deferred))
-        return [float("inf") if sequence.writers[i] != "small" else 0.0 if i in strict else self.check
+        check = self.check if self.check is not None else float("inf")
+        return [float("inf") if sequence.writers[i] != SMALL else 0.0 if i in strict else check
                 for i in range(start, end)]
 
     def _check_tail(self, request, turn: Turn, deferred: list[Deferred]):
@@ -197,14 +199,15 @@ class SegmentRelay(Strategy):
         budget ended): the large model reads them in one forward. After a cut the sequence reopens
         with the large model's token; returns its index (None: no cut)."""
         sequence, start = request.sequence, request.open_from
-        logits = (yield Logits("large", sequence, len(sequence) - start + 1))[:-1]
-        cut = lenient_cut(request, logits, sequence.tokens[start:], self._thresholds(sequence, start, len(sequence), deferred))
+        logits = (yield Logits(LARGE, sequence, len(sequence) - start + 1))[:-1]
+        thresholds = self._thresholds(sequence, start, len(sequence), deferred)
+        cut = lenient_cut(request, logits, sequence.tokens[start:], thresholds)
         request.open_from = None
         if cut is None:
             return None
         sequence.truncate(start + cut.index)
         sequence.reopen()
-        sequence.append(cut.token, "large")
+        sequence.append(cut.token, LARGE)
         self._after_cut(request, turn, start + cut.index, cut, deferred)
         return start + cut.index
 
@@ -215,37 +218,40 @@ class SegmentRelay(Strategy):
         a large turn."""
         sequence = request.sequence
         position = index - sequence.prompt_length
-        request.events = [e for e in request.events if e.position <= position]
+        request.forget_events_after(position)
         rejected = [d for d in deferred if d.start <= index < d.end]
         if rejected:  # a rejected draft, not a cut segment
             vars(turn).update(vars(rejected[0].turn))
             return
-        detail = {"margin": round(cut.margin, 3), "small": self.decode([cut.rejected]), "large": self.decode([cut.token])}
-        request.events.append(Event(position, "small->large", "check", detail=detail))
+        detail = {"margin": round(cut.margin, 3), "small": self.decode([cut.rejected]),
+                  "large": self.decode([cut.token])}
+        request.event(EventKind.CHECK, (SMALL, LARGE), detail=detail, position=position)
         thinking = THINK_END not in self.decode(sequence.generated[:position])
-        if not thinking and turn.reason == "answer":
-            turn.writer, turn.start, turn.thinking = "small", index + 1, False
+        if not thinking and turn.reason == EventKind.ANSWER:
+            turn.writer, turn.start, turn.thinking = SMALL, index + 1, False
             request.open_from = index + 1
         else:
-            turn.writer, turn.reason, turn.start, turn.thinking = "large", "check", index, thinking
+            turn.writer, turn.reason, turn.start, turn.thinking = LARGE, EventKind.CHECK, index, thinking
 
     # turns
 
     def _room(self, request, turn: Turn) -> int:
         """Tokens the sequence may still get before the answer reserve (the whole budget once thinking ended)."""
-        reserve = self.config.answer_reserve + len(self.close_ids) + 1 if turn.thinking and self.config.answer_handoff else 0
+        answering = turn.thinking and self.config.answer_handoff
+        reserve = self.config.answer_reserve + len(self.close_ids) + 1 if answering else 0
         return request.remaining() - reserve
 
     def _close_thinking(self, request, turn: Turn) -> None:
         """The budget is ending inside `<think>`: close the thinking and let the small model answer."""
         sequence = request.sequence
         after_newline = self.decode(sequence.tokens[-1:]).endswith("\n")
-        close = self.close_ids if after_newline else self.tokenizer("\n" + THINK_END, add_special_tokens=False)["input_ids"]
-        request.event(None, "budget", THINK_END)
+        close = (self.close_ids if after_newline
+                 else self.tokenizer("\n" + THINK_END, add_special_tokens=False)["input_ids"])
+        request.event(EventKind.BUDGET, cue=THINK_END)
         sequence.extend(close, PROMPT)  # inserted text, written by neither model
         turn.thinking = False
         if not request.finish_if_done(sequence, len(close)):
-            self._switch(request, turn, Decision("small", "answer", THINK_END))
+            self._switch(request, turn, Decision(SMALL, EventKind.ANSWER, THINK_END))
 
     def _ends_turn(self, turn: Turn, sequence: Sequence, end: int) -> Decision | None:
         """The turn's rule for token `end - 1`: `</think>` (the answer goes to the small model),
@@ -255,7 +261,7 @@ class SegmentRelay(Strategy):
         tail = self._tail(sequence, turn, end)
         if turn.thinking and ends_thinking(tail.text, tail.new_from):
             if self.config.answer_handoff:
-                return Decision("small", "answer", THINK_END, thinking_ended=True)
+                return Decision(SMALL, EventKind.ANSWER, THINK_END, thinking_ended=True)
             return Decision(turn.writer, turn.reason, THINK_END, thinking_ended=True)
         return self.hand_off(sequence, turn, tail, end)
 
@@ -279,9 +285,9 @@ class SegmentRelay(Strategy):
         if decision.writer == turn.writer:
             turn.reason = decision.reason
             return
-        request.event(f"{turn.writer}->{decision.writer}", decision.reason, decision.cue)
+        request.event(decision.reason, (turn.writer, decision.writer), decision.cue)
         turn.writer, turn.reason, turn.start = decision.writer, decision.reason, len(request.sequence)
-        if turn.writer == "small" and self.check is not None and request.open_from is None:
+        if turn.writer == SMALL and self.check is not None and request.open_from is None:
             request.open_from = turn.start
 
 

@@ -14,20 +14,21 @@ from __future__ import annotations
 import math
 from collections import Counter
 from dataclasses import dataclass
+from typing import Literal
 
+from ..answers import extract_answer
 from ..errors import RelaykitError
-from ..evals.answers import extract_answer
-from ..options import variant_config
 from ..runtime.asks import Fork, Run
-from .base import Strategy, register
+from ..vocabulary import EventKind
+from .base import Strategy, reads, register, variant_of
 from .best_of_n import majority
 
 
 @dataclass
 class SelfConsistencyConfig:
-    inner: str = "large"  # the strategy each sample runs: NAME or NAME[option=value ...]
+    inner: str = reads("strategy", "large")  # the strategy each sample runs: NAME or NAME[option=value ...]
     n: int = 40  # samples at most (Adaptive-Consistency and ESC: 40)
-    stop: str = "adaptive"  # fixed, adaptive or esc
+    stop: Literal["fixed", "adaptive", "esc"] = "adaptive"  # fixed, adaptive or esc
     confidence: float = 0.95  # adaptive: stop once P(leader beats runner-up) reaches it (Adaptive-Consistency: 0.95)
     window: int = 5  # esc: samples per window (ESC: 5)
 
@@ -64,22 +65,20 @@ class SelfConsistency(Strategy):
     in_demo = False  # greedy samples all agree: it pays off with sampling
 
     def __init__(self, models: dict, config=None, *args, **kwargs):
-        from ..api import build_strategy
-
         config = config if config is not None else SelfConsistencyConfig()
         self.roles = self.roles_of(config)
         super().__init__(models, config, *args, **kwargs)
-        self.inner = build_strategy(config.inner, self.models, sampling=self.sampling, stop=self.stop_config, kv_policy=self.kv_policy)
+        self.inner = variant_of(config.inner).build(self.models, self.sampling, self.stop_config)
 
     @classmethod
     def roles_of(cls, config) -> tuple[str, ...]:
-        inner_class, inner_config = variant_config(config.inner)
-        return inner_class.roles_of(inner_config)
+        inner = variant_of(config.inner)
+        return inner.cls.roles_of(inner.config)
 
     @classmethod
     def needs_logits(cls, config) -> tuple[str, ...]:
-        inner_class, inner_config = variant_config(config.inner)
-        return inner_class.needs_logits(inner_config)
+        inner = variant_of(config.inner)
+        return inner.cls.needs_logits(inner.config)
 
     def holdback(self) -> None:
         return None  # the chosen sample is known only at the end
@@ -97,5 +96,5 @@ class SelfConsistency(Strategy):
             if should_stop(cfg.stop, answers, window, cfg.confidence):
                 break
         chosen, tally = majority(answers)
-        request.event(None, "vote", tally).detail = {"samples": len(results)}
+        request.event(EventKind.VOTE, cue=tally, detail={"samples": len(results)})
         return results[chosen]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from ..runtime.asks import Generate
+from ..vocabulary import LARGE, SMALL
 from .base import Strategy, register
 
 
@@ -10,7 +11,7 @@ from .base import Strategy, register
 class Single(Strategy):
     """The large model alone (plain autoregressive decoding)."""
 
-    roles = ("large",)
+    roles: tuple[str, ...] = (LARGE,)
 
     @classmethod
     def needs_logits(cls, config) -> tuple[str, ...]:
@@ -29,4 +30,4 @@ class LargeOnly(Single):
 class SmallOnly(Single):
     """The small model alone."""
 
-    roles = ("small",)
+    roles: tuple[str, ...] = (SMALL,)

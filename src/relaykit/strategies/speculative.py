@@ -6,13 +6,14 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, NamedTuple
+from typing import Any
 
 import torch
 
 from ..decoding.sequence import Sequence
 from ..errors import RelaykitError
 from ..runtime.asks import LOW_CONFIDENCE, Draft, Logits
+from ..vocabulary import LARGE, SMALL
 from .base import Strategy, register
 
 
@@ -58,7 +59,8 @@ def verify(sampler, drafts: list[int], draft_probs, target) -> tuple[int, int]:
     return len(drafts), int(sampler.draw(target[len(drafts)]))
 
 
-class Cut(NamedTuple):
+@dataclass(frozen=True)
+class Cut:
     """Where a check cut tokens another model wrote: their `index`, the large model's `token`
     there, the `rejected` one and the large model's `margin` (logits) of its top over it."""
 
@@ -81,26 +83,29 @@ def lenient_cut(request, logits: torch.Tensor, tokens: list[int], threshold: flo
     if not len(disagreements):
         return None
     i = int(disagreements[0])
-    token = int(top.indices[i]) if request.sampler.greedy else request.sample(logits[i].index_fill(0, chosen[i : i + 1], float("-inf")))
+    if request.sampler.greedy:
+        token = int(top.indices[i])
+    else:
+        token = request.sample(logits[i].index_fill(0, chosen[i : i + 1], float("-inf")))
     return Cut(i, token, tokens[i], float(margin[i]))
 
 
 def draft(request, sequence: Sequence, k: int, draft_confidence: float = 0.0,
-          ends_turn: Callable[[Sequence, int], Any] | None = None):
-    """The small model drafts up to k tokens (use with `yield from`), fewer once a draft is below
+          ends_turn: Callable[[Sequence, int], Any] | None = None, drafter: str = SMALL):
+    """The `drafter` model drafts up to k tokens (use with `yield from`), fewer once a draft is below
     `draft_confidence` or `ends_turn` (a turn's rule) says the turn would end after it. Returns the
     drafts' distributions when sampling (else []) and whether `ends_turn` ended the drafting (it
     said no to every other draft). Greedy drafts run in the runtime (one `Draft` ask); sampled
     ones come back token by token, since the check needs their distributions."""
-    sampler, draft_probs = request.sampler, []
+    sampler, draft_probs = request.sampler, list[torch.Tensor]()
     if sampler.greedy:
-        drafted = yield Draft("small", sequence, k, ends_turn, min_confidence=draft_confidence)
+        drafted = yield Draft(drafter, sequence, k, ends_turn, min_confidence=draft_confidence)
         return draft_probs, drafted.ended_by is not None and drafted.ended_by is not LOW_CONFIDENCE
     for _ in range(k):
-        logits = (yield Logits("small", sequence))[-1]
+        logits = (yield Logits(drafter, sequence))[-1]
         probs = sampler.probs(logits)
         draft_probs.append(probs)
-        sequence.append(int(sampler.draw(probs)), "small")
+        sequence.append(int(sampler.draw(probs)), drafter)
         if ends_turn is not None and ends_turn(sequence, len(sequence)) is not None:
             return draft_probs, True
         if draft_confidence and float(logits.softmax(-1).max()) < draft_confidence:
@@ -109,8 +114,8 @@ def draft(request, sequence: Sequence, k: int, draft_confidence: float = 0.0,
 
 
 def check_drafts(request, sequence: Sequence, start: int, draft_probs: list, checked_from: int | None = None,
-                 threshold: float | list[float] = 0.0):
-    """The large model scores the drafts from `start` in one forward (use with `yield from`); the
+                 threshold: float | list[float] = 0.0, verifier: str = LARGE):
+    """The `verifier` model scores the drafts from `start` in one forward (use with `yield from`); the
     accepted drafts plus its own token stay. `draft_probs`: the drafts' distributions when sampling
     ([]: proposed with certainty, see `verify`). With `checked_from`, the tokens from there to the
     drafts (written by the small model on its own) are read in the same forward and pass the
@@ -118,18 +123,18 @@ def check_drafts(request, sequence: Sequence, start: int, draft_probs: list, che
     Returns (index of the first token added, drafts accepted, drafts written, the check's cut)."""
     sampler, drafts = request.sampler, sequence.tokens[start:]
     head = start if checked_from is None else checked_from
-    target_logits = yield Logits("large", sequence, len(sequence) - head + 1)
+    target_logits = yield Logits(verifier, sequence, len(sequence) - head + 1)
     if head < start:
         cut = lenient_cut(request, target_logits[: start - head], sequence.tokens[head:start], threshold)
         if cut is not None:
             sequence.truncate(head + cut.index)
-            sequence.append(cut.token, "large")
+            sequence.append(cut.token, verifier)
             return head + cut.index, 0, len(drafts), cut
         target_logits = target_logits[start - head :]
     target = target_logits.argmax(-1).tolist() if sampler.greedy else sampler.probs(target_logits)
     accepted, token = verify(sampler, drafts, torch.stack(draft_probs) if draft_probs else None, target)
     sequence.truncate(start + accepted)
-    sequence.append(token, "large")
+    sequence.append(token, verifier)
     return start, accepted, len(drafts), None
 
 
@@ -143,7 +148,7 @@ def speculative_round(request, sequence: Sequence, k: int, draft_confidence: flo
 
 @register("speculative")
 class Speculative(Strategy):
-    roles = ("large", "small")
+    roles = (LARGE, SMALL)
     Config = SpeculativeConfig
     tunes = ("k", "max_k", "adaptive", "draft_confidence")
 
@@ -154,7 +159,8 @@ class Speculative(Strategy):
         sequence, config, k = request.sequence, self.config, self.config.k
         while not sequence.finished:
             draft_length = max(0, min(k, request.remaining() - 1))
-            first, accepted, drafted, _ = yield from speculative_round(request, sequence, draft_length, config.draft_confidence)
+            first, accepted, drafted, _ = yield from speculative_round(request, sequence, draft_length,
+                                                                       config.draft_confidence)
             request.finish_if_done(sequence, len(sequence) - first)
             if config.adaptive and drafted:
                 rate = accepted / drafted

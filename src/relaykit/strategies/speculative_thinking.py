@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from ..decoding.sequence import Sequence
 from ..errors import RelaykitError
 from ..text import Tail, ends_sentence
+from ..vocabulary import LARGE, SMALL, EventKind
 from .base import register
 from .segments import Decision, SegmentConfig, SegmentRelay, Turn
 
@@ -48,13 +49,13 @@ class SpeculativeThinking(SegmentRelay):
             return None
         if turn.writer == "large":
             if "\n" in tail.text[tail.new_from :] or ends_sentence(tail.text, tail.new_from, tail.turn_from):
-                return Decision("small", "segment end")
+                return Decision(SMALL, EventKind.SEGMENT_END)
             return None
         peek_start = self._break_before(sequence, turn, end)
         if peek_start is None or self.reflection is None:
             return None
         found = self.reflection.search(self.decode(sequence.tokens[peek_start:end]))
-        return Decision("large", "reflection", found.group(), cut=peek_start) if found else None
+        return Decision(LARGE, EventKind.REFLECTION, found.group(), cut=peek_start) if found else None
 
     def _break_before(self, sequence: Sequence, turn: Turn, end: int) -> int | None:
         """Where the look-ahead holding token `end - 1` began: the turn's start or just after a

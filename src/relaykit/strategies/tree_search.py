@@ -16,12 +16,14 @@ answer is the finished beam with the best last-step score (search-and-learn's "l
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Literal
 
 from ..decoding.sequence import Sequence
 from ..errors import RelaykitError
 from ..runtime.asks import Drop, Fork, Generate, Run
 from ..text import decoder
-from ..train.verifier import verdict_ids
+from ..verdicts import verdict_ids
+from ..vocabulary import EventKind, FinishReason
 from .base import Strategy, register
 from .best_of_n import likelihood, verified
 
@@ -33,7 +35,7 @@ class TreeSearchConfig:
     writer: str = "small"  # the model that writes the steps
     step_end: str = "\n"  # a step ends at a token holding this; "" = the whole answer is one step
     max_steps: int = 64  # steps per beam at most (search-and-learn: 40)
-    scorer: str = "verifier"  # verifier or likelihood (the large model's)
+    scorer: Literal["verifier", "likelihood"] = "verifier"  # verifier or likelihood (the large model's)
 
     def __post_init__(self) -> None:
         if self.scorer not in ("verifier", "likelihood"):
@@ -72,7 +74,8 @@ class TreeSearch(Strategy):
         config = config if config is not None else TreeSearchConfig()
         self.roles = self.roles_of(config)
         super().__init__(models, config, *args, **kwargs)
-        self.steps = StepWriter(self.models, config.writer, config.step_end, sampling=self.sampling, stop=self.stop_config)
+        self.steps = StepWriter(self.models, config.writer, config.step_end, sampling=self.sampling,
+                                stop=self.stop_config)
         if config.scorer == "verifier":
             self.verdicts = verdict_ids(self.models["verifier"].tokenizer)
 
@@ -128,8 +131,8 @@ class TreeSearch(Strategy):
         sequence = request.sequence
         for token, writer in zip(best.tokens[len(sequence) :], best.writers[len(sequence) :]):
             sequence.append(token, writer)
-        request.event(None, "search", f"{scores.get(best.uid, float('nan')):.3f}").detail = {"samples": cfg.n}
-        sequence.finish(best.finish_reason or "stop")
+        request.event(EventKind.SEARCH, cue=f"{scores.get(best.uid, float('nan')):.3f}", detail={"samples": cfg.n})
+        sequence.finish(best.finish_reason or FinishReason.STOP)
 
     def _score(self, beam: Sequence, start: int):
         """The newest step's score (tokens from `start`)."""

@@ -8,6 +8,7 @@ from dataclasses import dataclass
 
 from ..errors import RelaykitError
 from ..runtime.asks import Logits
+from ..vocabulary import LARGE, SMALL, EventKind
 from .base import Strategy, register
 
 
@@ -22,20 +23,20 @@ class UncertaintyConfig:
 
 @register("uncertainty")
 class Uncertainty(Strategy):
-    roles = ("large", "small")
+    roles = (LARGE, SMALL)
     Config = UncertaintyConfig
 
     def run(self, request):
         sequence, writer = request.sequence, "small"  # the small model drives
         while not sequence.finished:
-            logits = (yield Logits("small", sequence))[-1]
+            logits = (yield Logits(SMALL, sequence))[-1]
             top = logits.float().softmax(-1).topk(2).values
             unsure = float(top[0] - top[1]) < self.config.margin_threshold
             if unsure:
-                logits = (yield Logits("large", sequence))[-1]
+                logits = (yield Logits(LARGE, sequence))[-1]
             now = "large" if unsure else "small"
             if now != writer:
-                request.event(f"{writer}->{now}", "margin")
+                request.event(EventKind.MARGIN, (writer, now))
                 writer = now
             sequence.append(request.sample(logits), now)
             request.finish_if_done(sequence)

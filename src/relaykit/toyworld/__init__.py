@@ -27,4 +27,6 @@ def is_shipped_pair(models: dict) -> bool:
     )
 
 
-__all__ = ["DOMAINS", "Problem", "fresh", "load_split", "make_problem", "split_of", "TOY_SMALL", "TOY_LARGE", "TOY_SMALL_RELAY", "TOY_VERIFIER", "TOY_PROBER", "TOY_DIFFICULTY", "FUSIONROUTE", "SHIPPED_CUES", "SHIPPED_ADAPTIVE", "SHIPPED_ADAPTIVE_DIFFICULTY", "is_shipped_pair"]
+__all__ = ["DOMAINS", "Problem", "fresh", "load_split", "make_problem", "split_of", "TOY_SMALL", "TOY_LARGE",
+           "TOY_SMALL_RELAY", "TOY_VERIFIER", "TOY_PROBER", "TOY_DIFFICULTY", "FUSIONROUTE", "SHIPPED_CUES",
+           "SHIPPED_ADAPTIVE", "SHIPPED_ADAPTIVE_DIFFICULTY", "is_shipped_pair"]

@@ -26,7 +26,8 @@ both experts' skills in one solution).
 The worded world (``toy:worded``) has the same problems with one free choice: each restatement joins
 its two steps with `` and ``, ``, `` or ``; `` at random. No other token of a solution is a choice, so a
 pair trained on the plain world disagrees only where one model is wrong; in the worded world two
-models may disagree and both be right (issue 20: what a lenient check can forgive).
+models may disagree and both be right (what a lenient check can forgive; benchmarks/RESULTS.md,
+"RelayGen against speculative decoding").
 
 The mixed-difficulty world (``toy:mixed``, for compute adapted to difficulty) draws each problem's
 ``level`` first: ``round`` (an ``arith`` or ``list`` chain whose first number is a multiple of ten,
@@ -178,7 +179,8 @@ def _list(rng: random.Random, rounds: int, round_number: bool | None = None) -> 
     chain = _chain(rng, a)
     first, *rest = chain.steps()
     shown = ", ".join(map(str, items))
-    lines = [f"The list is {shown}.", f"Sorted, it is {', '.join(map(str, sorted(items)))}.", f"Thus the {which} is {chain.a}."]
+    lines = [f"The list is {shown}.", f"Sorted, it is {', '.join(map(str, sorted(items)))}.",
+             f"Thus the {which} is {chain.a}."]
     lines += [f"Next, {first}", *rest]
     lines += _checks(rounds, chain)
     lines.append(f"Hence, {chain.restated()}.")
@@ -237,7 +239,8 @@ def expert_problem(rng: random.Random, domain: str, verify_rounds: int) -> Probl
         raise ValueError(f"unknown domain {domain!r}; choose from {EXPERT_DOMAINS}")
     chain = _chain(rng, ops=ops)
     first, *rest = chain.steps()
-    lines = [f"We need {chain.a} {chain.op1} {chain.b}, then its last two digits {chain.op2} {chain.c}.", f"First, {first}", *rest]
+    lines = [f"We need {chain.a} {chain.op1} {chain.b}, then its last two digits {chain.op2} {chain.c}.",
+             f"First, {first}", *rest]
     lines.append(f"So the first result is {chain.first} and the second is {chain.second}.")
     lines += _checks(verify_rounds, chain)
     lines.append(f"Therefore, {chain.restated()}.")
@@ -258,7 +261,8 @@ def operation_drill(rng: random.Random, domain: str) -> Problem:
     return _drill(rng, domain, OPERATIONS[domain])
 
 
-def expert_stream(split: str, seed: int, domains: tuple[str, ...] = EXPERT_DOMAINS, drill_share: float = 0.0) -> Iterator[Problem]:
+def expert_stream(split: str, seed: int, domains: tuple[str, ...] = EXPERT_DOMAINS,
+                  drill_share: float = 0.0) -> Iterator[Problem]:
     """Endless problems of the domain-expert world drawn from `domains`, deterministic by seed;
     ``drill_share`` of them are drills of the problem's domain (of one of its operations when mixed)."""
     if split not in _BUCKETS:

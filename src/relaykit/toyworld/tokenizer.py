@@ -38,7 +38,8 @@ CHAT_TEMPLATE = (
 
 def build_tokenizer() -> PreTrainedTokenizerFast:
     """Build the word-and-character tokenizer with its special tokens and chat template."""
-    tokens = SPECIAL_TOKENS[:4] + MARKUP_TOKENS + SPECIAL_TOKENS[4:] + WORDS + [" " + word for word in WORDS] + PIECES + CHARACTERS
+    tokens = (SPECIAL_TOKENS[:4] + MARKUP_TOKENS + SPECIAL_TOKENS[4:] + WORDS + [" " + word for word in WORDS]
+              + PIECES + CHARACTERS)
     vocab = {token: i for i, token in enumerate(tokens)}
     backend = Tokenizer(models.WordLevel(vocab, unk_token=UNK))
     words = "|".join(sorted(WORDS, key=len, reverse=True))

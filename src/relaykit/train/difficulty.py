@@ -20,12 +20,14 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
+from ..answers import answers_match, extract_answer
 from ..decoding.prompt import encode_prompt
 from ..decoding.stopping import StopConfig
-from ..evals.answers import answers_match, extract_answer
 from ..models.loading import Model
 from ..models.router import make_router, save_router
+from ..runtime.session import Session
 from ..strategies.adaptive import ROUTES
+from ..strategies.base import get_strategy
 from ..toyworld.tasks import load_mixed_split
 from .loop import TrainConfig, copy_tokenizer_files, new_run, train
 from .sft import pad
@@ -41,15 +43,15 @@ class DifficultyTrainConfig:
     train: TrainConfig = TrainConfig(steps=1500, lr=1e-3, warmup=20, weight_decay=0.1)
 
 
-def small_is_right(small: Model, problems: list, prompts: list[list[int]], cfg: DifficultyTrainConfig, what: str) -> list[bool]:
+def small_is_right(small: Model, problems: list, prompts: list[list[int]], cfg: DifficultyTrainConfig,
+                   what: str) -> list[bool]:
     """Whether the small model's greedy answer to each problem (its prompt encoded) is right
     (batched, with a progress bar)."""
-    from ..api import build_strategy
-
-    strategy = build_strategy("small", {"small": small}, stop=StopConfig(max_new_tokens=cfg.max_new_tokens))
+    strategy = get_strategy("small")({"small": small}, stop=StopConfig(max_new_tokens=cfg.max_new_tokens))
+    session = Session(strategy.models)
     results = []
     for start in tqdm(range(0, len(prompts), cfg.batch), desc=f"label {what}", unit="batch", mininterval=5):
-        results += strategy.generate(prompts[start : start + cfg.batch])
+        results += session.generate(strategy, prompts[start : start + cfg.batch])
     return [answers_match(extract_answer(r.text), p.answer) for r, p in zip(results, problems)]
 
 
@@ -70,9 +72,12 @@ def train_difficulty(base: Model, out: str | Path, cfg: DifficultyTrainConfig | 
     torch.manual_seed(cfg.seed)
     began = time.perf_counter()
     problems, held_out = load_mixed_split("train", cfg.problems), load_mixed_split("dev", cfg.held_out)
-    prompts, held_prompts = ([encode_prompt(base.tokenizer, p.question) for p in chosen] for chosen in (problems, held_out))
-    labels = torch.tensor([0 if right else 1 for right in small_is_right(base, problems, prompts, cfg, "training problems")])
-    held_labels = torch.tensor([0 if right else 1 for right in small_is_right(base, held_out, held_prompts, cfg, "held-out problems")])
+    prompts, held_prompts = ([encode_prompt(base.tokenizer, p.question) for p in chosen]
+                             for chosen in (problems, held_out))
+    labels = torch.tensor([0 if right else 1
+                           for right in small_is_right(base, problems, prompts, cfg, "training problems")])
+    held_labels = torch.tensor([0 if right else 1
+                                for right in small_is_right(base, held_out, held_prompts, cfg, "held-out problems")])
     model = base.hf
     make_router(model, list(ROUTES))
     order = random.Random(cfg.seed)
@@ -93,7 +98,7 @@ def train_difficulty(base: Model, out: str | Path, cfg: DifficultyTrainConfig | 
     report = {"config": asdict(cfg), "threads": torch.get_num_threads(), "minutes": (time.perf_counter() - began) / 60,
               "final_loss": sum(r["loss"] for r in records[-20:]) / len(records[-20:]),
               "small_right_train": float((labels == 0).float().mean()),
-              "small_right_by_level": {level: sum(int(l) == 0 for p, l in zip(problems, labels) if p.level == level)
+              "small_right_by_level": {level: sum(int(y) == 0 for p, y in zip(problems, labels) if p.level == level)
                                        / sum(p.level == level for p in problems) for level in levels},
               "held_out_accuracy": float((predicted == held_labels).float().mean()),
               "held_out_small_right": float((held_labels == 0).float().mean())}

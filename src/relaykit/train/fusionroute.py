@@ -34,6 +34,8 @@ from ..toyworld.tasks import EXPERT_DOMAINS, OPERATIONS, expert_stream
 from .dpo import dpo_loss
 from .loop import TrainConfig, copy_tokenizer_files, save_model, train
 from .sft import pad
+from .toy.compile import compiled
+from .toy.packing import Packer
 
 
 @dataclass(frozen=True)
@@ -62,8 +64,6 @@ class FusionRouteTrainConfig:
 
 
 def _packer(tokenizer, domains: tuple[str, ...], seed: int, drill_share: float):
-    from ..toyworld.train import Packer
-
     return Packer(tokenizer, expert_stream("train", seed, domains, drill_share))
 
 
@@ -77,14 +77,12 @@ def _load(folder: str | Path):
 def train_expert(base: str | Path, domain: str, out: str | Path, cfg: FusionRouteTrainConfig, log_path=None) -> float:
     """Fine-tune the base model on one domain's problems and drills; returns the last 20 steps'
     mean loss. The checkpoint's config records its domain and base."""
-    from ..toyworld.train import _compiled
-
     if domain not in OPERATIONS:
         raise RelaykitError(f"no expert domain {domain!r}; choose from {', '.join(OPERATIONS)}")
     torch.manual_seed(cfg.seed)
     model, tokenizer = _load(base)
     packer = _packer(tokenizer, (domain,), cfg.seed, cfg.drill_share)
-    forward = _compiled(model)
+    forward = compiled(model)
 
     def batch_at(step):
         return packer.batch(cfg.rows, cfg.row_tokens, lead_long=False)
@@ -110,7 +108,8 @@ def fuse(router_out: torch.Tensor, expert_logits: torch.Tensor) -> tuple[torch.T
     return router_out[..., :-count] + mix, weights
 
 
-def router_sft_loss(router, experts: list, ids: torch.Tensor, labels: torch.Tensor, routing_weight: float) -> tuple[torch.Tensor, dict]:
+def router_sft_loss(router, experts: list, ids: torch.Tensor, labels: torch.Tensor,
+                    routing_weight: float) -> tuple[torch.Tensor, dict]:
     """LM loss on the fused distribution + `routing_weight` x the routing loss on informative
     tokens (the experts' arg-max predictions disagree): cross-entropy towards the expert that gives
     the reference token the highest probability."""
@@ -122,12 +121,14 @@ def router_sft_loss(router, experts: list, ids: torch.Tensor, labels: torch.Tens
     lm = F.cross_entropy(fused[mask], target[mask])
     predicted = expert_logits.argmax(-1)  # [B, T, E]
     informative = (predicted != predicted[..., :1]).any(-1) & mask
-    reference = expert_logits.log_softmax(-1).gather(-1, target.clamp(min=0)[..., None, None].expand(*target.shape, len(experts), 1))[..., 0]
+    reference = expert_logits.log_softmax(-1).gather(
+        -1, target.clamp(min=0)[..., None, None].expand(*target.shape, len(experts), 1))[..., 0]
     best = reference.argmax(-1)
     routing = F.cross_entropy(weights[informative], best[informative]) if informative.any() else lm.new_zeros(())
-    routed = (weights[informative].argmax(-1) == best[informative]).float().mean() if informative.any() else lm.new_zeros(())
-    return lm + routing_weight * routing, {"lm": lm.item(), "routing": routing.item(), "informative": float(informative.sum()),
-                                           "routed_right": routed.item()}
+    routed = ((weights[informative].argmax(-1) == best[informative]).float().mean() if informative.any()
+              else lm.new_zeros(()))
+    return lm + routing_weight * routing, {"lm": lm.item(), "routing": routing.item(),
+                                           "informative": float(informative.sum()), "routed_right": routed.item()}
 
 
 def train_router(router_base: str | Path, experts: dict[str, str | Path], out: str | Path, cfg: FusionRouteTrainConfig,
@@ -166,21 +167,23 @@ class Pair:
     rejected_experts: list[int]
 
 
-def sample_pairs(router_dir: str | Path, experts: dict[str, str | Path], cfg: FusionRouteTrainConfig) -> tuple[list[Pair], dict]:
+def sample_pairs(router_dir: str | Path, experts: dict[str, str | Path],
+                 cfg: FusionRouteTrainConfig) -> tuple[list[Pair], dict]:
     """Solutions of training questions sampled by `fusionroute` (temperature 1.0) on the
     scheduler; per question, right and wrong ones are paired."""
     from .. import api
+    from ..answers import answers_match, extract_answer
     from ..decoding.prompt import encode_prompt
-    from ..evals.answers import answers_match, extract_answer
-    from ..strategies.base import EXPERTS
+    from ..runtime.session import Session
     from ..toyworld.tasks import _take
+    from ..vocabulary import EXPERTS
 
     models = api.load_models({"router": str(router_dir), EXPERTS: {k: str(v) for k, v in experts.items()}})
     sampling, stop = api.sampling_and_stop(temperature=1.0, seed=cfg.seed, max_new_tokens=320)
     strategy = api.build_strategy("fusionroute", models, sampling=sampling, stop=stop)
     questions = _take(expert_stream("train", cfg.seed + 2), cfg.cdpo_questions)
     prompts = [encode_prompt(strategy.tokenizer, q.question) for q in questions for _ in range(cfg.cdpo_samples)]
-    results = strategy.generate(prompts)
+    results = Session(strategy.models).generate(strategy, prompts)
     index = {role: i for i, role in enumerate(strategy.experts)}
     pairs, right = [], 0
     for q, question in enumerate(questions):
@@ -210,7 +213,8 @@ def router_outputs(router, sequences: list[list[int]]) -> torch.Tensor:
     return router(input_ids=pad(sequences, 0)).logits.float()
 
 
-def fused_logprobs(out: torch.Tensor, sequences: list[list[int]], starts: list[int], expert_logits: list[torch.Tensor]) -> torch.Tensor:
+def fused_logprobs(out: torch.Tensor, sequences: list[list[int]], starts: list[int],
+                   expert_logits: list[torch.Tensor]) -> torch.Tensor:
     """Summed log-probability of each sequence's solution under softmax(the chosen expert's logits
     + the router's logits), from the router's outputs `out`: the CDPO policy (gradients reach only
     the router)."""
@@ -278,14 +282,17 @@ def train_cdpo(router_dir: str | Path, experts: dict[str, str | Path], out: str 
         sequences = [p.sequences[0] for p in batch] + [p.sequences[1] for p in batch]
         starts = [p.start for p in batch] * 2
         outputs = router_outputs(router, sequences)
-        policy = fused_logprobs(outputs, sequences, starts, [p.expert_logits[0] for p in batch] + [p.expert_logits[1] for p in batch])
+        policy = fused_logprobs(outputs, sequences, starts,
+                                [p.expert_logits[0] for p in batch] + [p.expert_logits[1] for p in batch])
         ref = torch.stack([p.reference for p in batch])
         n = len(batch)
         preference = dpo_loss(policy[:n], policy[n:], ref[:, 0], ref[:, 1], cfg.beta)
-        routing = kept_routing_loss(outputs, sequences, starts, [p.routes[0] for p in batch] + [p.routes[1] for p in batch],
+        routing = kept_routing_loss(outputs, sequences, starts,
+                                    [p.routes[0] for p in batch] + [p.routes[1] for p in batch],
                                     [p.informative[0] for p in batch] + [p.informative[1] for p in batch], len(experts))
         won = ((policy[:n] - ref[:, 0]) > (policy[n:] - ref[:, 1])).float().mean()
-        return preference + routing_weight * routing, {"dpo": preference.item(), "routing": routing.item(), "reward_accuracy": won.item()}
+        return preference + routing_weight * routing, {"dpo": preference.item(), "routing": routing.item(),
+                                                       "reward_accuracy": won.item()}
 
     loop = TrainConfig(steps=steps, lr=cfg.cdpo_lr, warmup=max(1, steps // 10), log_every=5)
     records = train(router, loop, batch_at, loss_of, "router CDPO", log_path)
@@ -304,7 +311,8 @@ def train_query_classifier(tokenizer, names: list[str], out: str | Path, cfg: Fu
 
     torch.manual_seed(cfg.seed)
     questions = _take(expert_stream("train", cfg.seed + 3, tuple(names)), 2000)
-    counts = torch.stack([torch.bincount(torch.tensor(encode_prompt(tokenizer, q.question)), minlength=len(tokenizer)).float()
+    counts = torch.stack([torch.bincount(torch.tensor(encode_prompt(tokenizer, q.question)),
+                                         minlength=len(tokenizer)).float()
                           for q in questions])
     labels = torch.tensor([names.index(q.domain) for q in questions])
     linear = torch.nn.Linear(len(tokenizer), len(names))
@@ -341,15 +349,19 @@ def train_fusionroute(out_dir: str | Path, cfg: FusionRouteTrainConfig, base: st
 
     experts = {domain: out / f"expert-{domain}" for domain in OPERATIONS}
     for domain, folder in experts.items():
-        stage(f"expert_{domain}_loss", folder, lambda: train_expert(base, domain, folder, cfg, log))
-    stage("router_sft_loss", out / "router-sft", lambda: train_router(router_base, experts, out / "router-sft", cfg, True, log))
-    stage("router_cdpo", out / "router", lambda: train_cdpo(out / "router-sft", experts, out / "router", cfg, cfg.routing_weight, log))
+        stage(f"expert_{domain}_loss", folder,
+              lambda domain=domain, folder=folder: train_expert(base, domain, folder, cfg, log))
+    stage("router_sft_loss", out / "router-sft",
+          lambda: train_router(router_base, experts, out / "router-sft", cfg, True, log))
+    stage("router_cdpo", out / "router",
+          lambda: train_cdpo(out / "router-sft", experts, out / "router", cfg, cfg.routing_weight, log))
     ablation = out / "router-no-routing-loss-sft"
     stage("ablation_sft_loss", ablation, lambda: train_router(router_base, experts, ablation, cfg, False, log))
     stage("ablation_cdpo", out / "router-no-routing-loss",
           lambda: train_cdpo(ablation, experts, out / "router-no-routing-loss", cfg, 0.0, log))
     classifier = out / "query-classifier.safetensors"
-    stage("query_classifier_accuracy", classifier, lambda: train_query_classifier(_load(router_base)[1], list(experts), classifier, cfg))
+    stage("query_classifier_accuracy", classifier,
+          lambda: train_query_classifier(_load(router_base)[1], list(experts), classifier, cfg))
     report["minutes"] = (time.perf_counter() - began) / 60
     (out / "report.json").write_text(json.dumps(report, indent=2) + "\n")
     return report

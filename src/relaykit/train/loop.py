@@ -14,16 +14,15 @@ from typing import Any, Callable
 import torch
 from tqdm import tqdm
 
-
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "generation_config.json")
 
 
 @dataclass(frozen=True)
 class TrainConfig:
-    steps: int
-    lr: float = 1e-3
+    steps: int  # optimizer steps
+    lr: float = 1e-3  # peak learning rate
     min_lr_ratio: float = 0.05  # the cosine ends at this share of the peak
-    warmup: int = 0
+    warmup: int = 0  # steps of linear warm-up to the peak
     weight_decay: float = 0.0  # on matrices only, not on norms or biases
     betas: tuple[float, float] = (0.9, 0.95)
     clip: float = 1.0  # gradient norm
@@ -86,7 +85,8 @@ def train(
                 log.flush()
             if step % cfg.log_every == cfg.log_every - 1:
                 recent = records[-cfg.log_every :]
-                bar.set_postfix({k: f"{sum(r[k] for r in recent) / len(recent):.4f}" for k in ("loss", *figures)}, refresh=False)
+                bar.set_postfix({k: f"{sum(r[k] for r in recent) / len(recent):.4f}" for k in ("loss", *figures)},
+                                refresh=False)
     finally:
         model.eval()
         torch.use_deterministic_algorithms(before)

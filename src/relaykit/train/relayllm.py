@@ -25,12 +25,12 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
+from ..answers import answers_match, extract_answer
 from ..decoding.prompt import encode_prompt
 from ..decoding.sampler import SamplingConfig
 from ..decoding.stopping import StopConfig
-from ..evals.answers import answers_match, extract_answer
 from ..models.loading import Model
-from ..runtime import Scheduler
+from ..runtime.session import Session
 from ..strategies.base import get_strategy
 from ..strategies.relayllm import RelayLLMConfig
 from ..toyworld import Problem, load_split
@@ -50,7 +50,8 @@ class RelayLLMTrainConfig:
     # rounds of warm-up: each finds the hard spans with the model as the previous round left it (the
     # first with the untrained small model), then trains `sft` steps on them (ours)
     warmup_rounds: int = 2
-    whole_numbers: bool = True  # a span inside a number runs to the number's end (the small model's next digit follows a wrong one)
+    # a span inside a number runs to the number's end (the small model's next digit follows a wrong one)
+    whole_numbers: bool = True
     # keep only the spans whose departure makes the large model's continuation answer wrong (ours;
     # a third of the shipped warm-up's large tokens went to check counters and harmless copies)
     critical_only: bool = True
@@ -65,7 +66,8 @@ class RelayLLMTrainConfig:
 
 
 @torch.no_grad()
-def departures(small, examples: list[tuple[list[int], int]], commands: list[int], batch: int = 32) -> list[dict[int, int]]:
+def departures(small, examples: list[tuple[list[int], int]], commands: list[int],
+               batch: int = 32) -> list[dict[int, int]]:
     """For each (ids, answer start): {t: the small model's top-1 after ids[:t]} for each t >= start
     where that is not ids[t] (teacher forcing), command tokens left out of the top-1: a model that
     already calls there is asked what it would write itself."""
@@ -77,7 +79,8 @@ def departures(small, examples: list[tuple[list[int], int]], commands: list[int]
         logits[..., commands] = float("-inf")
         predicted = logits.argmax(-1).tolist()
         for row, (tokens, start) in enumerate(chunk):
-            out.append({t: predicted[row][t - 1] for t in range(start, len(tokens)) if predicted[row][t - 1] != tokens[t]})
+            out.append({t: predicted[row][t - 1] for t in range(start, len(tokens))
+                        if predicted[row][t - 1] != tokens[t]})
     return out
 
 
@@ -85,9 +88,9 @@ def critical(large: Model, examples: list[tuple[list[int], int]], answers: list[
              slips: list[list[tuple[int, int]]], window: int = 128) -> list[list[bool]]:
     """For each example's slips (index t, the small model's token there): whether the large model,
     continuing greedily from ids[:t] + [token] (at most twice the reference's rest), reaches a
-    wrong answer. Run on one scheduler, `window` continuations at a time."""
+    wrong answer. Run in one session, `window` continuations at a time."""
     strategy = get_strategy("large")({"large": large}, None)
-    scheduler = Scheduler({"large": large})
+    session = Session({"large": large})
     jobs = [(e, t, token) for e, slip in enumerate(slips) for t, token in slip]
     wrong: list[bool] = []
     for first in tqdm(range(0, len(jobs), window), desc="critical spans", unit="window", mininterval=10):
@@ -95,8 +98,8 @@ def critical(large: Model, examples: list[tuple[list[int], int]], answers: list[
         for e, t, token in jobs[first : first + window]:
             tokens = examples[e][0]
             stop = StopConfig(max_new_tokens=2 * (len(tokens) - t) + 8)
-            handles.append(scheduler.submit(tokens[:t] + [token], strategy, stop=stop))
-        for (e, t, token), result in zip(jobs[first : first + window], scheduler.run(handles)):
+            handles.append(session.submit(strategy, tokens[:t] + [token], stop=stop))
+        for (e, t, token), result in zip(jobs[first : first + window], [handle.result() for handle in handles]):
             tokens, start = examples[e]
             text = large.tokenizer.decode(tokens[start:t] + [token]) + result.text
             wrong.append(not answers_match(extract_answer(text), answers[e]))
@@ -158,14 +161,18 @@ def warmup_examples(small: Model, problems: list[Problem], merge_gap: int, whole
         prompt = encode_prompt(tokenizer, problem.question)
         answer = tokenizer(problem.solution, add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
         encoded.append((prompt + answer, len(prompt)))
-    call_ids = lambda n: tokenizer(f"<call>{n}</call>", add_special_tokens=False)["input_ids"]
+
+    def call_ids(n):
+        return tokenizer(f"<call>{n}</call>", add_special_tokens=False)["input_ids"]
+
     ids, masks, n_spans, n_hard, n_answer = [], [], 0, 0, 0
     commands = tokenizer.convert_tokens_to_ids(["<call>", "</call>"])
     slips = departures(small.hf, encoded, commands)
     found = [spans(list(points), merge_gap) for points in slips]
     n_found = sum(map(len, found))
     if large is not None:
-        verdicts = critical(large, encoded, [p.answer for p in problems], [[(a, slip[a]) for a, _ in hard] for hard, slip in zip(found, slips)])
+        verdicts = critical(large, encoded, [p.answer for p in problems],
+                            [[(a, slip[a]) for a, _ in hard] for hard, slip in zip(found, slips)])
         found = [[span for span, keep in zip(hard, kept) if keep] for hard, kept in zip(found, verdicts)]
     for (tokens, start), hard in zip(encoded, found):
         if whole_numbers:
@@ -176,8 +183,8 @@ def warmup_examples(small: Model, problems: list[Problem], merge_gap: int, whole
         n_spans += len(hard)
         n_hard += sum(b - a + 1 for a, b in hard)
         n_answer += len(tokens) - start
-    figures = {"examples": len(ids), "spans_found_per_example": n_found / len(ids), "calls_per_example": n_spans / len(ids),
-               "large_token_share": n_hard / n_answer}
+    figures = {"examples": len(ids), "spans_found_per_example": n_found / len(ids),
+               "calls_per_example": n_spans / len(ids), "large_token_share": n_hard / n_answer}
     return ids, masks, figures
 
 
@@ -209,16 +216,17 @@ def call_ratio(result) -> float:
 
 class Rollouts:
     """Each GRPO step's batch: `prompts_per_step` training questions, `group` sampled rollouts
-    each, generated together on one scheduler; rewards decided per question."""
+    each, generated together in one session; rewards decided per question."""
 
     def __init__(self, models: dict, cfg: RelayLLMTrainConfig):
         self.cfg = cfg
         name = "relayllm" if cfg.calls else "small"
         options = cfg.strategy if cfg.calls else None
         self.strategy = get_strategy(name)(models, options, stop=StopConfig(max_new_tokens=cfg.max_new_tokens))
-        self.scheduler = Scheduler(models)
+        self.session = Session(models)
         self.tokenizer = models["small"].tokenizer
-        self.problems = load_split("train", cfg.prompts_per_step * cfg.grpo.steps + cfg.warmup_problems)[cfg.warmup_problems :]
+        self.problems = load_split("train", cfg.prompts_per_step * cfg.grpo.steps
+                                   + cfg.warmup_problems)[cfg.warmup_problems :]
 
     def __call__(self, step: int) -> dict:
         cfg, group = self.cfg, self.cfg.grpo_method.group
@@ -227,8 +235,8 @@ class Rollouts:
         for i, problem in enumerate(chosen):
             seeds = [cfg.seed * 1_000_003 + (step * cfg.prompts_per_step + i) * group + j for j in range(group)]
             samplings = [SamplingConfig(temperature=cfg.grpo_method.temperature, seed=s) for s in seeds]
-            handles += self.scheduler.submit_n(encode_prompt(self.tokenizer, problem.question), self.strategy, samplings)
-        results = self.scheduler.run(handles)
+            handles += self.session.submit_n(self.strategy, encode_prompt(self.tokenizer, problem.question), samplings)
+        results = [handle.result() for handle in handles]
         ids, masks, rewards, correct, ratios = [], [], [], [], []
         for i, problem in enumerate(chosen):
             mine = results[i * group : (i + 1) * group]
@@ -269,7 +277,8 @@ def train_relayllm(large: Model, small: Model, out: str | Path, cfg: RelayLLMTra
                 picked = order.sample(range(len(ids)), cfg.sft_batch)
                 return [ids[i] for i in picked], [masks[i] for i in picked]
 
-            records = train(policy, cfg.sft, sft_batch, lambda b: sft_loss(policy, *b), f"warm-up {round_ + 1}", log_path)
+            records = train(policy, cfg.sft, sft_batch, lambda b: sft_loss(policy, *b), f"warm-up {round_ + 1}",
+                            log_path)
             figures["final_loss"] = sum(r["loss"] for r in records[-20:]) / len(records[-20:])
             report["warmup_rounds"].append(figures)
         report["warmup_minutes"] = (time.perf_counter() - began) / 60

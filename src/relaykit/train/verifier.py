@@ -19,10 +19,10 @@ import torch.nn.functional as F
 from ..decoding.prompt import encode_prompt
 from ..models.loading import Model
 from ..toyworld import Problem, load_split
+from ..verdicts import verdict_ids
 from .loop import TrainConfig, finish_run, new_run, train
 from .sft import pad
 
-GOOD, BAD = "+", "-"
 NUMBER = re.compile(r"\d+")
 
 
@@ -58,7 +58,8 @@ def corrupt(solution: str, rng: random.Random) -> tuple[str, int]:
     return "\n".join(lines), index
 
 
-def labelled(tokenizer, problem: Problem, solution: str, wrong_from: int | None) -> tuple[list[int], list[int], list[bool]]:
+def labelled(tokenizer, problem: Problem, solution: str,
+             wrong_from: int | None) -> tuple[list[int], list[int], list[bool]]:
     """(ids, positions, verdicts): the prompt and solution, the index of each step's last token
     (its line break, and the answer's last token) and whether the path is right up to there."""
     ids = encode_prompt(tokenizer, problem.question)
@@ -80,15 +81,6 @@ def verifier_examples(tokenizer, problems: list[Problem], copies: int, seed: int
         for _ in range(copies):
             examples.append(labelled(tokenizer, problem, *corrupt(problem.solution, rng)))
     return examples
-
-
-def verdict_ids(tokenizer) -> tuple[int, int]:
-    return tuple(tokenizer(t, add_special_tokens=False)["input_ids"][0] for t in (GOOD, BAD))
-
-
-def step_scores(logits: torch.Tensor, good: int, bad: int) -> torch.Tensor:
-    """P("+") against "-" from logits [..., V]."""
-    return torch.softmax(logits[..., [good, bad]].float(), -1)[..., 0]
 
 
 def verifier_loss(model, batch: list[tuple], good: int, bad: int) -> tuple[torch.Tensor, dict]:

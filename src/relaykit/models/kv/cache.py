@@ -96,7 +96,8 @@ class KVCache:
         self.keys, self.values = self.keys.index_select(1, on_device), self.values.index_select(1, on_device)
         self.slot_state = {n: t.index_select(1, on_device) for n, t in self.slot_state.items()}
         self.row_state = {n: t.index_select(1, on_device) for n, t in self.row_state.items()}
-        self.lengths, self.prompt_lengths, self.pending = self.lengths[index], self.prompt_lengths[index], self.pending[index]
+        self.lengths, self.prompt_lengths = self.lengths[index], self.prompt_lengths[index]
+        self.pending = self.pending[index]
         self.layer_views()
 
     def reserve(self, needed: int) -> None:
@@ -125,7 +126,8 @@ class KVCache:
         self.layer_views()
         self._note_allocation()
 
-    def write_positions(self, starts: torch.Tensor | int, position_ids: torch.Tensor, rows: slice | torch.Tensor = slice(None)) -> None:
+    def write_positions(self, starts: torch.Tensor | int, position_ids: torch.Tensor,
+                        rows: slice | torch.Tensor = slice(None)) -> None:
         """Record the positions [rows, width] of tokens written from slot `starts` (int or per
         row) into `rows` (a block of rows, or row indices)."""
         positions = self.positions[:, rows]

@@ -3,16 +3,18 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import ClassVar
 
 import torch
 
 from .cache import KVCache
-from .policy import Attention, KVPolicy
+from .policy import Attention, KVPolicy, register
 
 
 class _Evicting(KVPolicy):
     """A fixed budget: once a row holds `budget + interval` slots, keep `budget` of them."""
+
+    budget: int  # fields of each subclass
+    interval: int
 
     def begin(self, cache: KVCache, fed: list[int], positions: list[int]) -> Attention | None:
         full = [row for row, length in enumerate(cache.lengths.tolist()) if length >= self.budget + self.interval]
@@ -26,11 +28,11 @@ class _Evicting(KVPolicy):
         raise NotImplementedError
 
 
+@register("streaming")
 @dataclass
 class StreamingPolicy(_Evicting):
     """StreamingLLM (Xiao et al. 2023): the first `sinks` tokens plus the most recent ones."""
 
-    name: ClassVar[str] = "streaming"
     budget: int = 1024  # slots kept (Xiao et al. 2023 evaluate caches of 256 to 4096)
     sinks: int = 4  # attention-sink tokens always kept (Xiao et al. 2023: 4)
     interval: int = 32  # evict once `interval` slots over budget (the paper evicts every token: 1)
@@ -45,6 +47,7 @@ class StreamingPolicy(_Evicting):
         return keep.expand(cache.layers, cache.kv_heads, -1)
 
 
+@register("h2o")
 @dataclass
 class H2OPolicy(_Evicting):
     """Heavy-Hitter Oracle (Zhang et al. 2023): the `window` most recent tokens plus, per layer
@@ -52,7 +55,6 @@ class H2OPolicy(_Evicting):
     attention is computed explicitly on every forward (scores and output from one softmax).
     Queries of drafts later rolled back still count (H2O is not exact under speculative)."""
 
-    name: ClassVar[str] = "h2o"
     budget: int = 1024  # slots kept (Zhang et al. 2023 keep 20% of the sequence)
     window: int = 512  # recent slots kept; the rest are heavy hitters (Zhang et al. 2023: half each)
     interval: int = 32  # evict once `interval` slots over budget (the paper evicts every token: 1)

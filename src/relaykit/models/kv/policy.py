@@ -10,6 +10,7 @@ import torch
 import torch.nn.functional as F
 
 from ...errors import RelaykitError
+from ...registry import registrar
 from .cache import KVCache
 
 
@@ -28,6 +29,11 @@ class Attention:
                                               enable_gqa=q.shape[1] != keys.shape[1])
 
 
+POLICIES: dict[str, type] = {}
+register = registrar(POLICIES)  # @register(name): a KV policy (a dataclass of its options) by that name
+
+
+@register("full")
 @dataclass
 class KVPolicy:
     """The full cache: keeps everything. Compressing policies override `attach` and `begin`."""

@@ -3,15 +3,15 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import ClassVar
 
 import torch
 import torch.nn.functional as F
 
 from .cache import KEPT, KVCache
-from .policy import Attention, KVPolicy
+from .policy import Attention, KVPolicy, register
 
 
+@register("rpc")
 @dataclass
 class RPCPolicy(KVPolicy):
     """Reasoning Path Compression (Song et al. 2025). After P+R generated tokens and then every P,
@@ -26,7 +26,6 @@ class RPCPolicy(KVPolicy):
     first. The output is therefore the same whatever the feed granularity (single, speculative).
     """
 
-    name: ClassVar[str] = "rpc"
     interval: int = 4096  # P: generated tokens between compression steps (Song et al. 2025: 4096, or 1024)
     window: int = 32  # R: selector queries, and the recent tokens always kept (Song et al. 2025: 32)
     ratio: float = 4.0  # c: keep about 1/c of the generated tokens (Song et al. 2025: 4)
@@ -34,7 +33,8 @@ class RPCPolicy(KVPolicy):
     kernel: int = 7  # average-pool kernel that smooths the scores (Song et al. 2025: 7)
 
     def __post_init__(self) -> None:
-        self._check(1 <= self.window <= self.interval, f"need 1 <= window <= interval, got {self.window}, {self.interval}")
+        self._check(1 <= self.window <= self.interval,
+                    f"need 1 <= window <= interval, got {self.window}, {self.interval}")
         self._check(self.ratio >= 1, f"ratio must be >= 1, got {self.ratio}")
         self._check(self.kernel >= 1 and self.kernel % 2 == 1, f"kernel must be odd and >= 1, got {self.kernel}")
 
@@ -107,7 +107,8 @@ class _Compressing(Attention):
         logits = logits.view(kv_heads, -1, window, span)
         query_slot = torch.arange(slot - window + 1, span, device=keys.device)
         drops = cache.slot_state["drop_at"][layer, row, :, :span]
-        visible = (torch.arange(span, device=keys.device) <= query_slot[:, None]) & (drops[:, None, :] >= query_slot[:, None])
+        slots = torch.arange(span, device=keys.device)
+        visible = (slots <= query_slot[:, None]) & (drops[:, None, :] >= query_slot[:, None])
         attention = logits.masked_fill(~visible[:, None], float("-inf")).softmax(-1).sum(2).mean(1)  # [kv_heads, span]
         if not policy.per_group:
             attention = attention.mean(0, keepdim=True)

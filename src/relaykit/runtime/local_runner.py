@@ -1,4 +1,4 @@
-"""A runner: one model, its KV cache over a batch of sequences, and incremental catch-up."""
+"""An in-process runner: one model, its KV cache over a batch of sequences, and incremental catch-up."""
 
 from __future__ import annotations
 
@@ -6,12 +6,13 @@ import time
 
 import torch
 
+from ..decoding.sampler import SamplingConfig
 from ..decoding.sequence import Sequence
 from ..decoding.usage import Usage
-from ..errors import RelaykitError
-from .engines import HFEngine, NativeEngine
-from .kv import KVPolicy
-from .loading import Model
+from ..models.engine import Engine
+from ..models.kv import KVPolicy
+from ..models.model import Model
+from .asks import Generate, Logits
 
 
 class _Row:
@@ -30,7 +31,7 @@ class _Row:
         return self.visible_before[-1]
 
 
-class Runner:
+class LocalRunner:
     """Keeps a KV cache over each sequence's prefix and catches up only on unseen tokens.
 
     `name` is the role the model plays ("large", "small", ...): it is the provenance tag of the
@@ -40,9 +41,11 @@ class Runner:
     """
 
     # a forward's fixed cost in padded tokens: above it, rows of different feed lengths run apart
-    # (measured on the toy pair on a CPU: ~4.6 ms a forward, ~0.09 ms a padded row-token; since the
-    # cheaper steps of stop 22, 12 and 48 give the same continuous throughput in bench_scheduler)
+    # (measured on the toy pair on a CPU: ~4.6 ms a forward, ~0.09 ms a padded row-token; 12 and 48
+    # give the same continuous throughput in benchmarks/bench_scheduler.py)
     overhead_tokens = 48
+    batched = True  # answers a step's asks in one forward
+
 
     def __init__(self, model: Model, name: str | None = None, policy: KVPolicy | None = None):
         self.model = model
@@ -53,28 +56,17 @@ class Runner:
         self._new_engine()
 
     def _new_engine(self) -> None:
-        engine = self.model.engine
-        if engine != "native" and self.policy.name != "full":
-            raise RelaykitError(
-                f"KV policy {self.policy.name!r} needs the model's attention, which relaykit's native engine "
-                f"computes for Llama-family models (Llama, Qwen2/3, Mistral, SmolLM); {self.model.name} runs on the "
-                f"{engine} engine" + (" (--engine native loads a .gguf file's weights for it)" if engine == "llamacpp" else "")
-            )
-        if engine == "llamacpp":
-            from .llamacpp import LlamaCppEngine
-
-            self.engine = LlamaCppEngine(self.model)
-        else:
-            native = engine == "native"
-            self.engine = NativeEngine(self.model.hf, self.policy, self.model.int8) if native else HFEngine(self.model.hf)
+        self.engine: Engine = self.model.make_engine(self.policy)
         self.rows: list[_Row | None] = []  # the live rows first, then free ones (None)
         self.index: dict[int, int] = {}
         self.live = 0
 
-    def reset(self) -> None:
-        """Forget every sequence (the total usage is kept)."""
-        self._new_engine()
-        self.usage_by_sequence = {}
+    def refuses(self, ask: Logits | Generate) -> str | None:
+        """An in-process model answers every ask."""
+        return None
+
+    def refuses_sampling(self, sampling: SamplingConfig) -> str | None:
+        return None
 
     def usage_of(self, sequence: Sequence) -> Usage:
         """This model's work for one sequence; a batched forward is split by tokens fed."""
@@ -88,8 +80,8 @@ class Runner:
             last = self.live - 1
             if index != last:
                 self.engine.move_row(last, index)
-                self.rows[index] = self.rows[last]
-                self.index[self.rows[index].sequence.uid] = index
+                moved = self.rows[index] = self._at(last)
+                self.index[moved.sequence.uid] = index
             self.engine.clear_row(last)
             self.rows[last] = None
             self.live -= 1
@@ -107,8 +99,7 @@ class Runner:
     def kv_bytes(self) -> int:
         """Key/value bytes of the cached tokens of this model's rows (0 for engines that do not
         measure it)."""
-        cache = getattr(self.engine, "cache", None)
-        return cache.nbytes() if cache is not None else 0
+        return self.engine.kv_bytes()
 
     def fork(self, parent: Sequence, children: list[Sequence]) -> None:
         """Give each child (a `parent.fork()`) a copy of the parent's row: what the parent has
@@ -116,12 +107,12 @@ class Runner:
         source = self.index.get(parent.uid)
         if source is None:
             return
-        parent_row = self.rows[source]
+        parent_row = self._at(source)
         self._sync(parent_row)
         for child in children:
             index = self._new_row(child)
             self.engine.copy_row(source, index)
-            row = self.rows[index]
+            row = self._at(index)
             row.seen, row.visible_before = parent_row.seen, list(parent_row.visible_before)
 
     def prefill(self, sequences: list[Sequence]) -> None:
@@ -160,8 +151,8 @@ class Runner:
         else:
             parts = []
             for group in groups:
-                rows = set(group)
-                parts.append(self._forward([t if i in rows else [] for i, t in enumerate(feed)], wanted))
+                members = set(group)
+                parts.append(self._forward([t if i in members else [] for i, t in enumerate(feed)], wanted))
             logits, fed_rows = torch.cat(parts), [i for group in groups for i in group]
         if picked == fed_rows:
             return logits
@@ -178,7 +169,12 @@ class Runner:
 
     def _row(self, sequence: Sequence) -> _Row:
         index = self.index.get(sequence.uid)
-        return self.rows[self._new_row(sequence) if index is None else index]
+        return self._at(self._new_row(sequence) if index is None else index)
+
+    def _at(self, index: int) -> _Row:
+        row = self.rows[index]
+        assert row is not None, "rows below `live` hold a sequence"
+        return row
 
     def _new_row(self, sequence: Sequence) -> int:
         """A row for a sequence this runner has not read: the first free one (rows grow by doubling)."""
@@ -283,14 +279,13 @@ class Runner:
         logits = self.engine.forward(feed, positions, wanted)
         seconds = time.perf_counter() - started
         total_tokens = sum(map(len, feed))
-        cache = getattr(self.engine, "cache", None)  # the native engine's; HF caches are not measured
-        slot_bytes = cache.slot_bytes() if cache is not None else 0
+        slot_bytes = self.engine.kv_slot_bytes()
         total = self.usage
         total.forward_calls += 1
         total.seconds += seconds
-        total.kv_peak_bytes = max(total.kv_peak_bytes, cache.peak_bytes if cache is not None else 0)
+        total.kv_peak_bytes = max(total.kv_peak_bytes, self.engine.kv_peak_bytes())
         for row, tokens, start, length, k in zip(self.rows, feed, starts, self.engine.lengths, wanted):
-            if not tokens:
+            if not tokens or row is None:
                 continue
             n = len(tokens)
             usage = self.usage_by_sequence[row.sequence.uid]
