@@ -161,16 +161,16 @@ def test_sft_routing_loss_only_where_experts_disagree(world):
 
 
 def test_merging_identical_experts_gives_the_expert_and_task_arithmetic_at_zero_the_base(world):
-    from relaykit.strategies.expert_baselines import MergedConfig, merge
+    from relaykit.models.merging import merge
 
     a = world["expert:a"]
-    merged = merge([a, a], world["expert:b"], MergedConfig("average"))
+    merged = merge([a, a], world["expert:b"], "average")
     assert all(torch.equal(x, y) for x, y in zip(merged.hf.state_dict().values(), a.hf.state_dict().values()))
-    merged = merge([a, world["expert:c"]], world["expert:b"], MergedConfig("task-arithmetic", scale=0.0))
+    merged = merge([a, world["expert:c"]], world["expert:b"], "task-arithmetic", scale=0.0)
     assert all(torch.equal(x, y)
                for x, y in zip(merged.hf.state_dict().values(), world["expert:b"].hf.state_dict().values()))
     with pytest.raises(RelaykitError, match="fine-tuned from the base"):
-        merge([a], world["router"], MergedConfig())
+        merge([a], world["router"])
 
 
 def test_logit_average_of_one_expert_and_query_routing_by_the_classifier(world, tmp_path):

@@ -138,7 +138,7 @@ def test_speculative_large_turns_keep_the_relay_output(toy_pair):
     _, words = words_of(toy_pair)
     config = RelayGenConfig(cues=words, min_large_tokens=2)
     plain = run(toy_pair, "relaygen", config)
-    assert any(e.direction == "large->small" and e.reason == "cue" for r in plain for e in r.events)
+    assert any(e.handoff == ("large", "small") and e.reason == "cue" for r in plain for e in r.events)
     config.speculative = 3
     fast = run(toy_pair, "relaygen", config)
     assert [r.token_ids for r in fast] == [r.token_ids for r in plain]
@@ -160,7 +160,7 @@ def test_a_handoff_costs_only_the_other_models_new_tokens(toy_pair):
     switches = 0
     for prompt, result in zip(prompts, results):
         writers = ["prompt"] * len(prompt) + result.provenance
-        switches += sum(e.direction is not None for e in result.events)
+        switches += sum(e.handoff is not None for e in result.events)
         for role in ("large", "small"):
             usage = result.usage[role]
             written = [i for i, w in enumerate(writers) if w == role]
@@ -346,5 +346,5 @@ def test_speculative_thinking_runs_and_hands_reflections_to_the_large_model(toy_
     results = valid(run(toy_pair, "speculative-thinking", SpeculativeThinkingConfig(reflection_words="|".join(words)),
                         max_new_tokens=60))
     events = [e for r in results for e in r.events if e.reason == "reflection"]
-    assert events and all(e.direction == "small->large" for e in events)
+    assert events and all(e.handoff == ("small", "large") for e in events)
     assert any("large" in r.provenance for r in results)

@@ -80,7 +80,7 @@ def test_relaygen_over_transformers_serve_matches_in_process(endpoint):
         for a, b in zip(here, there):
             assert b.text == a.text
             assert b.segments(tokenizer) == a.segments(tokenizer)
-            assert [(e.direction, e.cue) for e in b.events] == [(e.direction, e.cue) for e in a.events]
+            assert [(e.handoff, e.cue) for e in b.events] == [(e.handoff, e.cue) for e in a.events]
         if name == "relaygen":
             assert sum(r.tokens_by("small") for r in there) > 0
             assert all(r.usage["small"].forward_calls > 0 for r in there)

@@ -40,7 +40,8 @@ def questions(shipped_pair):
 
 
 # options a strategy cannot do without on the shipped models
-OPTIONS = {"expert": {"name": "add"}, "query-route": {"classifier": str(FUSIONROUTE / "query-classifier.safetensors")}}
+OPTIONS = {"expert": {"name": "add"}, "query-route": {"classifier": str(FUSIONROUTE / "query-classifier.safetensors")},
+           "early-exit": {"threshold": 0.95}}  # early exit runs only a rule it is given (or tuned settings)
 
 
 def make(pair, variant: str, budget: int = BUDGET):
@@ -79,7 +80,7 @@ def test_contract(shipped_pair, questions, name, policy):
     # requests arriving at different steps, other strategies' requests beside them
     session = Session({**shipped_pair, **strategy.models}, kv(policy))  # a merged model is the strategy's own
     scheduler = session.scheduler
-    neighbour = make(shipped_pair, "speculative")
+    neighbour = make(session.models, "speculative")  # on the strategy's models (RelayLLM's own small)
     handles, others = [], []
     for i, question in enumerate(questions):
         handles.append(session.submit(strategy, question))

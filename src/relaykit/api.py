@@ -11,7 +11,7 @@ from pathlib import Path
 
 from .decoding.sampler import SamplingConfig
 from .decoding.stopping import StopConfig
-from .errors import RelaykitError
+from .errors import OptionError, RelaykitError
 from .evals.datasets import load_dataset, token_budget
 from .evals.harness import EvalSettings, evaluate
 from .evals.report import write_report
@@ -130,7 +130,7 @@ def _variants(names: list[str], options: dict | None, add_baseline: bool,
     owned = {key for cls in classes.values() for key in _option_names(cls)}
     if set(shared) - owned:
         flags = ", ".join(flag(key) for key in sorted(set(shared) - owned))
-        raise RelaykitError(f"no chosen strategy ({', '.join(parsed)}) has the option(s) {flags}")
+        raise OptionError(f"no chosen strategy ({', '.join(parsed)}) has the option(s) {flags}")
     return {
         label: (cls, *_with_tuned(cls, {**{k: v for k, v in shared.items() if k in _option_names(cls)},
                                          **parsed[label][1]}, tuned))

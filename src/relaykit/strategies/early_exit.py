@@ -54,14 +54,14 @@ class EarlyExit(Strategy):
 
     def __init__(self, models: dict, config=None, *args, **kwargs):
         config = config if config is not None else EarlyExitConfig()
-        inner = variant_of(config.inner)
-        if inner.cls is EarlyExit:
+        written = variant_of(str(config.inner))  # as written: its turns, not the checks its files add
+        if written.cls is EarlyExit:
             raise RelaykitError("early-exit cannot wrap early-exit")
-        if inner.cls.needs_logits(inner.config):
+        if written.cls.needs_logits(written.config):
             raise RelaykitError(f"early-exit needs a text-level inner strategy; {config.inner!r} asks for logits")
         self.roles = self.roles_of(config)
         super().__init__(models, config, *args, **kwargs)
-        self.inner = inner.build(self.models, self.sampling, self.stop_config)
+        self.inner = variant_of(config.inner).build(self.models, self.sampling, self.stop_config)
         self.decode = decoder(self.tokenizer)
         words = [re.escape(w.strip()) for w in config.transitions.split("|") if w.strip()]
         self.cue = re.compile(r"^\s*(?:" + "|".join(words) + r")\W$")

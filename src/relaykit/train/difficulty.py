@@ -38,8 +38,8 @@ class DifficultyTrainConfig:
     seed: int = 0
     problems: int = 6000  # toy:mixed training problems, labelled by the small model's greedy answers
     held_out: int = 300  # toy:mixed:dev problems, labelled the same way, to report the head's accuracy
-    batch: int = 32
-    max_new_tokens: int = 320
+    batch: int = 32  # examples per step (and problems per labelling batch)
+    max_new_tokens: int = 320  # the small model's budget when labelling
     train: TrainConfig = TrainConfig(steps=1500, lr=1e-3, warmup=20, weight_decay=0.1)
 
 

@@ -43,10 +43,10 @@ class FusionRouteTrainConfig:
     seed: int = 0
     rows: int = 8  # packed rows of `row_tokens` per step (experts and router SFT)
     row_tokens: int = 512
-    expert_steps: int = 400
+    expert_steps: int = 400  # fine-tuning steps per expert
     expert_lr: float = 5e-4  # a quarter of toy-large's pretraining peak (ours)
     drill_share: float = 0.5  # share of single-step drills in an expert's data (ours)
-    router_steps: int = 400
+    router_steps: int = 400  # router SFT steps
     router_lr: float = 2e-3
     # routing loss weight beside the LM loss (ours): at 1 the routing head had learnt nothing after 226
     # steps (the LM loss dominates the shared body's updates); at 10 it routes every informative token

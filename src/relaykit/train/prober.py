@@ -37,7 +37,7 @@ class ProberTrainConfig:
     problems: int = 4000  # training problems, each cut after every thinking line
     long_problems: int = 400  # long-variant problems (56-60 check rounds), cut at their first `long_cuts` places
     long_cuts: int = 24
-    batch: int = 16
+    batch: int = 16  # examples per step
     train: TrainConfig = TrainConfig(steps=1500, lr=1e-3, warmup=20, weight_decay=0.1)
 
 

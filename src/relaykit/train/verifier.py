@@ -30,8 +30,8 @@ NUMBER = re.compile(r"\d+")
 class VerifierTrainConfig:
     seed: int = 0
     problems: int = 4000  # training problems; each gives its solution and `wrong_copies` changed copies
-    wrong_copies: int = 2
-    batch: int = 16
+    wrong_copies: int = 2  # changed copies of each solution
+    batch: int = 16  # examples per step
     train: TrainConfig = TrainConfig(steps=1500, lr=1e-3, warmup=20, weight_decay=0.1)
 
 
