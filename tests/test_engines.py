@@ -17,7 +17,7 @@ from unittest import mock
 import pytest
 import torch
 
-from conftest import build_tokenizer
+from conftest import build_gpt2
 from relaykit.errors import RelaykitError
 from relaykit.models.engine import Engine
 from relaykit.models.kv import make_policy
@@ -61,19 +61,6 @@ def llama_cpp_greedy(model: Model, prompt: list[int], count: int) -> list[int]:
     return tokens
 
 
-def gpt2(folder) -> Model:
-    """A tiny GPT-2: a model only the hf engine runs."""
-    from transformers import AutoModelForCausalLM, GPT2Config
-
-    tokenizer = build_tokenizer()
-    torch.manual_seed(0)
-    config = GPT2Config(vocab_size=len(tokenizer), n_embd=32, n_layer=2, n_head=2, n_positions=128,
-                        bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id)
-    AutoModelForCausalLM.from_config(config).save_pretrained(folder)
-    tokenizer.save_pretrained(folder)
-    return load_model(str(folder), name="gpt2")
-
-
 @dataclass(frozen=True)
 class Case:
     """An engine under test: its model, and how exactly it computes (0: bit for bit)."""
@@ -106,7 +93,7 @@ CASES = [
     # int8: no forward of the model's own has its weights
     Case("native-int8", tiny("int8"), "native", chunks=0, rows=0, moved=0, greedy=None),
     Case("hf-llama", tiny(engine="hf"), "hf", chunks=1e-4, rows=0, moved=0),
-    Case("hf-gpt2", lambda _, factory: gpt2(factory.mktemp("gpt2")), "hf", chunks=1e-4, rows=0, moved=0),
+    Case("hf-gpt2", lambda _, factory: build_gpt2(factory.mktemp("gpt2")), "hf", chunks=1e-4, rows=0, moved=0),
     # alone, a position's logits are the same bit for bit in any chunking (test_llamacpp); a moved row's
     # new tokens fill the freed row's cells, before its own, and llama.cpp sums over cells in their order
     # (measured: 0.55 apart, the same top 5 tokens)

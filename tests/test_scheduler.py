@@ -207,18 +207,9 @@ def test_a_failing_request_fails_alone(shipped_pair, questions):
 def test_the_hf_engine_keeps_each_rows_cache_when_rows_leave(tmp_path):
     """A non-Llama model (GPT-2, the generic engine): requests leaving at different steps move the
     last row into the freed one; every result still equals the request run alone."""
-    from transformers import AutoModelForCausalLM, GPT2Config
+    from conftest import build_gpt2
 
-    from conftest import build_tokenizer
-    from relaykit.models.loading import load_model
-
-    tokenizer = build_tokenizer()
-    torch.manual_seed(0)
-    config = GPT2Config(vocab_size=len(tokenizer), n_embd=32, n_layer=2, n_head=2, n_positions=128,
-                        bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id)
-    AutoModelForCausalLM.from_config(config).save_pretrained(tmp_path)
-    tokenizer.save_pretrained(tmp_path)
-    model = load_model(str(tmp_path), name="large")
+    model = build_gpt2(tmp_path, name="large")
     assert not model.native
     strategy = get_strategy("large")({"large": model}, stop=StopConfig(max_new_tokens=20, ignore_eos=True))
     prompts = [[5 + i, 9, 14, 20 + i][: 2 + i % 3] for i in range(5)]

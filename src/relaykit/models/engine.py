@@ -23,6 +23,19 @@ class Weights(Protocol):
     int8: bool  # multiply by int8 copies of the weights (the native engine)
 
 
+class UnmeasuredKV:
+    """For engines that do not measure their KV cache's bytes: every figure is 0."""
+
+    def kv_bytes(self) -> int:
+        return 0
+
+    def kv_peak_bytes(self) -> int:
+        return 0
+
+    def kv_slot_bytes(self) -> int:
+        return 0
+
+
 class Engine(Protocol):
     """A model's forward over rows of cached tokens (rows are numbered 0..)."""
 

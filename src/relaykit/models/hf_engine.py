@@ -7,11 +7,11 @@ from typing import Any, ClassVar
 
 import torch
 
-from .engine import Weights
+from .engine import UnmeasuredKV, Weights
 from .kv import KVPolicy
 
 
-class HFEngine:
+class HFEngine(UnmeasuredKV):
     """Any causal LM through its own forward; one DynamicCache per row (rows run one by one).
     Its caches are not measured (the KV byte figures are 0)."""
 
@@ -50,15 +50,6 @@ class HFEngine:
         current = self.caches[row].get_seq_length()
         if length < current:
             self.caches[row].crop(length - current)  # a negative count removes tokens (transformers 4 and 5)
-
-    def kv_bytes(self) -> int:
-        return 0
-
-    def kv_peak_bytes(self) -> int:
-        return 0
-
-    def kv_slot_bytes(self) -> int:
-        return 0
 
     @torch.inference_mode()
     def forward(self, tokens: list[list[int]], positions: list[int], wanted: list[int]) -> torch.Tensor:

@@ -31,6 +31,7 @@ import numpy as np
 import torch
 
 from ..errors import RelaykitError
+from .engine import UnmeasuredKV
 from .kv import KVPolicy
 from .model import Model
 
@@ -141,7 +142,7 @@ def load_llamacpp(path: Path, name: str, tokenizer, threads: int) -> LlamaCppMod
                          settings=settings, description=buffer.value.decode(), threads=threads)
 
 
-class LlamaCppEngine:
+class LlamaCppEngine(UnmeasuredKV):
     """The `Engine` protocol over one llama.cpp context; its KV cells are not measured (the KV byte
     figures are 0)."""
 
@@ -203,15 +204,6 @@ class LlamaCppEngine:
         if length < self.lengths[row]:
             self.llama_cpp.llama_memory_seq_rm(self.memory, row, length, -1)
             self.lengths[row] = length
-
-    def kv_bytes(self) -> int:
-        return 0
-
-    def kv_peak_bytes(self) -> int:
-        return 0
-
-    def kv_slot_bytes(self) -> int:
-        return 0
 
     def forward(self, tokens: list[list[int]], positions: list[int], wanted: list[int]) -> torch.Tensor:
         """As `Engine.forward`: logits [F, K, V] of the last K fed tokens of each fed row."""

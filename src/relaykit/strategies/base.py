@@ -116,7 +116,6 @@ def load_all() -> dict[str, type[Strategy]]:
 
 def get_strategy(name: str) -> type[Strategy]:
     load_all()
-
     if name not in STRATEGIES:
         raise RelaykitError(f"unknown strategy {name!r}; available: {', '.join(sorted(STRATEGIES))}")
     return STRATEGIES[name]
