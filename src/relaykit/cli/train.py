@@ -184,6 +184,9 @@ def run_fusionroute(args: argparse.Namespace) -> int:
     from ..train.fusionroute import train_fusionroute
 
     cfg = config_from_args(FusionRouteTrainConfig, args, seed=args.seed)
+    for flag in ("expert_steps", "router_steps", "cdpo_epochs"):
+        if getattr(cfg, flag) < 1:
+            raise RelaykitError(f"--{flag.replace('_', '-')} must be >= 1")
     base, router_base = (args.base or api.default_model("large")), (args.router_base or api.default_model("small"))
     for flag, folder in (("--base", base), ("--router-base", router_base)):
         if folder is None or not Path(folder, "config.json").is_file():
