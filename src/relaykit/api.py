@@ -24,7 +24,7 @@ from .resolve import Loader, resolve
 from .strategies.base import Strategy, get_strategy, parse_variant
 from .toyworld.presets import default_model, shipped_experts
 from .tuned import Settings, Tuned, find_tuned
-from .vocabulary import EXPERTS, expert_role, expert_roles
+from .vocabulary import EXPERT_PREFIX, EXPERTS, expert_role, expert_roles
 
 __all__ = [
     "build_strategies", "build_strategy", "default_model", "evaluate_strategies", "kv_policy", "load_models",
@@ -170,7 +170,7 @@ def build_strategies(
     name are read first (`relaykit.resolve`; on the shipped pair unnamed ones take its presets,
     e.g. RelayGen's calibrated cues and RelayLLM's trained small model; `loader` loads added
     checkpoints). A variant `expert` without a name becomes one entry per loaded expert."""
-    experts = [role.split(":", 1)[1] for role in expert_roles(models)]
+    experts = [role.removeprefix(EXPERT_PREFIX) for role in expert_roles(models)]
     loader = loader or Loader.like(models)
     variants = _variants(names, options, add_baseline, tuned)
     for label, (cls, values, settings) in list(variants.items()):

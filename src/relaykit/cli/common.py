@@ -126,13 +126,13 @@ def experts_from_args(args: argparse.Namespace) -> dict[str, str] | None:
 
 
 def load_models_from_args(args: argparse.Namespace, roles: tuple[str, ...]) -> dict:
-    from ..vocabulary import EXPERTS
+    from ..vocabulary import EXPERT_PREFIX, EXPERTS
 
     experts = experts_from_args(args)
-    named = [role for role in roles if role.startswith("expert:") and role != EXPERTS]
+    named = [role for role in roles if role.startswith(EXPERT_PREFIX) and role != EXPERTS]
     specs = {role: experts if role == EXPERTS else getattr(args, role, None) for role in roles if role not in named}
     if named and EXPERTS not in specs:  # expert[name=NAME] alone: that expert, or all given ones
-        specs[EXPERTS] = experts or {role.split(":", 1)[1]: None for role in named}
+        specs[EXPERTS] = experts or {role.removeprefix(EXPERT_PREFIX): None for role in named}
     set_threads(args)
     return api.load_models(
         specs,

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from ..vocabulary import BASE, DIFFICULTY, EXPERT_PREFIX, LARGE, PROBER, ROUTER, SMALL, VERIFIER
 from . import (
     FUSIONROUTE,
     SHIPPED_ADAPTIVE,
@@ -21,10 +22,10 @@ from . import (
 )
 
 # role -> the shipped checkpoint loaded for it when no model is given
-ROLES = {"large": TOY_LARGE, "small": TOY_SMALL, "verifier": TOY_VERIFIER, "prober": TOY_PROBER,
-         "difficulty": TOY_DIFFICULTY, "router": FUSIONROUTE / "router", "base": TOY_LARGE}
+ROLES = {LARGE: TOY_LARGE, SMALL: TOY_SMALL, VERIFIER: TOY_VERIFIER, PROBER: TOY_PROBER, DIFFICULTY: TOY_DIFFICULTY,
+         ROUTER: FUSIONROUTE / "router", BASE: TOY_LARGE}
 # strategy -> role -> the shipped model it runs instead on the shipped pair (RelayLLM's trained small)
-MODELS = {"relayllm": {"small": TOY_SMALL_RELAY}}
+MODELS = {"relayllm": {SMALL: TOY_SMALL_RELAY}}
 CLASSIFIER = FUSIONROUTE / "query-classifier.safetensors"  # query routing over the shipped experts
 
 
@@ -37,14 +38,15 @@ def shipped_experts() -> dict[str, str]:
 def default_model(role: str) -> str | None:
     """The shipped toy checkpoint for `role` ("large", "small", "verifier", "router", "base",
     "expert:NAME"), when present."""
-    if role.startswith("expert:"):
-        return shipped_experts().get(role.split(":", 1)[1])
+    if role.startswith(EXPERT_PREFIX):
+        return shipped_experts().get(role.removeprefix(EXPERT_PREFIX))
     folder = ROLES.get(role)
     return str(folder) if folder is not None and (folder / "config.json").is_file() else None
 
 
 def has_shipped_experts(models: dict) -> bool:
-    experts = {role.split(":", 1)[1]: str(model.source) for role, model in models.items() if role.startswith("expert:")}
+    experts = {role.removeprefix(EXPERT_PREFIX): str(model.source) for role, model in models.items()
+               if role.startswith(EXPERT_PREFIX)}
     return bool(experts) and experts == shipped_experts()
 
 
