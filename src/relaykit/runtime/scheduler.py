@@ -220,7 +220,9 @@ class Scheduler(RequestTree):
         self.cost[runner.name] = time.perf_counter() - started
         width = logits.shape[1]
         generating = [i for i, ask in enumerate(asks) if isinstance(ask, Generate)]
-        tokens = dict(zip(generating, next_tokens([waiting[i].sampler for i in generating], logits[generating, -1])))
+        # the last position of every row when all asks generate (a view), else the generating rows' (a copy)
+        last = logits[:, -1] if len(generating) == len(asks) else logits[generating, -1]
+        tokens = dict(zip(generating, next_tokens([waiting[i].sampler for i in generating], last)))
         drafting = [i for i in generating if isinstance(asks[i], Draft) and asks[i].min_confidence]
         confidence = dict(zip(drafting, logits[drafting, -1].softmax(-1).amax(-1).tolist())) if drafting else {}
         for i, (request, ask) in enumerate(zip(waiting, asks)):

@@ -7,6 +7,7 @@ import time
 import uuid
 
 from ..decoding.result import GenerationResult
+from ..decoding.usage import Usage
 from ..vocabulary import LARGE, FinishReason
 
 USAGE_FIELDS = ("prefill_tokens", "decode_tokens", "forward_calls", "flops")
@@ -27,12 +28,11 @@ def finish_reason(result: GenerationResult) -> str:
 def usage(prompts: list[list[int]], results: list[GenerationResult]) -> dict:
     """OpenAI's token counts (each prompt counted once, whatever `n`) plus what every model
     spent and the large model's share of the written tokens."""
-    models: dict[str, dict] = {}
+    totals: dict[str, Usage] = {}
     for result in results:
         for role, spent in result.usage.items():
-            total = models.setdefault(role, dict.fromkeys(USAGE_FIELDS, 0))
-            for field in USAGE_FIELDS:
-                total[field] += getattr(spent, field)
+            totals.setdefault(role, Usage()).add(spent)
+    models = {role: {field: getattr(total, field) for field in USAGE_FIELDS} for role, total in totals.items()}
     written = sum(len(result.provenance) for result in results)
     by_large = sum(result.tokens_by(LARGE) for result in results)
     prompt_tokens = sum(len(prompt) for prompt in prompts)
