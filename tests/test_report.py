@@ -5,7 +5,8 @@ from html.parser import HTMLParser
 
 from rich.console import Console
 
-from relaykit.evals.report import markdown_table, rich_table, rich_trajectory, stack_labels, write_report
+from relaykit.evals.report import markdown_table, rich_table, stack_labels, write_report
+from relaykit.evals.trajectories import rich_trajectory
 
 
 def _problem(pid, segments, correct):

@@ -85,12 +85,12 @@ def resolve_variant(spec: str | Variant, models: dict, loader: Loader) -> Varian
 
 def _cues(spec, config, models: dict) -> dict:
     """RelayGen's cues, from a file or as written. A cues.json also carries the check threshold it
-    was calibrated with, which an unset check takes when the large model is in-process (on the
+    was calibrated with, which an unset check takes when the large model gives logits (on the
     shipped pair, the shipped one for any cues)."""
     cues, check = load_cues(spec)
     changes: dict = {"cues": cues}
     large = models.get("large")
-    if config.check is None and large is not None and large.in_process:
+    if config.check is None and large is not None and large.scoring_refusal() is None:
         shipped = preset("cues", config, models)
         if check is None and shipped:
             check = load_cues(shipped)[1]

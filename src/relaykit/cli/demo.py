@@ -25,7 +25,7 @@ def add_parser(commands) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..evals.report import rich_trajectory
+    from ..evals.trajectories import rich_trajectory
     from ..strategies.base import STRATEGIES
 
     rest = [name for name, cls in STRATEGIES.items() if name not in ("single", "large", "small") and cls.in_demo]

@@ -22,6 +22,12 @@ class Usage:
     seconds: float = 0.0
     flops: float = 0.0
     kv_peak_bytes: int = 0  # most KV-cache bytes held at once (a maximum, not a sum)
+    # a model behind an endpoint: its requests, what they carried, and the positions it scored
+    requests: int = 0
+    tokens_sent: int = 0  # prompt tokens sent (re-sent context included)
+    tokens_scored: int = 0  # positions whose log-probabilities came back
+    bytes_sent: int = 0
+    bytes_received: int = 0
 
     def add(self, other: "Usage") -> None:
         self.prefill_tokens += other.prefill_tokens
@@ -30,6 +36,11 @@ class Usage:
         self.seconds += other.seconds
         self.flops += other.flops
         self.kv_peak_bytes = max(self.kv_peak_bytes, other.kv_peak_bytes)
+        self.requests += other.requests
+        self.tokens_sent += other.tokens_sent
+        self.tokens_scored += other.tokens_scored
+        self.bytes_sent += other.bytes_sent
+        self.bytes_received += other.bytes_received
 
     def to_dict(self) -> dict:
         return asdict(self)

@@ -91,8 +91,21 @@ def _records(strategy: Strategy, problems: list[EvalProblem], results: list, wal
         # answers cut by the token budget rather than finished: a strategy above LENGTH_FLAG is flagged
         "length_stops": sum(r["finish_reason"] == "length" for r in records) / max(len(records), 1),
         **{f"by_{group}": _by(records, group) for group in ("domain", "level") if any(r[group] for r in records)},
+        **({"endpoints": endpoints} if (endpoints := _endpoints(records)) else {}),
         "problems": records,
     }
+
+
+def _endpoints(records: list[dict]) -> dict:
+    """Per model behind an endpoint, per problem: its requests, the tokens they carried and the
+    positions scored, kilobytes both ways and seconds waited."""
+    roles = sorted({role for r in records for role, u in r["usage"].items() if u.get("requests")})
+    n = max(len(records), 1)
+    total = lambda role, key: sum(r["usage"].get(role, {}).get(key, 0) for r in records)  # noqa: E731
+    return {role: {"requests": total(role, "requests") / n, "tokens_sent": total(role, "tokens_sent") / n,
+                   "tokens_scored": total(role, "tokens_scored") / n,
+                   "kilobytes": (total(role, "bytes_sent") + total(role, "bytes_received")) / n / 1000,
+                   "seconds": total(role, "seconds") / n} for role in roles}
 
 
 def _by(records: list[dict], group: str) -> dict:

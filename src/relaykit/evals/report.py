@@ -14,7 +14,6 @@ runs) and usage.
 
 from __future__ import annotations
 
-import html
 import json
 import re
 from pathlib import Path
@@ -25,11 +24,8 @@ from rich.text import Text
 
 from ..options import options_text
 from .harness import LENGTH_FLAG
+from .trajectories import trajectories_html
 
-_HTML_COLOURS = {"small": "#cfe3ff", "large": "#ffd6a5", "prompt": "#e9e9e9"}
-_HTML_PALETTE = ("#caffbf", "#ffc6ff", "#fdffb6", "#9bf6ff", "#ffadad", "#bdb2ff")
-_RICH_STYLES = {"small": "cyan", "large": "bold magenta", "prompt": "dim"}
-_RICH_PALETTE = ("green", "yellow", "blue", "red", "bright_cyan", "bright_magenta")
 _MARKER_AREA = 60  # of a plotted point, in points squared
 _NAME_WIDTH = 21  # the strategy column's width in an 80-column terminal
 _COLUMNS = ("strategy", "accuracy", "large-token share", "switches/problem", "FLOPs", "wall s", "tokens/s",
@@ -95,6 +91,18 @@ def groups_markdown(results: dict) -> str:
             continue
         text += f"\nAccuracy per {group}:\n\n" + _markdown(rows)
     return text
+
+
+def endpoints_markdown(results: dict) -> str:
+    """Per strategy and model behind an endpoint, per problem: requests, tokens sent, positions
+    scored, kilobytes and seconds (in-process models have FLOPs in the table above instead)."""
+    rows = [(name, role, f"{e['requests']:.1f}", f"{e['tokens_sent']:.0f}", f"{e['tokens_scored']:.0f}",
+             f"{e['kilobytes']:.1f}", f"{e['seconds']:.2f}")
+            for name, s in results["strategies"].items() for role, e in s.get("endpoints", {}).items()]
+    if not rows:
+        return ""
+    header = ("strategy", "model", "requests", "tokens sent", "positions scored", "kB", "seconds")
+    return "\nModels behind endpoints, per problem:\n\n" + _markdown([header, *rows])
 
 
 def curves_markdown(results: dict) -> str:
@@ -245,7 +253,8 @@ def write_report(results: dict, out_dir: str | Path, max_problems: int = 5) -> d
     paths["json"].write_text(json.dumps(results, indent=2), encoding="utf-8")
     heading = f"# {results.get('dataset', 'results')} ({results.get('n_problems', '?')} problems)\n\n"
     paths["markdown"].write_text(
-        heading + markdown_table(results) + groups_markdown(results) + curves_markdown(results), encoding="utf-8")
+        heading + markdown_table(results) + groups_markdown(results) + endpoints_markdown(results)
+        + curves_markdown(results), encoding="utf-8")
     _plot(results, paths["plot"])
     paths["html"].write_text(trajectories_html(results, max_problems), encoding="utf-8")
     return paths
@@ -323,77 +332,3 @@ def stack_labels(boxes: list[tuple[float, float, float, float]], middle: float, 
 
 def _overlap(a: tuple[float, float, float, float], b: tuple[float, float, float, float]) -> bool:
     return a[0] < b[2] and b[0] < a[2] and a[1] < b[3] and b[1] < a[3]
-
-
-def trajectories_html(results: dict, max_problems: int = 5) -> str:
-    """A self-contained HTML page showing, per strategy, the first `max_problems` outputs with
-    each segment in a `<span class="writer-NAME" data-model="NAME">` coloured by its writer."""
-    writers = _writers(results)
-    colours = _assign(writers, _HTML_COLOURS, _HTML_PALETTE)
-    css = "\n".join(f".{_css_class(w)} {{ background: {colours[w]}; }}" for w in writers)
-    legend = " ".join(_span(w, w) for w in writers)
-    body = []
-    for name, s in results["strategies"].items():
-        body.append(f"<h2>{html.escape(name)}</h2>")
-        for problem in s["problems"][:max_problems]:
-            verdict = "correct" if problem.get("correct") else "wrong"
-            body.append(
-                f'<div class="problem {verdict}"><h3>{html.escape(str(problem["id"]))}: '
-                f"{verdict}, predicted {html.escape(str(problem.get('prediction')))}, "
-                f"reference {html.escape(str(problem.get('reference')))}</h3>"
-            )
-            segments = problem.get("segments") or [[problem.get("text", ""), "unknown"]]
-            body.append("<pre>" + "".join(_span(text, writer) for text, writer in segments) + "</pre></div>")
-    title = html.escape(f"relaykit trajectories: {results.get('dataset', '')}")
-    return f"""<!DOCTYPE html>
-<html lang="en"><head><meta charset="utf-8"><title>{title}</title>
-<style>
-body {{ font-family: sans-serif; margin: 2em; }}
-pre {{ white-space: pre-wrap; font-family: monospace; line-height: 1.5; }}
-.problem {{ border-left: 4px solid #bbb; padding-left: 1em; margin-bottom: 1.5em; }}
-.problem.correct {{ border-color: #3a3; }} .problem.wrong {{ border-color: #c33; }}
-h3 {{ font-size: 1em; font-weight: normal; }}
-.legend span {{ padding: 0.2em 0.6em; margin-right: 0.5em; }}
-{css}
-</style></head>
-<body><h1>{title}</h1>
-<p class="legend">Written by: {legend}</p>
-{chr(10).join(body)}
-</body></html>
-"""
-
-
-def _writers(results: dict) -> list[str]:
-    """Every writer in the segments, in order of first appearance."""
-    seen: dict[str, None] = {}
-    for s in results["strategies"].values():
-        for problem in s["problems"]:
-            for _, writer in problem.get("segments") or [["", "unknown"]]:
-                seen.setdefault(writer, None)
-    return list(seen)
-
-
-def _assign(writers: list[str], fixed: dict[str, str], palette: tuple[str, ...]) -> dict[str, str]:
-    others = [w for w in writers if w not in fixed]
-    return {w: fixed.get(w) or palette[others.index(w) % len(palette)] for w in writers}
-
-
-def _css_class(writer: str) -> str:
-    return "writer-" + re.sub(r"[^A-Za-z0-9_-]", "-", writer)
-
-
-def _span(text: str, writer: str) -> str:
-    return (
-        f'<span class="{_css_class(writer)}" data-model="{html.escape(writer, quote=True)}">'
-        f"{html.escape(text)}</span>"
-    )
-
-
-def rich_trajectory(segments) -> Text:
-    """`segments` ([text, writer] runs) as rich Text coloured by writer."""
-    writers = list(dict.fromkeys(writer for _, writer in segments))
-    styles = _assign(writers, _RICH_STYLES, _RICH_PALETTE)
-    text = Text()
-    for chunk, writer in segments:
-        text.append(chunk, style=styles[writer])
-    return text

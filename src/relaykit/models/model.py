@@ -32,6 +32,10 @@ class Model:
     policy_hint: ClassVar[str] = ""  # ends the message refusing a KV policy
     in_process: ClassVar[bool] = True  # runs here (gives logits, holds a KV cache); an endpoint's model does not
 
+    def scoring_refusal(self) -> str | None:
+        """Why the model cannot give logits (None: it can; an endpoint's may not)."""
+        return None
+
     @property
     def config(self):
         return self.hf.config

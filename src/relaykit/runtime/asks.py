@@ -1,8 +1,9 @@
 """What a strategy's loop for one sequence asks of the runtime (`yield ask`, then the answer).
 
-Token-level asks need an in-process model; text-level asks also run over an OpenAI-compatible
-endpoint. The scheduler gathers every request's asks per model and answers them with one
-batched forward per model and step.
+The scheduler gathers every request's asks per model and answers an in-process model's with one
+batched forward per model and step; an endpoint answers `Generate` with completions and `Logits`
+with one scoring request each (only where its API gives log-probabilities; `Draft` needs an
+in-process model).
 """
 
 from __future__ import annotations
@@ -16,7 +17,8 @@ from ..decoding.sequence import Sequence
 @dataclass
 class Logits:
     """Token-level: logits [k, V] predicting the token after each of the last k visible positions
-    of `sequence` (k = 1: the next token)."""
+    of `sequence` (k = 1: the next token). An endpoint's are exact for its top tokens and the
+    tokens that follow, -inf elsewhere (`RemoteRunner.logits`)."""
 
     model: str
     sequence: Sequence

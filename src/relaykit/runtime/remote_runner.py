@@ -1,18 +1,26 @@
-"""A model behind an OpenAI-compatible endpoint as a runner: it answers text-level asks."""
+"""A model behind an OpenAI-compatible endpoint as a runner: text-level asks as completions,
+token-level asks as one scoring request each."""
 
 from __future__ import annotations
 
+import torch
+
 from ..decoding.sampler import SamplingConfig
 from ..decoding.usage import Usage
-from ..models.remote import RemoteModel
+from ..models.remote import TOP_LOGPROBS, Exchange, RemoteModel
 from .asks import Draft, Generate, Generated, Logits
 from .request import Request
 
 
 class RemoteRunner:
-    """A remote model as a runner: it answers text-level asks (`Generate`) with completion
-    requests, one worker thread per ask; the endpoint's own prefix cache reuses the KV cache.
-    Token counts and provenance use the local tokenizer; FLOPs are unknown and reported as 0."""
+    """A remote model as a runner: it answers `Generate` with completion requests and `Logits`
+    with one scoring request (see `RemoteModel.score`), each in a worker thread; the endpoint's
+    own prefix cache reuses the KV cache. Token counts and provenance use the local tokenizer;
+    FLOPs are unknown and reported as 0.
+
+    Logits from an endpoint are its log-probabilities of a few tokens per position (the `top`
+    most likely and the token that follows), -inf elsewhere: greedy choices and margins between
+    those tokens are exact; sampling draws from the distribution cut to them (docs/deploy.md)."""
 
     batched = False
     kv_bytes = 0
@@ -25,8 +33,10 @@ class RemoteRunner:
 
     def refuses(self, ask: Logits | Generate) -> str | None:
         """Why this endpoint cannot answer `ask` (None: it can)."""
-        if isinstance(ask, (Logits, Draft)):
-            return f"the {ask.model} model is an endpoint: it gives text, not logits"
+        if isinstance(ask, Draft):
+            return f"the {ask.model} model is an endpoint: drafting runs on an in-process model"
+        if isinstance(ask, Logits):
+            return self.model.scoring_refusal()
         return None
 
     def refuses_sampling(self, sampling: SamplingConfig) -> str | None:
@@ -34,13 +44,41 @@ class RemoteRunner:
             return "remote models take temperature, top-p and seed; top-k is not part of the completions API"
         return None
 
+    def answer(self, request: Request, ask: Logits | Generate) -> Generated | torch.Tensor:
+        return self.logits(request, ask) if isinstance(ask, Logits) else self.generate(request, ask)
+
+    def logits(self, request: Request, ask: Logits) -> torch.Tensor:
+        """Logits [k, V] after the last k visible positions: the endpoint's log-probabilities of
+        its top tokens (2 when greedy, else `TOP_LOGPROBS`) and of the tokens that follow, -inf
+        for the rest."""
+        tokens = ask.sequence.visible_to(self.name)
+        top = 2 if request.sampling.greedy else TOP_LOGPROBS
+        scores = self.model.score(tokens, ask.k, top)
+        logits = torch.full((ask.k, self.model.vocab_size), float("-inf"))
+        for row, values in zip(logits, scores.rows):
+            if values:
+                row[list(values)] = torch.tensor(list(values.values()))
+        self._count(ask.sequence.uid, scores.exchange, sent=len(tokens), scored=ask.k)
+        return logits
+
+    def _count(self, uid: int, exchange: Exchange, sent: int, scored: int = 0, written: int = 0) -> None:
+        for u in (self.usage_by_sequence.setdefault(uid, Usage()), self.usage):
+            u.requests += 1
+            u.forward_calls += 1
+            u.prefill_tokens += sent
+            u.decode_tokens += written
+            u.tokens_sent += sent
+            u.tokens_scored += scored
+            u.bytes_sent += exchange.bytes_sent
+            u.bytes_received += exchange.bytes_received
+            u.seconds += exchange.seconds
+
     def generate(self, request: Request, ask: Generate) -> Generated:
         """Write on `ask.sequence` until the turn ends (see `Generate`); requests pause after the
         ask's `pause_at` strings and the request's own stop strings, so that `ends_turn` is
         checked there; a pause string that may need the next character asks for one more token."""
         sequence, tokenizer, sampling = ask.sequence, self.model.tokenizer, request.sampling
         stops = list(dict.fromkeys([*ask.pause_at, *request.stop_config.stop_strings]))
-        usage = self.usage_by_sequence.setdefault(sequence.uid, Usage())
         size = ask.max_tokens
         while True:
             room = ask.max_tokens - (len(sequence) - ask.start)
@@ -52,11 +90,7 @@ class RemoteRunner:
             before = len(sequence)
             sequence.extend(tokenizer(answer.text, add_special_tokens=False)["input_ids"], self.name)
             sequence.truncate(before + room)  # the local tokenizer may count a few more tokens
-            for u in (usage, self.usage):
-                u.prefill_tokens += answer.prompt_tokens
-                u.decode_tokens += answer.completion_tokens
-                u.forward_calls += 1
-                u.seconds += answer.seconds
+            self._count(sequence.uid, answer.exchange, sent=answer.prompt_tokens, written=answer.completion_tokens)
             # the engine stopped at the first stop string in its text (whose end may fall inside the last token)
             found = [(answer.text.find(s) + len(s), s) for s in stops if s in answer.text]
             matched = min(found)[1] if found and answer.finish_reason == "stop" else None

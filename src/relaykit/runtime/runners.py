@@ -1,8 +1,8 @@
 """What the scheduler asks of a runner: one model with what it has read of each sequence.
 
 An in-process runner (`batched`) answers every waiting ask of a step in one forward; an endpoint
-runner answers one `Generate` at a time in a worker thread. Both keep the usage of each sequence
-and free it on `release`.
+runner answers one ask at a time (a completion or a scoring request) in a worker thread. Both keep
+the usage of each sequence and free it on `release`.
 """
 
 from __future__ import annotations
@@ -49,7 +49,8 @@ class BatchedRunner(Runner, Protocol):
 
 
 class ThreadedRunner(Runner, Protocol):
-    def generate(self, request: Request, ask: Generate) -> Generated: ...
+    def answer(self, request: Request, ask: Logits | Generate) -> Generated | torch.Tensor:
+        """`Generated` for a `Generate`; logits [k, V] for a `Logits` ask."""
 
 
 def make_runner(model, role: str, policy: KVPolicy | None = None) -> BatchedRunner | ThreadedRunner:

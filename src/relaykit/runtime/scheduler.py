@@ -4,7 +4,7 @@ Each step, every model with waiting asks runs one batched forward over them (tok
 and the next token of every running `Generate`); the answered requests' loops then run on to
 their next ask. Requests join between steps; finished and cancelled ones leave at once (their KV
 rows are emptied for the next requests; memory is given back once most rows are free). Endpoint
-runners answer text-level asks in worker threads while the in-process models go on stepping.
+runners answer their asks in worker threads while the in-process models go on stepping.
 """
 
 from __future__ import annotations
@@ -170,7 +170,7 @@ class Scheduler(RequestTree):
                 waiting, self.queues[role] = self.queues[role], []
                 for request in waiting:
                     assert self.pool is not None
-                    self.in_flight[self.pool.submit(threaded.generate, request, request.ask)] = request
+                    self.in_flight[self.pool.submit(threaded.answer, request, request.ask)] = request
                     request.in_flight = True
             spent: dict[str, float] = {}
             for role, batched in self.batched.items():

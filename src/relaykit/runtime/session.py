@@ -15,6 +15,7 @@ from ..models.kv import KVPolicy
 from .handle import Handle
 from .runners import make_runner
 from .scheduler import Scheduler
+from .scoring import SCORING_SAMPLING, SCORING_STOP, Scorer, Scores
 
 
 class Session:
@@ -60,6 +61,22 @@ class Session:
             seeded = sampling if sampling.seed is None else dataclasses.replace(sampling, seed=sampling.seed + i)
             handles.append(self.submit(strategy, prompt, seeded, stop))
         return [handle.result() for handle in handles]
+
+    def score(self, role: str, tokens: list[int], k: int = 1) -> Scores:
+        """Queue a scoring request: `Scores.rows()` gives the log-softmax rows [k, V] (float32, no
+        temperature) of the `role` model predicting the token after each of the last k positions
+        of `tokens`. It is one `Logits` ask on a new sequence, batched with the other requests'
+        forwards at the scheduler's next step: the model reads `tokens` whole (one prefill, no KV
+        row shared with a running request), so under a KV policy the rows are the full-cache
+        model's. An endpoint's rows hold its top tokens' log-probabilities, renormalised over
+        them. Thread-safe."""
+        if role not in self.models:
+            raise RelaykitError(f"no {role} model in this session to score with")
+        if not 1 <= k <= len(tokens):
+            raise RelaykitError(f"cannot score the last {k} positions of {len(tokens)} tokens")
+        handle = self.scheduler.submit(list(tokens), Scorer(role, self.models[role], k), SCORING_SAMPLING,
+                                       SCORING_STOP)
+        return Scores(handle.scheduler, handle.request)
 
     def start(self) -> None:
         """Step in a background thread (for servers)."""

@@ -1,5 +1,6 @@
-"""The OpenAI-compatible app: `/v1/completions`, `/v1/chat/completions` (both streaming),
-`/v1/models`, `/health`, `/metrics`, on one scheduler stepping in a background thread.
+"""The OpenAI-compatible app: `/v1/completions`, `/v1/chat/completions` (both streaming, both with
+log-probabilities), `/v1/models`, `/health`, `/metrics`, on one scheduler stepping in a background
+thread.
 
 The `model` field names a strategy or a variant (`relaygen[speculative=8]`); every request of
 every strategy shares the scheduler's batched forwards.
@@ -16,6 +17,7 @@ from collections.abc import AsyncIterator
 from fastapi import Depends, FastAPI, Header, Request
 from fastapi.responses import JSONResponse, PlainTextResponse, StreamingResponse
 
+from ..decoding.result import GenerationResult
 from ..errors import RelaykitError
 from ..models.kv import KVPolicy
 from ..runtime.handle import Handle
@@ -23,15 +25,15 @@ from ..runtime.session import Session
 from ..strategies.base import Strategy
 from .deltas import TextDeltas
 from .errors import APIError, BodyLimit, install_error_handlers, log
+from .logprobs import ChoiceLogprobs, Wanted
 from .metrics import CountRequests, Metrics
-from .responses import finish_reason, new_id, now, sse, usage
+from .responses import finish_reason, new_id, now, sse, unwritten, usage
 from .schemas import (
     ChatCompletion,
     ChatCompletionRequest,
     Completion,
     CompletionRequest,
     ErrorBody,
-    GenerationRequest,
     ModelList,
 )
 from .service import Service
@@ -100,101 +102,163 @@ def create_app(models_or_session: dict | Session, *, kv_policy: KVPolicy | None 
 
     @app.post("/v1/completions", response_model=None, dependencies=guard, responses=_documented(Completion))
     async def completions(body: CompletionRequest, request: Request):
+        if body.max_tokens == 0 and not body.echo:
+            raise APIError(400, "max_tokens 0 writes nothing; it is allowed only with echo (to score the prompt)",
+                           param="max_tokens", code="invalid_value")
         strategy = service.strategy(body.model, body.options)
         request.state.strategy = body.model
-        prompts = [service.text_prompt(strategy, text) for text in body.prompts()]
-        return await answer(body, strategy, prompts, body.max_tokens, COMPLETIONS_DEFAULT_MAX_TOKENS, chat=False)
+        given = body.prompts()
+        prompts = [service.text_prompt(strategy, prompt) if isinstance(prompt, str)
+                   else service.token_prompt(strategy, prompt) for prompt in given]
+        echoes = ([prompt if isinstance(prompt, str) else strategy.tokenizer.decode(prompt) for prompt in given]
+                  if body.echo else None)
+        return await answer(body, strategy, prompts, body.max_tokens, COMPLETIONS_DEFAULT_MAX_TOKENS, chat=False,
+                            echoes=echoes)
 
     @app.post("/v1/chat/completions", response_model=None, dependencies=guard, responses=_documented(ChatCompletion))
     async def chat_completions(body: ChatCompletionRequest, request: Request):
+        if body.top_logprobs is not None and not body.logprobs:
+            raise APIError(400, "top_logprobs needs logprobs: true", param="top_logprobs", code="invalid_value")
         strategy = service.strategy(body.model, body.options)
         request.state.strategy = body.model
         prompt = service.chat_prompt(strategy, [message.for_template() for message in body.messages])
         return await answer(body, strategy, [prompt], body.token_budget(), None, chat=True)
 
-    async def answer(body: GenerationRequest, strategy: Strategy, prompts: list[list[int]], asked: int | None,
-                     default: int | None, chat: bool):
+    async def answer(body: CompletionRequest | ChatCompletionRequest, strategy: Strategy, prompts: list[list[int]],
+                     asked: int | None, default: int | None, chat: bool, echoes: list[str] | None = None):
+        """The choices of `prompts` (`body.n` each; none written with `asked` 0), whole or streamed."""
         arrived = time.perf_counter()
         budgets = [service.budget(strategy, prompt, asked, default) for prompt in prompts]
         service.admit()
         try:
-            handles = await service.submit(strategy, body, prompts, budgets)
+            handles = await service.submit(strategy, body, prompts, budgets) if asked != 0 else []
         except BaseException:
             service.release()
             raise
         if body.stream:
-            events = stream(body, strategy, prompts, handles, chat, arrived)
+            events = stream(body, strategy, prompts, handles, chat, arrived, echoes)
             return StreamingResponse(events, media_type="text/event-stream")
         try:
-            results = await service.results(handles)
+            results = (await service.results(handles) if handles
+                       else [unwritten() for _ in range(len(prompts) * body.n)])
+            metrics.observe("end_to_end", time.perf_counter() - arrived)
+            metrics.written(results)
+            built = await asyncio.gather(*(whole_choice(body, strategy, index, prompts[index // body.n], result, chat,
+                                                        echoes[index // body.n] if echoes else "")
+                                           for index, result in enumerate(results)))
         finally:
             service.release()
-        metrics.observe("end_to_end", time.perf_counter() - arrived)
-        metrics.written(results)
-        choices = []
-        for index, result in enumerate(results):
-            deltas = TextDeltas(strategy.tokenizer, body.stop_strings())
-            text = deltas.add(result.token_ids) + deltas.finish()
-            output = ({"message": {"role": "assistant", "content": text}} if chat
-                      else {"text": text, "stop_reason": deltas.matched})
-            extra = {"relaykit": {"provenance": result.provenance}} if body.provenance else {}
-            if deltas.matched and not chat:  # what was left out, so that a relaykit client can go on from it
-                extra = {"relaykit": {**extra.get("relaykit", {}), "stop_text": deltas.cut}}
-            choices.append({"index": index, **output, "logprobs": None, "finish_reason": finish_reason(result),
-                            **extra})
         return JSONResponse({
             "id": new_id("chatcmpl" if chat else "cmpl"),
             "object": "chat.completion" if chat else "text_completion",
             "created": now(),
             "model": body.model,
-            "choices": choices,
-            "usage": usage(prompts, results),
+            "choices": [choice for choice, _ in built],
+            "usage": usage(prompts, results + [spent for _, scoring in built for spent in scoring]),
         })
 
-    async def stream(body: GenerationRequest, strategy: Strategy, prompts: list[list[int]], handles: list[Handle],
-                     chat: bool, arrived: float) -> AsyncIterator[str]:
-        """OpenAI's chunks: text (or chat deltas) per choice as tokens become final, a chunk with
-        each choice's finish reason, a usage chunk when asked, then [DONE]."""
+    async def whole_choice(body: CompletionRequest | ChatCompletionRequest, strategy: Strategy, index: int,
+                           prompt: list[int], result: GenerationResult, chat: bool,
+                           echo: str) -> tuple[dict, list[GenerationResult]]:
+        """One choice of a whole answer, and the results of the requests that scored it."""
+        deltas = TextDeltas(strategy.tokenizer, body.stop_strings())
+        text = deltas.add(result.token_ids) + deltas.finish()
+        output = ({"message": {"role": "assistant", "content": text}} if chat
+                  else {"text": echo + text, "stop_reason": deltas.matched})
+        extras: dict = {"provenance": result.provenance} if body.provenance else {}
+        if deltas.matched and not chat:  # what was left out, so that a relaykit client can go on from it
+            extras["stop_text"] = deltas.cut
+        fields: dict = {"logprobs": None}
+        wanted, spent = Wanted.of(body), []
+        if wanted.any:
+            scores = ChoiceLogprobs(service, strategy, wanted, prompt)
+            scores.extend(result.token_ids, result.provenance)
+            more, models = await scores.take()
+            fields.update(more)
+            spent = scores.spent
+            if models:
+                extras["logprob_models"] = models
+        choice = {"index": index, **output, **fields, "finish_reason": finish_reason(result)}
+        return ({**choice, "relaykit": extras} if extras else choice), spent
+
+    async def stream(body: CompletionRequest | ChatCompletionRequest, strategy: Strategy, prompts: list[list[int]],
+                     handles: list[Handle], chat: bool, arrived: float, echoes: list[str] | None) -> AsyncIterator[str]:
+        """OpenAI's chunks: with echo or prompt log-probabilities a chunk per choice with the prompt's,
+        text (or chat deltas) per choice as tokens become final, each with its tokens'
+        log-probabilities when asked, a chunk with each choice's finish reason, a usage chunk when
+        asked, then [DONE]."""
         identity = {"id": new_id("chatcmpl" if chat else "cmpl"), "created": now(), "model": body.model,
                     "object": "chat.completion.chunk" if chat else "text_completion"}
         with_usage = body.stream_options is not None and body.stream_options.include_usage
-        deltas = [TextDeltas(strategy.tokenizer, body.stop_strings()) for _ in handles]
-        writers: list[list[str]] = [[] for _ in handles]  # provenance not sent yet, per choice
+        count = len(prompts) * body.n
+        deltas = [TextDeltas(strategy.tokenizer, body.stop_strings()) for _ in range(count)]
+        writers: list[list[str]] = [[] for _ in range(count)]  # provenance not sent yet, per choice
+        wanted = Wanted.of(body)
+        scores = [ChoiceLogprobs(service, strategy, wanted, prompts[index // body.n]) for index in range(count)]
 
-        def chunk(index: int, text: str | None, reason: str | None = None) -> str:
+        def chunk(index: int, text: str | None, reason: str | None = None, fields: dict | None = None,
+                  models: list[str] | None = None) -> str:
             if chat:
                 delta = {"role": "assistant", "content": ""} if text is None else ({"content": text} if text else {})
                 choice = {"index": index, "delta": delta, "logprobs": None, "finish_reason": reason}
             else:
                 choice = {"index": index, "text": text, "logprobs": None, "finish_reason": reason}
+            choice.update(fields or {})
+            extras: dict = {}
             if body.provenance and text is not None:
-                choice["relaykit"] = {"provenance": writers[index]}
-                writers[index] = []
+                extras["provenance"], writers[index] = writers[index], []
+            if models:
+                extras["logprob_models"] = models
+            if extras:
+                choice["relaykit"] = extras
             return sse({**identity, "choices": [choice], **({"usage": None} if with_usage else {})})
 
         try:
             if chat:
-                for index in range(len(handles)):
+                for index in range(count):
                     yield chunk(index, None)
+            if echoes is not None or wanted.prompt:  # a first chunk per choice: the prompt
+                firsts = (await asyncio.gather(*(choice.take() for choice in scores)) if wanted.prompt
+                          else [({}, [])] * count)
+                for index, (fields, models) in enumerate(firsts):
+                    yield chunk(index, echoes[index // body.n] if echoes else "", fields=fields, models=models)
             last = None  # when the previous tokens came
-            async for index, pairs in service.tokens(handles):
-                if pairs is None:
-                    yield chunk(index, deltas[index].finish(), finish_reason(handles[index].result()))
-                    continue
-                moment = time.perf_counter()
-                if last is None:
-                    metrics.observe("time_to_first_token", moment - arrived)
-                else:
-                    metrics.observe("inter_token", (moment - last) / len(pairs), times=len(pairs))
-                last = moment
-                writers[index] += [writer for _, writer in pairs]
-                if text := deltas[index].add([token for token, _ in pairs]):
-                    yield chunk(index, text)
+            async for batch in service.batches(handles):
+                new: dict[int, list[tuple[int, str]]] = {}  # per choice, its pairs of this batch
+                for index, pairs in batch:
+                    if pairs is not None:
+                        new.setdefault(index, []).extend(pairs)
+                if new:
+                    moment, fresh = time.perf_counter(), sum(map(len, new.values()))
+                    if last is None:
+                        metrics.observe("time_to_first_token", moment - arrived)
+                    else:
+                        metrics.observe("inter_token", (moment - last) / fresh, times=fresh)
+                    last = moment
+                texts = {}
+                for index, pairs in new.items():
+                    tokens, written = [token for token, _ in pairs], [writer for _, writer in pairs]
+                    writers[index] += written
+                    texts[index] = deltas[index].add(tokens)
+                    if wanted.top is not None:
+                        scores[index].extend(tokens, written)
+                scored = (await asyncio.gather(*(scores[index].take() for index in new)) if wanted.top is not None
+                          else [({}, [])] * len(new))
+                for (index, text), (fields, models) in zip(texts.items(), scored):
+                    if text or fields:
+                        yield chunk(index, text, fields=fields, models=models)
+                for index, pairs in batch:
+                    if pairs is None:
+                        yield chunk(index, deltas[index].finish(), finish_reason(handles[index].result()))
+            if not handles:  # max_tokens 0: nothing is written
+                for index in range(count):
+                    yield chunk(index, "", "length")
             results = [handle.result() for handle in handles]
             metrics.observe("end_to_end", time.perf_counter() - arrived)
             metrics.written(results)
             if with_usage:
-                yield sse({**identity, "choices": [], "usage": usage(prompts, results)})
+                spent = [result for choice in scores for result in choice.spent]
+                yield sse({**identity, "choices": [], "usage": usage(prompts, results + spent)})
             yield sse("[DONE]")
         except (APIError, RelaykitError) as error:
             yield sse({"error": {"message": str(error), "type": "invalid_request_error", "param": None, "code": None}})

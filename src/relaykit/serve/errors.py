@@ -13,6 +13,8 @@ from ..errors import RelaykitError
 
 log = logging.getLogger("relaykit.serve")
 
+FORMS = {"prompt": "a non-empty string, a list of them, token ids (integers >= 0) or a list of token-id lists"}
+
 
 class APIError(Exception):
     """An error answered with `status` and OpenAI's error body."""
@@ -40,6 +42,8 @@ def validation_error(error: RequestValidationError) -> APIError:
     if param is None:
         return APIError(400, f"the request body must be a JSON object sent with Content-Type: application/json "
                         f"({first.get('msg', 'invalid')})", code="invalid_json")
+    if param in FORMS:  # a union: each of its forms reports an error; name the forms instead
+        return APIError(400, f"{param}: expected {FORMS[param]}", param=param, code="invalid_value")
     return APIError(400, f"{param}: {first.get('msg', 'invalid value')}", param=param, code="invalid_value")
 
 

@@ -25,9 +25,15 @@ def finish_reason(result: GenerationResult) -> str:
     return "length" if result.finish_reason == FinishReason.LENGTH else "stop"
 
 
+def unwritten() -> GenerationResult:
+    """The result of a choice asked to write nothing (`max_tokens` 0 with echo: the prompt is only scored)."""
+    return GenerationResult("", [], [], {}, 0.0, FinishReason.LENGTH)
+
+
 def usage(prompts: list[list[int]], results: list[GenerationResult]) -> dict:
     """OpenAI's token counts (each prompt counted once, whatever `n`) plus what every model
-    spent and the large model's share of the written tokens."""
+    spent (scoring requests' results, which write nothing, included) and the large model's share
+    of the written tokens."""
     totals: dict[str, Usage] = {}
     for result in results:
         for role, spent in result.usage.items():

@@ -59,12 +59,30 @@ class GenerationRequest(BaseModel):
         return [s for s in stops if s]
 
 
-class CompletionRequest(GenerationRequest):
-    prompt: (Annotated[str, Field(min_length=1)]
-             | Annotated[list[Annotated[str, Field(min_length=1)]], Field(min_length=1)])
+MAX_LOGPROBS = 20  # alternatives per token, as OpenAI's and vLLM's default --max-logprobs
 
-    def prompts(self) -> list[str]:
-        return [self.prompt] if isinstance(self.prompt, str) else list(self.prompt)
+Text = Annotated[str, Field(min_length=1)]
+TokenIds = Annotated[list[Annotated[int, Field(ge=0)]], Field(min_length=1)]
+
+
+class CompletionRequest(GenerationRequest):
+    prompt: (Text | Annotated[list[Text], Field(min_length=1)]
+             | TokenIds | Annotated[list[TokenIds], Field(min_length=1)])
+    max_tokens: int | None = Field(None, ge=0, description="0 only with echo: score the prompt, write nothing")
+    logprobs: int | None = Field(None, ge=0, le=MAX_LOGPROBS,
+                                 description="log-probabilities of each token and of the n most likely (0: its own)")
+    echo: bool = Field(False, description="the text and the log-probabilities start with the prompt's")
+    prompt_logprobs: int | None = Field(None, ge=0, le=MAX_LOGPROBS,
+                                        description="vLLM extra: each prompt token's log-probability, rank and the "
+                                                    "n most likely")
+    return_tokens_as_token_ids: bool = Field(False, description="vLLM extra: tokens as \"token_id:N\"")
+
+    def prompts(self) -> list[str | list[int]]:
+        """Text prompts or token-id prompts, in order."""
+        prompt = self.prompt
+        if isinstance(prompt, str) or isinstance(prompt[0], int):
+            return [prompt]  # type: ignore[list-item]
+        return list(prompt)
 
 
 class TextPart(BaseModel):
@@ -89,6 +107,9 @@ class ChatMessage(BaseModel):
 class ChatCompletionRequest(GenerationRequest):
     messages: list[ChatMessage] = Field(min_length=1)
     max_completion_tokens: int | None = Field(None, ge=1)
+    logprobs: bool = Field(False, description="each written token's log-probability")
+    top_logprobs: int | None = Field(None, ge=0, le=MAX_LOGPROBS,
+                                     description="with logprobs: the n most likely tokens at each position")
 
     def token_budget(self) -> int | None:
         return self.max_completion_tokens if self.max_completion_tokens is not None else self.max_tokens
@@ -115,6 +136,8 @@ class Usage(BaseModel):
 
 class ChoiceExtras(BaseModel):
     provenance: list[str] | None = Field(None, description="the writer of every token, when asked")
+    logprob_models: list[str] | None = Field(None, description="with logprobs: the model that gave each token's "
+                                             "log-probabilities (the token's writer; the first model for the prompt)")
     stop_text: str | None = Field(None, description="the text left out from the stop string on (the stop string and "
                                   "the rest of its token), so that a client can go on from exactly there")
 
@@ -123,13 +146,31 @@ class Choice(BaseModel):
     """What a completion's and a chat completion's choices share."""
 
     index: int
-    logprobs: None = None
     finish_reason: Literal["stop", "length"]
     relaykit: ChoiceExtras | None = None
 
 
+class CompletionLogprobs(BaseModel):
+    """OpenAI's legacy shape, one entry per token (the prompt's first, with echo)."""
+
+    tokens: list[str]
+    token_logprobs: list[float | None]  # None: the first prompt token
+    top_logprobs: list[dict[str, float] | None]  # the most likely tokens and the token itself
+    text_offset: list[int]
+
+
+class PromptLogprob(BaseModel):
+    logprob: float
+    rank: int  # 1: the most likely
+    decoded_token: str
+
+
 class CompletionChoice(Choice):
     text: str
+    logprobs: CompletionLogprobs | None = None
+    prompt_logprobs: list[dict[str, PromptLogprob] | None] | None = Field(
+        None, description="vLLM's shape: per prompt token (None for the first), token id -> its entry, for the "
+                          "token itself and the most likely")
     stop_reason: str | None = Field(
         None, description="the stop string that ended the text (left out of it), as vLLM names it")
 
@@ -153,8 +194,23 @@ class AssistantMessage(BaseModel):
     content: str
 
 
+class TopLogprob(BaseModel):
+    token: str
+    logprob: float
+    bytes: list[int] | None
+
+
+class TokenLogprob(TopLogprob):
+    top_logprobs: list[TopLogprob]
+
+
+class ChatLogprobs(BaseModel):
+    content: list[TokenLogprob] | None
+
+
 class ChatChoice(Choice):
     message: AssistantMessage
+    logprobs: ChatLogprobs | None = None
 
 
 class ChatCompletion(Answer):

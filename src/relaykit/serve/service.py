@@ -54,16 +54,15 @@ class Service:
 
     def available(self) -> list[str]:
         """Strategies the loaded models allow: all their roles loaded; over an endpoint, only
-        those that run there; not those that would need other models than the session's (on
-        the shipped pair, RelayLLM's trained small model)."""
+        those whose logits it gives (see `runs_on`); not those that would need other models than
+        the session's (on the shipped pair, RelayLLM's trained small model)."""
         if self.names is None:
             models = self.session.models
             roles = {name: cls.roles_of(cls.Config()) for name, cls in load_all().items()}
             self.names = [
                 name for name, cls in sorted(load_all().items())
                 if all(role in models or (role == EXPERTS and expert_roles(models)) for role in roles[name])
-                and (cls.runs_over_endpoints()
-                     or all(models[role].in_process for role in roles[name] if role in models))
+                and runs_on(cls, models)
                 and not preset_models(name, models)
             ]
         return self.names
@@ -113,6 +112,16 @@ class Service:
         return encode_prompt(strategy.tokenizer, text, raw=True)
 
     @staticmethod
+    def token_prompt(strategy: Strategy, ids: list[int]) -> list[int]:
+        """A token-id prompt as given; a 400 for ids outside the vocabulary."""
+        size = len(strategy.tokenizer)
+        outside = [token for token in ids if token >= size]
+        if outside:
+            raise APIError(400, f"prompt: token id {outside[0]} is outside the vocabulary (0 to {size - 1})",
+                           param="prompt", code="invalid_value")
+        return list(ids)
+
+    @staticmethod
     def chat_prompt(strategy: Strategy, messages: list[dict]) -> list[int]:
         tokenizer = strategy.tokenizer
         if not getattr(tokenizer, "chat_template", None):
@@ -132,8 +141,14 @@ class Service:
 
     def budget(self, strategy: Strategy, prompt: list[int], asked: int | None, default: int | None) -> int:
         """Tokens a choice may write: `asked`, else `default`, else what the context leaves
-        (else the strategy's own budget); a 400 stating the limits when they do not fit."""
+        (else the strategy's own budget); a 400 stating the limits when they do not fit. `asked`
+        0 (echo): the prompt is only scored."""
         context = self.context(strategy)
+        if asked == 0:
+            if context is not None and len(prompt) > context:
+                raise APIError(400, f"the prompt is {len(prompt)} tokens; the model's context is {context} tokens",
+                               param="prompt", code="context_length_exceeded")
+            return 0
         if context is None:
             return asked or default or strategy.stop_config.max_new_tokens
         room = context - len(prompt)
@@ -171,6 +186,13 @@ class Service:
     async def tokens(self, handles: list[Handle]) -> AsyncIterator[tuple[int, list[tuple[int, str]] | None]]:
         """(choice index, new final (token, writer) pairs) as they come, then (index, None) when that
         choice is done. Leaving early (a client gone) cancels every choice: its rows are freed."""
+        async for batch in self.batches(handles):
+            for item in batch:
+                yield item
+
+    async def batches(self, handles: list[Handle]) -> AsyncIterator[list[tuple[int, list[tuple[int, str]] | None]]]:
+        """What `tokens` gives, in lists of everything that came since the last list (a consumer
+        that takes a while per list, such as scoring, takes more at once instead of falling behind)."""
         queue: asyncio.Queue = asyncio.Queue()
         loop = asyncio.get_running_loop()
         for index, handle in enumerate(handles):
@@ -178,12 +200,15 @@ class Service:
         running = len(handles)
         try:
             while running:
-                for index, pairs, error in await queue.get():
+                items = await queue.get()
+                while not queue.empty():
+                    items += queue.get_nowait()
+                for _, pairs, error in items:
                     if error is not None:
                         raise error
                     if pairs is None:
                         running -= 1
-                    yield index, pairs
+                yield [(index, pairs) for index, pairs, _ in items]
         finally:
             for handle in handles:
                 self.streams.forget(handle)
@@ -198,6 +223,24 @@ class Service:
         async for _ in self.tokens(handles):
             pass
         return [handle.result() for handle in handles]
+
+
+def runs_on(cls: type[Strategy], models: dict) -> bool:
+    """Whether the strategy with its default options gets the logits it asks for: from in-process
+    models, or from endpoints that score tokens where it reads only their top tokens (an
+    unreachable endpoint counts as not scoring)."""
+    config = cls.Config()
+    whole = set(cls.needs_whole_distribution(config))
+    for role in cls.needs_logits(config):
+        model = models.get(role)
+        if model is None or model.in_process:
+            continue
+        try:
+            if role in whole or model.scoring_refusal() is not None:
+                return False
+        except RelaykitError:
+            return False
+    return True
 
 
 class Streams:

@@ -74,13 +74,17 @@ class Strategy:
         self.eos_token_ids = self.models[self.roles[0]].eos_token_ids
         asked = self.needs_logits(self.config)
         needed = [r for role in asked for r in (expert_roles(self.models) if role == EXPERTS else [role])]
-        remote = [role for role in needed if not self.models[role].in_process]
-        if remote:
+        whole = set(self.needs_whole_distribution(self.config))
+        whole = {r for role in whole for r in (expert_roles(self.models) if role == EXPERTS else [role])}
+        for role in needed:
+            if role in whole and not self.models[role].in_process:
+                raise RelaykitError(f"strategy {self.name!r} reads the {role} model's whole next-token distribution, "
+                                    "which an endpoint gives only as its top log-probabilities: load it in-process")
+        refusals = [refusal for role in needed if (refusal := self.models[role].scoring_refusal())]
+        if refusals:
             runs = ", ".join(n for n, cls in sorted(load_all().items()) if cls.runs_over_endpoints())
-            raise RelaykitError(
-                f"strategy {self.name!r} needs in-process models: it asks the {' and '.join(remote)} model for "
-                f"logits, which an OpenAI-compatible endpoint does not give; over an endpoint these run: {runs}"
-            )
+            raise RelaykitError(f"strategy {self.name!r} asks for logits, but {refusals[0]}; over any endpoint these "
+                                f"run: {runs}")
 
     @classmethod
     def roles_of(cls, config) -> tuple[str, ...]:
@@ -89,12 +93,20 @@ class Strategy:
 
     @classmethod
     def needs_logits(cls, config) -> tuple[str, ...]:
-        """Roles that this strategy, with `config`, asks for logits (they must be in-process)."""
+        """Roles that this strategy, with `config`, asks for logits (in-process models, or endpoints
+        whose API scores tokens)."""
         return cls.roles
 
     @classmethod
+    def needs_whole_distribution(cls, config) -> tuple[str, ...]:
+        """Roles whose whole next-token distribution this strategy reads (mixes, or reads at tokens
+        of its choosing), which an endpoint's top log-probabilities do not give; a strategy that
+        reads only the top tokens and the tokens that follow says which roles it reads so."""
+        return cls.needs_logits(config)
+
+    @classmethod
     def runs_over_endpoints(cls) -> bool:
-        """Whether the strategy with its default options runs on models behind endpoints."""
+        """Whether the strategy with its default options runs on any endpoint (text only)."""
         return not cls.needs_logits(cls.Config())
 
     def holdback(self) -> int | None:

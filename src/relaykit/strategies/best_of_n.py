@@ -63,6 +63,12 @@ class BestOfN(Strategy):
         inner = variant_of(config.inner)
         return tuple(dict.fromkeys((*inner.cls.needs_logits(inner.config), *SCORER[config.rerank])))
 
+    @classmethod
+    def needs_whole_distribution(cls, config) -> tuple[str, ...]:
+        """The inner's, and the reranker's (a verifier's yes/no tokens; the likelihood's normalisation)."""
+        inner = variant_of(config.inner)
+        return tuple(dict.fromkeys((*inner.cls.needs_whole_distribution(inner.config), *SCORER[config.rerank])))
+
     def holdback(self) -> None:
         return None  # the chosen sample is known only at the end
 

@@ -29,6 +29,10 @@ class RandomRouter(Strategy):
     Config = RandomRouterConfig
     in_demo = False
 
+    @classmethod
+    def needs_whole_distribution(cls, config) -> tuple[str, ...]:
+        return ()  # each model samples its own tokens
+
     def run(self, request):
         sequence, writer = request.sequence, "small"
         prompt = sequence.tokens[: sequence.prompt_length]

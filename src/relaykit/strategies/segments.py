@@ -110,6 +110,10 @@ class SegmentRelay(Strategy):
             return cls.roles
         return (LARGE,) if checking(config.check) else ()
 
+    @classmethod
+    def needs_whole_distribution(cls, config) -> tuple[str, ...]:
+        return ()  # greedy verification and the check read the top token and the token that follows
+
     @property
     def check(self) -> float | None:
         """The check's threshold, None when segments are not checked."""

@@ -80,6 +80,11 @@ class SelfConsistency(Strategy):
         inner = variant_of(config.inner)
         return inner.cls.needs_logits(inner.config)
 
+    @classmethod
+    def needs_whole_distribution(cls, config) -> tuple[str, ...]:
+        inner = variant_of(config.inner)
+        return inner.cls.needs_whole_distribution(inner.config)
+
     def holdback(self) -> None:
         return None  # the chosen sample is known only at the end
 

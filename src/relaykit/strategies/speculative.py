@@ -152,6 +152,10 @@ class Speculative(Strategy):
     Config = SpeculativeConfig
     tunes = ("k", "max_k", "adaptive", "draft_confidence")
 
+    @classmethod
+    def needs_whole_distribution(cls, config) -> tuple[str, ...]:
+        return ()  # greedy: the top token; sampling: the drafted token's probability and the top tokens
+
     def holdback(self) -> int:
         return self.config.max_k if self.config.adaptive else self.config.k
 

@@ -26,6 +26,10 @@ class Uncertainty(Strategy):
     roles = (LARGE, SMALL)
     Config = UncertaintyConfig
 
+    @classmethod
+    def needs_whole_distribution(cls, config) -> tuple[str, ...]:
+        return (SMALL,)  # its confidence is the small model's top-2 probabilities; the large model writes
+
     def run(self, request):
         sequence, writer = request.sequence, "small"  # the small model drives
         while not sequence.finished:
