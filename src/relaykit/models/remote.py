@@ -180,11 +180,10 @@ class RemoteModel:
         return post
 
     def _probe(self) -> str:
-        """The scoring protocol the endpoint answers: a two-token sequence scored by each, the
-        server's own name for itself (GET /models) first."""
-        tokens = self.tokenizer("Hello world", add_special_tokens=False)["input_ids"][:2]
-        if len(tokens) < 2:
-            tokens = (tokens * 2)[:2] or [0, 0]
+        """The scoring protocol the endpoint answers: the last two positions of a short sequence
+        scored by each in turn (the one the server's name for itself suggests first)."""
+        tokens = self.tokenizer("Hello, the world is round.", add_special_tokens=False)["input_ids"][:4]
+        tokens = (tokens * 4)[:4] or [0] * 4
         order = list(PROTOCOLS)
         if self._owner() == "me":  # llama-cpp-python's server names itself so
             order.insert(0, order.pop(order.index("llama-cpp-python")))

@@ -12,10 +12,11 @@ ones (no temperature), so they are logits up to a constant per row.
   (default 20) bounds `top`.
 - `sglang`: `/generate` with `input_ids`, `return_logprob`, `logprob_start_len` and
   `top_logprobs_num` (from SGLang's documented API; not run against a live SGLang here).
-- `llama-cpp-python`: `/v1/completions` with a text prompt, `echo` and `logprobs`. Its entry i
-  holds the distribution after prompt token i (shifted by one from OpenAI's meaning), so the
-  token that follows is scored only when it is among the `top` (relaykit checks that the server's
-  tokens re-spell the prompt).
+- `llama-cpp-python`: `/v1/completions` with a text prompt, `echo` and `logprobs`. Its entry e
+  holds the distribution after prompt position e (shifted by one from OpenAI's meaning when the
+  prompt does not start with BOS, when the token that follows is scored only if it is among the
+  `top`); relaykit checks that the server's tokens re-spell the prompt. The server sorts the
+  whole vocabulary in Python at every prompt position: about 55 ms a position on 2 CPU cores.
 """
 
 from __future__ import annotations
@@ -107,23 +108,93 @@ class SGLang(ScoringProtocol):
 
 
 class LlamaCppPython(ScoringProtocol):
+    """Text prompts. Where the server splits the text otherwise than the sequence's tokens (a model
+    may write "\n", "\n" where the tokenizer reads "\n\n"), the positions after the split are asked
+    again with the text cut there, one request each; past a split that no text gives, the server
+    writes on greedily from the last position it reads as the sequence, and its generated tokens'
+    log-probabilities (which it computes on its own tokens) give the rows while it writes what the
+    sequence holds (the row where it first differs included; later rows are left empty, which no
+    greedy check reads)."""
+
     def score(self, post, model, tokens, k, top, tokenizer):
-        text = tokenizer.decode(tokens, skip_special_tokens=False)
-        body = {"model": model, "prompt": text, "max_tokens": 1, "temperature": 0.0, "echo": True, "logprobs": top}
+        n, rows, asked = len(tokens), {}, set()
+        end = n
+        while True:
+            asked.add(end)
+            rows.update(self._read(post, model, tokens[:end], top, tokenizer))
+            missing = [p for p in range(n - k, n) if p not in rows]
+            if not missing:
+                return [rows[p] for p in range(n - k, n)]
+            end = missing[0] + 1
+            if end in asked:
+                for position, row in self._written(post, model, tokens, missing[0] - 1, top, tokenizer).items():
+                    rows.setdefault(position, row)
+                return [rows.get(p, {}) for p in range(n - k, n)]
+
+    def _written(self, post, model, tokens, last, top, tokenizer) -> dict[int, dict[int, float]]:
+        """Rows from position `last` + 1 on, from the server writing greedily after
+        `tokens[: last + 1]` (whose row at `last` it has given)."""
+        body = {"model": model, "prompt": tokenizer.decode(tokens[: last + 1], skip_special_tokens=False),
+                "max_tokens": len(tokens) - last - 1, "temperature": 0.0, "logprobs": top, "repeat_penalty": 1.0}
         logprobs = _logprobs_of(post("completions", body), self.name)
-        echoed = logprobs.get("tokens") or []
-        n = len(tokens)
-        spelled = [tokenizer.decode([t], skip_special_tokens=False) for t in tokens]
-        if echoed[:n] != spelled:
-            raise RelaykitError("llama-cpp-python's server re-tokenised the prompt differently from the local "
-                                f"tokenizer ({len(echoed) - 1} tokens echoed for {n}); its log-probabilities "
-                                "cannot be aligned with the sequence")
-        # entry i holds the distribution after prompt token i: it predicts token i + 1
-        entries = logprobs["top_logprobs"]
-        rows = []
-        for j in range(n - k + 1, n + 1):
-            rows.append({_id(key, tokenizer): float(value) for key, value in (entries[j - 1] or {}).items()})
+        names, rows = _names(tokenizer), {}
+        for i, (text, entry) in enumerate(zip(logprobs.get("tokens") or [], logprobs["top_logprobs"])):
+            if entry is None:
+                break
+            rows[last + i] = {names[key]: float(value) for key, value in entry.items() if key in names}
+            index = last + 1 + i  # where the token it wrote stands in the sequence
+            if index >= len(tokens) or text not in names:
+                if index < len(tokens):
+                    raise RelaykitError(f"llama-cpp-python's server wrote a token relaykit cannot name: {text!r}")
+                break
+            if names[text] != tokens[index]:
+                break  # it wrote otherwise than the sequence: later positions are not the sequence's
         return rows
+
+    def _read(self, post, model, tokens, top, tokenizer) -> dict[int, dict[int, float]]:
+        """position -> row, for the positions whose distribution the server computed after exactly
+        `tokens[: position + 1]`."""
+        # an end of sequence after the text makes the server score its last position (a prompt's
+        # entries stop before the token the server writes, which it leaves out when it ends the text)
+        sent = [*tokens, tokenizer.eos_token_id]
+        body = {"model": model, "prompt": tokenizer.decode(sent, skip_special_tokens=False), "max_tokens": 1,
+                "temperature": 0.0, "echo": True, "logprobs": top, "repeat_penalty": 1.0}
+        logprobs = _logprobs_of(post("completions", body), self.name)
+        # llama-cpp-python 0.3.36: entry e holds the distribution at prompt position p_e (it predicts
+        # token p_e + 1) and scores S[p_e], S being the prompt without a leading BOS; positions whose
+        # S token is BOS are left out, and the first entry is null
+        bos, n = tokenizer.bos_token_id, len(tokens)
+        scored = sent[1:] if sent[0] == bos else sent
+        positions = [p for p in range(min(len(scored), n)) if scored[p] != bos]
+        entries, actual, echoed = logprobs["top_logprobs"], logprobs["token_logprobs"], logprobs.get("tokens") or []
+        # the entries agree with the sequence up to the first token the server spells otherwise
+        spelled = [tokenizer.decode([scored[p]], skip_special_tokens=True) for p in positions]
+        agreed = next((i for i, (a, b) in enumerate(zip(spelled, echoed)) if a != b), min(len(spelled), len(echoed)))
+        names, rows = _names(tokenizer), {}
+        for e, p in enumerate(positions[: min(agreed, len(entries))]):
+            if entries[e] is None:
+                continue
+            row = {names[key]: float(value) for key, value in entries[e].items() if key in names}
+            if p + 1 < n and scored[p] == tokens[p + 1] and actual[e] is not None:
+                row[tokens[p + 1]] = float(actual[e])  # a prompt with a leading BOS scores the token that follows
+            rows[p] = row
+        return rows
+
+
+def _names(tokenizer) -> dict[str, int]:
+    """Token text -> id, as llama-cpp-python's server names tokens (decoded, special ones as ""):
+    the first id of each text; "" is the end of sequence, the one special token a model writes."""
+    cached = _NAMES.get(id(tokenizer))
+    if cached is None:
+        cached = _NAMES[id(tokenizer)] = {"": tokenizer.eos_token_id}
+        special = set(tokenizer.all_special_ids)
+        for index in range(len(tokenizer)):
+            if index not in special:
+                cached.setdefault(tokenizer.decode([index]), index)
+    return cached
+
+
+_NAMES: dict[int, dict[str, int]] = {}  # per tokenizer (by id): a few loaded per process
 
 
 PROTOCOLS: dict[str, ScoringProtocol] = {
