@@ -189,3 +189,24 @@ def test_speculative_over_the_server_writes_its_own_greedy_text(smollm2_server, 
                          "repeat_penalty": 1.0})
         assert result.text == own["choices"][0]["text"]
         assert result.tokens_by("small") > 0 and result.usage["large"].requests > 1
+
+
+def test_uncertainty_over_the_server_writes_the_in_process_text_and_refusals_name_the_feature(
+        smollm2_server, smollm2_gguf, smollm2_draft_gguf, smol):
+    """`uncertainty` asks the server for the next token where the draft is unsure (one request
+    each) and writes what it writes in-process; a strategy that reads the large model's whole
+    distribution is refused, naming it."""
+    from relaykit import api
+    from relaykit.errors import RelaykitError
+    from relaykit.models.remote import load_remote
+
+    large = load_remote(f"{smollm2_server.base_url}#{smollm2_server.model}", str(smollm2_gguf), name="large")
+    draft = load_model(str(smollm2_draft_gguf), name="small")
+    stop = StopConfig(max_new_tokens=16)
+    prompt = encode_prompt(smol.tokenizer, QUESTIONS[1])
+    there = generate(api.build_strategy("uncertainty", {"large": large, "small": draft}, stop=stop), [prompt])[0]
+    here = generate(api.build_strategy("uncertainty", {"large": smol, "small": draft}, stop=stop), [prompt])[0]
+    assert there.text == here.text and there.provenance == here.provenance
+    assert there.usage["large"].requests == here.tokens_by("large") > 0
+    with pytest.raises(RelaykitError, match="reads the large model's whole next-token distribution"):
+        api.build_strategy("best-of-n[inner=small rerank=likelihood]", {"large": large, "small": draft})

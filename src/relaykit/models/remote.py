@@ -119,10 +119,15 @@ class RemoteModel:
             raise RelaykitError(f"{url} did not answer with JSON") from None
         return answer, Exchange(len(data), len(raw), time.perf_counter() - started)
 
-    def complete(self, prompt: str, max_tokens: int, stop: list[str] | None = None, temperature: float = 0.0,
-                 top_p: float = 1.0, seed: int | None = None) -> Completion:
-        """One completion request."""
-        body = {"model": self.model, "prompt": prompt, "max_tokens": max_tokens, "temperature": temperature}
+    @property
+    def takes_token_ids(self) -> bool:
+        """Whether completions take token-id prompts (known once the protocol is: vLLM's does)."""
+        return self.protocol == "vllm"
+
+    def complete(self, prompt: str | list[int], max_tokens: int, stop: list[str] | None = None,
+                 temperature: float = 0.0, top_p: float = 1.0, seed: int | None = None) -> Completion:
+        """One completion request (`prompt`: text, or token ids where the endpoint takes them)."""
+        body: dict = {"model": self.model, "prompt": prompt, "max_tokens": max_tokens, "temperature": temperature}
         if top_p < 1.0:
             body["top_p"] = top_p
         if stop:

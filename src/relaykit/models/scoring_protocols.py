@@ -26,7 +26,7 @@ from typing import Callable
 
 from ..errors import RelaykitError
 
-TOKEN_ID = "token_id:"
+TOKEN_ID = "token_id:"  # vLLM's `return_tokens_as_token_ids` spelling of a token
 
 Post = Callable[[str, dict], dict]  # (path under the endpoint's root, JSON body) -> JSON answer
 

@@ -84,8 +84,10 @@ class RemoteRunner:
             room = ask.max_tokens - (len(sequence) - ask.start)
             if room <= 0 or sequence.finished:
                 return Generated(len(sequence) - ask.start)
-            text = tokenizer.decode(sequence.visible_to(self.name), skip_special_tokens=False)
-            answer = self.model.complete(text, min(room, size), stops, sampling.temperature, sampling.top_p,
+            visible = sequence.visible_to(self.name)
+            # token ids where the endpoint takes them (the engine reads the sequence as written)
+            prompt = visible if self.model.takes_token_ids else tokenizer.decode(visible, skip_special_tokens=False)
+            answer = self.model.complete(prompt, min(room, size), stops, sampling.temperature, sampling.top_p,
                                          sampling.seed)
             before = len(sequence)
             sequence.extend(tokenizer(answer.text, add_special_tokens=False)["input_ids"], self.name)

@@ -16,12 +16,12 @@ import torch
 
 from ..decoding.result import GenerationResult
 from ..decoding.sequence import PROMPT
+from ..models.scoring_protocols import TOKEN_ID
 from ..strategies.base import Strategy
 from .schemas import ChatCompletionRequest, CompletionRequest
 from .service import Service
 
 LOWEST = -9999.0  # what -inf is written as (JSON has no infinity), as vLLM writes it
-TOKEN_ID = "token_id:"  # vLLM's `return_tokens_as_token_ids` spelling
 
 
 @dataclass

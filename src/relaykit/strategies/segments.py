@@ -112,7 +112,9 @@ class SegmentRelay(Strategy):
 
     @classmethod
     def needs_whole_distribution(cls, config) -> tuple[str, ...]:
-        return ()  # greedy verification and the check read the top token and the token that follows
+        # drafts (speculative turns) come from the small model's whole distribution; the large model's
+        # verification and check read its top token and the token that follows
+        return (SMALL,) if config.speculative else ()
 
     @property
     def check(self) -> float | None:

@@ -154,7 +154,9 @@ class Speculative(Strategy):
 
     @classmethod
     def needs_whole_distribution(cls, config) -> tuple[str, ...]:
-        return ()  # greedy: the top token; sampling: the drafted token's probability and the top tokens
+        # the small model drafts from its whole distribution; the large model's greedy check reads its
+        # top token, a sampled one the drafted token's probability and the top tokens
+        return (SMALL,)
 
     def holdback(self) -> int:
         return self.config.max_k if self.config.adaptive else self.config.k
