@@ -7,7 +7,12 @@ Per strategy: accuracy both ways, problems whose text differs, the large model's
 problem, tokens re-sent per token written (the context each scoring request carries again) and
 bytes per problem, and the wall-time ratio remote / in-process. Ends with one JSON line.
 
-    python benchmarks/bench_remote.py --seed 7501 --limit 150
+    python benchmarks/bench_remote.py --seed 7521 --limit 150
+    python benchmarks/bench_remote.py --seed 7522 --limit 150 --temperature 0.7 --strategies "speculative[k=8]"
+
+With `--temperature`, each problem samples with seed 1000 + its index on both sides: where the
+endpoint's top-20 log-probabilities change nothing, the texts are equal; the accuracy says what
+the change costs.
 """
 
 from __future__ import annotations
@@ -21,6 +26,7 @@ import torch
 from relaykit import api
 from relaykit.answers import answers_match, extract_answer
 from relaykit.decoding.prompt import encode_prompt
+from relaykit.decoding.sampler import SamplingConfig
 from relaykit.decoding.stopping import StopConfig
 from relaykit.evals.datasets import load_dataset
 from relaykit.models.remote import TOP_LOGPROBS, load_remote
@@ -37,9 +43,9 @@ STRATEGIES = [
 ]
 
 
-def run(session: Session, strategy, prompt: list[int]):
+def run(session: Session, strategy, prompt: list[int], sampling: SamplingConfig):
     started = time.perf_counter()
-    result = session.generate(strategy, [prompt])[0]
+    result = session.submit(strategy, prompt, sampling).result()
     return result, time.perf_counter() - started
 
 
@@ -62,6 +68,7 @@ def main() -> None:
     parser.add_argument("--limit", type=int, default=150)
     parser.add_argument("--strategies", default=",".join(STRATEGIES), help="comma-separated (default: %(default)s)")
     parser.add_argument("--max-new-tokens", type=int, default=512)
+    parser.add_argument("--temperature", type=float, default=0.0, help="sample at this temperature (0: greedy)")
     args = parser.parse_args()
     torch.set_num_threads(1)
     local = api.load_models({"large": None, "small": None})
@@ -77,11 +84,12 @@ def main() -> None:
                      for side, models in (("here", local), ("there", remote))}
             right = {"here": 0, "there": 0}
             seconds = {"here": 0.0, "there": 0.0}
-            differ = requests = sent = scored = written = received = 0
-            for problem, prompt in zip(problems, prompts):
+            differ = requests = sent = scored = written = traffic = 0
+            for index, (problem, prompt) in enumerate(zip(problems, prompts)):
+                sampling = SamplingConfig(temperature=args.temperature, seed=1000 + index)
                 results = {}
                 for side in ("here", "there"):
-                    results[side], spent = run(sessions[side], built[side], prompt)
+                    results[side], spent = run(sessions[side], built[side], prompt, sampling)
                     seconds[side] += spent
                     right[side] += answers_match(extract_answer(results[side].text), problem.reference)
                 differ += results["here"].text != results["there"].text
@@ -89,14 +97,14 @@ def main() -> None:
                 requests += usage.requests
                 sent += usage.tokens_sent
                 scored += usage.tokens_scored
-                received += usage.bytes_sent + usage.bytes_received
+                traffic += usage.bytes_sent + usage.bytes_received
                 written += len(results["there"].token_ids)
             n = len(problems)
             report[spec] = {
                 "accuracy_in_process": right["here"] / n, "accuracy_remote": right["there"] / n,
                 "texts_differing": differ, "requests_per_problem": requests / n,
                 "tokens_resent_per_token_written": sent / max(written, 1), "positions_scored_per_problem": scored / n,
-                "kilobytes_per_problem": received / n / 1000,
+                "kilobytes_per_problem": traffic / n / 1000,
                 "time_remote_over_in_process": seconds["there"] / seconds["here"],
             }
             print(f"{spec}: {json.dumps(report[spec])}", flush=True)
@@ -104,7 +112,8 @@ def main() -> None:
                                                                prompts[:20])]
     left_out = mass_left_out(local["large"], [p + w for p, w in zip(prompts, written)])
     print(f"large model's mass outside its top {TOP_LOGPROBS}: {left_out}")
-    print(json.dumps({"seed": args.seed, "problems": len(problems), "strategies": report,
+    print(json.dumps({"seed": args.seed, "problems": len(problems), "temperature": args.temperature,
+                      "strategies": report,
                       f"mass_outside_top_{TOP_LOGPROBS}": left_out}))
 
 

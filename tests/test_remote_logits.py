@@ -104,3 +104,12 @@ def test_an_endpoint_that_gives_no_logprobs_is_refused_naming_the_feature(endpoi
         api.build_strategy("speculative[k=4]", {"large": shipped_pair["large"], "small": small_remote})
     with pytest.raises(RelaykitError, match="unknown protocol"):
         load_remote(f"tgi+{endpoint}#large", str(TOY_LARGE))
+
+
+def test_a_spec_names_its_protocol_before_the_url():
+    from relaykit.models.remote import is_remote, split_spec
+
+    assert split_spec("vllm+http://h:8000/v1#org/model") == ("vllm", "http://h:8000/v1", "org/model")
+    assert split_spec("http://h:8000/v1#org/model+lora") == (None, "http://h:8000/v1", "org/model+lora")
+    assert is_remote("http://h/v1#org/model+lora") and is_remote("sglang+https://h/v1#m")
+    assert not is_remote("org/model+lora") and not is_remote("./folder")

@@ -1,4 +1,5 @@
-"""Reports of an evaluation run: a table, an accuracy-versus-cost plot and coloured trajectories.
+"""Reports of an evaluation run: tables, an accuracy-versus-cost plot, and the coloured trajectories'
+page (`trajectories`).
 
 The input is the harness's results dict::
 
@@ -6,7 +7,7 @@ The input is the harness's results dict::
      "strategies": {NAME: {"accuracy", "large_token_share", "switches_per_problem", "flops",
                            "wall_seconds", "tokens_per_second", "speedup_vs_large", "samples_per_problem",
                            "outcome_efficiency", "process_efficiency", "length_stops", "cut_by_length",
-                           "max_new_tokens", "settings", "problems": [...]}}}
+                           "max_new_tokens", "settings", "endpoints", "problems": [...]}}}
 
 where each problem has id, prediction, reference, correct, text, segments ([text, writer]
 runs) and usage.

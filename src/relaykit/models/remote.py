@@ -31,16 +31,29 @@ TOP_LOGPROBS = 20  # log-probabilities asked per position when sampling (vLLM's 
 
 
 def is_remote(spec: str | None) -> bool:
-    return spec is not None and spec.split("+", 1)[-1].startswith(("http://", "https://"))
+    if spec is None:
+        return False
+    prefix, plus, rest = spec.partition("+")
+    return (rest if plus and "://" not in prefix else spec).startswith(("http://", "https://"))
+
+
+class Unreachable(RelaykitError):
+    """The endpoint did not answer (no connection, a timeout): nothing was learned about it."""
 
 
 @dataclass
 class Exchange:
-    """What one request cost on the wire."""
+    """What requests cost on the wire."""
 
+    requests: int = 1
     bytes_sent: int = 0
     bytes_received: int = 0
     seconds: float = 0.0
+
+    @staticmethod
+    def total(exchanges: list["Exchange"]) -> "Exchange":
+        return Exchange(len(exchanges), sum(e.bytes_sent for e in exchanges), sum(e.bytes_received for e in exchanges),
+                        sum(e.seconds for e in exchanges))
 
 
 @dataclass
@@ -51,14 +64,14 @@ class Completion:
     finish_reason: str  # "stop" (a stop string or the end of text) or "length"
     prompt_tokens: int
     completion_tokens: int
-    seconds: float
     exchange: Exchange = field(default_factory=Exchange)
 
 
 @dataclass
-class Scores:
+class EndpointScores:
     """An endpoint's log-probabilities for the last k positions of a sequence (see
-    `scoring_protocols`): row i maps token id -> log-probability after position n - k + i."""
+    `scoring_protocols`): row i maps token id -> log-probability after position n - k + i;
+    `exchange`: every request it took."""
 
     rows: list[dict[int, float]]
     exchange: Exchange
@@ -112,12 +125,12 @@ class RemoteModel:
             detail = error.read().decode(errors="replace")[:300]
             raise RelaykitError(f"{url} answered HTTP {error.code}: {detail}") from None
         except (urllib.error.URLError, OSError) as error:
-            raise RelaykitError(f"cannot reach {url} ({getattr(error, 'reason', error)})") from None
+            raise Unreachable(f"cannot reach {url} ({getattr(error, 'reason', error)})") from None
         try:
             answer = json.loads(raw)
         except json.JSONDecodeError:
             raise RelaykitError(f"{url} did not answer with JSON") from None
-        return answer, Exchange(len(data), len(raw), time.perf_counter() - started)
+        return answer, Exchange(1, len(data), len(raw), time.perf_counter() - started)
 
     @property
     def takes_token_ids(self) -> bool:
@@ -150,20 +163,29 @@ class RemoteModel:
         if completion_tokens is None:
             completion_tokens = len(self.tokenizer(text, add_special_tokens=False)["input_ids"])
         reason = choice.get("finish_reason") or "stop"
-        return Completion(text, reason, usage.get("prompt_tokens", 0), completion_tokens, exchange.seconds, exchange)
+        return Completion(text, reason, usage.get("prompt_tokens", 0), completion_tokens, exchange)
 
     # scoring
 
-    def score(self, tokens: list[int], k: int, top: int) -> Scores:
+    def score(self, tokens: list[int], k: int, top: int) -> EndpointScores:
         """The endpoint's log-probabilities after each of the last k positions of `tokens`, the
-        `top` most likely and the token that follows (see `scoring_protocols`); one request."""
+        `top` most likely and the token that follows (see `scoring_protocols`); one request (more
+        where llama-cpp-python's server splits the text otherwise)."""
         refusal = self.scoring_refusal()
         if refusal:
             raise RelaykitError(refusal)
         exchanges: list[Exchange] = []
         assert self.protocol is not None
-        rows = PROTOCOLS[self.protocol].score(self._recording(exchanges), self.model, tokens, k, top, self.tokenizer)
-        return Scores(rows, exchanges[0])
+        rows = self._score_with(self.protocol, tokens, k, top, exchanges)
+        return EndpointScores(rows, Exchange.total(exchanges))
+
+    def _score_with(self, protocol: str, tokens: list[int], k: int, top: int,
+                    exchanges: list[Exchange]) -> list[dict[int, float]]:
+        try:
+            return PROTOCOLS[protocol].score(self._recording(exchanges), self.model, tokens, k, top, self.tokenizer)
+        except (KeyError, IndexError, TypeError, ValueError, AttributeError) as error:
+            raise RelaykitError(f"{self.root} answered a {protocol} scoring request in a shape relaykit cannot read "
+                                f"({type(error).__name__}: {error})") from None
 
     def scoring_refusal(self) -> str | None:
         """Why this endpoint cannot score tokens (None: it can); probes it the first time."""
@@ -190,14 +212,15 @@ class RemoteModel:
         tokens = self.tokenizer("Hello, the world is round.", add_special_tokens=False)["input_ids"][:4]
         tokens = (tokens * 4)[:4] or [0] * 4
         order = list(PROTOCOLS)
+        self.probe_notes = []
         if self._owner() == "me":  # llama-cpp-python's server names itself so
             order.insert(0, order.pop(order.index("llama-cpp-python")))
         for name in order:
             try:
-                rows = PROTOCOLS[name].score(self._recording([]), self.model, tokens, 2, 1, self.tokenizer)
+                rows = self._score_with(name, tokens, 2, 1, [])
+            except Unreachable:
+                raise  # nothing learned: probe again next time
             except RelaykitError as error:
-                if str(error).startswith("cannot reach"):
-                    raise  # nothing learned: probe again next time
                 self.probe_notes.append(f"{name}: {str(error)[:160]}")
                 continue
             if len(rows) == 2 and rows[-1]:

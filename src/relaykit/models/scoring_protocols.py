@@ -15,12 +15,14 @@ ones (no temperature), so they are logits up to a constant per row.
 - `llama-cpp-python`: `/v1/completions` with a text prompt, `echo` and `logprobs`. Its entry e
   holds the distribution after prompt position e (shifted by one from OpenAI's meaning when the
   prompt does not start with BOS, when the token that follows is scored only if it is among the
-  `top`); relaykit checks that the server's tokens re-spell the prompt. The server sorts the
-  whole vocabulary in Python at every prompt position: about 55 ms a position on 2 CPU cores.
+  `top`); relaykit checks that the server's tokens re-spell the prompt (docs/deploy.md has its
+  costs).
 """
 
 from __future__ import annotations
 
+import threading
+import weakref
 from dataclasses import dataclass
 from typing import Callable
 
@@ -34,7 +36,6 @@ Post = Callable[[str, dict], dict]  # (path under the endpoint's root, JSON body
 @dataclass(frozen=True)
 class ScoringProtocol:
     name: str
-    engines: str  # the engines that speak it, for messages and docs
 
     def score(self, post: Post, model: str, tokens: list[int], k: int, top: int, tokenizer) -> list[dict[int, float]]:
         raise NotImplementedError
@@ -61,13 +62,13 @@ def _rows_of(entries: list, actual: list, tokens: list[int], k: int, tokenizer) 
     return rows
 
 
-def _logprobs_of(answer: dict, url: str) -> dict:
+def _logprobs_of(answer: dict, protocol: str) -> dict:
     try:
         logprobs = answer["choices"][0]["logprobs"]
         assert isinstance(logprobs["top_logprobs"], list) and isinstance(logprobs["token_logprobs"], list)
         return logprobs
     except (KeyError, IndexError, TypeError, AssertionError):
-        raise RelaykitError(f"{url} answered without choices[0].logprobs (echo + logprobs): "
+        raise RelaykitError(f"the endpoint answered a {protocol} scoring request without choices[0].logprobs: "
                             f"{str(answer)[:200]}") from None
 
 
@@ -135,7 +136,7 @@ class LlamaCppPython(ScoringProtocol):
         """Rows from position `last` + 1 on, from the server writing greedily after
         `tokens[: last + 1]` (whose row at `last` it has given)."""
         body = {"model": model, "prompt": tokenizer.decode(tokens[: last + 1], skip_special_tokens=False),
-                "max_tokens": len(tokens) - last - 1, "temperature": 0.0, "logprobs": top, "repeat_penalty": 1.0}
+                "max_tokens": len(tokens) - last, "temperature": 0.0, "logprobs": top, "repeat_penalty": 1.0}
         logprobs = _logprobs_of(post("completions", body), self.name)
         names, rows = _names(tokenizer), {}
         for i, (text, entry) in enumerate(zip(logprobs.get("tokens") or [], logprobs["top_logprobs"])):
@@ -184,24 +185,27 @@ class LlamaCppPython(ScoringProtocol):
 def _names(tokenizer) -> dict[str, int]:
     """Token text -> id, as llama-cpp-python's server names tokens (decoded, special ones as ""):
     the first id of each text; "" is the end of sequence, the one special token a model writes."""
-    cached = _NAMES.get(id(tokenizer))
-    if cached is None:
-        cached = _NAMES[id(tokenizer)] = {"": tokenizer.eos_token_id}
-        special = set(tokenizer.all_special_ids)
-        for index in range(len(tokenizer)):
-            if index not in special:
-                cached.setdefault(tokenizer.decode([index]), index)
-    return cached
+    with _NAMING:
+        names = _NAMES.get(tokenizer)
+        if names is None:
+            names = {"": tokenizer.eos_token_id}
+            special = set(tokenizer.all_special_ids)
+            for index in range(len(tokenizer)):
+                if index not in special:
+                    names.setdefault(tokenizer.decode([index]), index)
+            _NAMES[tokenizer] = names
+        return names
 
 
-_NAMES: dict[int, dict[str, int]] = {}  # per tokenizer (by id): a few loaded per process
+_NAMES: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # per tokenizer
+_NAMING = threading.Lock()
 
 
 PROTOCOLS: dict[str, ScoringProtocol] = {
     p.name: p for p in (
-        VLLM("vllm", "vLLM, relaykit serve"),
-        SGLang("sglang", "SGLang"),
-        LlamaCppPython("llama-cpp-python", "llama-cpp-python's server"),
+        VLLM("vllm"),  # vLLM, relaykit serve
+        SGLang("sglang"),
+        LlamaCppPython("llama-cpp-python"),
     )
 }
 TEXT_ONLY = "completions"  # a protocol name for endpoints scored by none of the above

@@ -25,9 +25,14 @@ class RemoteRunner:
     batched = False
     kv_bytes = 0
 
-    def __init__(self, model: RemoteModel, name: str | None = None):
+    def __init__(self, model: RemoteModel, name: str | None = None, like=None):
+        """`like`: an in-process model of the session, whose logits an endpoint's match in width
+        (a padded vocabulary) and device."""
         self.model = model
         self.name = name or model.name
+        same = like is not None and len(like.tokenizer) == len(model.tokenizer)
+        self.width = like.config.vocab_size if same else model.vocab_size
+        self.device = getattr(like.hf, "device", "cpu") if same and like.hf is not None else "cpu"
         self.usage = Usage()
         self.usage_by_sequence: dict[int, Usage] = {}
 
@@ -35,7 +40,7 @@ class RemoteRunner:
         """Why this endpoint cannot answer `ask` (None: it can)."""
         if isinstance(ask, Draft):
             return f"the {ask.model} model is an endpoint: drafting runs on an in-process model"
-        if isinstance(ask, Logits):
+        if isinstance(ask, Logits) and self.model.protocol is not None:  # else the worker thread probes
             return self.model.scoring_refusal()
         return None
 
@@ -54,17 +59,18 @@ class RemoteRunner:
         tokens = ask.sequence.visible_to(self.name)
         top = 2 if request.sampling.greedy else TOP_LOGPROBS
         scores = self.model.score(tokens, ask.k, top)
-        logits = torch.full((ask.k, self.model.vocab_size), float("-inf"))
+        logits = torch.full((ask.k, self.width), float("-inf"))
         for row, values in zip(logits, scores.rows):
-            if values:
-                row[list(values)] = torch.tensor(list(values.values()))
-        self._count(ask.sequence.uid, scores.exchange, sent=len(tokens), scored=ask.k)
-        return logits
+            known = {token: value for token, value in values.items() if token < self.width}
+            if known:
+                row[list(known)] = torch.tensor(list(known.values()))
+        self._count(ask.sequence.uid, scores.exchange, sent=len(tokens) * scores.exchange.requests, scored=ask.k)
+        return logits.to(self.device)
 
     def _count(self, uid: int, exchange: Exchange, sent: int, scored: int = 0, written: int = 0) -> None:
         for u in (self.usage_by_sequence.setdefault(uid, Usage()), self.usage):
-            u.requests += 1
-            u.forward_calls += 1
+            u.requests += exchange.requests
+            u.forward_calls += exchange.requests
             u.prefill_tokens += sent
             u.decode_tokens += written
             u.tokens_sent += sent

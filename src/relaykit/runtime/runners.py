@@ -53,8 +53,9 @@ class ThreadedRunner(Runner, Protocol):
         """`Generated` for a `Generate`; logits [k, V] for a `Logits` ask."""
 
 
-def make_runner(model, role: str, policy: KVPolicy | None = None) -> BatchedRunner | ThreadedRunner:
-    """The runner of a loaded model: in-process with a fresh copy of the KV policy, or an endpoint's."""
+def make_runner(model, role: str, policy: KVPolicy | None = None, like=None) -> BatchedRunner | ThreadedRunner:
+    """The runner of a loaded model: in-process with a fresh copy of the KV policy, or an endpoint's
+    (whose logits match the in-process model `like` in width and device)."""
     if model.in_process:
         return LocalRunner(model, role, policy.fresh() if policy is not None else None)
-    return RemoteRunner(model, role)
+    return RemoteRunner(model, role, like)

@@ -40,7 +40,9 @@ class Scorer:
 
     def run(self, request: Context) -> Generator[Logits, Any, None]:
         logits = yield Logits(self.roles[0], request.sequence, self.k)
-        self.rows = logits.float().log_softmax(-1)
+        model = self.models[self.roles[0]]
+        # an endpoint's rows are its log-probabilities already (-inf past its top tokens)
+        self.rows = logits.float().log_softmax(-1) if model.in_process else logits.float()
 
 
 class Scores(Handle):

@@ -28,7 +28,8 @@ class Session:
             raise RelaykitError("KV policies apply to in-process models; a remote engine manages its own cache")
         self.models = dict(models)
         self.kv = kv
-        runners = {role: make_runner(model, role, kv) for role, model in self.models.items()}
+        like = next((model for model in self.models.values() if model.in_process), None)
+        runners = {role: make_runner(model, role, kv, like) for role, model in self.models.items()}
         self.scheduler = Scheduler(runners, remote_workers)
 
     @property
@@ -64,12 +65,11 @@ class Session:
 
     def score(self, role: str, tokens: list[int], k: int = 1) -> Scores:
         """Queue a scoring request: `Scores.rows()` gives the log-softmax rows [k, V] (float32, no
-        temperature) of the `role` model predicting the token after each of the last k positions
-        of `tokens`. It is one `Logits` ask on a new sequence, batched with the other requests'
-        forwards at the scheduler's next step: the model reads `tokens` whole (one prefill, no KV
-        row shared with a running request), so under a KV policy the rows are the full-cache
-        model's. An endpoint's rows hold its top tokens' log-probabilities, renormalised over
-        them. Thread-safe."""
+        temperature) of the `role` model after each of the last k positions of `tokens`. One
+        `Logits` ask on a new sequence, batched with the other requests' forwards: the model reads
+        `tokens` whole (under a KV policy, the full-cache model's rows). An endpoint's rows hold
+        its log-probabilities of its top tokens and of the tokens that follow, -inf elsewhere.
+        Thread-safe."""
         if role not in self.models:
             raise RelaykitError(f"no {role} model in this session to score with")
         if not 1 <= k <= len(tokens):

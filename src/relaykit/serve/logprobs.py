@@ -1,10 +1,14 @@
-"""Log-probabilities for the API: each token scored exactly (raw log-softmax, no temperature) by
-the model that wrote it, the prompt's by the strategy's first model, in OpenAI's and vLLM's shapes.
+"""Log-probabilities for the API: each token scored (raw log-softmax, no temperature) by the
+model that wrote it, the prompt's by the strategy's first model, in OpenAI's and vLLM's shapes.
 
 Scores are computed after the tokens are written, with `Session.score`: one scoring request per
 writer over the sequence up to its last scored token. That re-reads the sequence (one extra
-prefill per writer; the generation's KV rows are not shared), and under a KV policy the scores
-are the full-cache model's, not those of the compressed cache the token was sampled from.
+prefill per writer; the generation's KV rows are not shared; a stream re-reads it for every
+chunk, so its scoring grows with the square of its length). They are exact for in-process models
+over the tokens they see; under a KV policy they are the full-cache model's, not those of the
+compressed cache the token was sampled from; tokens a strategy hides from a model (RelayLLM's
+calls) are scored as if seen; a model behind an endpoint gives its top tokens and the tokens
+that follow, others at the floor value.
 """
 
 from __future__ import annotations
@@ -74,11 +78,13 @@ async def score(service: Service, strategy: Strategy, tokens: list[int], writers
     for position, entry in enumerate(entries, start):
         if position:
             positions.setdefault(entry.model, []).append(position)
-    handles = {role: service.session.score(role, tokens[: wanted[-1]], wanted[-1] + 1 - wanted[0])
+    # through the last scored token, so that a model which gives only some tokens' log-probabilities
+    # (an endpoint) gives the scored ones; the row after it is left out
+    handles = {role: service.session.score(role, tokens[: wanted[-1] + 1], wanted[-1] + 2 - wanted[0])
                for role, wanted in positions.items()}
     results = await service.results(list(handles.values()))
     for role, handle in handles.items():
-        await asyncio.to_thread(_fill, entries, start, handle.rows(), positions[role], top)
+        await asyncio.to_thread(_fill, entries, start, handle.rows()[:-1], positions[role], top)
     return entries, results
 
 

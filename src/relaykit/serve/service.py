@@ -55,17 +55,21 @@ class Service:
     def available(self) -> list[str]:
         """Strategies the loaded models allow: all their roles loaded; over an endpoint, only
         those whose logits it gives (see `runs_on`); not those that would need other models than
-        the session's (on the shipped pair, RelayLLM's trained small model)."""
-        if self.names is None:
-            models = self.session.models
-            roles = {name: cls.roles_of(cls.Config()) for name, cls in load_all().items()}
-            self.names = [
-                name for name, cls in sorted(load_all().items())
-                if all(role in models or (role == EXPERTS and expert_roles(models)) for role in roles[name])
-                and runs_on(cls, models)
-                and not preset_models(name, models)
-            ]
-        return self.names
+        the session's (on the shipped pair, RelayLLM's trained small model). Kept once every
+        endpoint has answered its probe (one that did not is asked again next time)."""
+        if self.names is not None:
+            return self.names
+        models = self.session.models
+        roles = {name: cls.roles_of(cls.Config()) for name, cls in load_all().items()}
+        names = [
+            name for name, cls in sorted(load_all().items())
+            if all(role in models or (role == EXPERTS and expert_roles(models)) for role in roles[name])
+            and runs_on(cls, models)
+            and not preset_models(name, models)
+        ]
+        if all(model.in_process or model.protocol is not None for model in models.values()):
+            self.names = names
+        return names
 
     def strategy(self, spec: str, options: dict | None = None) -> Strategy:
         """The strategy named by `model` (NAME or NAME[option=value ...]) with the request's
