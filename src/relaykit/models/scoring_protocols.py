@@ -13,10 +13,9 @@ ones (no temperature), so they are logits up to a constant per row.
 - `sglang`: `/generate` with `input_ids`, `return_logprob`, `logprob_start_len` and
   `top_logprobs_num` (from SGLang's documented API; not run against a live SGLang here).
 - `llama-cpp-python`: `/v1/completions` with a text prompt, `echo` and `logprobs`. Its entry e
-  holds the distribution after prompt position e (shifted by one from OpenAI's meaning when the
-  prompt does not start with BOS, when the token that follows is scored only if it is among the
-  `top`); relaykit checks that the server's tokens re-spell the prompt (docs/deploy.md has its
-  costs).
+  holds the distribution after prompt position e, one position off OpenAI's meaning; the token
+  that follows is scored when the prompt starts with BOS, else only when it is among the `top`.
+  relaykit checks that the server's tokens re-spell the prompt (docs/deploy.md has its costs).
 """
 
 from __future__ import annotations
@@ -110,7 +109,7 @@ class SGLang(ScoringProtocol):
 
 class LlamaCppPython(ScoringProtocol):
     """Text prompts. Where the server splits the text otherwise than the sequence's tokens (a model
-    may write "\n", "\n" where the tokenizer reads "\n\n"), the positions after the split are asked
+    may write two newline tokens where the tokenizer reads one double newline), the positions after the split are asked
     again with the text cut there, one request each; past a split that no text gives, the server
     writes on greedily from the last position it reads as the sequence, and its generated tokens'
     log-probabilities (which it computes on its own tokens) give the rows while it writes what the
