@@ -129,8 +129,10 @@ def test_clear_errors(tmp_path, capsys):
         tokenizer_only.complete("hi", 2)
     with pytest.raises(RelaykitError, match="URL#MODEL"):
         load_remote("http://127.0.0.1:9/v1")
-    with pytest.raises(RelaykitError, match="cannot reach"):
+    with pytest.raises(RelaykitError, match="whole next-token distribution"):  # a drafter must be in-process
         get_strategy("speculative")({"large": tokenizer_only, "small": tokenizer_only})
+    with pytest.raises(RelaykitError, match="cannot reach"):  # the probe of an endpoint that does not answer
+        get_strategy("speculative")({"large": tokenizer_only, "small": load_model(str(TOY_SMALL), name="small")})
     with pytest.raises(RelaykitError, match="KV policies"):
         Session({"large": tokenizer_only}, make_policy("rpc"))
     code = main(["generate", "--large", "http://127.0.0.1:9/v1#" + str(TOY_LARGE), "hello"])
