@@ -15,7 +15,8 @@ from relaykit.decoding.prompt import encode_prompt
 from relaykit.decoding.sequence import PROMPT, Sequence
 from relaykit.decoding.stopping import StopConfig
 from relaykit.errors import RelaykitError
-from relaykit.models.kv import POLICIES, make_policy
+from relaykit.models.kv import load_all as kv_policies
+from relaykit.models.kv import make_policy
 from relaykit.runtime.local_runner import LocalRunner
 from relaykit.runtime.session import Session, generate
 from relaykit.strategies.base import get_strategy, load_all
@@ -31,7 +32,7 @@ KV_OPTIONS = {  # small enough that 48 tokens see compression steps
 }
 VARIANTS = ["adaptive[signal=difficulty]"]  # a strategy whose options change which models it runs
 CASES = ([(name, "full") for name in sorted(load_all())] + [(variant, "full") for variant in VARIANTS]
-         + [("single", policy) for policy in sorted(POLICIES) if policy != "full"])
+         + [("single", policy) for policy in sorted(kv_policies()) if policy != "full"])
 
 
 @pytest.fixture(scope="module")
@@ -63,7 +64,7 @@ def usage_totals(results, role: str) -> tuple:
 
 
 def test_every_kv_policy_has_contract_options():
-    assert set(KV_OPTIONS) == set(POLICIES)
+    assert set(KV_OPTIONS) == set(kv_policies())
 
 
 @pytest.mark.parametrize("name,policy", CASES)

@@ -230,21 +230,12 @@ class Service:
 
 
 def runs_on(cls: type[Strategy], models: dict) -> bool:
-    """Whether the strategy with its default options gets the logits it asks for: from in-process
-    models, or from endpoints that score tokens where it reads only their top tokens (an
-    unreachable endpoint counts as not scoring)."""
-    config = cls.Config()
-    whole = set(cls.needs_whole_distribution(config))
-    for role in cls.needs_logits(config):
-        model = models.get(role)
-        if model is None or model.in_process:
-            continue
-        try:
-            if role in whole or model.scoring_refusal() is not None:
-                return False
-        except RelaykitError:
-            return False
-    return True
+    """Whether the strategy with its default options gets the logits it asks for (an unreachable
+    endpoint counts as not giving them)."""
+    try:
+        return cls.logits_refusal(cls.Config(), models) is None
+    except RelaykitError:
+        return False
 
 
 class Streams:

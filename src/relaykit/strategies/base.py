@@ -72,19 +72,29 @@ class Strategy:
         self.stop_config = stop or StopConfig()
         self.tokenizer = self.models[self.roles[0]].tokenizer
         self.eos_token_ids = self.models[self.roles[0]].eos_token_ids
-        asked = self.needs_logits(self.config)
-        needed = [r for role in asked for r in (expert_roles(self.models) if role == EXPERTS else [role])]
-        whole = set(self.needs_whole_distribution(self.config))
-        whole = {r for role in whole for r in (expert_roles(self.models) if role == EXPERTS else [role])}
+        refusal = self.logits_refusal(self.config, self.models)
+        if refusal:
+            raise RelaykitError(refusal)
+
+    @classmethod
+    def logits_refusal(cls, config, models: dict) -> str | None:
+        """Why `models` cannot give the logits this strategy asks for with `config` (None: they
+        can): an endpoint where it reads a whole distribution, or one that scores no tokens
+        (probed here; an endpoint that does not answer raises)."""
+        def expand(roles) -> list[str]:  # EXPERTS: every expert loaded
+            return [r for role in roles for r in (expert_roles(models) if role == EXPERTS else [role])]
+
+        needed = [role for role in expand(cls.needs_logits(config)) if role in models]
+        whole = set(expand(cls.needs_whole_distribution(config)))
         for role in needed:
-            if role in whole and not self.models[role].in_process:
-                raise RelaykitError(f"strategy {self.name!r} reads the {role} model's whole next-token distribution, "
-                                    "which an endpoint gives only as its top log-probabilities: load it in-process")
-        refusals = [refusal for role in needed if (refusal := self.models[role].scoring_refusal())]
+            if role in whole and not models[role].in_process:
+                return (f"strategy {cls.name!r} reads the {role} model's whole next-token distribution, which an "
+                        "endpoint gives only as its top log-probabilities: load it in-process")
+        refusals = [refusal for role in needed if (refusal := models[role].scoring_refusal())]
         if refusals:
-            runs = ", ".join(n for n, cls in sorted(load_all().items()) if cls.runs_over_endpoints())
-            raise RelaykitError(f"strategy {self.name!r} asks for logits, but {refusals[0]}; over any endpoint these "
-                                f"run: {runs}")
+            runs = ", ".join(n for n, other in sorted(load_all().items()) if other.runs_over_endpoints())
+            return f"strategy {cls.name!r} asks for logits, but {refusals[0]}; over any endpoint these run: {runs}"
+        return None
 
     @classmethod
     def roles_of(cls, config) -> tuple[str, ...]:
