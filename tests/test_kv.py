@@ -147,7 +147,7 @@ def test_speculative_with_rpc_equals_single_with_rpc(models, arch):
     kv = make_policy("rpc", interval=12, window=6, ratio=2.0)
     single = get_strategy("single")(pair(models, arch), stop=stop)
     expected = [r.token_ids for r in generate(single, batch, kv=kv)]
-    speculative = get_strategy("speculative")(pair(models, arch), SpeculativeConfig(k=4), stop=stop)
+    speculative = get_strategy("speculative")(pair(models, arch), SpeculativeConfig(k=4, fit_load=False), stop=stop)
     assert [r.token_ids for r in generate(speculative, batch, kv=kv)] == expected
     assert generate(speculative, batch[:1], kv=kv)[0].token_ids == expected[0]
     full = generate(get_strategy("single")(pair(models, arch), stop=stop), batch)
@@ -161,7 +161,7 @@ def test_evicting_policies_batch_and_speculate(models, key):
     single = get_strategy("single")(pair(models, "llama"), stop=stop)
     batched = [r.token_ids for r in generate(single, batch, kv=policy(key))]
     assert batched == [generate(single, [p], kv=policy(key))[0].token_ids for p in batch]
-    speculative = get_strategy("speculative")(pair(models, "llama"), SpeculativeConfig(k=3), stop=stop)
+    speculative = get_strategy("speculative")(pair(models, "llama"), SpeculativeConfig(k=3, fit_load=False), stop=stop)
     assert all(len(r.token_ids) == 50 for r in generate(speculative, batch, kv=policy(key)))
 
 

@@ -33,7 +33,8 @@ def test_speculative_greedy_equals_single_greedy(smollm2):
     prompts = [encode_prompt(smollm2.tokenizer, q) for q in QUESTIONS]
     stop = StopConfig(max_new_tokens=24)
     single = generate(get_strategy("single")({"large": smollm2}, stop=stop), prompts)
-    speculative = get_strategy("speculative")({"large": smollm2, "small": draft}, SpeculativeConfig(k=4), stop=stop)
+    drafting = SpeculativeConfig(k=4, fit_load=False)
+    speculative = get_strategy("speculative")({"large": smollm2, "small": draft}, drafting, stop=stop)
     for prompt, expected in zip(prompts, single):
         assert generate(speculative, [prompt])[0].token_ids == expected.token_ids
     assert [r.token_ids for r in generate(speculative, prompts)] == [r.token_ids for r in single]
@@ -47,7 +48,8 @@ def test_speculative_greedy_in_bfloat16_equals_single_greedy_run_alone():
     draft = first_layers(large, 6, name="small")
     stop = StopConfig(max_new_tokens=32)
     single = get_strategy("single")({"large": large}, stop=stop)
-    speculative = get_strategy("speculative")({"large": large, "small": draft}, SpeculativeConfig(k=4), stop=stop)
+    drafting = SpeculativeConfig(k=4, fit_load=False)
+    speculative = get_strategy("speculative")({"large": large, "small": draft}, drafting, stop=stop)
     for question in QUESTIONS + ["Explain why the sky is blue.", "Name three primary colours."]:
         prompt = encode_prompt(large.tokenizer, question)
         assert generate(speculative, [prompt])[0].token_ids == generate(single, [prompt])[0].token_ids

@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from conftest import prompts
+from relaykit import api
 from relaykit.decoding.sampler import SamplingConfig
 from relaykit.decoding.stopping import StopConfig
 from relaykit.runtime.session import generate
@@ -46,7 +47,7 @@ def test_speculative_greedy_equals_large_greedy(models, arch, k):
     batch = prompts(models[(arch, "large")].tokenizer, 20, seed=k)
     stop = StopConfig(max_new_tokens=30)
     single = get_strategy("single")(pair(models, arch), stop=stop)
-    speculative = get_strategy("speculative")(pair(models, arch), SpeculativeConfig(k=k), stop=stop)
+    speculative = get_strategy("speculative")(pair(models, arch), SpeculativeConfig(k=k, fit_load=False), stop=stop)
     expected = [r.token_ids for r in generate(single, batch)]
     assert [r.token_ids for r in generate(speculative, batch)] == expected  # batched
     for prompt, tokens in list(zip(batch, expected))[:5]:
@@ -70,7 +71,7 @@ def test_speculative_greedy_in_low_precision_equals_greedy_run_alone(checkpoints
     batch = prompts(low["large"].tokenizer, 8, seed=11)
     stop = StopConfig(max_new_tokens=30)
     single = get_strategy("single")(low, stop=stop)
-    speculative = get_strategy("speculative")(low, SpeculativeConfig(k=4), stop=stop)
+    speculative = get_strategy("speculative")(low, SpeculativeConfig(k=4, fit_load=False), stop=stop)
     for prompt in batch:
         assert generate(speculative, [prompt])[0].token_ids == generate(single, [prompt])[0].token_ids
     tokens = batch[0] + list(range(10, 19))
@@ -88,7 +89,7 @@ def test_speculative_greedy_in_low_precision_equals_greedy_run_alone(checkpoints
 def test_speculative_with_itself_as_draft_accepts_everything(models):
     model = models[("llama", "large")]
     speculative = get_strategy("speculative")(
-        {"large": model, "small": model}, SpeculativeConfig(k=4), stop=StopConfig(max_new_tokens=21)
+        {"large": model, "small": model}, SpeculativeConfig(k=4, fit_load=False), stop=StopConfig(max_new_tokens=21)
     )
     result = generate(speculative, prompts(model.tokenizer, 1, seed=9))[0]
     if len(result.token_ids) == 21:  # no early eos: 4 rounds of 4 drafts + 1 bonus, one last step
@@ -100,10 +101,11 @@ def test_adaptive_k_and_draft_confidence_stay_greedy_exact(models):
     batch = prompts(models[("llama", "large")].tokenizer, 8, seed=11)
     stop = StopConfig(max_new_tokens=30)
     expected = [r.token_ids for r in generate(get_strategy("single")(pair(models, "llama"), stop=stop), batch)]
-    adaptive = get_strategy("speculative")(pair(models, "llama"), SpeculativeConfig(k=2, adaptive=True), stop=stop)
+    adaptive = get_strategy("speculative")(pair(models, "llama"), SpeculativeConfig(k=2, adaptive=True, fit_load=False),
+                                           stop=stop)
     assert [r.token_ids for r in generate(adaptive, batch)] == expected
-    confident = get_strategy("speculative")(pair(models, "llama"), SpeculativeConfig(k=6, draft_confidence=0.5),
-                                            stop=stop)
+    confident = get_strategy("speculative")(pair(models, "llama"),
+                                            SpeculativeConfig(k=6, draft_confidence=0.5, fit_load=False), stop=stop)
     assert [r.token_ids for r in generate(confident, batch)] == expected
 
 
@@ -131,7 +133,7 @@ def test_speculative_sampling_follows_the_large_distribution(models, sampling):
     prompt = prompts(large.tokenizer, 1, seed=12)[0]
     draws = 3000
     speculative = get_strategy("speculative")(
-        {"large": large, "small": small}, SpeculativeConfig(k=3), sampling, StopConfig(max_new_tokens=4)
+        {"large": large, "small": small}, SpeculativeConfig(k=3, fit_load=False), sampling, StopConfig(max_new_tokens=4)
     )
     results = generate(speculative, [prompt] * draws)
     first = torch.tensor([r.token_ids[0] for r in results])
@@ -216,3 +218,76 @@ def test_lookup_sampling_follows_the_models_distribution(models):
     statistic, df = chi_square(counts, p)
     assert statistic < chi_square_quantile(df), (statistic, df)
     assert counts[prompt[2]] < 0.9 * len(results)  # the draft is not simply kept
+
+
+@pytest.mark.parametrize("arch", ["llama", "qwen2"])
+def test_suffix_greedy_equals_greedy(models, arch):
+    from relaykit.strategies.drafting import SuffixConfig
+
+    model = models[(arch, "large")]
+    batch = [p + p[:3] for p in prompts(model.tokenizer, 8, seed=5)]  # a repeated n-gram: drafts from the start
+    stop = StopConfig(max_new_tokens=40)
+    expected = [r.token_ids for r in generate(get_strategy("single")({"large": model}, stop=stop), batch)]
+    for config in (SuffixConfig(fit_load=False), SuffixConfig()):  # every proposal checked; only what pays
+        suffix = get_strategy("suffix")({"large": model}, config, stop=stop)
+        results = generate(suffix, batch)
+        assert [r.token_ids for r in results] == expected
+        assert [generate(suffix, [p])[0].token_ids for p in batch[:3]] == expected[:3]
+    assert sum(r.usage["large"].checks for r in results) > 0
+
+
+def test_suffix_and_its_compositions_write_the_large_models_greedy_text_on_the_toy_world(shipped_pair):
+    from relaykit.decoding.prompt import encode_prompt
+    from relaykit.toyworld import load_split
+
+    large = shipped_pair["large"]
+    batch = [encode_prompt(large.tokenizer, p.question) for p in load_split("test", 3)]
+    stop = StopConfig(max_new_tokens=160)
+    expected = [r.token_ids for r in generate(get_strategy("single")({"large": large}, stop=stop), batch)]
+    for spec in ("suffix", "speculative[suffix=true k=4]", "self-consistency[inner=suffix n=2 stop=fixed]",
+                 "best-of-n[inner=suffix n=2]"):
+        results = generate(api.build_strategy(spec, shipped_pair, stop=stop), batch)
+        assert [r.token_ids for r in results] == expected, spec
+        assert sum(r.usage["large"].checks for r in results) > 0, spec
+    results = generate(get_strategy("suffix")({"large": large}, stop=stop), batch)
+    assert sum(r.usage["large"].forward_calls for r in results) < sum(len(r.token_ids) for r in results) / 1.5
+    # RelayGen's large turns drafting from the suffix index: the same text as without (greedy; its
+    # drafts that end a turn wait for the next check, as the small model's do)
+    for base, drafting in (("relaygen[speculative=0]", "relaygen[speculative=0 suffix=true]"),
+                           ("relaygen", "relaygen[suffix=true]")):
+        alone = generate(api.build_strategy(base, shipped_pair, stop=stop), batch)
+        drafted = generate(api.build_strategy(drafting, shipped_pair, stop=stop), batch)
+        assert [r.token_ids for r in drafted] == [r.token_ids for r in alone], drafting
+
+
+def test_suffix_sampling_follows_the_models_distribution(models):
+    from relaykit.decoding.sampler import Sampler
+    from relaykit.strategies.drafting import SuffixConfig
+
+    model = models[("llama", "large")]
+    prompt = prompts(model.tokenizer, 1, seed=12)[0]
+    prompt = prompt + prompt[:2]  # the first token is a checked draft (the match "prompt[:2]" is followed by prompt[2])
+    sampling = SamplingConfig(temperature=2.0, seed=0)
+    suffix = get_strategy("suffix")({"large": model}, SuffixConfig(fit_load=False, recent=False), sampling,
+                                    StopConfig(max_new_tokens=3))
+    results = generate(suffix, [prompt] * 3000)
+    assert sum(r.usage["large"].checks for r in results) >= 3000
+    counts = torch.bincount(torch.tensor([r.token_ids[0] for r in results]), minlength=len(model.tokenizer)).float()
+    with torch.no_grad():
+        p = Sampler(sampling).probs(model.hf(torch.tensor([prompt])).logits[0, -1].float())
+    statistic, df = chi_square(counts, p)
+    assert statistic < chi_square_quantile(df), (statistic, df)
+    assert counts[prompt[2]] < 0.9 * len(results)  # the draft is not simply kept
+
+
+def test_speculative_does_not_draft_where_drafting_costs_as_much_as_it_saves(models):
+    model = models[("llama", "large")]
+    stop = StopConfig(max_new_tokens=24)
+    batch = prompts(model.tokenizer, 1, seed=9)
+    # the large model drafting for itself: a draft costs what a token written alone costs
+    itself = {"large": model, "small": model}
+    fixed = generate(get_strategy("speculative")(itself, SpeculativeConfig(k=4, fit_load=False), stop=stop), batch)[0]
+    fitted = generate(get_strategy("speculative")(itself, SpeculativeConfig(k=4), stop=stop), batch)[0]
+    assert fitted.token_ids == fixed.token_ids
+    assert fitted.usage["large"].checks < fixed.usage["large"].checks
+    assert fitted.usage["small"].decode_tokens < fixed.usage["small"].decode_tokens

@@ -29,6 +29,11 @@ def add_parser(commands) -> None:
                         "(default: the RELAYKIT_API_KEY environment variable; none: no key)")
     parser.add_argument("--max-concurrency", type=int,
                         help="requests answered at once; more get a 429 (default: no limit)")
+    parser.add_argument("--suffix-cache", type=int, default=0, metavar="TOKENS",
+                        help="tokens of recent outputs that suffix drafters (suffix, speculative[suffix=true], "
+                        "relaygen[suffix=true]) may draft from across requests, oldest evicted first (default 0: "
+                        "off, so one client's text never shapes another's drafts; a request's n choices always "
+                        "draft from each other)")
     add_model_options(parser)
     add_kv_options(parser)
     parser.set_defaults(run=run)
@@ -44,6 +49,8 @@ def run(args: argparse.Namespace) -> int:
                             "pip install 'relaykit[serve]'") from error
     if args.max_concurrency is not None and args.max_concurrency < 1:
         raise RelaykitError(f"--max-concurrency must be >= 1, got {args.max_concurrency}")
+    if args.suffix_cache < 0:
+        raise RelaykitError(f"--suffix-cache must be >= 0 tokens, got {args.suffix_cache}")
     policy = kv_policy_from_args(args)
     from ..vocabulary import EXPERTS
 
@@ -54,7 +61,8 @@ def run(args: argparse.Namespace) -> int:
     helpers = api.required_roles(tuned_names, add_baseline=False, tuned=tuned)
     models = load_models_from_args(args, tuple(dict.fromkeys(("large", "small", *fusion, *helpers))))
     api_key = args.api_key or os.environ.get("RELAYKIT_API_KEY") or None
-    app = create_app(models, kv_policy=policy, api_key=api_key, max_concurrency=args.max_concurrency)
+    app = create_app(models, kv_policy=policy, api_key=api_key, max_concurrency=args.max_concurrency,
+                     recent_tokens=args.suffix_cache)
     names = ", ".join(app.state.service.available())
     print(f"relaykit: serving {names} at http://{args.host}:{args.port}/v1"
           + (" (API key required)" if api_key else ""))

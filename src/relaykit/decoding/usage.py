@@ -8,7 +8,7 @@ FLOPs per forward (a standard estimate, Kaplan et al. 2020 / Chinchilla appendix
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 
 
 @dataclass
@@ -28,6 +28,12 @@ class Usage:
     tokens_scored: int = 0  # positions whose log-probabilities came back
     bytes_sent: int = 0
     bytes_received: int = 0
+    # drafts this model checked (speculative decoding, lookup, suffix drafting): checks, drafts
+    # written and accepted, and how many checks accepted each number of drafts
+    checks: int = 0
+    drafted: int = 0
+    accepted: int = 0
+    accepted_lengths: dict[int, int] = field(default_factory=dict)
 
     def add(self, other: "Usage") -> None:
         self.prefill_tokens += other.prefill_tokens
@@ -41,6 +47,32 @@ class Usage:
         self.tokens_scored += other.tokens_scored
         self.bytes_sent += other.bytes_sent
         self.bytes_received += other.bytes_received
+        self.checks += other.checks
+        self.drafted += other.drafted
+        self.accepted += other.accepted
+        for length, count in other.accepted_lengths.items():
+            self.accepted_lengths[length] = self.accepted_lengths.get(length, 0) + count
+
+    def count_check(self, drafted: int, accepted: int) -> None:
+        """One check of `drafted` drafts that kept `accepted`."""
+        self.checks += 1
+        self.drafted += drafted
+        self.accepted += accepted
+        self.accepted_lengths[accepted] = self.accepted_lengths.get(accepted, 0) + 1
 
     def to_dict(self) -> dict:
         return asdict(self)
+
+
+def acceptance(usages: list[Usage]) -> dict | None:
+    """The drafts `usages` checked, together: checks, drafts written and accepted, the mean accepted
+    per check, the acceptance rate and how many checks accepted each number of drafts (None: no check)."""
+    total = Usage()
+    for usage in usages:
+        total.add(usage)
+    if not total.checks:
+        return None
+    return {"checks": total.checks, "drafted": total.drafted, "accepted": total.accepted,
+            "mean_accepted": total.accepted / total.checks,
+            "acceptance_rate": total.accepted / total.drafted if total.drafted else None,
+            "accepted_lengths": dict(sorted(total.accepted_lengths.items()))}

@@ -10,6 +10,7 @@ from tqdm import tqdm
 from ..answers import answers_match, extract_answer
 from ..decoding.prompt import encode_prompt
 from ..decoding.stopping import StopConfig
+from ..decoding.usage import acceptance
 from ..models.kv import KVPolicy
 from ..runtime.session import sessions_for
 from ..strategies.base import Strategy
@@ -92,6 +93,7 @@ def _records(strategy: Strategy, problems: list[EvalProblem], results: list, wal
         "length_stops": sum(r["finish_reason"] == "length" for r in records) / max(len(records), 1),
         **{f"by_{group}": _by(records, group) for group in ("domain", "level") if any(r[group] for r in records)},
         **({"endpoints": endpoints} if (endpoints := _endpoints(records)) else {}),
+        **({"acceptance": drafts} if (drafts := _acceptance(results)) else {}),
         "problems": records,
     }
 
@@ -106,6 +108,12 @@ def _endpoints(records: list[dict]) -> dict:
                    "tokens_scored": total(role, "tokens_scored") / n,
                    "kilobytes": (total(role, "bytes_sent") + total(role, "bytes_received")) / n / 1000,
                    "seconds": total(role, "seconds") / n} for role in roles}
+
+
+def _acceptance(results: list) -> dict:
+    """Per model that checked drafts, over the problems: see `relaykit.decoding.usage.acceptance`."""
+    roles = sorted({role for result in results for role, usage in result.usage.items() if usage.checks})
+    return {role: acceptance([result.usage[role] for result in results if role in result.usage]) for role in roles}
 
 
 def _by(records: list[dict], group: str) -> dict:

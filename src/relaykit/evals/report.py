@@ -7,7 +7,7 @@ The input is the harness's results dict::
      "strategies": {NAME: {"accuracy", "large_token_share", "switches_per_problem", "flops",
                            "wall_seconds", "tokens_per_second", "speedup_vs_large", "samples_per_problem",
                            "outcome_efficiency", "process_efficiency", "length_stops", "cut_by_length",
-                           "max_new_tokens", "settings", "endpoints", "problems": [...]}}}
+                           "max_new_tokens", "settings", "endpoints", "acceptance", "problems": [...]}}}
 
 where each problem has id, prediction, reference, correct, text, segments ([text, writer]
 runs) and usage.
@@ -104,6 +104,20 @@ def endpoints_markdown(results: dict) -> str:
         return ""
     header = ("strategy", "model", "requests", "tokens sent", "positions scored", "kB", "seconds")
     return "\nModels behind endpoints, per problem:\n\n" + _markdown([header, *rows])
+
+
+def acceptance_markdown(results: dict) -> str:
+    """Per strategy and model that checked drafts: checks, drafts, the mean accepted per check, the
+    acceptance rate and the accepted lengths (checks that kept 0, 1, 2, ... drafts)."""
+    rows = [(name, role, str(a["checks"]), str(a["drafted"]), f"{a['mean_accepted']:.2f}",
+             "-" if a["acceptance_rate"] is None else f"{a['acceptance_rate']:.1%}",
+             " ".join(f"{length}:{count}" for length, count in a["accepted_lengths"].items()))
+            for name, s in results["strategies"].items() for role, a in s.get("acceptance", {}).items()]
+    if not rows:
+        return ""
+    header = ("strategy", "model", "checks", "drafts", "accepted per check", "acceptance",
+              "accepted lengths (length:checks)")
+    return "\nDrafts checked:\n\n" + _markdown([header, *rows])
 
 
 def curves_markdown(results: dict) -> str:
@@ -255,7 +269,7 @@ def write_report(results: dict, out_dir: str | Path, max_problems: int = 5) -> d
     heading = f"# {results.get('dataset', 'results')} ({results.get('n_problems', '?')} problems)\n\n"
     paths["markdown"].write_text(
         heading + markdown_table(results) + groups_markdown(results) + endpoints_markdown(results)
-        + curves_markdown(results), encoding="utf-8")
+        + acceptance_markdown(results) + curves_markdown(results), encoding="utf-8")
     _plot(results, paths["plot"])
     paths["html"].write_text(trajectories_html(results, max_problems), encoding="utf-8")
     return paths

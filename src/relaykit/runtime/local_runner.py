@@ -13,6 +13,7 @@ from ..models.engine import Engine
 from ..models.kv import KVPolicy
 from ..models.model import Model
 from .asks import Generate, Logits
+from .load import Load
 
 
 class _Row:
@@ -53,6 +54,7 @@ class LocalRunner:
         self.policy = policy or KVPolicy()
         self.usage = Usage()
         self.usage_by_sequence: dict[int, Usage] = {}
+        self.load = Load(self.overhead_tokens)
         self._new_engine()
 
     def _new_engine(self) -> None:
@@ -279,6 +281,8 @@ class LocalRunner:
         logits = self.engine.forward(feed, positions, wanted)
         seconds = time.perf_counter() - started
         total_tokens = sum(map(len, feed))
+        fed = [len(tokens) for tokens in feed if tokens]
+        self.load.observe(len(fed) * max(fed), len(fed), seconds)
         slot_bytes = self.engine.kv_slot_bytes()
         total = self.usage
         total.forward_calls += 1

@@ -11,7 +11,11 @@ from ..decoding.result import Event, GenerationResult, Handoff
 from ..decoding.sampler import Sampler, SamplingConfig
 from ..decoding.sequence import Sequence
 from ..decoding.stopping import StopChecker, StopConfig
+from ..decoding.suffix import RecentOutputs
+from ..decoding.usage import Usage
 from ..vocabulary import EventKind
+from .load import Load
+from .workload import Workload
 
 
 class Context(Protocol):
@@ -22,6 +26,13 @@ class Context(Protocol):
     sampling: SamplingConfig
     sampler: Sampler
     open_from: int | None
+    family: dict
+
+    def recent_outputs(self) -> RecentOutputs | None: ...
+
+    def load(self, model: str) -> Load | None: ...
+
+    def count_check(self, model: str, drafted: int, accepted: int) -> None: ...
 
     def sample(self, logits: torch.Tensor) -> int: ...
 
@@ -47,7 +58,7 @@ class Request:
     """
 
     def __init__(self, strategy, sequence: Sequence, sampling: SamplingConfig, stop: StopConfig,
-                 parent: "Request | None" = None):
+                 parent: "Request | None" = None, workload: Workload | None = None):
         self.uid = sequence.uid
         self.strategy = strategy
         self.sequence = sequence
@@ -56,9 +67,13 @@ class Request:
         self.stop_config = stop
         self.stop = StopChecker(stop, strategy.tokenizer, strategy.eos_token_ids)
         self.parent = parent
+        self.workload: Workload = parent.workload if parent is not None else workload or Workload({})
+        # what the requests of one family (a request and its children; the choices of one prompt) share:
+        # a drafter's index of their tokens
+        self.family: dict = parent.family if parent is not None else {}
         self.index = 0  # its place among its parent's children
         self.shared_prompt: Sequence | None = None  # see Scheduler.submit_n
-        self.inherited: dict = {}  # model usage it carries for others (the shared prompt's prefill)
+        self.inherited: dict = {}  # model usage beyond its rows: the shared prompt's prefill, drafts checked
         self.events: list[Event] = []
         self.open_from: int | None = None  # the strategy may still cut the sequence back to here (a check to come)
         self.sequences = [sequence]  # every sequence whose model usage this request owns
@@ -81,6 +96,22 @@ class Request:
     def sample(self, logits: torch.Tensor) -> int:
         """One token from next-token logits [V] with this request's sampling."""
         return int(self.sampler.sample(logits))
+
+    def recent_outputs(self) -> RecentOutputs | None:
+        """The cache of recent finished outputs of this request's top strategy (None: off)."""
+        root = self
+        while root.parent is not None:
+            root = root.parent
+        return self.workload.recent(root.strategy)
+
+    def load(self, model: str) -> Load | None:
+        """What a forward of `model` costs now (None: an endpoint, or not measured yet)."""
+        load = self.workload.loads.get(model)
+        return load if load is not None and load.measured else None
+
+    def count_check(self, model: str, drafted: int, accepted: int) -> None:
+        """`model` checked `drafted` drafts and kept `accepted` (the request's acceptance metrics)."""
+        self.inherited.setdefault(model, Usage()).count_check(drafted, accepted)
 
     def remaining(self, sequence: Sequence | None = None) -> int:
         """Tokens the sequence may still generate under the budget."""

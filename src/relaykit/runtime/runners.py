@@ -16,6 +16,7 @@ from ..decoding.sequence import Sequence
 from ..decoding.usage import Usage
 from ..models.kv import KVPolicy
 from .asks import Generate, Generated, Logits
+from .load import Load
 from .local_runner import LocalRunner
 from .remote_runner import RemoteRunner
 from .request import Request
@@ -44,6 +45,8 @@ class Runner(Protocol):
 
 
 class BatchedRunner(Runner, Protocol):
+    load: Load  # what a forward costs now
+
     def score(self, sequences: list[Sequence], k: int | list[int]) -> torch.Tensor:
         """Logits [B, K, V] after the last k visible positions of each sequence."""
 

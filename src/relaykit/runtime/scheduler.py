@@ -24,6 +24,7 @@ from .handle import Handle
 from .request import Request
 from .runners import BatchedRunner, ThreadedRunner
 from .tree import WAITING, RequestTree
+from .workload import Workload
 
 
 @dataclass
@@ -39,7 +40,8 @@ class SchedulerStats:
 class Scheduler(RequestTree):
     """Continuous batching over shared runners: `submit` requests at any time, `step` them."""
 
-    def __init__(self, runners: dict[str, BatchedRunner | ThreadedRunner], remote_workers: int = 8):
+    def __init__(self, runners: dict[str, BatchedRunner | ThreadedRunner], remote_workers: int = 8,
+                 recent_tokens: int = 0):
         self.runners = dict(runners)
         self.batched = {role: cast(BatchedRunner, r) for role, r in self.runners.items() if r.batched}
         self.threaded = {role: cast(ThreadedRunner, r) for role, r in self.runners.items() if not r.batched}
@@ -47,6 +49,7 @@ class Scheduler(RequestTree):
         self.queues: dict[str, list[Request]] = {role: [] for role in self.runners}
         self.cost: dict[str, float] = dict.fromkeys(self.runners, 0.0)  # seconds of each model's last forward
         self.in_flight: dict[concurrent.futures.Future, Request] = {}
+        self.workload = Workload({role: r.load for role, r in self.batched.items()}, recent_tokens)
         self.live: dict[int, Request] = {}
         self.incoming: list[Request] = []
         self.to_cancel: list[Request] = []
@@ -70,7 +73,7 @@ class Scheduler(RequestTree):
             if refusal:
                 raise RelaykitError(refusal)
         sequence = prompt if isinstance(prompt, Sequence) else Sequence(prompt)
-        request = Request(strategy, sequence, sampling, stop)
+        request = Request(strategy, sequence, sampling, stop, workload=self.workload)
         with self.arrivals:
             if sequence.uid in self.live or any(r.uid == sequence.uid for r in self.incoming):
                 raise RelaykitError(f"sequence {sequence.uid} is already being generated; fork it for a second request")
@@ -84,8 +87,10 @@ class Scheduler(RequestTree):
         usage carries that prefill. Thread-safe."""
         prompt_sequence = Sequence(prompt)
         handles = [self.submit(prompt_sequence.fork(), strategy, sampling, stop) for sampling in samplings]
+        family: dict = {}
         for handle in handles:
             handle.request.shared_prompt = prompt_sequence
+            handle.request.family = family  # choices of one prompt: siblings
         return handles
 
     def cancel(self, handle: Handle) -> None:
@@ -225,9 +230,12 @@ class Scheduler(RequestTree):
         tokens = dict(zip(generating, next_tokens([waiting[i].sampler for i in generating], last)))
         drafting = [i for i in generating if isinstance(asks[i], Draft) and asks[i].min_confidence]
         confidence = dict(zip(drafting, logits[drafting, -1].softmax(-1).amax(-1).tolist())) if drafting else {}
+        woken, waking = 0, 0.0
         for i, (request, ask) in enumerate(zip(waiting, asks)):
             if isinstance(ask, Logits):
+                started_waking = time.perf_counter()
                 self._advance(request, logits[i, width - ask.k :])
+                woken, waking = woken + 1, waking + time.perf_counter() - started_waking
                 continue
             sequence = ask.sequence
             sequence.append(tokens[i], ask.model)
@@ -242,6 +250,8 @@ class Scheduler(RequestTree):
                 self._advance(request, Generated(written, ended))
             else:
                 self.queues[ask.model].append(request)
+        if woken:
+            runner.load.woke(waking / woken)
         return time.perf_counter() - started
 
     def _answer(self, request: Request, future: concurrent.futures.Future) -> None:

@@ -17,12 +17,19 @@ from .runners import make_runner
 from .scheduler import Scheduler
 from .scoring import SCORING_SAMPLING, SCORING_STOP, Scorer, Scores
 
+# tokens of recent finished outputs each strategy's drafters may draft from (SuffixDecoding's global
+# tree; vLLM keeps up to 10,000 requests): on in the library, off in the server unless asked
+RECENT_TOKENS = 16384
+
 
 class Session:
     """`Session(models, kv=policy)`: role -> loaded model (in-process or an endpoint); `kv` is
-    the KV policy of every in-process model (each runner gets a fresh copy; None: full cache)."""
+    the KV policy of every in-process model (each runner gets a fresh copy; None: full cache);
+    `recent_tokens`: the size of each strategy's cache of recent outputs (0: outputs never cross
+    requests)."""
 
-    def __init__(self, models: dict, kv: KVPolicy | None = None, remote_workers: int = 8):
+    def __init__(self, models: dict, kv: KVPolicy | None = None, remote_workers: int = 8,
+                 recent_tokens: int = RECENT_TOKENS):
         endpoints = [role for role, model in models.items() if not model.in_process]
         if endpoints and kv is not None and kv.name != "full":
             raise RelaykitError("KV policies apply to in-process models; a remote engine manages its own cache")
@@ -30,7 +37,7 @@ class Session:
         self.kv = kv
         like = next((model for model in self.models.values() if model.in_process), None)
         runners = {role: make_runner(model, role, kv, like) for role, model in self.models.items()}
-        self.scheduler = Scheduler(runners, remote_workers)
+        self.scheduler = Scheduler(runners, remote_workers, recent_tokens)
 
     @property
     def runners(self) -> dict:

@@ -61,13 +61,15 @@ def require_key(api_key: str):
 
 
 def create_app(models_or_session: dict | Session, *, kv_policy: KVPolicy | None = None, api_key: str | None = None,
-               max_concurrency: int | None = None) -> FastAPI:
+               max_concurrency: int | None = None, recent_tokens: int = 0) -> FastAPI:
     """The server over `models_or_session` (role -> loaded model, or a Session over them, which
-    then brings its own KV policy). The session's scheduler steps in a background thread from the
-    app's creation and stops with the app. With `api_key`, every endpoint but /health needs it;
-    with `max_concurrency`, more requests get a 429."""
+    then brings its own KV policy and cache of recent outputs). The session's scheduler steps in a
+    background thread from the app's creation and stops with the app. With `api_key`, every
+    endpoint but /health needs it; with `max_concurrency`, more requests get a 429; with
+    `recent_tokens`, suffix drafters also draft from that many tokens of recent outputs, across
+    requests (off by default: one client's text would shape the drafts of another's)."""
     given = models_or_session
-    session = given if isinstance(given, Session) else Session(given, kv_policy)
+    session = given if isinstance(given, Session) else Session(given, kv_policy, recent_tokens=recent_tokens)
     service = Service(session, max_concurrency)
     metrics = Metrics(session.scheduler)
     started = now()
@@ -142,7 +144,7 @@ def create_app(models_or_session: dict | Session, *, kv_policy: KVPolicy | None 
             results = (await service.results(handles) if handles
                        else [unwritten() for _ in range(len(prompts) * body.n)])
             metrics.observe("end_to_end", time.perf_counter() - arrived)
-            metrics.written(results)
+            metrics.written(body.model, results)
             built = await asyncio.gather(*(whole_choice(body, strategy, index, prompts[index // body.n], result, chat,
                                                         echoes[index // body.n] if echoes else "")
                                            for index, result in enumerate(results)))
@@ -255,7 +257,7 @@ def create_app(models_or_session: dict | Session, *, kv_policy: KVPolicy | None 
                     yield chunk(index, "", "length")
             results = [handle.result() for handle in handles]
             metrics.observe("end_to_end", time.perf_counter() - arrived)
-            metrics.written(results)
+            metrics.written(body.model, results)
             if with_usage:
                 spent = [result for choice in scores for result in choice.spent]
                 yield sse({**identity, "choices": [], "usage": usage(prompts, results + spent)})

@@ -1,5 +1,6 @@
 """Prometheus text metrics: requests by strategy and status, latency histograms (time to first
-token, between streamed tokens, end to end), tokens written by each model, running and waiting
+token, between streamed tokens, end to end), tokens written by each model, drafts checked and
+accepted by strategy and model (with the accepted lengths' histogram), running and waiting
 requests, KV bytes in use."""
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ from collections import Counter
 
 from ..runtime.scheduler import Scheduler
 
+ACCEPTED_BUCKETS = (0, 1, 2, 4, 8, 16, 32, 64)  # drafts one check accepted
 BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)  # seconds
 
 
@@ -38,6 +40,8 @@ class Metrics:
         self.lock = threading.Lock()
         self.requests: Counter = Counter()  # (path, strategy, status)
         self.tokens: Counter = Counter()  # model -> tokens written
+        self.drafts: Counter = Counter()  # (strategy, model, "checks" | "drafted" | "accepted")
+        self.accepted: dict[tuple[str, str], list[int]] = {}  # (strategy, model) -> checks per ACCEPTED_BUCKETS
         self.latency = {"time_to_first_token": Histogram(), "inter_token": Histogram(), "end_to_end": Histogram()}
 
     def request(self, path: str, strategy: str, status: int) -> None:
@@ -49,10 +53,18 @@ class Metrics:
             for _ in range(times):
                 self.latency[kind].observe(seconds)
 
-    def written(self, results) -> None:
+    def written(self, strategy: str, results) -> None:
         with self.lock:
             for result in results:
                 self.tokens.update(result.provenance)
+                for role, usage in result.usage.items():
+                    if not usage.checks:
+                        continue
+                    for key in ("checks", "drafted", "accepted"):
+                        self.drafts[(strategy, role, key)] += getattr(usage, key)
+                    counts = self.accepted.setdefault((strategy, role), [0] * (len(ACCEPTED_BUCKETS) + 1))
+                    for length, checks in usage.accepted_lengths.items():
+                        counts[bisect.bisect_left(ACCEPTED_BUCKETS, length)] += checks
 
     def render(self) -> str:
         """The Prometheus text exposition; waits for the scheduler's step (call it off the event loop)."""
@@ -68,6 +80,20 @@ class Metrics:
                       "# TYPE relaykit_tokens_total counter"]
             lines += [f'relaykit_tokens_total{{model="{model}"}} {count}'
                       for model, count in sorted(self.tokens.items())]
+            lines += ["# HELP relaykit_drafts_total Drafts checked: checks, drafts written and drafts accepted, "
+                      "by strategy and checking model.", "# TYPE relaykit_drafts_total counter"]
+            lines += [f'relaykit_drafts_total{{strategy="{_escape(strategy)}",model="{model}",kind="{kind}"}} {count}'
+                      for (strategy, model, kind), count in sorted(self.drafts.items())]
+            lines += ["# HELP relaykit_accepted_drafts Drafts one check accepted, by strategy and checking model.",
+                      "# TYPE relaykit_accepted_drafts histogram"]
+            for (strategy, model), counts in sorted(self.accepted.items()):
+                labels, running = f'strategy="{_escape(strategy)}",model="{model}"', 0
+                for bound, count in zip((*map(str, ACCEPTED_BUCKETS), "+Inf"), counts):
+                    running += count
+                    lines.append(f'relaykit_accepted_drafts_bucket{{{labels},le="{bound}"}} {running}')
+                accepted = self.drafts[(strategy, model, "accepted")]
+                lines += [f"relaykit_accepted_drafts_sum{{{labels}}} {accepted}",
+                          f"relaykit_accepted_drafts_count{{{labels}}} {running}"]
             for kind, histogram in self.latency.items():
                 name = f"relaykit_{kind}_seconds"
                 lines += [f"# HELP {name} {kind.replace('_', ' ').capitalize()} latency.", f"# TYPE {name} histogram"]

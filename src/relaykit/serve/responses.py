@@ -7,7 +7,7 @@ import time
 import uuid
 
 from ..decoding.result import GenerationResult
-from ..decoding.usage import Usage
+from ..decoding.usage import Usage, acceptance
 from ..vocabulary import LARGE, FinishReason
 
 USAGE_FIELDS = ("prefill_tokens", "decode_tokens", "forward_calls", "flops")
@@ -39,6 +39,9 @@ def usage(prompts: list[list[int]], results: list[GenerationResult]) -> dict:
         for role, spent in result.usage.items():
             totals.setdefault(role, Usage()).add(spent)
     models = {role: {field: getattr(total, field) for field in USAGE_FIELDS} for role, total in totals.items()}
+    for role, total in totals.items():
+        if total.checks:  # drafts this model checked (speculative decoding, suffix drafting)
+            models[role]["drafts"] = acceptance([total])
     written = sum(len(result.provenance) for result in results)
     by_large = sum(result.tokens_by(LARGE) for result in results)
     prompt_tokens = sum(len(prompt) for prompt in prompts)

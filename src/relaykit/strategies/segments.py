@@ -28,6 +28,7 @@ from ..runtime.asks import Generate, Logits
 from ..text import THINK_END, Tail, decode_tail, decoder, ends_thinking
 from ..vocabulary import LARGE, SMALL, EventKind
 from .base import Strategy
+from .drafting import PRIOR_ACCEPTANCE, Skips, SuffixConfig, SuffixDrafter, remember
 from .speculative import Cut, check_drafts, draft, lenient_cut
 
 NON_WORD = re.compile(r"\W")
@@ -50,6 +51,9 @@ class SegmentConfig:
     # fewer than this many tokens wait unchecked before them (ours; a wrong early token wastes what
     # follows it; 256 took 13% fewer large forwards than 64 on toy:test, as many small ones)
     max_unchecked: int = 256
+    # the large model's turns also draft from the suffix index (the sequence, its siblings, recent
+    # outputs), where it is expected to be accepted longer than the small model's drafts (ours)
+    suffix: bool = False
 
     def __post_init__(self) -> None:
         if min(self.speculative, self.answer_reserve, self.max_unchecked) < 0:
@@ -108,7 +112,7 @@ class SegmentRelay(Strategy):
     def needs_logits(cls, config) -> tuple[str, ...]:
         if config.speculative:
             return cls.roles
-        return (LARGE,) if checking(config.check) else ()
+        return (LARGE,) if checking(config.check) or config.suffix else ()
 
     @classmethod
     def needs_whole_distribution(cls, config) -> tuple[str, ...]:
@@ -122,7 +126,7 @@ class SegmentRelay(Strategy):
         return self.config.check if checking(self.config.check) else None
 
     def holdback(self) -> int:
-        return self.config.speculative
+        return max(self.config.speculative, SuffixConfig.k if self.config.suffix else 0)
 
     def hand_off(self, sequence: Sequence, turn: Turn, tail: Tail, end: int) -> Decision | None:
         """Whether the turn ends after token `end - 1`; `tail` is the decoded text up to there.
@@ -141,6 +145,8 @@ class SegmentRelay(Strategy):
         if self.check is not None and turn.writer == SMALL:
             request.open_from = turn.start
         deferred: list[Deferred] = []  # drafts that ended a large turn, checked strictly with what follows them
+        suffix = SuffixDrafter(request, SuffixConfig()) if self.config.suffix else None
+        skips = Skips()
         while True:
             while not sequence.finished:
                 room = self._room(request, turn)
@@ -148,11 +154,17 @@ class SegmentRelay(Strategy):
                     self._close_thinking(request, turn)
                     continue
                 ends_turn = None if turn.reason == EventKind.ANSWER else rule
-                if turn.writer == LARGE and (self.config.speculative or request.open_from is not None):
+                drafts = self._drafts(request, sequence, turn, room, suffix) if turn.writer == LARGE else None
+                if drafts is not None:
                     # drafts past the end of the turn would be cut whatever the large model says
-                    k = max(0, min(self.config.speculative, room - 1))
                     start = len(sequence)
-                    draft_probs, ended = yield from draft(request, sequence, k, self.config.draft_confidence, ends_turn)
+                    skips.after(1)
+                    if drafts and suffix is not None:
+                        draft_probs, ended = [], suffix.append(sequence, drafts, ends_turn)
+                    else:
+                        k = max(0, min(self.config.speculative, room - 1))
+                        draft_probs, ended = yield from draft(request, sequence, k, self.config.draft_confidence,
+                                                              ends_turn)
                     if ended and self._defers(request, start):
                         # the drafts end the turn (a cue): the next check reads them with the segment that follows
                         deferred.append(Deferred(dataclasses.replace(turn), start, len(sequence)))
@@ -164,6 +176,8 @@ class SegmentRelay(Strategy):
                         threshold = self._thresholds(sequence, checked, start, deferred) if checked is not None else 0.0
                         first, accepted, drafted, cut = yield from check_drafts(
                             request, sequence, start, draft_probs, checked, threshold)
+                        if drafts and suffix is not None and cut is None:
+                            suffix.checked(drafted, accepted)
                         request.open_from = None
                         if cut is not None:
                             self._after_cut(request, turn, first, cut, deferred)
@@ -173,10 +187,13 @@ class SegmentRelay(Strategy):
                         decision = request.settle(sequence, first, ends_turn, asked)
                 else:
                     pauses = () if ends_turn is None else (*self.pauses(turn), THINK_END)
-                    decision = (yield Generate(turn.writer, sequence, room, ends_turn, pauses)).ended_by
+                    most = room if suffix is None or turn.writer != LARGE else min(room, skips.after(0))
+                    decision = (yield Generate(turn.writer, sequence, most, ends_turn, pauses)).ended_by
                 if decision is not None and not sequence.finished:
                     self._switch(request, turn, decision)
             if request.open_from is None or request.open_from >= len(sequence):
+                if suffix is not None:
+                    remember(request, sequence, suffix.config)
                 return
             first = yield from self._check_tail(request, turn, deferred)
             deferred = []
@@ -184,6 +201,20 @@ class SegmentRelay(Strategy):
                 decision = request.settle(sequence, first, None if turn.reason == EventKind.ANSWER else rule)
                 if decision is not None and not sequence.finished:
                     self._switch(request, turn, decision)
+
+    def _drafts(self, request, sequence: Sequence, turn: Turn, room: int, suffix: SuffixDrafter | None) -> int | None:
+        """How a large turn goes on: None: the large model writes on its own (no drafts pay, no
+        segment waits for a check); 0: the small model drafts (speculative turns) or none does but a
+        segment waits for the check; k > 0: k of the suffix drafter's proposal, expected to be
+        accepted longer than the small model's drafts."""
+        if suffix is not None:
+            chances = suffix.propose(sequence, room - 1)
+            k = suffix.paying(chances)
+            if k and sum(chances[:k]) > PRIOR_ACCEPTANCE * min(self.config.speculative, room - 1):
+                return k
+        if self.config.speculative or request.open_from is not None:
+            return 0
+        return None
 
     def _defers(self, request, start: int) -> bool:
         """Whether drafts from `start` that end a large turn may wait for the next check (greedy
@@ -193,11 +224,12 @@ class SegmentRelay(Strategy):
         return self.check is not None and request.sampler.greedy and waiting < self.config.max_unchecked
 
     def _thresholds(self, sequence: Sequence, start: int, end: int, deferred: list[Deferred]) -> list[float]:
-        """The check's threshold for each token of [start, end): 0 for deferred drafts, none for
-        text neither model wrote (a `</think>` the budget inserted)."""
+        """The check's threshold for each token of [start, end): 0 for deferred drafts (the small
+        model's or the suffix drafter's), none for the large model's own tokens and for text neither
+        model wrote (a `</think>` the budget inserted)."""
         strict = set().union(*(range(d.start, d.end) for d in deferred))
         check = self.check if self.check is not None else float("inf")
-        return [float("inf") if sequence.writers[i] != SMALL else 0.0 if i in strict else check
+        return [0.0 if i in strict else float("inf") if sequence.writers[i] != SMALL else check
                 for i in range(start, end)]
 
     def _check_tail(self, request, turn: Turn, deferred: list[Deferred]):

@@ -12,9 +12,10 @@ import torch
 
 from ..decoding.sequence import Sequence
 from ..errors import RelaykitError
-from ..runtime.asks import LOW_CONFIDENCE, Draft, Logits
+from ..runtime.asks import LOW_CONFIDENCE, Draft, Generate, Logits
 from ..vocabulary import LARGE, SMALL
 from .base import Strategy, register
+from .drafting import PRIOR_ACCEPTANCE, Skips, SuffixConfig, SuffixDrafter, remember, rounds_pay
 
 
 @dataclass
@@ -25,6 +26,10 @@ class SpeculativeConfig:
     # stop drafting once the draft token has probability below this (0 = never); HF assisted
     # generation's assistant_confidence_threshold defaults to 0.4
     draft_confidence: float = 0.0
+    fit_load: bool = True  # draft only as many tokens as pay at the measured acceptance and load
+    # also draft from the suffix index (the sequence, its siblings, recent outputs): its drafts where
+    # they are expected to be accepted longer than the small model's (ours; SuffixDecoding's drafter)
+    suffix: bool = False
 
     def __post_init__(self) -> None:
         if not 1 <= self.k <= self.max_k:
@@ -127,12 +132,16 @@ def check_drafts(request, sequence: Sequence, start: int, draft_probs: list, che
     if head < start:
         cut = lenient_cut(request, target_logits[: start - head], sequence.tokens[head:start], threshold)
         if cut is not None:
+            if drafts:
+                request.count_check(verifier, len(drafts), 0)
             sequence.truncate(head + cut.index)
             sequence.append(cut.token, verifier)
             return head + cut.index, 0, len(drafts), cut
         target_logits = target_logits[start - head :]
     target = target_logits.argmax(-1).tolist() if sampler.greedy else sampler.probs(target_logits)
     accepted, token = verify(sampler, drafts, torch.stack(draft_probs) if draft_probs else None, target)
+    if drafts:
+        request.count_check(verifier, len(drafts), accepted)
     sequence.truncate(start + accepted)
     sequence.append(token, verifier)
     return start, accepted, len(drafts), None
@@ -159,15 +168,40 @@ class Speculative(Strategy):
         return (SMALL,)
 
     def holdback(self) -> int:
-        return self.config.max_k if self.config.adaptive else self.config.k
+        return max(self.config.max_k if self.config.adaptive else self.config.k,
+                   SuffixConfig.k if self.config.suffix else 0)
 
     def run(self, request):
         sequence, config, k = request.sequence, self.config, self.config.k
+        suffix = SuffixDrafter(request, SuffixConfig(fit_load=config.fit_load)) if config.suffix else None
+        skips = Skips()
+        # the small model's rounds so far, after one prior round of up to 8 drafts
+        rounds, accepted_total, drafted_total = 1, PRIOR_ACCEPTANCE * min(k, 8), float(min(k, 8))
         while not sequence.finished:
-            draft_length = max(0, min(k, request.remaining() - 1))
-            first, accepted, drafted, _ = yield from speculative_round(request, sequence, draft_length,
-                                                                       config.draft_confidence)
+            start, room = len(sequence), request.remaining()
+            limit = max(0, min(k, room - 1))
+            kept = accepted_total / rounds  # the small model's drafts kept per round
+            if config.fit_load:
+                large, small = request.load(LARGE), request.load(SMALL)
+                drafting = small.step_seconds(1, large.rows) if small and large else 0.0
+                if not rounds_pay(kept, drafted_total / rounds, large, drafting):
+                    limit = 0
+            from_suffix = suffix.propose(sequence, room - 1) if suffix is not None else []
+            use_suffix = suffix is not None and sum(from_suffix[: suffix.paying(from_suffix)]) > (kept if limit else 0)
+            if skips.after(limit or int(use_suffix)):
+                yield Generate(LARGE, sequence, min(skips.skip, room))
+                continue
+            if use_suffix:
+                suffix.append(sequence, suffix.paying(from_suffix))
+                first, accepted, drafted, _ = yield from check_drafts(request, sequence, start, [])
+                suffix.checked(drafted, accepted)
+            else:
+                first, accepted, drafted, _ = yield from speculative_round(request, sequence, limit,
+                                                                           config.draft_confidence)
+                rounds, accepted_total, drafted_total = rounds + 1, accepted_total + accepted, drafted_total + drafted
             request.finish_if_done(sequence, len(sequence) - first)
-            if config.adaptive and drafted:
+            if config.adaptive and drafted and not use_suffix:
                 rate = accepted / drafted
                 k = min(k + 1, config.max_k) if rate == 1.0 else max(1, k - 1) if rate < 0.5 else k
+        if suffix is not None:
+            remember(request, sequence, suffix.config)

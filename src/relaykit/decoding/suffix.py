@@ -1,0 +1,199 @@
+"""The suffix index of SuffixDecoding (Oliaro et al., NeurIPS 2025): every substring of at most
+`depth` tokens of the documents it holds, as a trie with counts, so that the continuations of a
+context's suffix are looked up with their frequencies. A document grows token by token in O(depth)
+work per token; `propose` finds the longest suffix of a context that occurred with a continuation
+and follows the most frequent continuation while its empirical probability holds."""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from dataclasses import dataclass, field
+
+
+@dataclass
+class Proposal:
+    """Draft `tokens` with their cumulative empirical probabilities `probs` (non-increasing), after a
+    context suffix of `match` tokens that occurred `seen` times with a continuation; `expected`:
+    the drafts expected to be accepted (their sum)."""
+
+    tokens: list[int] = field(default_factory=list)
+    probs: list[float] = field(default_factory=list)
+    match: int = 0
+    seen: int = 0
+
+    @property
+    def expected(self) -> float:
+        return sum(self.probs)
+
+    def cut(self, k: int) -> "Proposal":
+        return Proposal(self.tokens[:k], self.probs[:k], self.match, self.seen)
+
+
+@dataclass
+class _Document:
+    tokens: list[int] = field(default_factory=list)
+    ends: list[int] = field(default_factory=list)  # ends[i]: the node of its last i + 1 tokens
+
+
+class SuffixIndex:
+    """Documents (by key) indexed as a depth-bounded suffix trie with counts. Nodes are integers
+    (node 0 is the root) over flat lists, so that a large index holds no objects for the garbage
+    collector to walk."""
+
+    def __init__(self, depth: int = 24):
+        self.depth = depth
+        self.count = [0]  # occurrences of the substring a node spells
+        self.followed = [0]  # of those, occurrences followed by a token (its children's counts summed)
+        self.children: list[dict[int, int]] = [{}]  # token -> node
+        self.free: list[int] = []  # nodes to reuse
+        self.documents: dict = {}
+
+    @property
+    def tokens(self) -> int:
+        return sum(len(d.tokens) for d in self.documents.values())
+
+    def sync(self, key, tokens: list[int], same: int | None = None) -> None:
+        """Make document `key` hold `tokens`; `same`: how many of its first tokens are known to be
+        unchanged (default: every token it holds)."""
+        document = self.documents.setdefault(key, _Document())
+        keep = min(len(document.tokens), len(tokens), len(document.tokens) if same is None else same)
+        if keep < len(document.tokens):
+            self._truncate(document, keep)
+        for token in tokens[len(document.tokens) :]:
+            self._append(document, token)
+
+    def remove(self, key) -> None:
+        document = self.documents.pop(key, None)
+        if document is not None:
+            self._truncate(document, 0)
+
+    def ends(self, context: list[int], key=None) -> list[int]:
+        """The nodes of the context's suffixes held here, shortest first (of document `key`'s own
+        end when the context is that document)."""
+        document = self.documents.get(key) if key is not None else None
+        return list(document.ends) if document is not None else self._ends(context)
+
+    def advance(self, ends: list[int], token: int) -> list[int]:
+        """`ends` after the context grows by `token`."""
+        grown = []
+        for node in [0, *ends[: self.depth - 1]]:
+            child = self.children[node].get(token)
+            if child is None:
+                break  # a longer suffix occurs only where this one does
+            grown.append(child)
+        return grown
+
+    def continuation(self, ends: list[int]) -> tuple[float, int, int, int]:
+        """(probability, match length, token, occurrences): the most frequent token after the
+        longest suffix that occurred with a continuation, with its empirical probability; (0, 0,
+        -1, 0) when none did."""
+        for length in range(len(ends), 0, -1):
+            node = ends[length - 1]
+            seen = self.followed[node]
+            if seen:
+                token, child = max(self.children[node].items(), key=lambda item: self.count[item[1]])
+                return self.count[child] / seen, length, token, seen
+        return 0.0, 0, -1, 0
+
+    def _ends(self, context: list[int]) -> list[int]:
+        """The nodes of the context's suffixes that occur here, shortest first."""
+        ends: list[int] = []
+        for length in range(1, min(self.depth, len(context)) + 1):
+            node: int | None = 0
+            for token in context[len(context) - length :]:
+                node = self.children[node].get(token)
+                if node is None:
+                    return ends
+            assert node is not None
+            ends.append(node)
+        return ends
+
+    def _append(self, document: _Document, token: int) -> None:
+        count, followed, children = self.count, self.followed, self.children
+        ends = []
+        for node in (0, *document.ends[: self.depth - 1]):
+            kids = children[node]
+            child = kids.get(token)
+            if child is None:
+                child = kids[token] = self._new_node()
+            count[child] += 1
+            followed[node] += 1
+            ends.append(child)
+        document.tokens.append(token)
+        document.ends = ends
+
+    def _new_node(self) -> int:
+        if self.free:
+            return self.free.pop()
+        self.count.append(0)
+        self.followed.append(0)
+        self.children.append({})
+        return len(self.count) - 1
+
+    def _truncate(self, document: _Document, length: int) -> None:
+        """Take back the substrings that end at a position >= `length`."""
+        tokens = document.tokens
+        for start in range(max(0, length - self.depth + 1), len(tokens)):
+            path = [0]
+            for token in tokens[start : min(start + self.depth, len(tokens))]:
+                path.append(self.children[path[-1]][token])
+            for depth in range(len(path) - 1, max(0, length - start), -1):  # path[depth] ends at start + depth - 1
+                parent, child = path[depth - 1], path[depth]
+                self.count[child] -= 1
+                self.followed[parent] -= 1
+                if not self.count[child]:
+                    del self.children[parent][tokens[start + depth - 1]]
+                    self.free.append(child)
+        del tokens[length:]
+        document.ends = self._ends(tokens)
+
+
+def propose(cursors: list[tuple[SuffixIndex, list[int]]], limit: int, spec_factor: float = 1.0,
+            min_prob: float = 0.1) -> tuple[Proposal, list[int]]:
+    """Up to `limit` drafts after a context from several indexes, each given with the nodes of the
+    context's suffixes it holds (`SuffixIndex.ends`). Each draft is the most frequent continuation
+    of the longest suffix that occurred with one, taken from the index where it is most probable;
+    drafting stops once the drafts' cumulative empirical probability is below `min_prob`, or after
+    `spec_factor` x the first match's length drafts (SuffixDecoding's MAX_SPEC = alpha p). Returns
+    the proposal and which cursor gave each draft."""
+    proposal, sources, prob = Proposal(), [], 1.0
+    ends = [e for _, e in cursors]
+    while len(proposal.tokens) < limit:
+        options = [(*index.continuation(e), i) for i, ((index, _), e) in enumerate(zip(cursors, ends))]
+        p, match, token, seen, source = max(options)
+        if not proposal.tokens:
+            proposal.match, proposal.seen = match, seen
+            limit = min(limit, int(spec_factor * match))
+        prob *= p
+        if not match or prob < min_prob or len(proposal.tokens) >= limit:
+            break
+        proposal.tokens.append(token)
+        proposal.probs.append(prob)
+        sources.append(source)
+        ends = [index.advance(e, token) for (index, _), e in zip(cursors, ends)]
+    return proposal, sources
+
+
+class RecentOutputs:
+    """A bounded cache of finished outputs for drafting across requests (SuffixDecoding's global
+    tree): at most `capacity` tokens, the oldest outputs evicted first."""
+
+    def __init__(self, capacity: int, depth: int = 24):
+        self.capacity = capacity
+        self.index = SuffixIndex(depth)
+        self.sizes: OrderedDict[int, int] = OrderedDict()
+        self.held = 0
+
+    def add(self, tokens: list[int]) -> None:
+        tokens = tokens[-self.capacity :] if self.capacity else []
+        if not tokens:
+            return
+        while self.sizes and self.held + len(tokens) > self.capacity:
+            key, size = self.sizes.popitem(last=False)
+            self.index.remove(key)
+            self.held -= size
+        key = next(reversed(self.sizes), -1) + 1
+        self.index.sync(key, tokens)
+        self.index.documents[key].ends = []  # finished: it never grows
+        self.sizes[key] = len(tokens)
+        self.held += len(tokens)
