@@ -239,6 +239,20 @@ def test_metrics(server, client):
     assert 'relaykit_kv_bytes{model="large"}' in text
 
 
+def test_draft_acceptance_in_usage_and_metrics(server, client):
+    model = "suffix[fit_load=false]"
+    answer = chat(client, model, temperature=1.0, seed=2, n=2, max_tokens=60)
+    drafts = answer.usage.relaykit["models"]["large"]["drafts"]
+    assert drafts["checks"] > 0 and drafts["accepted"] <= drafts["drafted"]
+    assert sum(drafts["accepted_lengths"].values()) == drafts["checks"]
+    assert drafts["mean_accepted"] == pytest.approx(drafts["accepted"] / drafts["checks"])
+    assert "drafts" not in chat(client, "large", max_tokens=4).usage.relaykit["models"]["large"]
+    text = get(server[0] + "/metrics", KEY)[1]
+    labels = f'strategy="{model}",model="large"'
+    assert f'relaykit_drafts_total{{{labels},kind="checks"}} {drafts["checks"]}' in text
+    assert f'relaykit_accepted_drafts_count{{{labels}}} {drafts["checks"]}' in text
+
+
 def test_past_max_concurrency_is_429(shipped_pair):
     with serving(create_app(shipped_pair, max_concurrency=1)) as url:
         client = openai.OpenAI(base_url=url + "/v1", api_key="none", max_retries=0)

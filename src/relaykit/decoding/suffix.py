@@ -176,24 +176,37 @@ def propose(cursors: list[tuple[SuffixIndex, list[int]]], limit: int, spec_facto
 
 class RecentOutputs:
     """A bounded cache of finished outputs for drafting across requests (SuffixDecoding's global
-    tree): at most `capacity` tokens, the oldest outputs evicted first."""
+    tree): at most `capacity` tokens, the oldest outputs evicted first. Outputs are indexed when
+    the index is first read after they arrive, so a workload that never drafts never pays for it."""
 
     def __init__(self, capacity: int, depth: int = 24):
         self.capacity = capacity
-        self.index = SuffixIndex(depth)
-        self.sizes: OrderedDict[int, int] = OrderedDict()
+        self._index = SuffixIndex(depth)
+        self.outputs: OrderedDict[int, list[int]] = OrderedDict()  # key -> tokens, oldest first
+        self.pending: list[int] = []  # keys not indexed yet
         self.held = 0
+        self._next = 0
+
+    @property
+    def index(self) -> SuffixIndex:
+        for key in self.pending:
+            self._index.sync(key, self.outputs[key])
+            self._index.documents[key].ends = []  # finished: it never grows
+        self.pending = []
+        return self._index
 
     def add(self, tokens: list[int]) -> None:
         tokens = tokens[-self.capacity :] if self.capacity else []
         if not tokens:
             return
-        while self.sizes and self.held + len(tokens) > self.capacity:
-            key, size = self.sizes.popitem(last=False)
-            self.index.remove(key)
-            self.held -= size
-        key = next(reversed(self.sizes), -1) + 1
-        self.index.sync(key, tokens)
-        self.index.documents[key].ends = []  # finished: it never grows
-        self.sizes[key] = len(tokens)
+        while self.outputs and self.held + len(tokens) > self.capacity:
+            key, evicted = self.outputs.popitem(last=False)
+            if key in self.pending:
+                self.pending.remove(key)
+            else:
+                self._index.remove(key)
+            self.held -= len(evicted)
+        self.outputs[self._next] = list(tokens)
+        self.pending.append(self._next)
         self.held += len(tokens)
+        self._next += 1

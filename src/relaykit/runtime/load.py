@@ -6,7 +6,8 @@ from __future__ import annotations
 
 class Load:
     """seconds = fixed + per_token x padded tokens, fitted by least squares over recent forwards
-    (weights decaying by `decay` a forward); `rows`: the rows of the latest forward; `wake`: the
+    (weights decaying by `decay` a forward); `rows`: the rows fed at the latest step, `feed` their
+    median feed (a longer one pads the others, or runs apart); `wake`: the
     seconds a request's loop takes to read its logits and ask again (a check of drafts), which a
     request that lets the model write on its own (`Generate`) does not spend per token."""
 
@@ -14,7 +15,7 @@ class Load:
         self.prior_fixed_tokens = prior_fixed_tokens  # a forward's fixed cost in tokens until measured
         self.decay = decay
         self.rows = 1
-        self.longest = 1  # the longest feed of the latest forward: shorter ones are padded to it
+        self.feed = 1
         self.fixed = 0.0
         self.per_token = 0.0
         self.wake = 0.0
@@ -24,9 +25,13 @@ class Load:
     def measured(self) -> bool:
         return self.per_token > 0
 
-    def observe(self, tokens: int, rows: int, seconds: float) -> None:
-        """One forward of `rows` rows padded to `tokens` tokens in all."""
-        self.rows, self.longest = rows, max(1, tokens // max(rows, 1))
+    def stepped(self, feeds: list[int]) -> None:
+        """A step fed these numbers of tokens to its rows (in one forward or a few)."""
+        if feeds:
+            self.rows, self.feed = len(feeds), sorted(feeds)[len(feeds) // 2]
+
+    def observe(self, tokens: int, seconds: float) -> None:
+        """One forward of `tokens` tokens in all, padding included."""
         sums = [s * self.decay for s in self._sums]
         for i, value in enumerate((1.0, tokens, seconds, tokens * tokens, tokens * seconds)):
             sums[i] += value
@@ -52,7 +57,9 @@ class Load:
         feeds `tokens_per_row` tokens."""
         return self.fixed / max(rows or self.rows, 1) + self.per_token * tokens_per_row
 
-    def padding_seconds(self, tokens: int) -> float:
-        """What one row feeding `tokens` costs the other rows of the latest forward: they are padded
-        to it beyond the longest feed, or it runs apart at a forward's fixed cost."""
-        return min(self.per_token * (self.rows - 1) * max(0, tokens - self.longest), self.fixed)
+    def padding_seconds(self, tokens: int, alike: int = 1) -> float:
+        """What one row feeding `tokens` costs the other rows of a step, `alike` rows (itself
+        included) feeding as many: the others are padded to it beyond the median feed, or these
+        run apart at a forward's fixed cost."""
+        others = max(0, self.rows - max(alike, 1))
+        return min(self.per_token * others * max(0, tokens - self.feed), self.fixed)

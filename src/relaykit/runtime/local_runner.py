@@ -148,6 +148,7 @@ class LocalRunner:
         for row_index, row, row_k in zip(picked, rows, ks):
             feed[row_index], wanted[row_index] = self._consume(row), row_k
         groups = self._groups(feed)
+        self.load.stepped([len(tokens) for tokens in feed if tokens])
         if len(groups) == 1:
             logits, fed_rows = self._forward(feed, wanted), groups[0]
         else:
@@ -282,7 +283,7 @@ class LocalRunner:
         seconds = time.perf_counter() - started
         total_tokens = sum(map(len, feed))
         fed = [len(tokens) for tokens in feed if tokens]
-        self.load.observe(len(fed) * max(fed), len(fed), seconds)
+        self.load.observe(len(fed) * max(fed), seconds)
         slot_bytes = self.engine.kv_slot_bytes()
         total = self.usage
         total.forward_calls += 1

@@ -45,12 +45,19 @@ class Siblings:
         self.index = SuffixIndex(depth)
         self.truncations: dict[int, int] = {}  # uid -> truncations of the sequence already applied
         self.fared: dict[tuple[str, int], list[float]] = {}  # (source, bucket) -> [expected, accepted]
+        self.sequences: dict[int, Sequence] = {}
         self.remembered = False  # an output of the family is in the recent outputs
 
     def sync(self, sequence: Sequence) -> None:
         cuts = sequence.truncations[self.truncations.get(sequence.uid, 0) :]
         self.index.sync(sequence.uid, sequence.tokens, min(cuts) if cuts else None)
         self.truncations[sequence.uid] = len(sequence.truncations)
+        self.sequences[sequence.uid] = sequence
+
+    @property
+    def live(self) -> int:
+        """The family's sequences still being written."""
+        return sum(not sequence.finished for sequence in self.sequences.values())
 
     def chances(self, source: str, proposal: Proposal) -> list[float]:
         expected, accepted = self.fared.get((source, min(proposal.seen, 16).bit_length()), (1.0, 1.0))
@@ -73,8 +80,9 @@ def suffix_proposal(request, sequence: Sequence, config: SuffixConfig, limit: in
     siblings.sync(sequence)
     cursors = [(siblings.index, siblings.index.ends(sequence.tokens, key=sequence.uid))]
     recent = request.recent_outputs() if config.recent else None
-    if recent is not None and recent.index.documents:
-        cursors.append((recent.index, recent.index.ends(sequence.tokens[-config.depth :])))
+    if recent is not None and recent.outputs:
+        index = recent.index
+        cursors.append((index, index.ends(sequence.tokens[-config.depth :])))
     proposal, sources = propose(cursors, limit, config.spec_factor, config.min_prob)
     return proposal, ("family", "recent")[sources[0]] if sources else "family"
 
@@ -89,18 +97,20 @@ def remember(request, sequence: Sequence, config: SuffixConfig) -> None:
         siblings.remembered = True
 
 
-def pays(chances: list[float], load: Load | None, drafter_seconds: float = 0.0) -> int:
+def pays(chances: list[float], load: Load | None, drafter_seconds: float = 0.0, alike: int = 1) -> int:
     """How many drafts to check: `chances[i]` is the chance that the first i + 1 are all accepted,
     `drafter_seconds` what drafting one costs. The count that maximises the tokens kept per second
     of this row's share of a step (`Load.step_seconds`: a forward's fixed cost split over its rows,
-    plus its tokens), of the padding it adds to the other rows and of the loop's wake-up to read the
-    check, against the model writing on its own; every draft while the load is not measured."""
+    plus its tokens), of the padding it adds to the rows that do not draft `alike` (a sample's
+    siblings draft from the same index) and of the loop's wake-up to read the check, against the
+    model writing on its own; every draft while the load is not measured."""
     if load is None:
         return len(chances)
     best, best_rate, kept = 0, 1.0 / load.step_seconds(1), 1.0
     for k, chance in enumerate(chances, 1):
         kept += chance
-        rate = kept / (load.step_seconds(k + 1) + load.padding_seconds(k + 1) + load.wake + k * drafter_seconds)
+        cost = load.step_seconds(k + 1) + load.padding_seconds(k + 1, alike) + load.wake
+        rate = kept / (cost + k * drafter_seconds)
         if rate > best_rate:
             best, best_rate = k, rate
     return best
@@ -143,14 +153,20 @@ class SuffixDrafter:
         self.source, self.proposal = "family", Proposal()
 
     def propose(self, sequence: Sequence, limit: int) -> list[float]:
-        """Up to `limit` drafts for `sequence`; returns their chances (see `pays`)."""
+        """Up to `limit` drafts for `sequence`; returns their chances (see `pays`). None when even
+        drafts sure to be accepted would not pay at the load (then the index is not even read)."""
         limit = min(self.config.k, limit)
+        if self.config.fit_load and not pays([1.0] * limit, self.request.load(self.model), alike=self.siblings.live):
+            self.proposal = Proposal()
+            return []
         self.proposal, self.source = suffix_proposal(self.request, sequence, self.config, limit)
         return self.siblings.chances(self.source, self.proposal)
 
     def paying(self, chances: list[float]) -> int:
         """How many of the proposed drafts pay at the model's load (all without `fit_load`)."""
-        return pays(chances, self.request.load(self.model)) if self.config.fit_load else len(chances)
+        if not self.config.fit_load:
+            return len(chances)
+        return pays(chances, self.request.load(self.model), alike=self.siblings.live)
 
     def append(self, sequence: Sequence, k: int, ends_turn=None) -> bool:
         """Append the first k proposed drafts, none after a token that ends the turn by

@@ -21,7 +21,6 @@ class Suffix(Strategy):
     """The model alone, checking drafts from its family's and its recent outputs' suffix index."""
 
     Config = SuffixConfig
-    tunes = ("k", "spec_factor", "min_prob")
 
     def holdback(self) -> int:
         return self.config.k
