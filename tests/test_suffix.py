@@ -19,7 +19,7 @@ def substrings(index: SuffixIndex) -> dict[tuple, tuple[int, int]]:
     out, stack = {}, [((), 0)]
     while stack:
         path, node = stack.pop()
-        for token, child in index.children[node].items():
+        for token, child in index.children(node):
             out[path + (token,)] = (index.count[child], index.followed[child])
             stack.append((path + (token,), child))
     return out
@@ -47,7 +47,7 @@ def test_an_index_grown_and_cut_back_equals_one_built_from_what_is_left():
         assert counted[0] == counted[1]
     grown.remove("doc")
     grown.remove("other")
-    assert substrings(grown) == {} and grown.followed[0] == 0
+    assert substrings(grown) == {} and grown.followed[0] == 0 and not grown.branches
 
 
 def test_a_proposal_follows_the_most_frequent_continuation_of_the_longest_match():
@@ -157,3 +157,18 @@ def test_acceptance_reaches_results_and_the_report(shipped_pair, tmp_path):
     assert acceptance["mean_accepted"] == pytest.approx(acceptance["accepted"] / acceptance["checks"])
     assert "acceptance" not in results["strategies"]["large"]
     assert "Drafts checked" in write_report(results, tmp_path)["markdown"].read_text()
+
+
+def test_beams_draft_from_each_other_and_write_what_they_write_alone(shipped_pair):
+    large = shipped_pair["large"]
+    prompt = large.tokenizer("What is 12 * 3? Check it 2 times.")["input_ids"]
+    stop = StopConfig(max_new_tokens=60)
+    greedy = SamplingConfig(temperature=0.0)
+    options = "n=4 beam_width=2 writer=large scorer=likelihood"
+    alone = api.build_strategy(f"beam-search[{options}]", {"large": large}, sampling=greedy, stop=stop)
+    drafting = api.build_strategy(f"beam-search[{options} suffix=true]", {"large": large}, sampling=greedy, stop=stop)
+    session = Session({"large": large})
+    expected, handle = session.submit(alone, prompt).result(), session.submit(drafting, prompt)
+    assert handle.result().token_ids == expected.token_ids
+    assert handle.result().usage["large"].checks > 0
+    assert len(family_uids(handle.request)) > 1  # the beams' steps

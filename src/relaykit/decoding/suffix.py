@@ -35,16 +35,23 @@ class _Document:
     ends: list[int] = field(default_factory=list)  # ends[i]: the node of its last i + 1 tokens
 
 
+NONE = -1  # no node, no token
+
+
 class SuffixIndex:
     """Documents (by key) indexed as a depth-bounded suffix trie with counts. Nodes are integers
-    (node 0 is the root) over flat lists, so that a large index holds no objects for the garbage
-    collector to walk."""
+    (node 0 is the root) over flat lists; most nodes have one child, held in the lists (`token`,
+    `child`), and only nodes with several have a dict (`branches`). So an index costs ~70 bytes a
+    node (16,384 toy tokens: 220 thousand nodes, 16 MB; a dict a node took 61 MB) and holds no
+    objects for the garbage collector to walk (a tree of objects slowed every forward)."""
 
     def __init__(self, depth: int = 24):
         self.depth = depth
         self.count = [0]  # occurrences of the substring a node spells
         self.followed = [0]  # of those, occurrences followed by a token (its children's counts summed)
-        self.children: list[dict[int, int]] = [{}]  # token -> node
+        self.token = [NONE]  # the token of a node's only child (NONE: no child, or several)
+        self.child = [NONE]  # that child
+        self.branches: dict[int, dict[int, int]] = {}  # node -> token -> child, for nodes with several children
         self.free: list[int] = []  # nodes to reuse
         self.documents: dict = {}
 
@@ -75,10 +82,11 @@ class SuffixIndex:
 
     def advance(self, ends: list[int], token: int) -> list[int]:
         """`ends` after the context grows by `token`."""
-        grown = []
-        for node in [0, *ends[: self.depth - 1]]:
-            child = self.children[node].get(token)
-            if child is None:
+        grown, branches, only, child_of = [], self.branches, self.token, self.child
+        for node in (0, *ends[: self.depth - 1]):
+            several = branches.get(node)
+            child = several.get(token, NONE) if several is not None else child_of[node] if only[node] == token else NONE
+            if child == NONE:
                 break  # a longer suffix occurs only where this one does
             grown.append(child)
         return grown
@@ -91,44 +99,82 @@ class SuffixIndex:
             node = ends[length - 1]
             seen = self.followed[node]
             if seen:
-                token, child = max(self.children[node].items(), key=lambda item: self.count[item[1]])
+                several = self.branches.get(node)
+                if several is None:  # one child: it followed every time
+                    return 1.0, length, self.token[node], seen
+                token, child = max(several.items(), key=lambda item: self.count[item[1]])
                 return self.count[child] / seen, length, token, seen
         return 0.0, 0, -1, 0
+
+    def get(self, node: int, token: int) -> int:
+        """The child of `node` by `token` (NONE: none)."""
+        branches = self.branches.get(node)
+        if branches is not None:
+            return branches.get(token, NONE)
+        return self.child[node] if self.token[node] == token else NONE
+
+    def children(self, node: int) -> list[tuple[int, int]]:
+        """(token, child) of every child of `node`."""
+        branches = self.branches.get(node)
+        if branches is not None:
+            return list(branches.items())
+        return [(self.token[node], self.child[node])] if self.child[node] != NONE else []
 
     def _ends(self, context: list[int]) -> list[int]:
         """The nodes of the context's suffixes that occur here, shortest first."""
         ends: list[int] = []
         for length in range(1, min(self.depth, len(context)) + 1):
-            node: int | None = 0
+            node = 0
             for token in context[len(context) - length :]:
-                node = self.children[node].get(token)
-                if node is None:
+                node = self.get(node, token)
+                if node == NONE:
                     return ends
-            assert node is not None
             ends.append(node)
         return ends
 
     def _append(self, document: _Document, token: int) -> None:
-        count, followed, children = self.count, self.followed, self.children
+        count, followed, branches, only, child_of = self.count, self.followed, self.branches, self.token, self.child
         ends = []
         for node in (0, *document.ends[: self.depth - 1]):
-            kids = children[node]
-            child = kids.get(token)
-            if child is None:
-                child = kids[token] = self._new_node()
+            several = branches.get(node)
+            child = several.get(token, NONE) if several is not None else child_of[node] if only[node] == token else NONE
+            if child == NONE:
+                child = self._add(node, token)
             count[child] += 1
             followed[node] += 1
             ends.append(child)
         document.tokens.append(token)
         document.ends = ends
 
-    def _new_node(self) -> int:
+    def _add(self, node: int, token: int) -> int:
+        """A new child of `node` by `token`."""
         if self.free:
-            return self.free.pop()
-        self.count.append(0)
-        self.followed.append(0)
-        self.children.append({})
-        return len(self.count) - 1
+            new = self.free.pop()
+        else:
+            new = len(self.count)
+            for values, value in ((self.count, 0), (self.followed, 0), (self.token, NONE), (self.child, NONE)):
+                values.append(value)
+        branches = self.branches.get(node)
+        if branches is not None:
+            branches[token] = new
+        elif self.child[node] == NONE:
+            self.token[node], self.child[node] = token, new
+        else:
+            self.branches[node] = {self.token[node]: self.child[node], token: new}
+            self.token[node] = self.child[node] = NONE
+        return new
+
+    def _drop(self, node: int, token: int) -> None:
+        """Forget the child of `node` by `token` (its count fell to 0; so did its children's)."""
+        self.free.append(self.get(node, token))
+        branches = self.branches.get(node)
+        if branches is None:
+            self.token[node] = self.child[node] = NONE
+            return
+        del branches[token]
+        if len(branches) == 1:
+            ((self.token[node], self.child[node]),) = branches.items()
+            del self.branches[node]
 
     def _truncate(self, document: _Document, length: int) -> None:
         """Take back the substrings that end at a position >= `length`."""
@@ -136,14 +182,13 @@ class SuffixIndex:
         for start in range(max(0, length - self.depth + 1), len(tokens)):
             path = [0]
             for token in tokens[start : min(start + self.depth, len(tokens))]:
-                path.append(self.children[path[-1]][token])
+                path.append(self.get(path[-1], token))
             for depth in range(len(path) - 1, max(0, length - start), -1):  # path[depth] ends at start + depth - 1
                 parent, child = path[depth - 1], path[depth]
                 self.count[child] -= 1
                 self.followed[parent] -= 1
                 if not self.count[child]:
-                    del self.children[parent][tokens[start + depth - 1]]
-                    self.free.append(child)
+                    self._drop(parent, tokens[start + depth - 1])
         del tokens[length:]
         document.ends = self._ends(tokens)
 

@@ -51,9 +51,7 @@ class SegmentConfig:
     # fewer than this many tokens wait unchecked before them (ours; a wrong early token wastes what
     # follows it; 256 took 13% fewer large forwards than 64 on toy:test, as many small ones)
     max_unchecked: int = 256
-    # the large model's turns also draft from the suffix index (the sequence, its siblings, recent
-    # outputs), where it is expected to be accepted longer than the small model's drafts (ours)
-    suffix: bool = False
+    suffix: bool = False  # also draft from the suffix index (sequence, siblings, recent outputs) where it pays
 
     def __post_init__(self) -> None:
         if min(self.speculative, self.answer_reserve, self.max_unchecked) < 0:

@@ -27,9 +27,7 @@ class SpeculativeConfig:
     # generation's assistant_confidence_threshold defaults to 0.4
     draft_confidence: float = 0.0
     fit_load: bool = True  # draft only as many tokens as pay at the measured acceptance and load
-    # also draft from the suffix index (the sequence, its siblings, recent outputs): its drafts where
-    # they are expected to be accepted longer than the small model's (ours; SuffixDecoding's drafter)
-    suffix: bool = False
+    suffix: bool = False  # also draft from the suffix index (sequence, siblings, recent outputs) where it pays
 
     def __post_init__(self) -> None:
         if not 1 <= self.k <= self.max_k:

@@ -26,6 +26,8 @@ from ..verdicts import verdict_ids
 from ..vocabulary import EventKind, FinishReason
 from .base import Strategy, register
 from .best_of_n import likelihood, verified
+from .drafting import Skips, SuffixConfig, SuffixDrafter
+from .speculative import check_drafts
 
 
 @dataclass
@@ -36,6 +38,7 @@ class TreeSearchConfig:
     step_end: str = "\n"  # a step ends at a token holding this; "" = the whole answer is one step
     max_steps: int = 64  # steps per beam at most (search-and-learn: 40)
     scorer: Literal["verifier", "likelihood"] = "verifier"  # verifier or likelihood (the large model's)
+    suffix: bool = False  # also draft from the suffix index (sequence, siblings, recent outputs) where it pays
 
     def __post_init__(self) -> None:
         if self.scorer not in ("verifier", "likelihood"):
@@ -45,12 +48,14 @@ class TreeSearchConfig:
 
 
 class StepWriter(Strategy):
-    """Writes one step on its sequence (a child of a search)."""
+    """Writes one step on its sequence (a child of a search); with `drafts`, checking drafts from
+    the suffix index of the search's beams."""
 
-    def __init__(self, models: dict, writer: str, step_end: str, **kwargs):
+    def __init__(self, models: dict, writer: str, step_end: str, drafts: SuffixConfig | None = None, **kwargs):
         self.roles = (writer,)
         super().__init__(models, **kwargs)
         self.writer, self.step_end, self.decode = writer, step_end, decoder(self.tokenizer)
+        self.drafts = drafts
 
     @classmethod
     def needs_logits(cls, config) -> tuple[str, ...]:
@@ -61,7 +66,22 @@ class StepWriter(Strategy):
 
     def run(self, request):
         ends = self._ends_step if self.step_end else None
-        yield Generate(self.writer, request.sequence, request.remaining(), ends)
+        if self.drafts is None:
+            yield Generate(self.writer, request.sequence, request.remaining(), ends)
+            return
+        sequence, drafter, skips = request.sequence, SuffixDrafter(request, self.drafts, self.writer), Skips()
+        while not sequence.finished:
+            start, room = len(sequence), request.remaining()
+            k = drafter.paying(drafter.propose(sequence, room - 1))
+            if skips.after(k):
+                if (yield Generate(self.writer, sequence, min(skips.skip, room), ends)).ended_by is not None:
+                    return
+                continue
+            drafter.append(sequence, k, ends)
+            first, accepted, drafted, _ = yield from check_drafts(request, sequence, start, [], verifier=self.writer)
+            drafter.checked(drafted, accepted)
+            if request.settle(sequence, first, ends) is not None:
+                return
 
 
 class TreeSearch(Strategy):
@@ -74,7 +94,8 @@ class TreeSearch(Strategy):
         config = config if config is not None else TreeSearchConfig()
         self.roles = self.roles_of(config)
         super().__init__(models, config, *args, **kwargs)
-        self.steps = StepWriter(self.models, config.writer, config.step_end, sampling=self.sampling,
+        self.steps = StepWriter(self.models, config.writer, config.step_end,
+                                SuffixConfig() if config.suffix else None, sampling=self.sampling,
                                 stop=self.stop_config)
         if config.scorer == "verifier":
             self.verdicts = verdict_ids(self.models["verifier"].tokenizer)
@@ -85,7 +106,7 @@ class TreeSearch(Strategy):
 
     @classmethod
     def needs_logits(cls, config) -> tuple[str, ...]:
-        return (scorer_role(config),)
+        return tuple(dict.fromkeys((scorer_role(config), *((config.writer,) if config.suffix else ()))))
 
     def holdback(self) -> None:
         return None  # the chosen beam is known only at the end
