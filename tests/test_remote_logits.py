@@ -78,6 +78,12 @@ def test_speculative_greedy_writes_the_in_process_text(shipped_pair, remote_pair
     assert usage.flops == 0  # an endpoint's FLOPs are not known
 
 
+def test_drafts_from_the_context_are_checked_over_the_endpoint(shipped_pair, remote_pair, questions):
+    for spec in ("suffix", "lookup"):
+        _, there = _same_text(spec, {"large": shipped_pair["large"]}, {"large": remote_pair["large"]}, questions[:4])
+        assert sum(r.usage["large"].checks for r in there) > 0
+
+
 def test_relaygen_with_its_check_writes_the_in_process_text(shipped_pair, remote_pair, questions):
     tuned = f"relaygen[cues={SHIPPED_CUES} speculative=32 draft_confidence=0.8]"
     for spec in (f"relaygen[cues={SHIPPED_CUES}]", tuned):

@@ -57,6 +57,10 @@ class Lookup(Strategy):
     Config = LookupConfig
     tunes = ("k",)
 
+    @classmethod
+    def needs_whole_distribution(cls, config) -> tuple[str, ...]:
+        return ()  # a check reads the top token (greedy) or the drafted token's probability and the top tokens
+
     def holdback(self) -> int:
         return self.config.k
 

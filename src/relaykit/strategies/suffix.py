@@ -22,6 +22,10 @@ class Suffix(Strategy):
 
     Config = SuffixConfig
 
+    @classmethod
+    def needs_whole_distribution(cls, config) -> tuple[str, ...]:
+        return ()  # a check reads the top token (greedy) or the drafted token's probability and the top tokens
+
     def holdback(self) -> int:
         return self.config.k
 
