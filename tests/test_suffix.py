@@ -8,10 +8,10 @@ import pytest
 from relaykit import api
 from relaykit.decoding.sampler import SamplingConfig
 from relaykit.decoding.stopping import StopConfig
-from relaykit.decoding.suffix import RecentOutputs, SuffixIndex, propose
+from relaykit.decoding.suffix import NONE, RecentOutputs, SuffixIndex, propose
 from relaykit.runtime.load import Load
 from relaykit.runtime.session import Session
-from relaykit.strategies.drafting import Siblings
+from relaykit.strategies.drafting import Siblings, SuffixConfig, recent_outputs
 
 
 def substrings(index: SuffixIndex) -> dict[tuple, tuple[int, int]]:
@@ -19,7 +19,9 @@ def substrings(index: SuffixIndex) -> dict[tuple, tuple[int, int]]:
     out, stack = {}, [((), 0)]
     while stack:
         path, node = stack.pop()
-        for token, child in index.children(node):
+        several = index.branches.get(node)
+        only = [(index.token[node], index.child[node])] if index.child[node] != NONE else []
+        for token, child in several.items() if several is not None else only:
             out[path + (token,)] = (index.count[child], index.followed[child])
             stack.append((path + (token,), child))
     return out
@@ -53,13 +55,17 @@ def test_an_index_grown_and_cut_back_equals_one_built_from_what_is_left():
 def test_a_proposal_follows_the_most_frequent_continuation_of_the_longest_match():
     index = SuffixIndex(depth=8)
     index.sync(0, [1, 2, 3, 4, 5, 1, 2, 3, 4, 6, 1, 2, 3, 4, 5])
-    proposal, sources = propose([(index, index.ends([9, 1, 2, 3]))], limit=8, spec_factor=1.0, min_prob=0.1)
+    proposal, source = propose([(index, index.ends([9, 1, 2, 3]))], limit=8, spec_factor=1.0, min_prob=0.1)
     assert proposal.tokens == [4, 5, 1] and proposal.match == 3  # at most spec_factor x the match's length
-    assert proposal.probs[0] == 1.0 and proposal.probs[1] == pytest.approx(2 / 3) and sources == [0, 0, 0]
+    assert proposal.probs[0] == 1.0 and proposal.probs[1] == pytest.approx(2 / 3) and source == 0
     strict, _ = propose([(index, index.ends([9, 1, 2, 3]))], limit=8, spec_factor=4.0, min_prob=0.9)
     assert strict.tokens == [4]  # "5" follows "1 2 3 4" in two of three occurrences
     nothing, _ = propose([(index, index.ends([7]))], limit=8)
     assert nothing.tokens == []
+
+
+def held(index: SuffixIndex) -> int:
+    return sum(len(document.tokens) for document in index.documents.values())
 
 
 def test_recent_outputs_hold_at_most_their_size_and_evict_the_oldest():
@@ -67,11 +73,11 @@ def test_recent_outputs_hold_at_most_their_size_and_evict_the_oldest():
     outputs = [[i] * 20 for i in range(6)]
     for output in outputs:
         recent.add(output)
-        assert recent.held <= 50 and recent.index.tokens == recent.held
+        assert recent.held <= 50 and held(recent.index) == recent.held
     assert list(recent.outputs.values()) == outputs[-2:]
     assert [recent.index.documents[key].tokens for key in recent.outputs] == outputs[-2:]
     recent.add(list(range(80)))  # longer than the cache: its newest 50 tokens
-    assert recent.held == 50 and recent.index.tokens == 50
+    assert recent.held == 50 and held(recent.index) == 50
     built = SuffixIndex(4)
     built.sync(0, list(range(30, 80)))
     assert substrings(recent.index) == substrings(built)
@@ -93,7 +99,7 @@ def test_siblings_share_a_family_index_that_never_crosses_requests(shipped_pair)
     first.result(), second.result()
     assert family_uids(first.request) == {first.request.uid}
     assert family_uids(second.request) == {second.request.uid}
-    assert first.request.recent_outputs() is None
+    assert first.request.across_requests() is None
 
     # a server's n choices of one prompt are siblings
     choices = session.submit_n(suffix, prompt, [sampling] * 3, stop)
@@ -116,12 +122,13 @@ def test_recent_outputs_cross_requests_only_when_the_session_keeps_them(shipped_
     kept = Session({"large": large}, recent_tokens=64)
     handles = [kept.submit(suffix, prompt) for _ in range(3)]
     outputs = [handle.result().token_ids for handle in handles]
-    recent = handles[0].request.recent_outputs()
+    recent = recent_outputs(handles[0].request, SuffixConfig())
     assert recent is not None and 0 < recent.held <= 64
     assert list(recent.outputs.values())[-1] == outputs[-1][-64:]
     other = api.build_strategy("suffix", {"large": large}, stop=stop)  # another strategy: a cache of its own
-    assert kept.submit(other, prompt).request.recent_outputs() is not recent
-    assert Session({"large": large}, recent_tokens=0).submit(suffix, prompt).request.recent_outputs() is None
+    assert recent_outputs(kept.submit(other, prompt).request, SuffixConfig()) is not recent
+    assert recent_outputs(Session({"large": large}, recent_tokens=0).submit(suffix, prompt).request,
+                          SuffixConfig()) is None
 
 
 def test_the_load_is_fitted_from_forwards():
@@ -172,3 +179,18 @@ def test_beams_draft_from_each_other_and_write_what_they_write_alone(shipped_pai
     assert handle.result().token_ids == expected.token_ids
     assert handle.result().usage["large"].checks > 0
     assert len(family_uids(handle.request)) > 1  # the beams' steps
+
+
+def test_drafting_with_a_seed_is_reproducible_and_a_spent_budget_ends_the_loop(shipped_pair):
+    """A seeded sampling's drafts do not follow timings (the load is not read for it), and a loop with
+    no tokens left returns instead of asking for none."""
+    pair = {"large": shipped_pair["large"], "small": shipped_pair["small"]}
+    prompt = pair["large"].tokenizer("What is 12 * 3? Check it 2 times.")["input_ids"]
+    sampling = SamplingConfig(temperature=1.0, seed=5)
+    for spec in ("suffix", "speculative", "speculative[suffix=true]", "relaygen[suffix=true]"):
+        strategy = api.build_strategy(spec, pair, sampling=sampling, stop=StopConfig(max_new_tokens=60))
+        runs = [Session(strategy.models).generate(strategy, [prompt, prompt])[1].token_ids for _ in range(2)]
+        assert runs[0] == runs[1], spec
+        if not spec.startswith("relaygen"):  # (RelayGen closes its thinking even then)
+            spent = api.build_strategy(spec, pair, stop=StopConfig(max_new_tokens=0))
+            assert Session(spent.models).generate(spent, [prompt])[0].token_ids == [], spec

@@ -13,17 +13,12 @@ from dataclasses import dataclass, field
 @dataclass
 class Proposal:
     """Draft `tokens` with their cumulative empirical probabilities `probs` (non-increasing), after a
-    context suffix of `match` tokens that occurred `seen` times with a continuation; `expected`:
-    the drafts expected to be accepted (their sum)."""
+    context suffix of `match` tokens that occurred `seen` times with a continuation."""
 
     tokens: list[int] = field(default_factory=list)
     probs: list[float] = field(default_factory=list)
     match: int = 0
     seen: int = 0
-
-    @property
-    def expected(self) -> float:
-        return sum(self.probs)
 
     def cut(self, k: int) -> "Proposal":
         return Proposal(self.tokens[:k], self.probs[:k], self.match, self.seen)
@@ -54,10 +49,6 @@ class SuffixIndex:
         self.branches: dict[int, dict[int, int]] = {}  # node -> token -> child, for nodes with several children
         self.free: list[int] = []  # nodes to reuse
         self.documents: dict = {}
-
-    @property
-    def tokens(self) -> int:
-        return sum(len(d.tokens) for d in self.documents.values())
 
     def sync(self, key, tokens: list[int], same: int | None = None) -> None:
         """Make document `key` hold `tokens`; `same`: how many of its first tokens are known to be
@@ -112,13 +103,6 @@ class SuffixIndex:
         if branches is not None:
             return branches.get(token, NONE)
         return self.child[node] if self.token[node] == token else NONE
-
-    def children(self, node: int) -> list[tuple[int, int]]:
-        """(token, child) of every child of `node`."""
-        branches = self.branches.get(node)
-        if branches is not None:
-            return list(branches.items())
-        return [(self.token[node], self.child[node])] if self.child[node] != NONE else []
 
     def _ends(self, context: list[int]) -> list[int]:
         """The nodes of the context's suffixes that occur here, shortest first."""
@@ -194,29 +178,28 @@ class SuffixIndex:
 
 
 def propose(cursors: list[tuple[SuffixIndex, list[int]]], limit: int, spec_factor: float = 1.0,
-            min_prob: float = 0.1) -> tuple[Proposal, list[int]]:
+            min_prob: float = 0.1) -> tuple[Proposal, int]:
     """Up to `limit` drafts after a context from several indexes, each given with the nodes of the
     context's suffixes it holds (`SuffixIndex.ends`). Each draft is the most frequent continuation
     of the longest suffix that occurred with one, taken from the index where it is most probable;
     drafting stops once the drafts' cumulative empirical probability is below `min_prob`, or after
     `spec_factor` x the first match's length drafts (SuffixDecoding's MAX_SPEC = alpha p). Returns
-    the proposal and which cursor gave each draft."""
-    proposal, sources, prob = Proposal(), [], 1.0
+    the proposal and which cursor gave its first draft."""
+    proposal, first, prob = Proposal(), 0, 1.0
     ends = [e for _, e in cursors]
     while len(proposal.tokens) < limit:
-        options = [(*index.continuation(e), i) for i, ((index, _), e) in enumerate(zip(cursors, ends))]
-        p, match, token, seen, source = max(options)
+        p, match, token, seen, source = max((*index.continuation(e), i) for i, ((index, _), e) in
+                                            enumerate(zip(cursors, ends)))
         if not proposal.tokens:
-            proposal.match, proposal.seen = match, seen
+            proposal.match, proposal.seen, first = match, seen, source
             limit = min(limit, int(spec_factor * match))
         prob *= p
         if not match or prob < min_prob or len(proposal.tokens) >= limit:
             break
         proposal.tokens.append(token)
         proposal.probs.append(prob)
-        sources.append(source)
         ends = [index.advance(e, token) for (index, _), e in zip(cursors, ends)]
-    return proposal, sources
+    return proposal, first
 
 
 class RecentOutputs:

@@ -7,12 +7,17 @@ from __future__ import annotations
 class Load:
     """seconds = fixed + per_token x padded tokens, fitted by least squares over recent forwards
     (weights decaying by `decay` a forward); `rows`: the rows fed at the latest step, `feed` their
-    median feed (a longer one pads the others, or runs apart); `wake`: the
-    seconds a request's loop takes to read its logits and ask again (a check of drafts), which a
-    request that lets the model write on its own (`Generate`) does not spend per token."""
+    median feed (a longer one pads the others, or runs apart); `wake`: the seconds a request's loop
+    takes to read its logits and ask again (a check of drafts), which a request that lets the model
+    write on its own (`Generate`) does not spend per token."""
+
+    # weight of the newest wake-up measured (ours: a few steps' memory, as the fit's `decay` gives forwards)
+    WAKE_WEIGHT = 0.1
 
     def __init__(self, prior_fixed_tokens: float = 48.0, decay: float = 0.98):
-        self.prior_fixed_tokens = prior_fixed_tokens  # a forward's fixed cost in tokens until measured
+        # a forward's fixed cost in tokens until two feed sizes are seen (`LocalRunner.overhead_tokens`,
+        # measured on the toy pair); `decay`: the fit's memory, about 50 forwards (ours)
+        self.prior_fixed_tokens = prior_fixed_tokens
         self.decay = decay
         self.rows = 1
         self.feed = 1
@@ -50,11 +55,11 @@ class Load:
 
     def woke(self, seconds: float) -> None:
         """A step's loops took `seconds` each to read their logits."""
-        self.wake = seconds if not self.wake else self.wake + (1 - self.decay) * 5 * (seconds - self.wake)
+        self.wake = seconds if not self.wake else self.wake + self.WAKE_WEIGHT * (seconds - self.wake)
 
     def step_seconds(self, tokens_per_row: float, rows: int | None = None) -> float:
-        """A step's seconds per row when every one of `rows` rows (default: the latest forward's)
-        feeds `tokens_per_row` tokens."""
+        """A step's seconds per row when every one of `rows` rows (default: the latest step's) feeds
+        `tokens_per_row` tokens."""
         return self.fixed / max(rows or self.rows, 1) + self.per_token * tokens_per_row
 
     def padding_seconds(self, tokens: int, alike: int = 1) -> float:

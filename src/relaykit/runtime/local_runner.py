@@ -280,6 +280,8 @@ class LocalRunner:
         starts = self.engine.lengths
         started = time.perf_counter()
         logits = self.engine.forward(feed, positions, wanted)
+        if logits.is_cuda:
+            torch.cuda.synchronize(logits.device)  # the forward's own time, not its launch
         seconds = time.perf_counter() - started
         total_tokens = sum(map(len, feed))
         fed = [len(tokens) for tokens in feed if tokens]

@@ -11,7 +11,6 @@ from ..decoding.result import Event, GenerationResult, Handoff
 from ..decoding.sampler import Sampler, SamplingConfig
 from ..decoding.sequence import Sequence
 from ..decoding.stopping import StopChecker, StopConfig
-from ..decoding.suffix import RecentOutputs
 from ..decoding.usage import Usage
 from ..vocabulary import EventKind
 from .load import Load
@@ -28,7 +27,7 @@ class Context(Protocol):
     open_from: int | None
     family: dict
 
-    def recent_outputs(self) -> RecentOutputs | None: ...
+    def across_requests(self) -> tuple[dict, int] | None: ...
 
     def load(self, model: str) -> Load | None: ...
 
@@ -58,7 +57,8 @@ class Request:
     """
 
     def __init__(self, strategy, sequence: Sequence, sampling: SamplingConfig, stop: StopConfig,
-                 parent: "Request | None" = None, workload: Workload | None = None):
+                 parent: "Request | None" = None, workload: Workload | None = None, family: dict | None = None,
+                 shared_prompt: Sequence | None = None):
         self.uid = sequence.uid
         self.strategy = strategy
         self.sequence = sequence
@@ -70,9 +70,9 @@ class Request:
         self.workload: Workload = parent.workload if parent is not None else workload or Workload({})
         # what the requests of one family (a request and its children; the choices of one prompt) share:
         # a drafter's index of their tokens
-        self.family: dict = parent.family if parent is not None else {}
+        self.family: dict = parent.family if parent is not None else family if family is not None else {}
         self.index = 0  # its place among its parent's children
-        self.shared_prompt: Sequence | None = None  # see Scheduler.submit_n
+        self.shared_prompt = shared_prompt  # see Scheduler.submit_n
         self.inherited: dict = {}  # model usage beyond its rows: the shared prompt's prefill, drafts checked
         self.events: list[Event] = []
         self.open_from: int | None = None  # the strategy may still cut the sequence back to here (a check to come)
@@ -97,17 +97,22 @@ class Request:
         """One token from next-token logits [V] with this request's sampling."""
         return int(self.sampler.sample(logits))
 
-    def recent_outputs(self) -> RecentOutputs | None:
-        """The cache of recent finished outputs of this request's top strategy (None: off)."""
+    def across_requests(self) -> tuple[dict, int] | None:
+        """A dict that the requests of this request's top strategy share across requests, and how
+        many tokens of their outputs it may hold; None when the session keeps nothing across
+        requests."""
         root = self
         while root.parent is not None:
             root = root.parent
-        return self.workload.recent(root.strategy)
+        kept = self.workload.kept(root.strategy)
+        return None if kept is None else (kept, self.workload.recent_tokens)
 
     def load(self, model: str) -> Load | None:
-        """What a forward of `model` costs now (None: an endpoint, or not measured yet)."""
+        """What a forward of `model` costs now; None for an endpoint, before a forward, and for a
+        sampling with a seed (its draws must not depend on timings)."""
         load = self.workload.loads.get(model)
-        return load if load is not None and load.measured else None
+        seeded = self.sampling.seed is not None and not self.sampler.greedy
+        return load if load is not None and load.measured and not seeded else None
 
     def count_check(self, model: str, drafted: int, accepted: int) -> None:
         """`model` checked `drafted` drafts and kept `accepted` (the request's acceptance metrics)."""

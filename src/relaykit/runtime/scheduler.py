@@ -64,8 +64,10 @@ class Scheduler(RequestTree):
 
     # submitting
 
-    def submit(self, prompt: list[int] | Sequence, strategy, sampling: SamplingConfig, stop: StopConfig) -> Handle:
-        """Queue one request of `strategy`; it joins at the next step. Thread-safe."""
+    def submit(self, prompt: list[int] | Sequence, strategy, sampling: SamplingConfig, stop: StopConfig,
+               shared_prompt: Sequence | None = None, family: dict | None = None) -> Handle:
+        """Queue one request of `strategy`; it joins at the next step. Thread-safe. `shared_prompt`
+        and `family`: see `submit_n`."""
         for role in strategy.roles:
             if role not in self.runners:
                 raise RelaykitError(f"strategy {strategy.name!r} needs a {role} model, which is not loaded")
@@ -73,7 +75,8 @@ class Scheduler(RequestTree):
             if refusal:
                 raise RelaykitError(refusal)
         sequence = prompt if isinstance(prompt, Sequence) else Sequence(prompt)
-        request = Request(strategy, sequence, sampling, stop, workload=self.workload)
+        request = Request(strategy, sequence, sampling, stop, workload=self.workload, family=family,
+                          shared_prompt=shared_prompt)
         with self.arrivals:
             if sequence.uid in self.live or any(r.uid == sequence.uid for r in self.incoming):
                 raise RelaykitError(f"sequence {sequence.uid} is already being generated; fork it for a second request")
@@ -84,14 +87,11 @@ class Scheduler(RequestTree):
     def submit_n(self, prompt: list[int], strategy, samplings: list[SamplingConfig], stop: StopConfig) -> list[Handle]:
         """One request per sampling on one prompt, which each model reads once: when they join, the
         prompt is prefilled and every request starts from a copy of it (fork). The first request's
-        usage carries that prefill. Thread-safe."""
-        prompt_sequence = Sequence(prompt)
-        handles = [self.submit(prompt_sequence.fork(), strategy, sampling, stop) for sampling in samplings]
-        family: dict = {}
-        for handle in handles:
-            handle.request.shared_prompt = prompt_sequence
-            handle.request.family = family  # choices of one prompt: siblings
-        return handles
+        usage carries that prefill. The requests are one family (siblings: a drafter reads them all).
+        Thread-safe."""
+        prompt_sequence, family = Sequence(prompt), dict[tuple, object]()
+        return [self.submit(prompt_sequence.fork(), strategy, sampling, stop, prompt_sequence, family)
+                for sampling in samplings]
 
     def cancel(self, handle: Handle) -> None:
         """Cancel at the next step (thread-safe; does not wait for a running step)."""
@@ -230,12 +230,13 @@ class Scheduler(RequestTree):
         tokens = dict(zip(generating, next_tokens([waiting[i].sampler for i in generating], last)))
         drafting = [i for i in generating if isinstance(asks[i], Draft) and asks[i].min_confidence]
         confidence = dict(zip(drafting, logits[drafting, -1].softmax(-1).amax(-1).tolist())) if drafting else {}
-        woken, waking = 0, 0.0
+        woken, waking = 0, 0.0  # loops that read their logits, and how long they took (no forward run meanwhile)
         for i, (request, ask) in enumerate(zip(waiting, asks)):
             if isinstance(ask, Logits):
-                started_waking = time.perf_counter()
+                forwards, started_waking = self._forwards(), time.perf_counter()
                 self._advance(request, logits[i, width - ask.k :])
-                woken, waking = woken + 1, waking + time.perf_counter() - started_waking
+                if self._forwards() == forwards:  # not a fork's prefill or a child's start
+                    woken, waking = woken + 1, waking + time.perf_counter() - started_waking
                 continue
             sequence = ask.sequence
             sequence.append(tokens[i], ask.model)
@@ -253,6 +254,9 @@ class Scheduler(RequestTree):
         if woken:
             runner.load.woke(waking / woken)
         return time.perf_counter() - started
+
+    def _forwards(self) -> int:
+        return sum(runner.usage.forward_calls for runner in self.batched.values())
 
     def _answer(self, request: Request, future: concurrent.futures.Future) -> None:
         try:

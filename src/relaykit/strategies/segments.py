@@ -28,7 +28,8 @@ from ..runtime.asks import Generate, Logits
 from ..text import THINK_END, Tail, decode_tail, decoder, ends_thinking
 from ..vocabulary import LARGE, SMALL, EventKind
 from .base import Strategy
-from .drafting import PRIOR_ACCEPTANCE, Skips, SuffixConfig, SuffixDrafter, remember
+from .drafting import SuffixConfig, SuffixDrafter, remember
+from .paying import PRIOR_ACCEPTANCE, PRIOR_DRAFTS, Skips
 from .speculative import Cut, check_drafts, draft, lenient_cut
 
 NON_WORD = re.compile(r"\W")
@@ -51,7 +52,7 @@ class SegmentConfig:
     # fewer than this many tokens wait unchecked before them (ours; a wrong early token wastes what
     # follows it; 256 took 13% fewer large forwards than 64 on toy:test, as many small ones)
     max_unchecked: int = 256
-    suffix: bool = False  # also draft from the suffix index (sequence, siblings, recent outputs) where it pays
+    suffix: bool = False  # also draft from the suffix index (the sequence, its siblings or beams) where it pays
 
     def __post_init__(self) -> None:
         if min(self.speculative, self.answer_reserve, self.max_unchecked) < 0:
@@ -144,7 +145,9 @@ class SegmentRelay(Strategy):
             request.open_from = turn.start
         deferred: list[Deferred] = []  # drafts that ended a large turn, checked strictly with what follows them
         suffix = SuffixDrafter(request, SuffixConfig()) if self.config.suffix else None
-        skips = Skips()
+        skips = Skips() if suffix is not None else None
+        # the small model's drafts kept per round of a speculative turn, after one prior round
+        small_kept, small_rounds = PRIOR_ACCEPTANCE * min(self.config.speculative, PRIOR_DRAFTS), 1
         while True:
             while not sequence.finished:
                 room = self._room(request, turn)
@@ -152,11 +155,13 @@ class SegmentRelay(Strategy):
                     self._close_thinking(request, turn)
                     continue
                 ends_turn = None if turn.reason == EventKind.ANSWER else rule
-                drafts = self._drafts(request, sequence, turn, room, suffix) if turn.writer == LARGE else None
+                drafts = None if turn.writer != LARGE else self._large_drafts(request, sequence, room, suffix,
+                                                                              small_kept / small_rounds)
                 if drafts is not None:
                     # drafts past the end of the turn would be cut whatever the large model says
                     start = len(sequence)
-                    skips.after(1)
+                    if skips is not None:
+                        skips.after(1)
                     if drafts and suffix is not None:
                         draft_probs, ended = [], suffix.append(sequence, drafts, ends_turn)
                     else:
@@ -176,6 +181,8 @@ class SegmentRelay(Strategy):
                             request, sequence, start, draft_probs, checked, threshold)
                         if drafts and suffix is not None and cut is None:
                             suffix.checked(drafted, accepted)
+                        elif cut is None and self.config.speculative:
+                            small_kept, small_rounds = small_kept + accepted, small_rounds + 1
                         request.open_from = None
                         if cut is not None:
                             self._after_cut(request, turn, first, cut, deferred)
@@ -185,7 +192,7 @@ class SegmentRelay(Strategy):
                         decision = request.settle(sequence, first, ends_turn, asked)
                 else:
                     pauses = () if ends_turn is None else (*self.pauses(turn), THINK_END)
-                    most = room if suffix is None or turn.writer != LARGE else min(room, skips.after(0))
+                    most = room if skips is None or turn.writer != LARGE else min(room, skips.after(0))
                     decision = (yield Generate(turn.writer, sequence, most, ends_turn, pauses)).ended_by
                 if decision is not None and not sequence.finished:
                     self._switch(request, turn, decision)
@@ -200,15 +207,16 @@ class SegmentRelay(Strategy):
                 if decision is not None and not sequence.finished:
                     self._switch(request, turn, decision)
 
-    def _drafts(self, request, sequence: Sequence, turn: Turn, room: int, suffix: SuffixDrafter | None) -> int | None:
+    def _large_drafts(self, request, sequence: Sequence, room: int, suffix: SuffixDrafter | None,
+                      small_kept: float) -> int | None:
         """How a large turn goes on: None: the large model writes on its own (no drafts pay, no
         segment waits for a check); 0: the small model drafts (speculative turns) or none does but a
-        segment waits for the check; k > 0: k of the suffix drafter's proposal, expected to be
-        accepted longer than the small model's drafts."""
+        segment waits for the check; k > 0: k of the suffix drafter's proposal, expected to keep
+        more than the small model's rounds do (`small_kept`)."""
         if suffix is not None:
             chances = suffix.propose(sequence, room - 1)
             k = suffix.paying(chances)
-            if k and sum(chances[:k]) > PRIOR_ACCEPTANCE * min(self.config.speculative, room - 1):
+            if k and sum(chances[:k]) > (small_kept if self.config.speculative else 0.0):
                 return k
         if self.config.speculative or request.open_from is not None:
             return 0

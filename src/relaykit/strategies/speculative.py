@@ -15,7 +15,8 @@ from ..errors import RelaykitError
 from ..runtime.asks import LOW_CONFIDENCE, Draft, Generate, Logits
 from ..vocabulary import LARGE, SMALL
 from .base import Strategy, register
-from .drafting import PRIOR_ACCEPTANCE, Skips, SuffixConfig, SuffixDrafter, remember, rounds_pay
+from .drafting import SuffixConfig, SuffixDrafter, remember
+from .paying import PRIOR_ACCEPTANCE, PRIOR_DRAFTS, Skips, rounds_pay
 
 
 @dataclass
@@ -27,7 +28,7 @@ class SpeculativeConfig:
     # generation's assistant_confidence_threshold defaults to 0.4
     draft_confidence: float = 0.0
     fit_load: bool = True  # draft only as many tokens as pay at the measured acceptance and load
-    suffix: bool = False  # also draft from the suffix index (sequence, siblings, recent outputs) where it pays
+    suffix: bool = False  # also draft from the suffix index (the sequence, its siblings or beams) where it pays
 
     def __post_init__(self) -> None:
         if not 1 <= self.k <= self.max_k:
@@ -129,9 +130,7 @@ def check_drafts(request, sequence: Sequence, start: int, draft_probs: list, che
     target_logits = yield Logits(verifier, sequence, len(sequence) - head + 1)
     if head < start:
         cut = lenient_cut(request, target_logits[: start - head], sequence.tokens[head:start], threshold)
-        if cut is not None:
-            if drafts:
-                request.count_check(verifier, len(drafts), 0)
+        if cut is not None:  # the drafts were not looked at: no check of them is counted
             sequence.truncate(head + cut.index)
             sequence.append(cut.token, verifier)
             return head + cut.index, 0, len(drafts), cut
@@ -173,33 +172,37 @@ class Speculative(Strategy):
         sequence, config, k = request.sequence, self.config, self.config.k
         suffix = SuffixDrafter(request, SuffixConfig(fit_load=config.fit_load)) if config.suffix else None
         skips = Skips()
-        # the small model's rounds so far, after one prior round of up to 8 drafts
-        rounds, accepted_total, drafted_total = 1, PRIOR_ACCEPTANCE * min(k, 8), float(min(k, 8))
+        # the small model's rounds so far, after one prior round
+        rounds, kept_total, drafted_total = 1, PRIOR_ACCEPTANCE * min(k, PRIOR_DRAFTS), float(min(k, PRIOR_DRAFTS))
         while not sequence.finished:
             start, room = len(sequence), request.remaining()
-            limit = max(0, min(k, room - 1))
-            kept = accepted_total / rounds  # the small model's drafts kept per round
+            if room <= 0:
+                break
+            limit, kept = min(k, room - 1), kept_total / rounds  # the small model's drafts kept per round
             if config.fit_load:
                 large, small = request.load(LARGE), request.load(SMALL)
                 drafting = small.step_seconds(1, large.rows) if small and large else 0.0
                 if not rounds_pay(kept, drafted_total / rounds, large, drafting):
                     limit = 0
-            from_suffix = suffix.propose(sequence, room - 1) if suffix is not None else []
-            use_suffix = suffix is not None and sum(from_suffix[: suffix.paying(from_suffix)]) > (kept if limit else 0)
-            if skips.after(limit or int(use_suffix)):
+            from_suffix = 0  # suffix drafts used instead of the small model's
+            if suffix is not None:
+                chances = suffix.propose(sequence, room - 1)
+                paying = suffix.paying(chances)
+                from_suffix = paying if sum(chances[:paying]) > (kept if limit else 0) else 0
+            if skips.after(limit or from_suffix):
                 yield Generate(LARGE, sequence, min(skips.skip, room))
                 continue
-            if use_suffix:
-                suffix.append(sequence, suffix.paying(from_suffix))
+            if suffix is not None and from_suffix:
+                suffix.append(sequence, from_suffix)
                 first, accepted, drafted, _ = yield from check_drafts(request, sequence, start, [])
                 suffix.checked(drafted, accepted)
             else:
                 first, accepted, drafted, _ = yield from speculative_round(request, sequence, limit,
                                                                            config.draft_confidence)
-                rounds, accepted_total, drafted_total = rounds + 1, accepted_total + accepted, drafted_total + drafted
+                rounds, kept_total, drafted_total = rounds + 1, kept_total + accepted, drafted_total + drafted
+                if config.adaptive and drafted:
+                    rate = accepted / drafted
+                    k = min(k + 1, config.max_k) if rate == 1.0 else max(1, k - 1) if rate < 0.5 else k
             request.finish_if_done(sequence, len(sequence) - first)
-            if config.adaptive and drafted and not use_suffix:
-                rate = accepted / drafted
-                k = min(k + 1, config.max_k) if rate == 1.0 else max(1, k - 1) if rate < 0.5 else k
         if suffix is not None:
             remember(request, sequence, suffix.config)

@@ -3,7 +3,7 @@ Drafts come from a suffix index of the sequence (prompt included), its siblings 
 samples of the same request: best-of-N, self-consistency, beams, a server's n choices) and the
 strategy's recent outputs; the model checks them in one forward, as `lookup` does. The draft
 length follows the match's frequencies, and only as many drafts are checked as pay at the
-model's measured load (`drafting.pays`). Greedy: the output is the model's greedy output.
+model's measured load (`paying.pays`). Greedy: the output is the model's greedy output.
 Sampling: a draft is kept with the model's probability of it, else the token is drawn without
 it, so the output is distributed as the model's."""
 
@@ -12,7 +12,8 @@ from __future__ import annotations
 from ..runtime.asks import Generate
 from ..vocabulary import LARGE
 from .base import Strategy, register
-from .drafting import Skips, SuffixConfig, SuffixDrafter, remember
+from .drafting import SuffixConfig, SuffixDrafter, remember
+from .paying import Skips
 from .speculative import check_drafts
 
 
@@ -33,6 +34,8 @@ class Suffix(Strategy):
         sequence, drafter, skips = request.sequence, SuffixDrafter(request, self.config), Skips()
         while not sequence.finished:
             start, room = len(sequence), request.remaining()
+            if room <= 0:
+                break
             k = drafter.paying(drafter.propose(sequence, room - 1))
             skip = skips.after(k)
             if skip:

@@ -26,7 +26,8 @@ from ..verdicts import verdict_ids
 from ..vocabulary import EventKind, FinishReason
 from .base import Strategy, register
 from .best_of_n import likelihood, verified
-from .drafting import Skips, SuffixConfig, SuffixDrafter
+from .drafting import SuffixConfig, SuffixDrafter
+from .paying import Skips
 from .speculative import check_drafts
 
 
@@ -38,7 +39,7 @@ class TreeSearchConfig:
     step_end: str = "\n"  # a step ends at a token holding this; "" = the whole answer is one step
     max_steps: int = 64  # steps per beam at most (search-and-learn: 40)
     scorer: Literal["verifier", "likelihood"] = "verifier"  # verifier or likelihood (the large model's)
-    suffix: bool = False  # also draft from the suffix index (sequence, siblings, recent outputs) where it pays
+    suffix: bool = False  # also draft from the suffix index (the sequence, its siblings or beams) where it pays
 
     def __post_init__(self) -> None:
         if self.scorer not in ("verifier", "likelihood"):
@@ -48,14 +49,14 @@ class TreeSearchConfig:
 
 
 class StepWriter(Strategy):
-    """Writes one step on its sequence (a child of a search); with `drafts`, checking drafts from
+    """Writes one step on its sequence (a child of a search); with `suffix`, checking drafts from
     the suffix index of the search's beams."""
 
-    def __init__(self, models: dict, writer: str, step_end: str, drafts: SuffixConfig | None = None, **kwargs):
+    def __init__(self, models: dict, writer: str, step_end: str, suffix: SuffixConfig | None = None, **kwargs):
         self.roles = (writer,)
         super().__init__(models, **kwargs)
         self.writer, self.step_end, self.decode = writer, step_end, decoder(self.tokenizer)
-        self.drafts = drafts
+        self.suffix = suffix
 
     @classmethod
     def needs_logits(cls, config) -> tuple[str, ...]:
@@ -66,12 +67,14 @@ class StepWriter(Strategy):
 
     def run(self, request):
         ends = self._ends_step if self.step_end else None
-        if self.drafts is None:
+        if self.suffix is None:
             yield Generate(self.writer, request.sequence, request.remaining(), ends)
             return
-        sequence, drafter, skips = request.sequence, SuffixDrafter(request, self.drafts, self.writer), Skips()
+        sequence, drafter, skips = request.sequence, SuffixDrafter(request, self.suffix, self.writer), Skips()
         while not sequence.finished:
             start, room = len(sequence), request.remaining()
+            if room <= 0:
+                return
             k = drafter.paying(drafter.propose(sequence, room - 1))
             if skips.after(k):
                 if (yield Generate(self.writer, sequence, min(skips.skip, room), ends)).ended_by is not None:
@@ -95,7 +98,7 @@ class TreeSearch(Strategy):
         self.roles = self.roles_of(config)
         super().__init__(models, config, *args, **kwargs)
         self.steps = StepWriter(self.models, config.writer, config.step_end,
-                                SuffixConfig() if config.suffix else None, sampling=self.sampling,
+                                SuffixConfig(recent=False) if config.suffix else None, sampling=self.sampling,
                                 stop=self.stop_config)
         if config.scorer == "verifier":
             self.verdicts = verdict_ids(self.models["verifier"].tokenizer)
