@@ -21,6 +21,7 @@ class Load:
         self.decay = decay
         self.rows = 1
         self.feed = 1
+        self.peers: dict = {}  # top strategy -> its rows at the latest step
         self.fixed = 0.0
         self.per_token = 0.0
         self.wake = 0.0
@@ -34,6 +35,10 @@ class Load:
         """A step fed these numbers of tokens to its rows (in one forward or a few)."""
         if feeds:
             self.rows, self.feed = len(feeds), sorted(feeds)[len(feeds) // 2]
+
+    def stepped_by(self, peers: dict) -> None:
+        """The rows of each top strategy at a step (requests of one strategy tend to feed alike)."""
+        self.peers = peers
 
     def observe(self, tokens: int, seconds: float) -> None:
         """One forward of `tokens` tokens in all, padding included."""

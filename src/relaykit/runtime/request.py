@@ -31,6 +31,8 @@ class Context(Protocol):
 
     def load(self, model: str) -> Load | None: ...
 
+    def peers(self, model: str) -> int: ...
+
     def count_check(self, model: str, drafted: int, accepted: int) -> None: ...
 
     def sample(self, logits: torch.Tensor) -> int: ...
@@ -67,6 +69,7 @@ class Request:
         self.stop_config = stop
         self.stop = StopChecker(stop, strategy.tokenizer, strategy.eos_token_ids)
         self.parent = parent
+        self.root: Request = parent.root if parent is not None else self  # the submitted request of its tree
         self.workload: Workload = parent.workload if parent is not None else workload or Workload({})
         # what the requests of one family (a request and its children; the choices of one prompt) share:
         # a drafter's index of their tokens
@@ -101,10 +104,7 @@ class Request:
         """A dict that the requests of this request's top strategy share across requests, and how
         many tokens of their outputs it may hold; None when the session keeps nothing across
         requests."""
-        root = self
-        while root.parent is not None:
-            root = root.parent
-        kept = self.workload.kept(root.strategy)
+        kept = self.workload.kept(self.root.strategy)
         return None if kept is None else (kept, self.workload.recent_tokens)
 
     def load(self, model: str) -> Load | None:
@@ -113,6 +113,11 @@ class Request:
         load = self.workload.loads.get(model)
         seeded = self.sampling.seed is not None and not self.sampler.greedy
         return load if load is not None and load.measured and not seeded else None
+
+    def peers(self, model: str) -> int:
+        """The rows of this request's top strategy at `model`'s latest step (at least 1)."""
+        load = self.workload.loads.get(model)
+        return max(1, load.peers.get(self.root.strategy, 0)) if load is not None else 1
 
     def count_check(self, model: str, drafted: int, accepted: int) -> None:
         """`model` checked `drafted` drafts and kept `accepted` (the request's acceptance metrics)."""

@@ -12,6 +12,7 @@ from __future__ import annotations
 import concurrent.futures
 import threading
 import time
+from collections import Counter
 from dataclasses import dataclass
 from typing import cast
 
@@ -223,6 +224,7 @@ class Scheduler(RequestTree):
         asks = [request.ask for request in waiting]
         logits = runner.score([ask.sequence for ask in asks], [ask.k if isinstance(ask, Logits) else 1 for ask in asks])
         self.cost[runner.name] = time.perf_counter() - started
+        runner.load.stepped_by(Counter(request.root.strategy for request in waiting))
         width = logits.shape[1]
         generating = [i for i, ask in enumerate(asks) if isinstance(ask, Generate)]
         # the last position of every row when all asks generate (a view), else the generating rows' (a copy)

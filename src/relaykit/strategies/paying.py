@@ -28,13 +28,13 @@ def pays(chances: list[float], load: Load | None, drafter_seconds: float = 0.0, 
     return best
 
 
-def rounds_pay(kept: float, drafted: float, load: Load | None, drafter_seconds: float = 0.0) -> bool:
+def rounds_pay(kept: float, drafted: float, load: Load | None, drafter_seconds: float = 0.0, alike: int = 1) -> bool:
     """Whether rounds that draft `drafted` tokens and keep `kept` of them (means so far) give more
     tokens per second than the model writing on its own (see `pays`)."""
     if load is None:
         return True
-    drafts = round(drafted)
-    return (1 + kept) / (_check_seconds(load, drafts) + drafted * drafter_seconds) > 1 / load.step_seconds(1)
+    cost = _check_seconds(load, round(drafted), alike) + drafted * drafter_seconds
+    return (1 + kept) / cost > 1 / load.step_seconds(1)
 
 
 def _check_seconds(load: Load, drafts: int, alike: int = 1) -> float:
@@ -43,12 +43,18 @@ def _check_seconds(load: Load, drafts: int, alike: int = 1) -> float:
 
 class Skips:
     """While no draft pays, the model writes on its own for 1, 2, 4, ... `most` tokens between
-    proposals: one `Generate` ask, so no check and no wake-up of the loop per token (ours)."""
+    proposals: one `Generate` ask, so no check and no wake-up of the loop per token; after `patience`
+    proposals in a row at `most` found nothing worth checking, for the rest of the turn (a proposal
+    reads its index, whose upkeep is then the only cost left). Ours: 16 and 8."""
 
-    def __init__(self, most: int = 16):
-        self.most, self.skip = most, 0
+    def __init__(self, most: int = 16, patience: int = 8):
+        self.most, self.patience, self.skip, self.idle = most, patience, 0, 0
 
     def after(self, drafts: int) -> int:
         """Tokens to write without drafts now (0: `drafts` > 0 are checked)."""
-        self.skip = 0 if drafts else min(max(1, 2 * self.skip), self.most)
+        if drafts:
+            self.skip = self.idle = 0
+        else:
+            self.idle += self.skip == self.most
+            self.skip = min(max(1, 2 * self.skip), self.most) if self.idle < self.patience else 1 << 30
         return self.skip

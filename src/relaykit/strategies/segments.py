@@ -168,8 +168,9 @@ class SegmentRelay(Strategy):
                         k = max(0, min(self.config.speculative, room - 1))
                         draft_probs, ended = yield from draft(request, sequence, k, self.config.draft_confidence,
                                                               ends_turn)
-                    if ended and self._defers(request, start):
-                        # the drafts end the turn (a cue): the next check reads them with the segment that follows
+                    if ended and not drafts and self._defers(request, start):
+                        # the small model's drafts end the turn (a cue): the next check reads them with the
+                        # segment that follows (the suffix drafter's are checked now: its cues are often wrong)
                         deferred.append(Deferred(dataclasses.replace(turn), start, len(sequence)))
                         if request.open_from is None:
                             request.open_from = start

@@ -182,7 +182,7 @@ class Speculative(Strategy):
             if config.fit_load:
                 large, small = request.load(LARGE), request.load(SMALL)
                 drafting = small.step_seconds(1, large.rows) if small and large else 0.0
-                if not rounds_pay(kept, drafted_total / rounds, large, drafting):
+                if not rounds_pay(kept, drafted_total / rounds, large, drafting, request.peers(LARGE)):
                     limit = 0
             from_suffix = 0  # suffix drafts used instead of the small model's
             if suffix is not None:
