@@ -50,19 +50,25 @@ class NgramIndex:
         return []
 
 
+class ContextDrafts(Strategy):
+    """The model alone, checking drafts taken from text (no drafter model). A check reads the top
+    token (greedy), or the drafted token's probability and the top tokens: it runs over an endpoint
+    that scores tokens."""
+
+    @classmethod
+    def needs_whole_distribution(cls, config) -> tuple[str, ...]:
+        return ()
+
+    def holdback(self) -> int:
+        return self.config.k
+
+
 @register("lookup")
-class Lookup(Strategy):
+class Lookup(ContextDrafts):
     """The model alone, checking drafts copied from its own context."""
 
     Config = LookupConfig
     tunes = ("k",)
-
-    @classmethod
-    def needs_whole_distribution(cls, config) -> tuple[str, ...]:
-        return ()  # a check reads the top token (greedy) or the drafted token's probability and the top tokens
-
-    def holdback(self) -> int:
-        return self.config.k
 
     def run(self, request):
         sequence = request.sequence

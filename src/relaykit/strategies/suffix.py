@@ -11,24 +11,18 @@ from __future__ import annotations
 
 from ..runtime.asks import Generate
 from ..vocabulary import LARGE
-from .base import Strategy, register
+from .base import register
 from .drafting import SuffixConfig, SuffixDrafter, remember
+from .lookup import ContextDrafts
 from .paying import Skips
 from .speculative import check_drafts
 
 
 @register("suffix")
-class Suffix(Strategy):
+class Suffix(ContextDrafts):
     """The model alone, checking drafts from its family's and its recent outputs' suffix index."""
 
     Config = SuffixConfig
-
-    @classmethod
-    def needs_whole_distribution(cls, config) -> tuple[str, ...]:
-        return ()  # a check reads the top token (greedy) or the drafted token's probability and the top tokens
-
-    def holdback(self) -> int:
-        return self.config.k
 
     def run(self, request):
         sequence, drafter, skips = request.sequence, SuffixDrafter(request, self.config), Skips()
