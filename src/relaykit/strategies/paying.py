@@ -12,6 +12,28 @@ from ..runtime.load import Load
 PRIOR_ACCEPTANCE, PRIOR_DRAFTS = 0.8, 8
 
 
+class Rounds:
+    """A drafter model's rounds so far, after one prior round of up to `PRIOR_DRAFTS` of its `k`
+    drafts kept at `PRIOR_ACCEPTANCE`: the drafts written and kept per round."""
+
+    def __init__(self, k: int):
+        self.count, self.drafted_total = 1, float(min(k, PRIOR_DRAFTS))
+        self.kept_total = PRIOR_ACCEPTANCE * self.drafted_total
+
+    @property
+    def kept(self) -> float:
+        return self.kept_total / self.count
+
+    @property
+    def drafted(self) -> float:
+        return self.drafted_total / self.count
+
+    def add(self, accepted: int, drafted: int) -> None:
+        self.count += 1
+        self.kept_total += accepted
+        self.drafted_total += drafted
+
+
 def pays(chances: list[float], load: Load | None, drafter_seconds: float = 0.0, alike: int = 1) -> int:
     """How many drafts to check: `chances[i]` is the chance that the first i + 1 are all accepted,
     `drafter_seconds` what drafting one costs, `alike` the rows that draft as much (siblings draft

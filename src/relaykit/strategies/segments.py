@@ -29,7 +29,7 @@ from ..text import THINK_END, Tail, decode_tail, decoder, ends_thinking
 from ..vocabulary import LARGE, SMALL, EventKind
 from .base import Strategy
 from .drafting import SuffixConfig, SuffixDrafter, remember
-from .paying import PRIOR_ACCEPTANCE, PRIOR_DRAFTS, Skips
+from .paying import Rounds, Skips
 from .speculative import Cut, check_drafts, draft, lenient_cut
 
 NON_WORD = re.compile(r"\W")
@@ -146,8 +146,7 @@ class SegmentRelay(Strategy):
         deferred: list[Deferred] = []  # drafts that ended a large turn, checked strictly with what follows them
         suffix = SuffixDrafter(request, SuffixConfig()) if self.config.suffix else None
         skips = Skips() if suffix is not None else None
-        # the small model's drafts kept per round of a speculative turn, after one prior round
-        small_kept, small_rounds = PRIOR_ACCEPTANCE * min(self.config.speculative, PRIOR_DRAFTS), 1
+        small = Rounds(self.config.speculative)  # the small model's rounds in speculative turns
         while True:
             while not sequence.finished:
                 room = self._room(request, turn)
@@ -156,7 +155,7 @@ class SegmentRelay(Strategy):
                     continue
                 ends_turn = None if turn.reason == EventKind.ANSWER else rule
                 drafts = None if turn.writer != LARGE else self._large_drafts(request, sequence, room, suffix,
-                                                                              small_kept / small_rounds)
+                                                                              small.kept)
                 if drafts is not None:
                     # drafts past the end of the turn would be cut whatever the large model says
                     start = len(sequence)
@@ -183,7 +182,7 @@ class SegmentRelay(Strategy):
                         if drafts and suffix is not None and cut is None:
                             suffix.checked(drafted, accepted)
                         elif cut is None and self.config.speculative:
-                            small_kept, small_rounds = small_kept + accepted, small_rounds + 1
+                            small.add(accepted, drafted)
                         request.open_from = None
                         if cut is not None:
                             self._after_cut(request, turn, first, cut, deferred)

@@ -16,7 +16,7 @@ from ..runtime.asks import LOW_CONFIDENCE, Draft, Generate, Logits
 from ..vocabulary import LARGE, SMALL
 from .base import Strategy, register
 from .drafting import SuffixConfig, SuffixDrafter, remember
-from .paying import PRIOR_ACCEPTANCE, PRIOR_DRAFTS, Skips, rounds_pay
+from .paying import Rounds, Skips, rounds_pay
 
 
 @dataclass
@@ -172,23 +172,22 @@ class Speculative(Strategy):
         sequence, config, k = request.sequence, self.config, self.config.k
         suffix = SuffixDrafter(request, SuffixConfig(fit_load=config.fit_load)) if config.suffix else None
         skips = Skips()
-        # the small model's rounds so far, after one prior round
-        rounds, kept_total, drafted_total = 1, PRIOR_ACCEPTANCE * min(k, PRIOR_DRAFTS), float(min(k, PRIOR_DRAFTS))
+        rounds = Rounds(k)  # the small model's
         while not sequence.finished:
             start, room = len(sequence), request.remaining()
             if room <= 0:
                 break
-            limit, kept = min(k, room - 1), kept_total / rounds  # the small model's drafts kept per round
+            limit = min(k, room - 1)
             if config.fit_load:
                 large, small = request.load(LARGE), request.load(SMALL)
                 drafting = small.step_seconds(1, large.rows) if small and large else 0.0
-                if not rounds_pay(kept, drafted_total / rounds, large, drafting, request.peers(LARGE)):
+                if not rounds_pay(rounds.kept, rounds.drafted, large, drafting, request.peers(LARGE)):
                     limit = 0
             from_suffix = 0  # suffix drafts used instead of the small model's
             if suffix is not None:
                 chances = suffix.propose(sequence, room - 1)
                 paying = suffix.paying(chances)
-                from_suffix = paying if sum(chances[:paying]) > (kept if limit else 0) else 0
+                from_suffix = paying if sum(chances[:paying]) > (rounds.kept if limit else 0) else 0
             if skips.after(limit or from_suffix):
                 yield Generate(LARGE, sequence, min(skips.skip, room))
                 continue
@@ -199,7 +198,7 @@ class Speculative(Strategy):
             else:
                 first, accepted, drafted, _ = yield from speculative_round(request, sequence, limit,
                                                                            config.draft_confidence)
-                rounds, kept_total, drafted_total = rounds + 1, kept_total + accepted, drafted_total + drafted
+                rounds.add(accepted, drafted)
                 if config.adaptive and drafted:
                     rate = accepted / drafted
                     k = min(k + 1, config.max_k) if rate == 1.0 else max(1, k - 1) if rate < 0.5 else k
